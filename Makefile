@@ -1,0 +1,37 @@
+# Offsession: `make run` to try it, `make test` to check it. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint system-test-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	@mkdir -p var
+	$(BIN)/offsession db upgrade
+	$(BIN)/offsession seed-demo
+	@echo "API token (Authorization: Bearer ...): $$($(BIN)/python -c 'from shared.config import get_config; print(get_config().api_token)')"
+	@echo "Admin UI: http://127.0.0.1:8000/admin/login"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+# Debian packages the tests drive for real (installed only when missing; CI runs as root).
+system-test-deps:
+	@bash scripts/ensure-system-deps.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install system-test-deps lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

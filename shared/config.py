@@ -1,0 +1,129 @@
+"""Configuration from the environment (design §2), with embedded defaults that need no server.
+
+A `.env` file in the working directory is read first when present; real environment variables win.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+STRIPE_HOSTED_API_BASE = "https://api.stripe.com"
+EMULATOR_API_KEY = "sk_test_emulator"
+EMULATOR_API_BASE = "http://127.0.0.1:12111"
+
+
+class ConfigError(Exception):
+    """The configuration is unsafe or malformed; the process must not start."""
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("OFFSESSION_HOME", Path.cwd()))
+
+
+def var_dir() -> Path:
+    """Where the embedded defaults keep their files (SQLite, broker folders, outbox, secret key)."""
+    path = project_root() / "var"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _secret_key_from_var() -> str:
+    # Generated once and kept, so sessions survive restarts of the embedded setup.
+    path = var_dir() / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def _api_token_from_var() -> str:
+    path = var_dir() / "api_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "os_" + secrets.token_urlsafe(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    celery_broker_url: str
+    redis_url: str | None
+    stripe_api_key: str
+    stripe_api_base: str | None
+    stripe_webhook_secret: str
+    stripe_rate_limit: float
+    api_token: str
+    secret_key: str
+    public_base_url: str
+    mail_url: str | None
+
+    @property
+    def stripe_mode(self) -> str:
+        return "live" if self.stripe_api_key.startswith(("sk_live_", "rk_live_")) else "test"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.celery_broker_url.startswith("filesystem://")
+
+    def check_safe(self) -> None:
+        """Refuse a live key pointed anywhere but Stripe: it would leak the key or fake real money."""
+        if self.stripe_mode == "live" and self.stripe_api_base not in (None, STRIPE_HOSTED_API_BASE):
+            raise ConfigError(
+                f"STRIPE_API_KEY is a live key but STRIPE_API_BASE is {self.stripe_api_base!r}; "
+                "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
+            )
+
+
+def load_config() -> Config:
+    load_dotenv(project_root() / ".env", override=False)
+    env = os.environ
+    default_db = f"sqlite:///{var_dir() / 'offsession.db'}"
+    api_key = env.get("STRIPE_API_KEY") or EMULATOR_API_KEY
+    api_base = env.get("STRIPE_API_BASE")
+    if api_base is None:
+        # The embedded default key talks to the emulator; a real key with no base talks to Stripe.
+        api_base = EMULATOR_API_BASE if api_key == EMULATOR_API_KEY else ""
+    config = Config(
+        database_url=env.get("DATABASE_URL") or default_db,
+        celery_broker_url=env.get("CELERY_BROKER_URL") or "filesystem://",
+        redis_url=env.get("REDIS_URL") or None,
+        stripe_api_key=api_key,
+        stripe_api_base=api_base.rstrip("/") or None,
+        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or "whsec_emulator",
+        stripe_rate_limit=_float_env("STRIPE_RATE_LIMIT", 20.0),
+        api_token=env.get("OFFSESSION_API_TOKEN") or _api_token_from_var(),
+        secret_key=env.get("SECRET_KEY") or _secret_key_from_var(),
+        public_base_url=(env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        mail_url=env.get("MAIL_URL") or None,
+    )
+    if config.stripe_rate_limit <= 0:
+        raise ConfigError("STRIPE_RATE_LIMIT must be a positive number of requests per second")
+    config.check_safe()
+    return config
+
+
+@lru_cache(maxsize=1)
+def get_config() -> Config:
+    """The process-wide configuration, read once."""
+    return load_config()

@@ -1,0 +1,79 @@
+"""Fixtures shared by every test: databases on SQLite and on a throwaway PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_engine
+from shared.migrate import upgrade
+from tests.support.services import PostgresServer, RedisServer
+
+# The tests never read a developer's .env or var/: everything they need is set here or per test.
+os.environ.setdefault("OFFSESSION_API_TOKEN", "test-api-token")
+os.environ.setdefault("SECRET_KEY", "test-secret-key")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind, one per test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
+
+
+@pytest.fixture
+def migrated_engine(database_url: str) -> Iterator[Engine]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def session_factory(migrated_engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=migrated_engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as s:
+        yield s
+        s.rollback()
+
+
+@pytest.fixture
+def sqlite_session(tmp_path: Path) -> Iterator[Session]:
+    """A migrated SQLite database only, for fast domain tests that need a session."""
+    url = f"sqlite:///{tmp_path / 'unit.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with sessionmaker(bind=engine, expire_on_commit=False)() as s:
+        yield s
+    engine.dispose()

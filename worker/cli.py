@@ -1,0 +1,160 @@
+"""The `offsession` command (design §1): an adapter like web/ and worker/, over shared/.
+
+Errors print one clear line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import click
+
+from shared.config import EMULATOR_API_BASE, ConfigError, get_config, var_dir
+
+
+class CommandError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+        click.echo(f"offsession: {self.format_message()}", err=True)
+
+
+@click.group(help="Offsession: off-session card charges for invoices.")
+def main() -> None:
+    try:
+        get_config()
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+@main.group(help="Database schema.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Apply every migration (creates the database when missing).")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    from shared.migrate import upgrade
+
+    try:
+        upgrade(get_config().database_url, revision)
+    except Exception as exc:  # one clear line instead of a traceback
+        raise CommandError(f"migration failed: {exc}") from exc
+    click.echo(f"database at {revision}: {_redact(get_config().database_url)}")
+
+
+@main.command("create-admin", help="Create an admin (or set a new password for an existing one).")
+@click.argument("email")
+@click.option("--password", help="Prompted for when omitted.")
+def create_admin(email: str, password: str | None) -> None:
+    from shared.admins import AdminError
+    from shared.admins import create_admin as create
+    from shared.db import session_scope
+
+    if password is None:
+        if not sys.stdin.isatty():
+            raise CommandError("no --password given and no terminal to ask for one")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords differ")
+    try:
+        with session_scope() as session:
+            admin = create(session, email, password)
+            address = admin.email
+    except AdminError as exc:
+        raise CommandError(str(exc)) from exc
+    click.echo(f"admin {address} can sign in at {get_config().public_base_url}/admin/login")
+
+
+@main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
+def seed_demo() -> None:
+    from shared.db import session_scope
+    from shared.gateway import StripeGatewayError, gateway_from_config
+    from shared.seed import seed_demo as seed
+
+    config = get_config()
+    try:
+        with _emulator_for_seeding(), session_scope() as session:
+            report = seed(session, gateway_from_config(config), var_dir())
+    except StripeGatewayError as exc:
+        raise CommandError(f"Stripe refused the demo data: {exc}") from exc
+    click.echo(
+        f"demo data: {report.clients_created} clients, {report.cards_added} cards and "
+        f"{report.invoices_created} invoices created (existing ones kept)"
+    )
+    click.echo(f"demo admin: {report.admin_email} / {report.admin_password}")
+
+
+@main.command(
+    "emulator",
+    help="Run the Stripe emulator (options: python -m stripe_emulator --help).",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def emulator(args: tuple[str, ...]) -> None:
+    # A separate program reached over HTTP, like Stripe: run it, do not import it.
+    os.execv(sys.executable, [sys.executable, "-m", "stripe_emulator", *args])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _emulator_for_seeding() -> Iterator[None]:
+    """With the embedded defaults and no emulator running, run one just for the seeding.
+
+    It keeps its state in the same file as the emulator `make run` starts, so the demo's Stripe
+    customers and cards are still there when the real one comes up.
+    """
+    config = get_config()
+    if config.stripe_api_base != EMULATOR_API_BASE:
+        yield
+        return
+    parts = urlsplit(EMULATOR_API_BASE)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 12111
+    if _port_open(host, port):
+        yield
+        return
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stripe_emulator", "--host", host, "--port", str(port),
+         "--state-file", str(var_dir() / "emulator-state.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _port_open(host, port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise CommandError("could not start the Stripe emulator for the demo data")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+if __name__ == "__main__":
+    main()
