@@ -6,6 +6,7 @@ leaves none. The database allows one default per client, so the old default is c
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -46,7 +47,6 @@ def create_client(
         email=address,
         idempotency_key=f"offsession:customer:{client.id}",
         stripe_account=stripe_account,
-        metadata={"client_id": str(client.id)},
     )
     audit.record(session, actor, "client.created", client_id=client.id)
     session.flush()
@@ -69,8 +69,10 @@ def add_card(
         raise ClientError(f"{client.name} has no Stripe customer yet.")
     make_default = client.default_card is None
     details = gateway.attach_card(
-        customer_id=client.stripe_customer_id,
-        payment_method=token,
+        client.stripe_customer_id,
+        token,
+        # Each "add a card" is its own request: a fresh key, kept for the SDK's retries of this one.
+        idempotency_key=f"offsession:card:{client.id}:{uuid.uuid4()}",
         make_default=make_default,
         stripe_account=stripe_account,
     )
@@ -103,7 +105,9 @@ def set_default_card(
     if card.is_default:
         return card
     assert client.stripe_customer_id is not None
-    gateway.set_default_card(client.stripe_customer_id, card.stripe_payment_method_id, stripe_account)
+    gateway.set_default_card(
+        client.stripe_customer_id, card.stripe_payment_method_id, stripe_account=stripe_account
+    )
     _make_default(session, client, card)
     audit.record(session, actor, "card.default_set", client_id=client.id, card_id=card.id)
     return card
@@ -121,7 +125,7 @@ def delete_card(
     """Detach and forget a card; returns the card that is now the default, if any."""
     if card.client_id != client.id:
         raise ClientError("That card belongs to another client.")
-    gateway.detach_card(card.stripe_payment_method_id, stripe_account)
+    gateway.detach_card(card.stripe_payment_method_id, stripe_account=stripe_account)
     was_default = card.is_default
     client.cards.remove(card)
     session.delete(card)
@@ -131,7 +135,9 @@ def delete_card(
         return client.default_card
     successor = max(client.cards, key=lambda c: (c.created_at, c.id))
     assert client.stripe_customer_id is not None
-    gateway.set_default_card(client.stripe_customer_id, successor.stripe_payment_method_id, stripe_account)
+    gateway.set_default_card(
+        client.stripe_customer_id, successor.stripe_payment_method_id, stripe_account=stripe_account
+    )
     _make_default(session, client, successor)
     return successor
 

@@ -77,6 +77,10 @@ class Config:
     secret_key: str
     public_base_url: str
     mail_url: str | None
+    # How long a worker may hold a charge before the janitor asks Stripe what became of it.
+    charge_lease_seconds: float = 300.0
+    # Transient Stripe errors (5xx, timeouts, 429) retried with the same key before `unknown`.
+    charge_transient_retries: int = 6
 
     @property
     def stripe_mode(self) -> str:
@@ -116,6 +120,8 @@ def load_config() -> Config:
         secret_key=env.get("SECRET_KEY") or _secret_key_from_var(),
         public_base_url=(env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
         mail_url=env.get("MAIL_URL") or None,
+        charge_lease_seconds=_float_env("OFFSESSION_CHARGE_LEASE_SECONDS", 300.0),
+        charge_transient_retries=int(_float_env("OFFSESSION_CHARGE_TRANSIENT_RETRIES", 6)),
     )
     if config.stripe_rate_limit <= 0:
         raise ConfigError("STRIPE_RATE_LIMIT must be a positive number of requests per second")

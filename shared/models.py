@@ -327,3 +327,17 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_outbox_message_unpublished", "published_at", "id"),)
+
+
+class ApiIdempotencyRecord(Base):
+    """The answer first given to an API request carrying an Idempotency-Key, replayed on repeats."""
+
+    __tablename__ = "api_idempotency_record"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    # method, path and body: a key reused for a different request is refused, as Stripe does.
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

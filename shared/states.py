@@ -46,8 +46,9 @@ STATUS_LABELS: dict[AttemptStatus, str] = {
 
 S = AttemptStatus
 ALLOWED: dict[AttemptStatus, frozenset[AttemptStatus]] = {
-    # queued → queued is not a move; a retry waiting for its time goes processing → queued.
-    S.QUEUED: frozenset({S.PROCESSING, S.CANCELED}),
+    # A retry waiting for its time goes processing → queued; while it waits, Stripe may still report
+    # the outcome of the call whose answer was lost, and that news is the truth.
+    S.QUEUED: frozenset({S.PROCESSING, S.CANCELED, S.SUCCEEDED, S.FAILED, S.REQUIRES_ACTION}),
     S.PROCESSING: frozenset({S.SUCCEEDED, S.FAILED, S.REQUIRES_ACTION, S.UNKNOWN, S.QUEUED}),
     S.REQUIRES_ACTION: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED}),
     # The janitor may replay the create under the same key (back to processing) or learn the outcome.

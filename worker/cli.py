@@ -79,20 +79,33 @@ def create_admin(email: str, password: str | None) -> None:
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
     from shared.db import session_scope
-    from shared.gateway import StripeGatewayError, gateway_from_config
+    from shared.gateway import GatewayError, gateway_from_config
     from shared.seed import seed_demo as seed
 
     config = get_config()
     try:
         with _emulator_for_seeding(), session_scope() as session:
             report = seed(session, gateway_from_config(config), var_dir())
-    except StripeGatewayError as exc:
+    except GatewayError as exc:
         raise CommandError(f"Stripe refused the demo data: {exc}") from exc
     click.echo(
         f"demo data: {report.clients_created} clients, {report.cards_added} cards and "
         f"{report.invoices_created} invoices created (existing ones kept)"
     )
     click.echo(f"demo admin: {report.admin_email} / {report.admin_password}")
+
+
+@main.command("reconcile", help="Run the janitor once: settle stale charges, re-drive webhooks, relay.")
+def reconcile() -> None:
+    from shared.db import get_sessionmaker
+    from shared.gateway import gateway_from_config
+    from shared.reconcile import run_janitor
+    from worker.tasks import publish
+
+    report = run_janitor(get_sessionmaker(), gateway_from_config(get_config()), publish)
+    click.echo(report.summary())
+    if report.still_unknown or report.flagged_for_operator:
+        click.echo("some charges still need attention: see GET /api/charges?status=unknown", err=True)
 
 
 @main.command(

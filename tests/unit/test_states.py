@@ -28,7 +28,7 @@ def test_design_transitions_are_allowed(current: AttemptStatus, target: AttemptS
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.SUCCEEDED, S.FAILED), (S.SUCCEEDED, S.CANCELED), (S.SUCCEEDED, S.QUEUED), (S.QUEUED, S.SUCCEEDED),
+    [(S.SUCCEEDED, S.FAILED), (S.SUCCEEDED, S.CANCELED), (S.SUCCEEDED, S.QUEUED), (S.QUEUED, S.UNKNOWN),
      (S.FAILED, S.QUEUED), (S.CANCELED, S.PROCESSING), (S.PROCESSING, S.CANCELED), (S.FAILED, S.REQUIRES_ACTION)],
 )
 def test_illegal_transitions_raise(current: AttemptStatus, target: AttemptStatus) -> None:
@@ -44,6 +44,11 @@ def test_late_failure_never_overwrites_success() -> None:
 def test_money_moved_wins_over_failed_and_canceled() -> None:
     assert observe(S.FAILED, S.SUCCEEDED) is S.SUCCEEDED
     assert observe(S.CANCELED, S.SUCCEEDED) is S.SUCCEEDED
+
+
+def test_a_waiting_retry_learns_the_lost_answer() -> None:
+    assert observe(S.QUEUED, S.SUCCEEDED) is S.SUCCEEDED
+    assert observe(S.QUEUED, S.FAILED) is S.FAILED
 
 
 def test_observations_never_requeue() -> None:

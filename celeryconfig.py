@@ -1,0 +1,81 @@
+"""Celery settings (design §1). Read by the worker, beat and the web app's publisher.
+
+Messages are hints, the database is the truth: every task claims its row before acting, so a
+duplicate delivery changes nothing and a lost one is re-published by the outbox relay or the janitor.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from shared.config import get_config, var_dir
+
+_config = get_config()
+
+broker_url = _config.celery_broker_url
+# Outcomes live in the database; Celery's own results would only be a second, weaker copy.
+task_ignore_result = True
+result_backend = None
+
+# Acknowledge after the task returns, one message at a time per process: a killed worker's message
+# goes back to the queue instead of being lost.
+task_acks_late = True
+worker_prefetch_multiplier = 1
+# A pool process killed mid-task: re-send the message, a bounded number of times (Celery 5.7), rather
+# than requeue forever. Every task is safe to run twice.
+task_retry_on_worker_lost = True
+task_reject_on_worker_lost = True
+task_default_retry_delay = 1
+task_annotations = {"*": {"max_retries": 5}}
+worker_cancel_long_running_tasks_on_connection_loss = True
+worker_soft_shutdown_timeout = 20.0
+
+# Longer than any countdown we schedule (at most 60 s; longer waits go through the outbox's
+# available_at): a countdown beyond the visibility timeout would be delivered again and again.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+broker_transport_options: dict[str, object] = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    # Restore a dead worker's unacked messages within seconds of the timeout, not ~100 s after it.
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+    # A broker that is down must not hang a web request: fail fast, the outbox relay publishes later.
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "max_retries": 1,
+}
+visibility_timeout = VISIBILITY_TIMEOUT_SECONDS
+broker_connection_retry_on_startup = True
+task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+if _config.uses_embedded_broker:
+    # kombu's filesystem transport: no server, works across the processes of one machine.
+    _folder = var_dir() / "broker"
+    for _sub in ("queue", "processed"):
+        (_folder / _sub).mkdir(parents=True, exist_ok=True)
+    broker_transport_options = {
+        "data_folder_in": str(_folder / "queue"),
+        "data_folder_out": str(_folder / "queue"),
+        "data_folder_processed": str(_folder / "processed"),
+        "store_processed": False,
+    }
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+worker_hijack_root_logger = True
+task_send_sent_event = False
+
+task_routes = {
+    "offsession.charge_attempt": {"queue": "charges"},
+    "offsession.process_webhook_event": {"queue": "webhooks"},
+    "offsession.*": {"queue": "maintenance"},
+}
+task_default_queue = "maintenance"
+# A plain `celery -A worker worker` consumes every queue listed here; `-Q charges` narrows it.
+task_queues = (Queue("charges"), Queue("webhooks"), Queue("maintenance"))
+
+beat_schedule = {
+    "relay-outbox": {"task": "offsession.relay_outbox", "schedule": 5.0},
+    "janitor": {"task": "offsession.janitor", "schedule": 60.0},
+}

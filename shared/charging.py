@@ -1,0 +1,559 @@
+"""Charging an invoice: open an attempt, run it against Stripe exactly once, apply what Stripe says.
+
+The attempt row, with its idempotency key, is committed before the first Stripe call; the outcome is
+recorded after it. A crash in between leaves a `processing` attempt whose lease runs out, and the
+janitor (shared.reconcile) asks Stripe what happened: nothing here ever charges with a new key.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from shared import audit, outbox
+from shared.eligibility import Blocker, BlockerCode, charge_blockers, in_flight_attempt
+from shared.gateway import (
+    AuthenticationRequired,
+    Canceled,
+    CardDeclined,
+    ChargeOutcome,
+    ChargeRequest,
+    PaymentIntentView,
+    PermanentStripeError,
+    Processing,
+    RequiresAction,
+    StripeGateway,
+    Succeeded,
+    TransientStripeError,
+    classify_payment_intent,
+)
+from shared.ledger import balance
+from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
+from shared.money import STRIPE_MAXIMUM_AMOUNT, format_money
+from shared.settings import get_settings
+from shared.states import AttemptStatus, observe, transition
+
+log = logging.getLogger(__name__)
+S = AttemptStatus
+
+# Countdowns stay far below the broker's visibility timeout; longer waits go through the outbox's
+# available_at, which the relay publishes when due.
+MAX_DIRECT_COUNTDOWN_SECONDS = 60.0
+RETRY_BASE_SECONDS = 2.0
+RETRY_MAX_SECONDS = 600.0
+
+
+class ChargeRequestError(ValueError):
+    """The request itself is malformed (e.g. an amount above what is due): HTTP 422."""
+
+
+class NotChargeable(Exception):
+    """The invoice cannot be charged now: HTTP 409 with the blockers."""
+
+    def __init__(self, blockers: list[Blocker]) -> None:
+        super().__init__("; ".join(b.message for b in blockers))
+        self.blockers = blockers
+
+
+class ChargeNotCancelable(Exception):
+    pass
+
+
+def idempotency_key_for(attempt_id: str) -> str:
+    return f"offsession:charge:{attempt_id}"
+
+
+def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = False) -> Invoice | None:
+    query = (
+        select(Invoice)
+        .where(Invoice.id == invoice_id)
+        .options(
+            selectinload(Invoice.client).selectinload(Client.cards),
+            selectinload(Invoice.payments),
+            selectinload(Invoice.charge_attempts),
+        )
+    )
+    if lock:
+        # Concurrent clicks on one invoice queue up here (PostgreSQL); SQLite serialises writers anyway.
+        query = query.with_for_update(of=Invoice)
+    return session.scalars(query).one_or_none()
+
+
+def open_attempt(
+    session: Session,
+    invoice: Invoice,
+    *,
+    source: str,
+    requested_by: str,
+    amount: int | None = None,
+) -> tuple[ChargeAttempt, int]:
+    """Write a queued attempt and its outbox message in the caller's transaction.
+
+    Returns the attempt and the outbox message id (to publish once the transaction has committed).
+    The amount is the server's: all that is due, or a part of it no larger than what is due.
+    """
+    due = balance(invoice).amount_due
+    if amount is not None:
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise ChargeRequestError("amount must be a whole number of minor units (1000 is $10.00).")
+        if amount <= 0:
+            raise ChargeRequestError("amount must be positive.")
+        if amount > STRIPE_MAXIMUM_AMOUNT:
+            raise ChargeRequestError(f"amount may be at most {STRIPE_MAXIMUM_AMOUNT} minor units.")
+        if due > 0 and amount > due:
+            raise ChargeRequestError(
+                f"{format_money(amount, invoice.currency)} is more than the "
+                f"{format_money(due, invoice.currency)} due."
+            )
+    settings = get_settings(session)
+    blockers = charge_blockers(invoice, settings, amount=amount)
+    if blockers:
+        raise NotChargeable(blockers)
+    card = invoice.client.default_card
+    assert card is not None  # charge_blockers checked it
+    attempt_id = str(uuid.uuid4())
+    attempt = ChargeAttempt(
+        id=attempt_id,
+        invoice=invoice,
+        amount=amount if amount is not None else due,
+        currency=invoice.currency,
+        source=source,
+        requested_by=requested_by,
+        status=S.QUEUED.value,
+        idempotency_key=idempotency_key_for(attempt_id),
+        # Resolved now and stored, so every retry sends byte-identical parameters.
+        stripe_customer_id=invoice.client.stripe_customer_id,
+        payment_method_id=card.stripe_payment_method_id,
+        stripe_account_id=settings.stripe_account_id,
+    )
+    session.add(attempt)
+    message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id})
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The partial unique index: another request opened an attempt for this invoice meanwhile.
+        raise NotChargeable(
+            [Blocker(BlockerCode.CHARGE_IN_PROGRESS, "A charge for this invoice is already in progress.")]
+        ) from exc
+    audit.record(
+        session,
+        requested_by,
+        "charge.requested",
+        invoice_id=invoice.id,
+        charge_attempt_id=attempt_id,
+        amount=attempt.amount,
+        currency=attempt.currency,
+        source=source,
+    )
+    return attempt, message.id
+
+
+def charge_request_for(attempt: ChargeAttempt, invoice: Invoice) -> ChargeRequest:
+    assert attempt.stripe_customer_id and attempt.payment_method_id
+    return ChargeRequest(
+        amount=attempt.amount,
+        currency=attempt.currency,
+        customer_id=attempt.stripe_customer_id,
+        payment_method_id=attempt.payment_method_id,
+        metadata={
+            "invoice_id": str(invoice.id),
+            "invoice_number": invoice.number,
+            "charge_attempt_id": attempt.id,
+        },
+        description=f"Invoice {invoice.number}",
+        idempotency_key=attempt.idempotency_key,
+        stripe_account=attempt.stripe_account_id,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an attempt (the worker)
+# --------------------------------------------------------------------------------------------------
+
+
+class RunResult(StrEnum):
+    NOT_CLAIMED = "not_claimed"  # another delivery has it, or it is final, or its retry is not due
+    CANCELED_BY_LAST_LOOK = "canceled_by_last_look"
+    APPLIED = "applied"
+    RETRY_SCHEDULED = "retry_scheduled"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class RunReport:
+    result: RunResult
+    status: str | None = None
+    retry_message_id: int | None = None
+    retry_countdown: float | None = None
+    rate_limited: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def claim_attempt(
+    session: Session, attempt_id: str, *, now: datetime, lease_seconds: float
+) -> tuple[ChargeAttempt, Invoice] | RunReport:
+    """queued → processing with a lease, in the caller's transaction; or why not.
+
+    The worker's last look happens here: an attempt that never reached Stripe is canceled if the
+    invoice can no longer be charged (paid meanwhile, Stripe disconnected, card removed, ...). One
+    that already reached Stripe is always replayed under its key: only Stripe knows what happened.
+    """
+    attempt = session.scalars(
+        select(ChargeAttempt).where(ChargeAttempt.id == attempt_id).with_for_update()
+    ).one_or_none()
+    if attempt is None or attempt.status != S.QUEUED.value:
+        return RunReport(RunResult.NOT_CLAIMED, attempt.status if attempt else None)
+    if attempt.next_retry_at is not None and attempt.next_retry_at > now:
+        return RunReport(RunResult.NOT_CLAIMED, attempt.status, notes=["retry not due yet"])
+    invoice = load_invoice_for_charge(session, attempt.invoice_id)
+    assert invoice is not None
+    if not reached_stripe(attempt):
+        blockers = charge_blockers(
+            invoice, get_settings(session), amount=attempt.amount, ignore_attempt_id=attempt.id
+        )
+        due = balance(invoice).amount_due
+        if attempt.amount > due and not any(b.code is BlockerCode.NOTHING_DUE for b in blockers):
+            blockers.append(
+                Blocker(BlockerCode.NOTHING_DUE, f"Only {format_money(due, invoice.currency)} is still due.")
+            )
+        if blockers:
+            move_attempt(
+                session,
+                attempt,
+                S.CANCELED,
+                "worker",
+                now=now,
+                failure_code="not_chargeable",
+                failure_message=" ".join(b.message for b in blockers),
+            )
+            return RunReport(
+                RunResult.CANCELED_BY_LAST_LOOK, S.CANCELED.value, notes=[b.code.value for b in blockers]
+            )
+    # The conditional update is the claim: of two deliveries racing here, one changes a row.
+    claimed = session.execute(
+        update(ChargeAttempt)
+        .where(ChargeAttempt.id == attempt_id, ChargeAttempt.status == S.QUEUED.value)
+        .values(
+            status=S.PROCESSING.value, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed != 1:
+        return RunReport(RunResult.NOT_CLAIMED, attempt.status)
+    session.refresh(attempt)
+    audit.record(
+        session,
+        "worker",
+        "charge.processing",
+        invoice_id=invoice.id,
+        charge_attempt_id=attempt.id,
+        **{"from": S.QUEUED.value, "to": S.PROCESSING.value},
+    )
+    return attempt, invoice
+
+
+def reached_stripe(attempt: ChargeAttempt) -> bool:
+    """Whether a create may have reached Stripe already (then only a replay under the key is safe)."""
+    return attempt.payment_intent_id is not None or attempt.transient_failures > 0
+
+
+def run_attempt(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    attempt_id: str,
+    *,
+    lease_seconds: float,
+    max_transient_retries: int,
+    now: datetime | None = None,
+) -> RunReport:
+    """Claim, charge under the attempt's key, record the outcome. Safe to run twice, or at once."""
+    started = now or utcnow()
+    with factory() as session, session.begin():
+        claim = claim_attempt(session, attempt_id, now=started, lease_seconds=lease_seconds)
+        if isinstance(claim, RunReport):
+            return claim
+        attempt, invoice = claim
+        request = charge_request_for(attempt, invoice)
+
+    try:
+        outcome = gateway.create_offsession_payment_intent(request)
+    except TransientStripeError as exc:
+        return _after_transient_error(factory, attempt_id, exc, max_transient_retries)
+    except PermanentStripeError as exc:
+        # A bug or a misconfiguration (invalid request, bad key, idempotency mismatch): stop, keep the key.
+        log.error("permanent Stripe error for charge %s: %s", attempt_id, exc, exc_info=exc)
+        with factory() as session, session.begin():
+            attempt = lock_attempt(session, attempt_id)
+            move_attempt(
+                session,
+                attempt,
+                S.UNKNOWN if exc.is_idempotency_error else S.FAILED,
+                "worker",
+                failure_code=exc.code or exc.kind,
+                failure_message=exc.message,
+                payment_intent_id=exc.payment_intent_id,
+            )
+            return RunReport(RunResult.APPLIED, attempt.status)
+
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        apply_outcome(session, attempt, outcome, actor="worker")
+        return RunReport(RunResult.APPLIED, attempt.status)
+
+
+def _after_transient_error(
+    factory: sessionmaker[Session], attempt_id: str, exc: TransientStripeError, max_retries: int
+) -> RunReport:
+    now = utcnow()
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        if attempt.status != S.PROCESSING.value:
+            # A webhook or the janitor settled it while we waited for Stripe.
+            return RunReport(RunResult.APPLIED, attempt.status)
+        attempt.transient_failures += 1
+        if attempt.transient_failures > max_retries:
+            move_attempt(
+                session,
+                attempt,
+                S.UNKNOWN,
+                "worker",
+                failure_code=exc.code or "stripe_unreachable",
+                failure_message=f"No answer from Stripe after {attempt.transient_failures} tries: "
+                f"{exc.message}",
+            )
+            return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value, rate_limited=exc.rate_limited)
+        delay = retry_delay(attempt.transient_failures)
+        attempt.next_retry_at = now + timedelta(seconds=delay)
+        move_attempt(
+            session,
+            attempt,
+            S.QUEUED,
+            "worker",
+            failure_code=exc.code or "transient",
+            failure_message=f"Stripe did not answer ({exc.message}); retry {attempt.transient_failures} "
+            f"of {max_retries} with the same key in {delay:.0f}s",
+        )
+        message = outbox.enqueue(
+            session,
+            outbox.TASK_CHARGE_ATTEMPT,
+            {"attempt_id": attempt_id},
+            available_at=attempt.next_retry_at,
+        )
+        session.flush()
+        return RunReport(
+            RunResult.RETRY_SCHEDULED,
+            S.QUEUED.value,
+            retry_message_id=message.id,
+            retry_countdown=delay if delay <= MAX_DIRECT_COUNTDOWN_SECONDS else None,
+            rate_limited=exc.rate_limited,
+        )
+
+
+def retry_delay(failures: int) -> float:
+    """Exponential backoff with full jitter on the upper half: 2-4 s, 4-8 s, ... up to 10 minutes."""
+    ceiling = min(RETRY_BASE_SECONDS * 2 ** (failures - 1) * 2, RETRY_MAX_SECONDS)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def lock_attempt(session: Session, attempt_id: str) -> ChargeAttempt:
+    return session.scalars(
+        select(ChargeAttempt).where(ChargeAttempt.id == attempt_id).with_for_update()
+    ).one()
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying Stripe's word (worker, webhooks, janitor)
+# --------------------------------------------------------------------------------------------------
+
+
+def apply_payment_intent(
+    session: Session, attempt: ChargeAttempt, view: PaymentIntentView, *, actor: str
+) -> bool:
+    return apply_outcome(session, attempt, classify_payment_intent(view), actor=actor)
+
+
+def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutcome, *, actor: str) -> bool:
+    """Move the attempt monotonically to what Stripe reports; returns whether anything changed.
+
+    Stale or repeated news changes nothing; a success always lands, and lands in the ledger once.
+    """
+    pi_id = outcome.payment_intent_id
+    if pi_id and attempt.payment_intent_id is None:
+        attempt.payment_intent_id = pi_id
+    match outcome:
+        case Succeeded(payment_intent=view):
+            changed = _move_if_news(
+                session,
+                attempt,
+                S.SUCCEEDED,
+                actor,
+                failure_code=None,
+                decline_code=None,
+                failure_message=None,
+            )
+            recorded = _record_card_payment(session, attempt, view)
+            return changed or recorded
+        case CardDeclined():
+            return _move_if_news(
+                session,
+                attempt,
+                S.FAILED,
+                actor,
+                failure_code=outcome.code or "card_declined",
+                decline_code=outcome.decline_code,
+                failure_message=outcome.message,
+            )
+        case AuthenticationRequired():
+            return _move_if_news(
+                session,
+                attempt,
+                S.REQUIRES_ACTION,
+                actor,
+                failure_code="authentication_required",
+                decline_code="authentication_required",
+                failure_message=outcome.message,
+            )
+        case RequiresAction():
+            return _move_if_news(session, attempt, S.REQUIRES_ACTION, actor)
+        case Canceled():
+            return _move_if_news(
+                session,
+                attempt,
+                S.CANCELED,
+                actor,
+                failure_code="payment_intent_canceled",
+                failure_message="The PaymentIntent was canceled.",
+            )
+        case Processing():
+            return False  # the final word comes later, by webhook or the janitor
+    raise AssertionError(f"unhandled outcome {outcome!r}")
+
+
+def _move_if_news(
+    session: Session, attempt: ChargeAttempt, reported: AttemptStatus, actor: str, **fields: str | None
+) -> bool:
+    target = observe(attempt.status, reported)
+    if target is None:
+        return False
+    move_attempt(session, attempt, target, actor, **fields)
+    return True
+
+
+def move_attempt(
+    session: Session,
+    attempt: ChargeAttempt,
+    target: AttemptStatus,
+    actor: str,
+    *,
+    now: datetime | None = None,
+    **fields: str | None,
+) -> None:
+    previous = attempt.status
+    attempt.status = transition(previous, target).value
+    moment = now or utcnow()
+    attempt.updated_at = moment
+    for name, value in fields.items():
+        if name == "payment_intent_id" and (value is None or attempt.payment_intent_id):
+            continue
+        setattr(attempt, name, value)
+    if target is not S.PROCESSING:
+        attempt.lease_expires_at = None
+    if target is not S.QUEUED:
+        attempt.next_retry_at = None
+    attempt.finished_at = moment if target.is_terminal else None
+    audit.record(
+        session,
+        actor,
+        f"charge.{target.value}",
+        invoice_id=attempt.invoice_id,
+        charge_attempt_id=attempt.id,
+        **{"from": previous, "to": target.value},
+        failure_code=attempt.failure_code if target is S.FAILED else None,
+        decline_code=attempt.decline_code if target is S.FAILED else None,
+        payment_intent_id=attempt.payment_intent_id,
+    )
+
+
+def _record_card_payment(session: Session, attempt: ChargeAttempt, view: PaymentIntentView) -> bool:
+    """One ledger row per succeeded PaymentIntent, whoever reports it first."""
+    exists = session.scalar(select(Payment.id).where(Payment.stripe_payment_intent_id == view.id))
+    if exists is not None:
+        return False
+    payment = Payment(
+        invoice_id=attempt.invoice_id,
+        amount=view.amount_received or view.amount or attempt.amount,
+        method="card",
+        received_at=utcnow(),
+        reference=view.id,
+        charge_attempt_id=attempt.id,
+        stripe_payment_intent_id=view.id,
+        recorded_by="stripe",
+    )
+    try:
+        with session.begin_nested():
+            session.add(payment)
+    except IntegrityError:
+        return False  # recorded by a concurrent reporter a moment ago
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Canceling
+# --------------------------------------------------------------------------------------------------
+
+
+def cancel_attempt(session: Session, gateway: StripeGateway, attempt: ChargeAttempt, *, actor: str) -> None:
+    """Admin cancel: a queued attempt that never reached Stripe, or one waiting for the client.
+
+    A queued retry that may already have reached Stripe is not cancelable: canceling it would free the
+    invoice for a new attempt while the first might still have charged the card.
+    """
+    status = attempt.status_enum
+    if status is S.QUEUED and not reached_stripe(attempt):
+        move_attempt(
+            session,
+            attempt,
+            S.CANCELED,
+            actor,
+            failure_code="canceled_by_admin",
+            failure_message="Canceled before it was sent to Stripe.",
+        )
+        return
+    if status is S.REQUIRES_ACTION:
+        if attempt.payment_intent_id:
+            account = attempt.stripe_account_id
+            try:
+                view = gateway.cancel_payment_intent(attempt.payment_intent_id, stripe_account=account)
+            except PermanentStripeError:
+                # Stripe refuses to cancel a PaymentIntent that has moved on: learn where it went.
+                view = gateway.retrieve_payment_intent(attempt.payment_intent_id, stripe_account=account)
+            if view.status != "canceled":
+                # The client completed (or failed) authentication meanwhile: that is the truth.
+                apply_payment_intent(session, attempt, view, actor=actor)
+                if attempt.status_enum is not S.REQUIRES_ACTION:
+                    return
+        move_attempt(
+            session,
+            attempt,
+            S.CANCELED,
+            actor,
+            failure_code="canceled_by_admin",
+            failure_message="Canceled while waiting for the client to authenticate.",
+        )
+        return
+    raise ChargeNotCancelable(
+        f"A charge that is {status.label.lower()} cannot be canceled; only queued charges that have not "
+        "reached Stripe and charges waiting for the client can."
+    )
+
+
+def in_flight_for(invoice: Invoice) -> ChargeAttempt | None:
+    return in_flight_attempt(invoice)

@@ -1,0 +1,122 @@
+"""The transactional outbox: what must reach Celery is written with the change it belongs to.
+
+Publishing happens after commit (the web app at once, the relay for whatever that missed). A message
+published twice is harmless: every task claims its row before acting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import OutboxMessage, utcnow
+
+# Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
+TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
+TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
+
+# publish(task_name, payload, countdown_seconds) raises on failure.
+Publisher = Callable[[str, dict[str, Any], float | None], None]
+
+RELAY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    id: int
+    task_name: str
+    payload: dict[str, Any]
+
+
+def enqueue(
+    session: Session, task_name: str, payload: dict[str, Any], available_at: datetime | None = None
+) -> OutboxMessage:
+    message = OutboxMessage(task_name=task_name, payload=payload, available_at=available_at)
+    session.add(message)
+    return message
+
+
+def publish_messages(
+    factory: sessionmaker[Session],
+    publish: Publisher,
+    message_ids: Iterable[int],
+    now: datetime | None = None,
+) -> int:
+    """Publish the given rows if still unpublished; a failure leaves them for the relay. Returns count."""
+    ids = list(message_ids)
+    if not ids:
+        return 0
+    with factory() as session:
+        rows = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.published_at.is_(None))
+        ).all()
+        pending = [PendingMessage(r.id, r.task_name, dict(r.payload)) for r in rows]
+        session.rollback()
+    return _publish(factory, publish, pending, now or utcnow())
+
+
+def relay_outbox(factory: sessionmaker[Session], publish: Publisher, now: datetime | None = None) -> int:
+    """Publish every unpublished row whose time has come (the beat relay). Returns how many went out."""
+    moment = now or utcnow()
+    total = 0
+    while True:
+        with factory() as session:
+            rows = session.scalars(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.published_at.is_(None),
+                    or_(OutboxMessage.available_at.is_(None), OutboxMessage.available_at <= moment),
+                )
+                .order_by(OutboxMessage.id)
+                .limit(RELAY_BATCH)
+            ).all()
+            pending = [PendingMessage(r.id, r.task_name, dict(r.payload)) for r in rows]
+            session.rollback()
+        if not pending:
+            return total
+        sent = _publish(factory, publish, pending, moment)
+        total += sent
+        if sent < len(pending) or len(pending) < RELAY_BATCH:
+            return total
+
+
+def _publish(
+    factory: sessionmaker[Session], publish: Publisher, pending: list[PendingMessage], now: datetime
+) -> int:
+    published: list[int] = []
+    failure: tuple[int, str] | None = None
+    for message in pending:
+        try:
+            publish(message.task_name, message.payload, None)
+        except Exception as exc:  # the broker is down: stop, the relay tries again later
+            failure = (message.id, f"{type(exc).__name__}: {exc}"[:500])
+            break
+        published.append(message.id)
+    with factory() as session, session.begin():
+        if published:
+            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(published))):
+                row.published_at = now
+                row.publish_attempts += 1
+        if failure is not None:
+            row = session.get(OutboxMessage, failure[0])
+            if row is not None:
+                row.publish_attempts += 1
+                row.last_error = failure[1]
+    return len(published)
+
+
+def prune_published(session: Session, older_than: datetime) -> int:
+    """Delete rows published before `older_than`; the outbox is a queue, not an archive."""
+    rows = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.published_at.is_not(None), OutboxMessage.published_at < older_than)
+        .limit(10_000)
+    ).all()
+    for row in rows:
+        session.delete(row)
+    return len(rows)

@@ -1,0 +1,296 @@
+"""The janitor: brings every charge attempt to its true final state, whatever crashed on the way.
+
+Runs every minute from beat and by hand (`offsession reconcile`). For each `unknown` attempt, and
+each `processing` attempt whose lease ran out (its worker died or hangs), it asks Stripe, in order:
+the PaymentIntent by its stored id; else a replay of the create under the attempt's own key while
+Stripe still keeps it (24 h); else the customer's PaymentIntents matched on metadata; else it flags
+the attempt for an operator. It never charges with a new key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import audit, outbox
+from shared.charging import (
+    apply_outcome,
+    apply_payment_intent,
+    charge_request_for,
+    lock_attempt,
+    move_attempt,
+)
+from shared.gateway import (
+    GatewayError,
+    PaymentIntentView,
+    PermanentStripeError,
+    StripeGateway,
+    TransientStripeError,
+)
+from shared.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
+from shared.states import AttemptStatus
+from shared.webhooks import redrive_cutoff, unprocessed_event_ids
+
+log = logging.getLogger(__name__)
+S = AttemptStatus
+
+# Stripe keeps idempotency keys at least 24 h; stay well inside that before replaying a create.
+REPLAY_WINDOW = timedelta(hours=23)
+# A queued attempt whose message was published but never consumed (broker lost it) is re-published.
+STUCK_QUEUED_AFTER = timedelta(minutes=2)
+REQUIRES_ACTION_TTL = timedelta(days=7)
+NEEDS_OPERATOR = "needs_operator"
+
+
+@dataclass
+class JanitorReport:
+    resolved: Counter[str] = field(default_factory=Counter)
+    still_unknown: int = 0
+    flagged_for_operator: int = 0
+    requeued: int = 0
+    webhook_events_redriven: int = 0
+    outbox_published: int = 0
+    expired_authentications: int = 0
+
+    def summary(self) -> str:
+        resolved = ", ".join(f"{n} {status}" for status, n in sorted(self.resolved.items())) or "none"
+        return (
+            f"resolved: {resolved}; still unknown: {self.still_unknown}; flagged for an operator: "
+            f"{self.flagged_for_operator}; re-queued: {self.requeued}; webhook events re-driven: "
+            f"{self.webhook_events_redriven}; outbox messages published: {self.outbox_published}; "
+            f"authentications expired: {self.expired_authentications}"
+        )
+
+
+def stale_attempt_ids(session: Session, now: datetime, limit: int = 200) -> list[str]:
+    return list(
+        session.scalars(
+            select(ChargeAttempt.id)
+            .where(
+                or_(
+                    ChargeAttempt.status == S.UNKNOWN.value,
+                    and_(ChargeAttempt.status == S.PROCESSING.value, ChargeAttempt.lease_expires_at < now),
+                )
+            )
+            .order_by(ChargeAttempt.updated_at)
+            .limit(limit)
+        )
+    )
+
+
+def reconcile_stale_attempts(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    *,
+    now: datetime | None = None,
+    report: JanitorReport | None = None,
+) -> JanitorReport:
+    moment = now or utcnow()
+    report = report or JanitorReport()
+    with factory() as session:
+        ids = stale_attempt_ids(session, moment)
+        session.rollback()
+    for attempt_id in ids:
+        try:
+            status = resolve_attempt(factory, gateway, attempt_id, now=moment)
+        except GatewayError as exc:
+            log.warning("janitor could not resolve charge %s yet: %s", attempt_id, exc)
+            report.still_unknown += 1
+            continue
+        if status == NEEDS_OPERATOR:
+            report.flagged_for_operator += 1
+        elif status in (S.UNKNOWN.value, S.PROCESSING.value):
+            report.still_unknown += 1
+        else:
+            report.resolved[status] += 1
+    return report
+
+
+def resolve_attempt(
+    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, *, now: datetime
+) -> str:
+    """Settle one stale attempt from Stripe's records; returns its status (or NEEDS_OPERATOR)."""
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        if attempt.status == S.PROCESSING.value:
+            if attempt.lease_expires_at is not None and attempt.lease_expires_at >= now:
+                return attempt.status  # its worker is still within its lease
+            move_attempt(
+                session,
+                attempt,
+                S.UNKNOWN,
+                "janitor",
+                failure_message="The worker's lease ran out; checking with Stripe.",
+            )
+        elif attempt.status != S.UNKNOWN.value:
+            return attempt.status
+        invoice = session.get(Invoice, attempt.invoice_id)
+        assert invoice is not None
+        pi_id = attempt.payment_intent_id
+        request = charge_request_for(attempt, invoice) if attempt.stripe_customer_id else None
+        created_at = attempt.created_at
+        account = attempt.stripe_account_id
+        customer = attempt.stripe_customer_id
+
+    # 1. The PaymentIntent we know of.
+    if pi_id:
+        view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
+        return _apply_view(factory, attempt_id, view)
+    # 2. Replay the create under the same key: Stripe answers with the original outcome, or runs it
+    #    now if it never arrived. Byte-identical parameters, rebuilt from the stored attempt.
+    if request is not None and now - created_at < REPLAY_WINDOW:
+        try:
+            outcome = gateway.create_offsession_payment_intent(request)
+        except TransientStripeError:
+            raise
+        except PermanentStripeError as exc:
+            if not exc.is_idempotency_error:
+                raise
+            log.error("idempotency mismatch replaying charge %s: %s", attempt_id, exc)
+        else:
+            with factory() as session, session.begin():
+                attempt = lock_attempt(session, attempt_id)
+                apply_outcome(session, attempt, outcome, actor="janitor")
+                return attempt.status
+    # 3. The customer's PaymentIntents, matched on metadata (strongly consistent, unlike search).
+    if customer:
+        found = gateway.find_attempt_payment_intents(
+            customer, attempt_id, created_gte=created_at - timedelta(minutes=10), stripe_account=account
+        )
+        if found:
+            # Several would mean a double charge; the succeeded one (if any) is the truth to record.
+            found.sort(key=lambda v: v.status != "succeeded")
+            if len(found) > 1:
+                log.error(
+                    "charge %s has %d PaymentIntents: %s", attempt_id, len(found), [v.id for v in found]
+                )
+            return _apply_view(factory, attempt_id, found[0])
+    # 4. Nothing to go on: a person must look.
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        if attempt.failure_code != NEEDS_OPERATOR:
+            attempt.failure_code = NEEDS_OPERATOR
+            attempt.failure_message = (
+                "Stripe has no record of this charge and its key is too old to "
+                "replay safely: check the Stripe dashboard, then cancel or record it."
+            )
+            audit.record(
+                session,
+                "janitor",
+                "charge.flagged_for_operator",
+                invoice_id=attempt.invoice_id,
+                charge_attempt_id=attempt.id,
+            )
+    return NEEDS_OPERATOR
+
+
+def _apply_view(factory: sessionmaker[Session], attempt_id: str, view: PaymentIntentView) -> str:
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        apply_payment_intent(session, attempt, view, actor="janitor")
+        return attempt.status
+
+
+def requeue_stuck_queued(factory: sessionmaker[Session], *, now: datetime | None = None) -> list[int]:
+    """Queued attempts whose message went out but never ran (a broker that lost it) get a new message.
+
+    Returns the new outbox message ids; the caller publishes them. A duplicate run is harmless.
+    """
+    moment = now or utcnow()
+    cutoff = moment - STUCK_QUEUED_AFTER
+    with factory() as session, session.begin():
+        attempts = session.scalars(
+            select(ChargeAttempt)
+            .where(
+                ChargeAttempt.status == S.QUEUED.value,
+                ChargeAttempt.updated_at < cutoff,
+                or_(ChargeAttempt.next_retry_at.is_(None), ChargeAttempt.next_retry_at < cutoff),
+            )
+            .limit(500)
+        ).all()
+        ids = []
+        for attempt in attempts:
+            waiting = session.scalar(
+                select(OutboxMessage.id).where(
+                    OutboxMessage.published_at.is_(None),
+                    OutboxMessage.task_name == outbox.TASK_CHARGE_ATTEMPT,
+                    OutboxMessage.payload["attempt_id"].as_string() == attempt.id,
+                )
+            )
+            if waiting is not None:
+                continue  # the relay will publish it
+            message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt.id})
+            attempt.updated_at = moment
+            session.flush()
+            ids.append(message.id)
+        return ids
+
+
+def expire_authentications(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    *,
+    now: datetime | None = None,
+    ttl: timedelta = REQUIRES_ACTION_TTL,
+) -> int:
+    """Attempts left waiting for the client longer than the TTL are canceled (with their PI)."""
+    from shared.charging import cancel_attempt
+
+    moment = now or utcnow()
+    with factory() as session:
+        ids = list(
+            session.scalars(
+                select(ChargeAttempt.id)
+                .where(
+                    ChargeAttempt.status == S.REQUIRES_ACTION.value, ChargeAttempt.updated_at < moment - ttl
+                )
+                .limit(200)
+            )
+        )
+        session.rollback()
+    expired = 0
+    for attempt_id in ids:
+        try:
+            with factory() as session, session.begin():
+                attempt = lock_attempt(session, attempt_id)
+                cancel_attempt(session, gateway, attempt, actor="janitor")
+                if attempt.status == S.CANCELED.value:
+                    attempt.failure_code = "authentication_expired"
+                    attempt.failure_message = "The client did not authenticate in time."
+                    expired += 1
+        except GatewayError as exc:
+            log.warning("could not expire charge %s: %s", attempt_id, exc)
+    return expired
+
+
+def run_janitor(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    publish: outbox.Publisher,
+    *,
+    now: datetime | None = None,
+) -> JanitorReport:
+    """Everything the periodic sweep does, in one call (beat task and `offsession reconcile`)."""
+    moment = now or utcnow()
+    report = JanitorReport()
+    reconcile_stale_attempts(factory, gateway, now=moment, report=report)
+    report.expired_authentications = expire_authentications(factory, gateway, now=moment)
+    requeued = requeue_stuck_queued(factory, now=moment)
+    report.requeued = len(requeued)
+    with factory() as session:
+        event_ids = unprocessed_event_ids(session, older_than=redrive_cutoff(moment))
+        session.rollback()
+    for event_id in event_ids:
+        try:
+            publish(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": event_id}, None)
+            report.webhook_events_redriven += 1
+        except Exception as exc:  # broker down: the next sweep tries again
+            log.warning("cannot re-drive webhook events: %s", exc)
+            break
+    report.outbox_published = outbox.relay_outbox(factory, publish, now=moment)
+    return report

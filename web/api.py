@@ -1,0 +1,448 @@
+"""The JSON API (design §6). Views parse, call shared/, answer; the rules live in shared/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, date, datetime
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from shared import audit, clients, invoices, ledger, outbox
+from shared.charging import (
+    ChargeNotCancelable,
+    ChargeRequestError,
+    NotChargeable,
+    cancel_attempt,
+    in_flight_for,
+    load_invoice_for_charge,
+    open_attempt,
+)
+from shared.db import get_sessionmaker, session_scope
+from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError
+from shared.models import ApiIdempotencyRecord, Card, ChargeAttempt, Client, Invoice
+from shared.settings import SettingsError, get_settings, update_settings
+from shared.states import AttemptStatus
+from web.auth import require_api_token
+from web.errors import ApiError
+from web.serializers import card_json, charge_json, client_json, invoice_json, payment_json, settings_json
+from web.services import gateway, publish
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+# ---- parsing ---------------------------------------------------------------------------------------
+
+
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise ApiError(400, "invalid_json", "The request needs a JSON object body.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+    return body
+
+
+def field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    *,
+    required: bool = True,
+    default: Any = None,
+) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(422, "invalid", f"{name} is required.", field=name)
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python; an amount of `true` is not.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(k.__name__.replace("str", "string").replace("int", "integer") for k in kinds)
+        raise ApiError(422, "invalid", f"{name} must be a {names}.", field=name)
+    return value
+
+
+def parse_date(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid", f"{name} must be a date like 2026-12-31.", field=name) from exc
+
+
+def parse_time(value: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(422, "invalid", f"{name} must be a date or an ISO 8601 time.", field=name) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def actor() -> str:
+    return str(g.get("actor", "api"))
+
+
+def _404(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"No such {what}.")
+
+
+def _gateway_error(exc: GatewayError) -> ApiError:
+    if isinstance(exc, CardSetupDeclined):
+        return ApiError(402, "card_declined", exc.message)
+    if isinstance(exc, CardSetupRequiresAction):
+        return ApiError(402, "authentication_required", exc.message)
+    return ApiError(502, "stripe_error", f"Stripe did not accept the request: {exc.message}")
+
+
+# ---- settings --------------------------------------------------------------------------------------
+
+
+@bp.get("/settings")
+@require_api_token
+def get_settings_view() -> ResponseReturnValue:
+    with session_scope() as session:
+        return jsonify(
+            settings_json(get_settings(session), stripe_mode=current_app.config["OFFSESSION"].stripe_mode)
+        )
+
+
+@bp.put("/settings")
+@require_api_token
+def put_settings() -> ResponseReturnValue:
+    body = json_body()
+    account = field(body, "stripe_account_id", str, required=False)
+    try:
+        with session_scope() as session:
+            settings = update_settings(
+                session,
+                actor(),
+                stripe_connected=field(body, "stripe_connected", bool, required=False),
+                stripe_account_id=account,
+                clear_stripe_account="stripe_account_id" in body and body["stripe_account_id"] is None,
+                online_card_payments_enabled=field(
+                    body, "online_card_payments_enabled", bool, required=False
+                ),
+            )
+            return jsonify(settings_json(settings, stripe_mode=current_app.config["OFFSESSION"].stripe_mode))
+    except SettingsError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+
+
+# ---- clients and cards -------------------------------------------------------------------------------
+
+
+def _client(session: Session, client_id: int) -> Client:
+    client = session.scalars(
+        select(Client).where(Client.id == client_id).options(selectinload(Client.cards))
+    ).one_or_none()
+    if client is None:
+        raise _404("client")
+    return client
+
+
+@bp.post("/clients")
+@require_api_token
+def create_client() -> ResponseReturnValue:
+    body = json_body()
+    try:
+        with session_scope() as session:
+            client = clients.create_client(
+                session,
+                gateway(),
+                name=field(body, "name", str),
+                email=field(body, "email", str),
+                actor=actor(),
+                stripe_account=get_settings(session).stripe_account_id,
+            )
+            return jsonify(client_json(client)), 201
+    except clients.ClientError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except GatewayError as exc:
+        raise _gateway_error(exc) from exc
+
+
+@bp.get("/clients/<int:client_id>")
+@require_api_token
+def get_client(client_id: int) -> ResponseReturnValue:
+    with session_scope() as session:
+        return jsonify(client_json(_client(session, client_id)))
+
+
+@bp.post("/clients/<int:client_id>/cards")
+@require_api_token
+def add_card(client_id: int) -> ResponseReturnValue:
+    body = json_body()
+    token = field(body, "payment_method", str)
+    try:
+        with session_scope() as session:
+            client = _client(session, client_id)
+            card = clients.add_card(
+                session,
+                gateway(),
+                client,
+                token,
+                actor=actor(),
+                stripe_account=get_settings(session).stripe_account_id,
+            )
+            return jsonify(card_json(card)), 201
+    except clients.ClientError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except GatewayError as exc:
+        raise _gateway_error(exc) from exc
+
+
+def _card(client: Client, card_id: int) -> Card:
+    card = next((c for c in client.cards if c.id == card_id), None)
+    if card is None:
+        raise _404("card")
+    return card
+
+
+@bp.post("/clients/<int:client_id>/cards/<int:card_id>/default")
+@require_api_token
+def make_default_card(client_id: int, card_id: int) -> ResponseReturnValue:
+    try:
+        with session_scope() as session:
+            client = _client(session, client_id)
+            card = clients.set_default_card(
+                session,
+                gateway(),
+                client,
+                _card(client, card_id),
+                actor=actor(),
+                stripe_account=get_settings(session).stripe_account_id,
+            )
+            return jsonify(card_json(card))
+    except GatewayError as exc:
+        raise _gateway_error(exc) from exc
+
+
+@bp.delete("/clients/<int:client_id>/cards/<int:card_id>")
+@require_api_token
+def delete_card(client_id: int, card_id: int) -> ResponseReturnValue:
+    try:
+        with session_scope() as session:
+            client = _client(session, client_id)
+            clients.delete_card(
+                session,
+                gateway(),
+                client,
+                _card(client, card_id),
+                actor=actor(),
+                stripe_account=get_settings(session).stripe_account_id,
+            )
+    except GatewayError as exc:
+        raise _gateway_error(exc) from exc
+    return "", 204
+
+
+# ---- invoices ------------------------------------------------------------------------------------------
+
+
+def _invoice(session: Session, invoice_id: int, *, lock: bool = False) -> Invoice:
+    invoice = load_invoice_for_charge(session, invoice_id, lock=lock)
+    if invoice is None:
+        raise _404("invoice")
+    return invoice
+
+
+@bp.post("/invoices")
+@require_api_token
+def create_invoice() -> ResponseReturnValue:
+    body = json_body()
+    client_id = field(body, "client_id", int)
+    due = parse_date(field(body, "due_date", str), "due_date")
+    try:
+        with session_scope() as session:
+            client = session.get(Client, client_id)
+            if client is None:
+                raise ApiError(422, "invalid", f"No client with id {client_id}.", field="client_id")
+            invoice = invoices.create_invoice(
+                session,
+                client,
+                number=field(body, "number", str),
+                currency=field(body, "currency", str),
+                total=field(body, "total", int),
+                due_date=due,
+                payment_method=field(body, "payment_method", str, required=False, default="online_card"),
+                auto_charge=field(body, "auto_charge", bool, required=False, default=False),
+                description=field(body, "description", str, required=False, default=""),
+                actor=actor(),
+            )
+            invoice = _invoice(session, invoice.id)
+            return jsonify(invoice_json(invoice, get_settings(session))), 201
+    except invoices.InvoiceError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+
+
+@bp.get("/invoices/<int:invoice_id>")
+@require_api_token
+def get_invoice(invoice_id: int) -> ResponseReturnValue:
+    with session_scope() as session:
+        return jsonify(invoice_json(_invoice(session, invoice_id), get_settings(session)))
+
+
+@bp.post("/invoices/<int:invoice_id>/payments")
+@require_api_token
+def record_payment(invoice_id: int) -> ResponseReturnValue:
+    body = json_body()
+    received = field(body, "received_at", str, required=False)
+    try:
+        with session_scope() as session:
+            invoice = _invoice(session, invoice_id, lock=True)
+            payment = ledger.record_payment(
+                session,
+                invoice,
+                amount=field(body, "amount", int),
+                method=field(body, "method", str),
+                received_at=parse_time(received, "received_at") if received else None,
+                reference=field(body, "reference", str, required=False, default="")[:200],
+                recorded_by=actor(),
+                in_flight_charge=in_flight_for(invoice),
+            )
+            audit.record(
+                session,
+                actor(),
+                "payment.recorded",
+                invoice_id=invoice.id,
+                amount=payment.amount,
+                method=payment.method,
+            )
+            return jsonify(payment_json(payment, invoice.currency)), 201
+    except ledger.LedgerError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+
+
+# ---- charges -------------------------------------------------------------------------------------------
+
+
+def _fingerprint(invoice_id: int, body: dict[str, Any]) -> str:
+    canonical = json.dumps({"invoice": invoice_id, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session: Session, key: str, fingerprint: str) -> ResponseReturnValue | None:
+    record = session.scalar(select(ApiIdempotencyRecord).where(ApiIdempotencyRecord.key == key))
+    if record is None:
+        return None
+    if record.request_fingerprint != fingerprint:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for a different request; use a new key.",
+        )
+    response = jsonify(record.response_body)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response, record.response_status
+
+
+@bp.post("/invoices/<int:invoice_id>/charges")
+@require_api_token
+def request_charge(invoice_id: int) -> ResponseReturnValue:
+    """202 with the queued charge at once; a worker does the charging."""
+    body = json_body(optional=True)
+    amount = field(body, "amount", int, required=False)
+    key = (request.headers.get("Idempotency-Key") or "").strip() or None
+    if key is not None and len(key) > 255:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may be at most 255 characters.")
+    fingerprint = _fingerprint(invoice_id, body)
+    try:
+        with session_scope() as session:
+            if key and (replayed := _replay(session, key, fingerprint)) is not None:
+                return replayed
+            invoice = _invoice(session, invoice_id, lock=True)
+            attempt, message_id = open_attempt(
+                session, invoice, source="admin", requested_by=actor(), amount=amount
+            )
+            answer = charge_json(attempt)
+            if key:
+                session.add(
+                    ApiIdempotencyRecord(
+                        key=key, request_fingerprint=fingerprint, response_status=202, response_body=answer
+                    )
+                )
+    except NotChargeable as exc:
+        raise ApiError(409, "not_chargeable", str(exc), blockers=[b.as_dict() for b in exc.blockers]) from exc
+    except ChargeRequestError as exc:
+        raise ApiError(422, "invalid", str(exc), field="amount") from exc
+    except IntegrityError as exc:
+        # A concurrent request with the same Idempotency-Key won the race: answer as it did.
+        if key:
+            with session_scope() as session:
+                if (replayed := _replay(session, key, fingerprint)) is not None:
+                    return replayed
+        raise ApiError(
+            409,
+            "not_chargeable",
+            "A charge for this invoice is already in progress.",
+            blockers=[
+                {"code": "charge_in_progress", "message": "A charge for this invoice is already in progress."}
+            ],
+        ) from exc
+    # After commit: publish now; if the broker is down the relay publishes it within seconds.
+    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
+    return jsonify(answer), 202
+
+
+@bp.get("/charges/<charge_id>")
+@require_api_token
+def get_charge(charge_id: str) -> ResponseReturnValue:
+    with session_scope() as session:
+        attempt = session.get(ChargeAttempt, charge_id)
+        if attempt is None:
+            raise _404("charge")
+        return jsonify(charge_json(attempt))
+
+
+@bp.get("/charges")
+@require_api_token
+def list_charges() -> ResponseReturnValue:
+    query = select(ChargeAttempt).order_by(ChargeAttempt.created_at.desc(), ChargeAttempt.id)
+    status = request.args.get("status")
+    if status:
+        if status not in {s.value for s in AttemptStatus}:
+            raise ApiError(
+                422, "invalid", f"status must be one of {', '.join(s.value for s in AttemptStatus)}."
+            )
+        query = query.where(ChargeAttempt.status == status)
+    invoice_id = request.args.get("invoice_id")
+    if invoice_id:
+        if not invoice_id.isdigit():
+            raise ApiError(422, "invalid", "invoice_id must be a number.")
+        query = query.where(ChargeAttempt.invoice_id == int(invoice_id))
+    try:
+        limit = min(max(int(request.args.get("limit", 100)), 1), 500)
+    except ValueError as exc:
+        raise ApiError(422, "invalid", "limit must be a number.") from exc
+    with session_scope() as session:
+        return jsonify({"data": [charge_json(a) for a in session.scalars(query.limit(limit))]})
+
+
+@bp.post("/charges/<charge_id>/cancel")
+@require_api_token
+def cancel_charge(charge_id: str) -> ResponseReturnValue:
+    try:
+        with session_scope() as session:
+            attempt = session.get(ChargeAttempt, charge_id, with_for_update=True)
+            if attempt is None:
+                raise _404("charge")
+            cancel_attempt(session, gateway(), attempt, actor=actor())
+            return jsonify(charge_json(attempt))
+    except ChargeNotCancelable as exc:
+        raise ApiError(409, "not_cancelable", str(exc)) from exc
+    except GatewayError as exc:
+        raise _gateway_error(exc) from exc

@@ -1,0 +1,26 @@
+"""Bearer-token authentication for /api (design §6)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import current_app, g, request
+
+from web.errors import ApiError
+
+
+def require_api_token(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        expected = current_app.config["OFFSESSION"].api_token
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), expected):
+            raise ApiError(401, "unauthorized", "Send Authorization: Bearer <OFFSESSION_API_TOKEN>.")
+        g.actor = "api"
+        return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,118 @@
+"""JSON shapes of the API (design §6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.eligibility import charge_blockers
+from shared.ledger import balance
+from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+from shared.money import format_money
+from shared.states import AttemptStatus
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def settings_json(settings: Settings, *, stripe_mode: str) -> dict[str, Any]:
+    return {
+        "stripe_connected": settings.stripe_connected,
+        "stripe_account_id": settings.stripe_account_id,
+        "online_card_payments_enabled": settings.online_card_payments_enabled,
+        "stripe_mode": stripe_mode,
+        "updated_at": _time(settings.updated_at),
+    }
+
+
+def card_json(card: Card) -> dict[str, Any]:
+    return {
+        "id": card.id,
+        "client_id": card.client_id,
+        "payment_method": card.stripe_payment_method_id,
+        "brand": card.brand,
+        "last4": card.last4,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+        "is_default": card.is_default,
+    }
+
+
+def client_json(client: Client) -> dict[str, Any]:
+    return {
+        "id": client.id,
+        "name": client.name,
+        "email": client.email,
+        "stripe_customer_id": client.stripe_customer_id,
+        "cards": [card_json(c) for c in client.cards],
+    }
+
+
+def payment_json(payment: Payment, currency: str) -> dict[str, Any]:
+    return {
+        "id": payment.id,
+        "amount": payment.amount,
+        "currency": currency,
+        "amount_display": format_money(payment.amount, currency),
+        "method": payment.method,
+        "received_at": _time(payment.received_at),
+        "reference": payment.reference,
+        "charge_id": payment.charge_attempt_id,
+        "payment_intent_id": payment.stripe_payment_intent_id,
+        "refund_id": payment.stripe_refund_id,
+    }
+
+
+def charge_json(attempt: ChargeAttempt) -> dict[str, Any]:
+    status = AttemptStatus(attempt.status)
+    return {
+        "id": attempt.id,
+        "invoice_id": attempt.invoice_id,
+        "status": status.value,
+        "status_label": status.label,
+        "amount": attempt.amount,
+        "currency": attempt.currency,
+        "amount_display": format_money(attempt.amount, attempt.currency),
+        "payment_intent_id": attempt.payment_intent_id,
+        "failure_code": attempt.failure_code,
+        "decline_code": attempt.decline_code,
+        "failure_message": attempt.failure_message,
+        "source": attempt.source,
+        "requested_by": attempt.requested_by,
+        "next_retry_at": _time(attempt.next_retry_at),
+        "created_at": _time(attempt.created_at),
+        "updated_at": _time(attempt.updated_at),
+    }
+
+
+def invoice_json(invoice: Invoice, settings: Settings, *, detail: bool = True) -> dict[str, Any]:
+    b = balance(invoice)
+    blockers = charge_blockers(invoice, settings)
+    body: dict[str, Any] = {
+        "id": invoice.id,
+        "number": invoice.number,
+        "client_id": invoice.client_id,
+        "client_name": invoice.client.name,
+        "currency": invoice.currency,
+        "total": invoice.total,
+        "amount_paid": b.amount_paid,
+        "amount_due": b.amount_due,
+        "status": b.status.value,
+        "display": {
+            "total": format_money(invoice.total, invoice.currency),
+            "amount_paid": format_money(b.amount_paid, invoice.currency),
+            "amount_due": format_money(b.amount_due, invoice.currency),
+            "status": b.status.label,
+        },
+        "due_date": invoice.due_date.isoformat(),
+        "payment_method": invoice.payment_method,
+        "auto_charge": invoice.auto_charge,
+        "void": invoice.is_void,
+        "description": invoice.description,
+        "charge": {"eligible": not blockers, "blockers": [bl.as_dict() for bl in blockers]},
+    }
+    if detail:
+        body["payments"] = [payment_json(p, invoice.currency) for p in invoice.payments]
+        body["charges"] = [charge_json(a) for a in invoice.charge_attempts]
+    return body

@@ -1,0 +1,28 @@
+"""What the views share: the database session factory, the Stripe gateway and the task publisher."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from shared.config import get_config
+from shared.gateway import StripeGateway, gateway_from_config
+
+
+@lru_cache(maxsize=1)
+def gateway() -> StripeGateway:
+    return gateway_from_config(get_config())
+
+
+@lru_cache(maxsize=1)
+def celery_producer() -> Celery:
+    """A Celery app used only to send messages; the tasks themselves live in worker/."""
+    app = Celery("offsession-web")
+    app.config_from_object("celeryconfig")
+    return app
+
+
+def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
+    celery_producer().send_task(task_name, kwargs=payload, countdown=countdown)

@@ -1,0 +1,37 @@
+"""POST /webhooks/stripe: verify on the raw body, store once, answer 200 at once, process later."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from shared import outbox
+from shared.db import session_scope
+from shared.gateway import WebhookPayloadError, WebhookSignatureError
+from shared.webhooks import store_event
+from web.errors import error_response
+from web.services import gateway, publish
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+
+@bp.post("/webhooks/stripe")
+def receive() -> ResponseReturnValue:
+    payload = request.get_data(cache=False)
+    try:
+        event = gateway().verify_webhook(payload, request.headers.get("Stripe-Signature"))
+    except WebhookSignatureError as exc:
+        return error_response(400, "invalid_signature", f"Stripe-Signature refused: {exc.message}")
+    except WebhookPayloadError as exc:
+        return error_response(400, "invalid_payload", exc.message)
+    with session_scope() as session:
+        stored = store_event(session, event)
+    if stored.created:
+        try:
+            publish(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": stored.id}, None)
+        except Exception as exc:  # stored already: the janitor re-drives unprocessed events
+            log.warning("webhook event %s stored, not yet published: %s", event["id"], exc)
+    return jsonify({"received": True, "duplicate": not stored.created}), 200

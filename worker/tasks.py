@@ -1,0 +1,84 @@
+"""Celery tasks: load ids, call shared/, publish what shared/ asks for. No domain logic here."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import shared_task
+
+from shared import outbox
+from shared.charging import RunResult, run_attempt
+from shared.config import get_config
+from shared.db import get_sessionmaker
+from shared.gateway import StripeGateway, TransientStripeError, gateway_from_config
+from shared.reconcile import run_janitor
+from shared.webhooks import process_event
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def gateway() -> StripeGateway:
+    return gateway_from_config(get_config())
+
+
+def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
+    from worker import app
+
+    app.send_task(task_name, kwargs=payload, countdown=countdown)
+
+
+@shared_task(name=outbox.TASK_CHARGE_ATTEMPT, acks_late=True)
+def charge_attempt(attempt_id: str) -> str:
+    config = get_config()
+    factory = get_sessionmaker()
+    report = run_attempt(
+        factory,
+        gateway(),
+        attempt_id,
+        lease_seconds=config.charge_lease_seconds,
+        max_transient_retries=config.charge_transient_retries,
+    )
+    retry = report.retry_message_id
+    if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
+        # A short wait rides on a countdown; a long one waits in the outbox for the relay.
+        outbox.publish_messages(factory, _with_countdown(report.retry_countdown), [retry])
+    log.info("charge %s: %s (%s)", attempt_id, report.result.value, report.status)
+    return report.status or report.result.value
+
+
+def _with_countdown(countdown: float) -> outbox.Publisher:
+    def send(task_name: str, payload: dict[str, Any], _ignored: float | None) -> None:
+        publish(task_name, payload, countdown)
+
+    return send
+
+
+@shared_task(
+    name=outbox.TASK_PROCESS_WEBHOOK_EVENT,
+    acks_late=True,
+    bind=True,
+    autoretry_for=(TransientStripeError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=5,
+)
+def process_webhook_event(self: Any, event_id: int) -> str:
+    outcome = process_event(get_sessionmaker(), gateway(), event_id)
+    log.info("webhook event row %s: %s", event_id, outcome)
+    return outcome
+
+
+@shared_task(name="offsession.relay_outbox", acks_late=True)
+def relay_outbox() -> int:
+    return outbox.relay_outbox(get_sessionmaker(), publish)
+
+
+@shared_task(name="offsession.janitor", acks_late=True)
+def janitor() -> str:
+    report = run_janitor(get_sessionmaker(), gateway(), publish)
+    log.info("janitor: %s", report.summary())
+    return report.summary()
