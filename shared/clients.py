@@ -68,7 +68,7 @@ def add_card(
     if client.stripe_customer_id is None:
         raise ClientError(f"{client.name} has no Stripe customer yet.")
     make_default = client.default_card is None
-    details = gateway.attach_card(
+    details = gateway.attach_payment_method(
         client.stripe_customer_id,
         token,
         # Each "add a card" is its own request: a fresh key, kept for the SDK's retries of this one.

@@ -21,8 +21,14 @@ def client(*, with_card: bool = True, name: str = "Ada Lovelace") -> Client:
     c = Client(name=name, email=f"client{n}@example.com", stripe_customer_id=f"cus_test{n}", cards=[])
     if with_card:
         c.cards.append(
-            Card(stripe_payment_method_id=f"pm_test{n}", brand="visa", last4="4242", exp_month=12,
-                 exp_year=2030, is_default=True)
+            Card(
+                stripe_payment_method_id=f"pm_test{n}",
+                brand="visa",
+                last4="4242",
+                exp_month=12,
+                exp_year=2030,
+                is_default=True,
+            )
         )
     return c
 

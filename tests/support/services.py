@@ -42,12 +42,24 @@ class PostgresServer:
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(PG_BIN / "initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust",
-                  "-E", "UTF8", "--no-locale")
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-o", options, "-l", self.dir / "log",
-                  "-w", "start")
+        self._run(
+            PG_BIN / "initdb",
+            "-D",
+            self.dir / "data",
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            PG_BIN / "pg_ctl", "-D", self.dir / "data", "-o", options, "-l", self.dir / "log", "-w", "start"
+        )
         self._counter = 0
 
     def _run(self, *argv: object) -> None:
@@ -67,8 +79,9 @@ class PostgresServer:
 
         self._counter += 1
         name = f"{prefix}_{os.getpid()}_{self._counter}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -85,8 +98,19 @@ class RedisServer:
             raise RuntimeError("redis-server not found (make test installs it)")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="offsession-redis-"))
-        self._argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "no", "--dir", str(self.dir)]
+        self._argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+        ]
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 

@@ -1,0 +1,281 @@
+"""The real processes of design §1 on loopback, for integration tests: emulator, web (gunicorn),
+Celery workers and, when asked, beat; configured only through the documented environment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.support.services import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TOKEN = "integration-token"
+WEBHOOK_SECRET = "whsec_integration"
+FINAL = ("succeeded", "failed", "requires_action", "canceled")
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    h = {"Content-Type": "application/json"} if data is not None else {}
+    h.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            payload, status = r.read(), r.status
+    except urllib.error.HTTPError as e:
+        payload, status = e.read(), e.code
+    try:
+        return status, json.loads(payload or b"null")
+    except ValueError:
+        return status, payload.decode(errors="replace")
+
+
+class Stack:
+    def __init__(
+        self,
+        database_url: str,
+        broker_url: str,
+        *,
+        workers: int = 1,
+        concurrency: int = 2,
+        beat: bool = False,
+        lease_seconds: float = 4.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="offsession-stack-"))
+        self.web_port = free_port()
+        self.emu_port = free_port()
+        self.base = f"http://127.0.0.1:{self.web_port}"
+        self.emu = f"http://127.0.0.1:{self.emu_port}"
+        self.database_url = database_url
+        self.env = {
+            **os.environ,
+            "OFFSESSION_HOME": str(self.dir),
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker_url,
+            "STRIPE_API_KEY": "sk_test_emulator",
+            "STRIPE_API_BASE": self.emu,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "OFFSESSION_API_TOKEN": TOKEN,
+            "SECRET_KEY": "integration-secret",
+            "PUBLIC_BASE_URL": self.base,
+            "OFFSESSION_CHARGE_LEASE_SECONDS": str(lease_seconds),
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            **(extra_env or {}),
+        }
+        if "REDIS_URL" not in (extra_env or {}):
+            self.env.pop("REDIS_URL", None)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.worker_count = workers
+        self.concurrency = concurrency
+        try:
+            self.cli("db", "upgrade")
+            self.start_emulator()
+            self.start(
+                "web",
+                [
+                    str(BIN / "gunicorn"),
+                    "-b",
+                    f"127.0.0.1:{self.web_port}",
+                    "-w",
+                    "2",
+                    "--timeout",
+                    "60",
+                    "web:create_app()",
+                ],
+            )
+            for i in range(workers):
+                self.start_worker(i)
+            if beat:
+                self.start(
+                    "beat",
+                    [
+                        str(BIN / "celery"),
+                        "-A",
+                        "worker",
+                        "beat",
+                        "--loglevel",
+                        "INFO",
+                        "-s",
+                        str(self.dir / "beat-schedule"),
+                    ],
+                )
+            wait_for_port(self.web_port, 30)
+            status, body = self.api(
+                "PUT", "/api/settings", {"stripe_connected": True, "online_card_payments_enabled": True}
+            )
+            assert status == 200, body
+        except BaseException:
+            self.dump_logs()
+            self.stop()
+            raise
+
+    # ---- processes ----
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_emulator(self, *flags: str) -> None:
+        self.start(
+            "emulator",
+            [
+                str(BIN / "offsession"),
+                "emulator",
+                "--port",
+                str(self.emu_port),
+                "--webhook-url",
+                f"{self.base}/webhooks/stripe",
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+                *flags,
+            ],
+        )
+        wait_for_port(self.emu_port, 30)
+
+    def start_worker(self, index: int) -> None:
+        self.start(
+            f"worker{index}",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"w{index}-{os.getpid()}@%h",
+                "-c",
+                str(self.concurrency),
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            proc.wait(20)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def dump_logs(self) -> None:
+        for name in self.procs:
+            sys.stderr.write(f"--- {name} log tail ---\n{self.log(name)[-3000:]}\n")
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(BIN / "offsession"), *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, f"offsession {' '.join(args)}: {result.stdout} {result.stderr}"
+        return result
+
+    # ---- the API ----
+    def api(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return http(method, self.base + path, body, {"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+
+    def client_with_card(self, token: str = "pm_card_visa") -> dict[str, Any]:
+        status, client = self.api(
+            "POST", "/api/clients", {"name": f"Client {token}", "email": f"{os.urandom(4).hex()}@example.com"}
+        )
+        assert status == 201, client
+        status, card = self.api("POST", f"/api/clients/{client['id']}/cards", {"payment_method": token})
+        assert status == 201, card
+        return client
+
+    def invoice(
+        self, client_id: int, total: int = 10_000, currency: str = "usd", **extra: Any
+    ) -> dict[str, Any]:
+        body = {
+            "client_id": client_id,
+            "number": "INV-" + os.urandom(5).hex(),
+            "currency": currency,
+            "total": total,
+            "due_date": "2026-11-01",
+            "payment_method": "online_card",
+            **extra,
+        }
+        status, invoice = self.api("POST", "/api/invoices", body)
+        assert status == 201, invoice
+        return invoice
+
+    def charge(
+        self, invoice_id: int, amount: int | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return self.api(
+            "POST", f"/api/invoices/{invoice_id}/charges", {"amount": amount} if amount else {}, headers
+        )
+
+    def wait_charge(
+        self, charge_id: str, final: tuple[str, ...] = FINAL, timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            status, last = self.api("GET", f"/api/charges/{charge_id}")
+            if status == 200 and last["status"] in final:
+                return last
+            time.sleep(0.2)
+        self.dump_logs()
+        raise AssertionError(f"charge {charge_id} not in {final} after {timeout}s: {last}")
+
+    # ---- the emulator ----
+    def emulator_state(self) -> dict[str, Any]:
+        status, state = http("GET", self.emu + "/_emulator/state")
+        assert status == 200, state
+        return state
+
+    def payment_intents_for(self, invoice_id: int) -> list[dict[str, Any]]:
+        return [
+            pi
+            for pi in self.emulator_state()["payment_intents"]
+            if str((pi.get("metadata") or {}).get("invoice_id")) == str(invoice_id)
+        ]
+
+    def faults(self, **faults: Any) -> None:
+        status, body = http("POST", self.emu + "/_emulator/faults", faults)
+        assert status == 200, body
