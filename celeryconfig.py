@@ -27,7 +27,9 @@ task_retry_on_worker_lost = True
 task_reject_on_worker_lost = True
 task_default_retry_delay = 1
 task_annotations = {"*": {"max_retries": 5}}
-worker_cancel_long_running_tasks_on_connection_loss = True
+# True would cancel running tasks on a lost broker, but it crashes the worker on reconnection
+# (celery#9250); a task that runs on is harmless, every task being safe to run twice.
+worker_cancel_long_running_tasks_on_connection_loss = False
 worker_soft_shutdown_timeout = 20.0
 
 # Longer than any countdown we schedule (at most 60 s; longer waits go through the outbox's

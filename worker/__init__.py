@@ -5,6 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
+from worker import kombu_fixes
+
+kombu_fixes.install()
 app = Celery("offsession")
 app.config_from_object("celeryconfig")
 

@@ -198,7 +198,7 @@ class Stack:
 
     def dump_logs(self) -> None:
         for name in self.procs:
-            sys.stderr.write(f"--- {name} log tail ---\n{self.log(name)[-3000:]}\n")
+            sys.stderr.write(f"--- {name} log tail ---\n{self.log(name)[-20000:]}\n")
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
