@@ -147,55 +147,83 @@ def _apply(
             changed = apply_payment_intent(session, attempt, view, actor=actor)
             return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
     if event_type in REFUND_EVENTS:
-        return _apply_refunds(factory, event_type, obj, actor)
+        return _apply_refunds(factory, gateway, event_type, obj, actor, event.get("account"))
     return f"{event_type}: stored, nothing to do"
 
 
-def _apply_refunds(factory: sessionmaker[Session], event_type: str, obj: dict[str, Any], actor: str) -> str:
+def _apply_refunds(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    event_type: str,
+    obj: dict[str, Any],
+    actor: str,
+    account: str | None,
+) -> str:
     if obj.get("object") == "refund":
         refunds = [obj]
     else:  # a Charge: its refunds list, when the API version includes it
         refunds = list(((obj.get("refunds") or {}).get("data")) or [])
     recorded = 0
-    with factory() as session, session.begin():
-        for refund in refunds:
-            if refund.get("status") != "succeeded":
-                continue
-            pi_id = refund.get("payment_intent") or obj.get("payment_intent")
-            if isinstance(pi_id, dict):
-                pi_id = pi_id.get("id")
+    for refund in refunds:
+        if refund.get("status") != "succeeded":
+            continue
+        pi_id = _id(refund.get("payment_intent")) or _id(obj.get("payment_intent"))
+        if pi_id is None:
+            continue
+        with factory() as session, session.begin():
             original = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id))
-            if original is None:
-                continue
-            if session.scalar(select(Payment.id).where(Payment.stripe_refund_id == refund["id"])) is not None:
-                continue
-            try:
-                with session.begin_nested():
-                    session.add(
-                        Payment(
-                            invoice_id=original.invoice_id,
-                            amount=-int(refund["amount"]),
-                            method="card",
-                            received_at=utcnow(),
-                            reference=f"Refund {refund['id']} of {pi_id}",
-                            charge_attempt_id=original.charge_attempt_id,
-                            stripe_refund_id=refund["id"],
-                            recorded_by="stripe",
-                        )
-                    )
-            except IntegrityError:
-                continue
-            audit.record(
-                session,
-                actor,
-                "payment.refunded",
-                invoice_id=original.invoice_id,
-                charge_attempt_id=original.charge_attempt_id,
-                refund_id=refund["id"],
-                amount=int(refund["amount"]),
-            )
-            recorded += 1
+        if original is None:
+            # The refund overtook the success it refunds: record the success first, from Stripe.
+            view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
+            with factory() as session, session.begin():
+                attempt = find_attempt(session, view)
+                if attempt is None:
+                    continue  # not one of our charges
+                apply_payment_intent(session, attempt, view, actor=actor)
+        with factory() as session, session.begin():
+            if _record_refund(session, refund, pi_id, actor):
+                recorded += 1
     return f"{event_type}: {recorded} refund(s) recorded"
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("id")
+    return value if isinstance(value, str) else None
+
+
+def _record_refund(session: Session, refund: dict[str, Any], pi_id: str, actor: str) -> bool:
+    original = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id))
+    if original is None:
+        return False
+    if session.scalar(select(Payment.id).where(Payment.stripe_refund_id == refund["id"])) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(
+                Payment(
+                    invoice_id=original.invoice_id,
+                    amount=-int(refund["amount"]),
+                    method="card",
+                    received_at=utcnow(),
+                    reference=f"Refund {refund['id']} of {pi_id}",
+                    charge_attempt_id=original.charge_attempt_id,
+                    stripe_refund_id=refund["id"],
+                    recorded_by="stripe",
+                )
+            )
+    except IntegrityError:
+        return False
+    audit.record(
+        session,
+        actor,
+        "payment.refunded",
+        invoice_id=original.invoice_id,
+        charge_attempt_id=original.charge_attempt_id,
+        refund_id=refund["id"],
+        amount=int(refund["amount"]),
+    )
+    return True
 
 
 def unprocessed_event_ids(session: Session, *, older_than: datetime, limit: int = 500) -> list[int]:
