@@ -21,17 +21,50 @@ THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 # Stripe's minimum charge per currency in minor units (docs: minimum and maximum charge amounts).
 # Currencies not listed fall back to the USD-equivalent rule of thumb of 50 minor units.
 STRIPE_MINIMUM_CHARGE: dict[str, int] = {
-    "usd": 50, "aud": 50, "brl": 50, "cad": 50, "chf": 50, "eur": 50, "inr": 50, "nzd": 50, "sgd": 50,
-    "gbp": 30, "aed": 200, "pln": 200, "ron": 200, "myr": 200, "bgn": 100, "dkk": 250, "nok": 300,
-    "sek": 300, "hkd": 400, "mxn": 1000, "thb": 1000, "czk": 1500, "huf": 17500, "jpy": 50,
+    "usd": 50,
+    "aud": 50,
+    "brl": 50,
+    "cad": 50,
+    "chf": 50,
+    "eur": 50,
+    "inr": 50,
+    "nzd": 50,
+    "sgd": 50,
+    "gbp": 30,
+    "aed": 200,
+    "pln": 200,
+    "ron": 200,
+    "myr": 200,
+    "bgn": 100,
+    "dkk": 250,
+    "nok": 300,
+    "sek": 300,
+    "hkd": 400,
+    "mxn": 1000,
+    "thb": 1000,
+    "czk": 1500,
+    "huf": 17500,
+    "jpy": 50,
 }
 DEFAULT_MINIMUM_CHARGE = 50
 # Stripe accepts at most eight digits of minor units.
 STRIPE_MAXIMUM_AMOUNT = 99_999_999
 
 SYMBOLS: dict[str, str] = {
-    "usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "krw": "₩", "inr": "₹", "cad": "CA$", "aud": "A$",
-    "nzd": "NZ$", "chf": "CHF ", "sek": "SEK ", "nok": "NOK ", "dkk": "DKK ", "pln": "PLN ",
+    "usd": "$",
+    "eur": "€",
+    "gbp": "£",
+    "jpy": "¥",
+    "krw": "₩",
+    "inr": "₹",
+    "cad": "CA$",
+    "aud": "A$",
+    "nzd": "NZ$",
+    "chf": "CHF ",
+    "sek": "SEK ",
+    "nok": "NOK ",
+    "dkk": "DKK ",
+    "pln": "PLN ",
 }
 
 
@@ -45,9 +78,7 @@ def normalize_currency(currency: str) -> str:
     if not re.fullmatch(r"[a-z]{3}", code):
         raise MoneyError(f"Currency must be a three-letter ISO code, got {currency!r}.")
     if code in THREE_DECIMAL:
-        raise MoneyError(
-            f"{code.upper()} is a three-decimal currency; Offsession does not charge in it yet."
-        )
+        raise MoneyError(f"{code.upper()} is a three-decimal currency; Offsession does not charge in it yet.")
     return code
 
 

@@ -58,26 +58,59 @@ class DemoInvoice:
 
 def _demo_invoices() -> tuple[DemoInvoice, ...]:
     due_today = [
-        DemoInvoice(f"DEMO-{i + 1:04d}", c.email, 12_000 + 1_500 * i, auto_charge=True,
-                    description=f"Monthly retainer for {c.name}")
+        DemoInvoice(
+            f"DEMO-{i + 1:04d}",
+            c.email,
+            12_000 + 1_500 * i,
+            auto_charge=True,
+            description=f"Monthly retainer for {c.name}",
+        )
         for i, c in enumerate(DEMO_CLIENTS)
     ]
     return (
         *due_today,
-        DemoInvoice("DEMO-0101", "ada@demo.offsession.test", 45_000, due_in_days=14,
-                    description="Open, due in two weeks"),
-        DemoInvoice("DEMO-0102", "grace@demo.offsession.test", 80_000, due_in_days=-3,
-                    payments=((30_000, "bank_transfer", "Wire 2026-001"),),
-                    description="Partially paid by bank transfer"),
-        DemoInvoice("DEMO-0103", "ada@demo.offsession.test", 25_000, due_in_days=-10,
-                    payments=((10_000, "cash", "Receipt 17"), (15_000, "cheque", "Cheque 4411")),
-                    description="Paid in cash and by cheque"),
-        DemoInvoice("DEMO-0104", "dan@demo.offsession.test", 9_900, void=True,
-                    description="Voided: issued by mistake"),
-        DemoInvoice("DEMO-0105", "grace@demo.offsession.test", 60_000, due_in_days=7,
-                    payment_method="bank_transfer", description="To be paid by bank transfer"),
-        DemoInvoice("DEMO-0106", "ada@demo.offsession.test", 12_000, currency="jpy", due_in_days=-1,
-                    description="Zero-decimal currency: ¥12,000"),
+        DemoInvoice(
+            "DEMO-0101",
+            "ada@demo.offsession.test",
+            45_000,
+            due_in_days=14,
+            description="Open, due in two weeks",
+        ),
+        DemoInvoice(
+            "DEMO-0102",
+            "grace@demo.offsession.test",
+            80_000,
+            due_in_days=-3,
+            payments=((30_000, "bank_transfer", "Wire 2026-001"),),
+            description="Partially paid by bank transfer",
+        ),
+        DemoInvoice(
+            "DEMO-0103",
+            "ada@demo.offsession.test",
+            25_000,
+            due_in_days=-10,
+            payments=((10_000, "cash", "Receipt 17"), (15_000, "cheque", "Cheque 4411")),
+            description="Paid in cash and by cheque",
+        ),
+        DemoInvoice(
+            "DEMO-0104", "dan@demo.offsession.test", 9_900, void=True, description="Voided: issued by mistake"
+        ),
+        DemoInvoice(
+            "DEMO-0105",
+            "grace@demo.offsession.test",
+            60_000,
+            due_in_days=7,
+            payment_method="bank_transfer",
+            description="To be paid by bank transfer",
+        ),
+        DemoInvoice(
+            "DEMO-0106",
+            "ada@demo.offsession.test",
+            12_000,
+            currency="jpy",
+            due_in_days=-1,
+            description="Zero-decimal currency: ¥12,000",
+        ),
         DemoInvoice("DEMO-0107", "grace@demo.offsession.test", 30, description="Below Stripe's minimum"),
     )
 
@@ -102,7 +135,9 @@ def demo_admin_password(var_dir: Path) -> str:
     return password
 
 
-def seed_demo(session: Session, gateway: StripeGateway, var_dir: Path, today: date | None = None) -> SeedReport:
+def seed_demo(
+    session: Session, gateway: StripeGateway, var_dir: Path, today: date | None = None
+) -> SeedReport:
     report = SeedReport()
     today = today or date.today()
     settings = get_settings(session)
@@ -140,8 +175,9 @@ def seed_demo(session: Session, gateway: StripeGateway, var_dir: Path, today: da
             actor=ACTOR,
         )
         for amount, method, reference in demo_invoice.payments:
-            ledger.record_payment(session, invoice, amount=amount, method=method, reference=reference,
-                                  recorded_by=ACTOR)
+            ledger.record_payment(
+                session, invoice, amount=amount, method=method, reference=reference, recorded_by=ACTOR
+            )
         if demo_invoice.void:
             invoices.void_invoice(session, invoice, actor=ACTOR)
         report.invoices_created += 1

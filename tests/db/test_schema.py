@@ -57,8 +57,14 @@ def _invoice(session: Session) -> Invoice:
 
 
 def _attempt(invoice_id: int, key: str, status: str = "queued") -> ChargeAttempt:
-    return ChargeAttempt(invoice_id=invoice_id, amount=10_000, currency="usd", source="admin",
-                         status=status, idempotency_key=key)
+    return ChargeAttempt(
+        invoice_id=invoice_id,
+        amount=10_000,
+        currency="usd",
+        source="admin",
+        status=status,
+        idempotency_key=key,
+    )
 
 
 def test_one_in_flight_attempt_per_invoice(session: Session) -> None:
@@ -131,10 +137,22 @@ def test_two_concurrent_transactions_cannot_both_open_an_attempt(
 def test_one_default_card_per_client(session: Session) -> None:
     client = Client(name="Ada", email="ada@example.com")
     client.cards = [
-        Card(stripe_payment_method_id="pm_1", brand="visa", last4="4242", exp_month=1, exp_year=2030,
-             is_default=True),
-        Card(stripe_payment_method_id="pm_2", brand="visa", last4="4242", exp_month=1, exp_year=2030,
-             is_default=True),
+        Card(
+            stripe_payment_method_id="pm_1",
+            brand="visa",
+            last4="4242",
+            exp_month=1,
+            exp_year=2030,
+            is_default=True,
+        ),
+        Card(
+            stripe_payment_method_id="pm_2",
+            brand="visa",
+            last4="4242",
+            exp_month=1,
+            exp_year=2030,
+            is_default=True,
+        ),
     ]
     session.add(client)
     with pytest.raises(IntegrityError):
@@ -146,8 +164,15 @@ def test_a_payment_intent_enters_the_ledger_once(session: Session) -> None:
 
     invoice = _invoice(session)
     for _ in range(2):
-        session.add(Payment(invoice_id=invoice.id, amount=100, method="card", received_at=utcnow(),
-                            stripe_payment_intent_id="pi_1"))
+        session.add(
+            Payment(
+                invoice_id=invoice.id,
+                amount=100,
+                method="card",
+                received_at=utcnow(),
+                stripe_payment_intent_id="pi_1",
+            )
+        )
     with pytest.raises(IntegrityError):
         session.commit()
 

@@ -19,8 +19,10 @@ def test_a_due_invoice_with_a_card_can_be_charged() -> None:
 
 @pytest.mark.parametrize(
     ("settings_kwargs", "code", "words"),
-    [({"connected": False}, B.STRIPE_NOT_CONNECTED, "Stripe is not connected"),
-     ({"enabled": False}, B.CARD_PAYMENTS_DISABLED, "Online card payments are turned off")],
+    [
+        ({"connected": False}, B.STRIPE_NOT_CONNECTED, "Stripe is not connected"),
+        ({"enabled": False}, B.CARD_PAYMENTS_DISABLED, "Online card payments are turned off"),
+    ],
 )
 def test_settings_blockers(settings_kwargs: dict[str, bool], code: BlockerCode, words: str) -> None:
     blockers = charge_blockers(factories.invoice(), factories.settings(**settings_kwargs))
@@ -65,15 +67,21 @@ def test_amount_below_stripe_minimum() -> None:
     assert "$0.30 is below Stripe's minimum card charge of $0.50" in blockers[0].message
     assert codes(factories.invoice(total=10_000), factories.settings(), amount=49) == [B.AMOUNT_BELOW_MINIMUM]
     assert codes(factories.invoice(total=10_000, currency="jpy"), factories.settings(), amount=50) == []
-    assert codes(factories.invoice(total=49, currency="jpy"), factories.settings()) == [B.AMOUNT_BELOW_MINIMUM]
+    assert codes(factories.invoice(total=49, currency="jpy"), factories.settings()) == [
+        B.AMOUNT_BELOW_MINIMUM
+    ]
 
 
 def test_every_reason_is_listed_at_once() -> None:
     owner = factories.client(with_card=False)
     inv = factories.invoice(owner=owner, payment_method="cash", total=10_000, paid=(10_000,))
     assert codes(inv, factories.settings(connected=False, enabled=False)) == [
-        B.STRIPE_NOT_CONNECTED, B.CARD_PAYMENTS_DISABLED, B.PAYMENT_METHOD_NOT_ONLINE_CARD,
-        B.NO_SAVED_CARD, B.NOTHING_DUE]
+        B.STRIPE_NOT_CONNECTED,
+        B.CARD_PAYMENTS_DISABLED,
+        B.PAYMENT_METHOD_NOT_ONLINE_CARD,
+        B.NO_SAVED_CARD,
+        B.NOTHING_DUE,
+    ]
 
 
 def test_blockers_serialize_for_the_api() -> None:

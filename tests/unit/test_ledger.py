@@ -14,13 +14,25 @@ from tests.support import factories
 def test_partial_payments_by_several_methods_on_different_days(sqlite_session: Session) -> None:
     invoice = factories.invoice(total=10_000)
     factories.persist(sqlite_session, invoice)
-    record_payment(sqlite_session, invoice, amount=2_500, method="cash",
-                   received_at=datetime(2026, 11, 1, tzinfo=UTC), reference="Receipt 1")
+    record_payment(
+        sqlite_session,
+        invoice,
+        amount=2_500,
+        method="cash",
+        received_at=datetime(2026, 11, 1, tzinfo=UTC),
+        reference="Receipt 1",
+    )
     assert balance(invoice).status is InvoiceStatus.PARTIALLY_PAID
-    record_payment(sqlite_session, invoice, amount=5_000, method="bank_transfer",
-                   received_at=datetime(2026, 11, 5, tzinfo=UTC))
-    record_payment(sqlite_session, invoice, amount=2_500, method="cheque",
-                   received_at=datetime(2026, 11, 9, tzinfo=UTC))
+    record_payment(
+        sqlite_session,
+        invoice,
+        amount=5_000,
+        method="bank_transfer",
+        received_at=datetime(2026, 11, 5, tzinfo=UTC),
+    )
+    record_payment(
+        sqlite_session, invoice, amount=2_500, method="cheque", received_at=datetime(2026, 11, 9, tzinfo=UTC)
+    )
     b = balance(invoice)
     assert (b.amount_paid, b.amount_due, b.status) == (10_000, 0, InvoiceStatus.PAID)
     assert [p.method for p in invoice.payments] == ["cash", "bank_transfer", "cheque"]

@@ -11,16 +11,27 @@ S = AttemptStatus
 
 def test_every_status_has_a_row() -> None:
     assert set(ALLOWED) == set(AttemptStatus)
-    assert TERMINAL | IN_FLIGHT == set(AttemptStatus)
+    assert set(AttemptStatus) == TERMINAL | IN_FLIGHT
     assert not TERMINAL & IN_FLIGHT
 
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.QUEUED, S.PROCESSING), (S.QUEUED, S.CANCELED), (S.PROCESSING, S.SUCCEEDED), (S.PROCESSING, S.FAILED),
-     (S.PROCESSING, S.REQUIRES_ACTION), (S.PROCESSING, S.UNKNOWN), (S.PROCESSING, S.QUEUED),
-     (S.REQUIRES_ACTION, S.SUCCEEDED), (S.REQUIRES_ACTION, S.CANCELED), (S.UNKNOWN, S.SUCCEEDED),
-     (S.UNKNOWN, S.PROCESSING), (S.FAILED, S.SUCCEEDED), (S.CANCELED, S.SUCCEEDED)],
+    [
+        (S.QUEUED, S.PROCESSING),
+        (S.QUEUED, S.CANCELED),
+        (S.PROCESSING, S.SUCCEEDED),
+        (S.PROCESSING, S.FAILED),
+        (S.PROCESSING, S.REQUIRES_ACTION),
+        (S.PROCESSING, S.UNKNOWN),
+        (S.PROCESSING, S.QUEUED),
+        (S.REQUIRES_ACTION, S.SUCCEEDED),
+        (S.REQUIRES_ACTION, S.CANCELED),
+        (S.UNKNOWN, S.SUCCEEDED),
+        (S.UNKNOWN, S.PROCESSING),
+        (S.FAILED, S.SUCCEEDED),
+        (S.CANCELED, S.SUCCEEDED),
+    ],
 )
 def test_design_transitions_are_allowed(current: AttemptStatus, target: AttemptStatus) -> None:
     assert transition(current, target) is target
@@ -28,8 +39,16 @@ def test_design_transitions_are_allowed(current: AttemptStatus, target: AttemptS
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.SUCCEEDED, S.FAILED), (S.SUCCEEDED, S.CANCELED), (S.SUCCEEDED, S.QUEUED), (S.QUEUED, S.UNKNOWN),
-     (S.FAILED, S.QUEUED), (S.CANCELED, S.PROCESSING), (S.PROCESSING, S.CANCELED), (S.FAILED, S.REQUIRES_ACTION)],
+    [
+        (S.SUCCEEDED, S.FAILED),
+        (S.SUCCEEDED, S.CANCELED),
+        (S.SUCCEEDED, S.QUEUED),
+        (S.QUEUED, S.UNKNOWN),
+        (S.FAILED, S.QUEUED),
+        (S.CANCELED, S.PROCESSING),
+        (S.PROCESSING, S.CANCELED),
+        (S.FAILED, S.REQUIRES_ACTION),
+    ],
 )
 def test_illegal_transitions_raise(current: AttemptStatus, target: AttemptStatus) -> None:
     with pytest.raises(IllegalTransition):
@@ -72,4 +91,8 @@ def test_once_succeeded_always_succeeded(reports: list[AttemptStatus]) -> None:
 def test_labels_are_the_admin_words() -> None:
     assert S.REQUIRES_ACTION.label == "Waiting for the client to authenticate"
     assert [s.label for s in (S.QUEUED, S.PROCESSING, S.SUCCEEDED, S.FAILED)] == [
-        "Queued", "Processing", "Succeeded", "Failed"]
+        "Queued",
+        "Processing",
+        "Succeeded",
+        "Failed",
+    ]
