@@ -51,18 +51,33 @@ def customer_with(client: stripe.StripeClient, token: str, **opts: Any) -> tuple
     options: Any = opts
     cus = client.v1.customers.create({"email": "a@example.com"}, options=options)
     pm = client.v1.payment_methods.attach(token, {"customer": cus.id}, options=options)
-    client.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": pm.id}},
-                               options=options)
+    client.v1.customers.update(
+        cus.id, {"invoice_settings": {"default_payment_method": pm.id}}, options=options
+    )
     return cus, pm
 
 
-def charge(client: stripe.StripeClient, cus: Any, pm: Any, key: str | None = None, amount: int = 1234,
-           metadata: dict[str, str] | None = None, **opts: Any) -> Any:
+def charge(
+    client: stripe.StripeClient,
+    cus: Any,
+    pm: Any,
+    key: str | None = None,
+    amount: int = 1234,
+    metadata: dict[str, str] | None = None,
+    **opts: Any,
+) -> Any:
     options: Any = {"idempotency_key": key or str(uuid.uuid4()), **opts}
     return client.v1.payment_intents.create(
-        {"amount": amount, "currency": "usd", "customer": cus.id, "payment_method": pm.id,
-         "off_session": True, "confirm": True, "payment_method_types": ["card"],
-         "metadata": metadata or {"charge_attempt_id": "att_1"}},
+        {
+            "amount": amount,
+            "currency": "usd",
+            "customer": cus.id,
+            "payment_method": pm.id,
+            "off_session": True,
+            "confirm": True,
+            "payment_method_types": ["card"],
+            "metadata": metadata or {"charge_attempt_id": "att_1"},
+        },
         options=options,
     )
 
@@ -99,8 +114,9 @@ DECLINES = [
 
 
 @pytest.mark.parametrize(("token", "code", "decline_code"), DECLINES)
-def test_declining_card_off_session(client: stripe.StripeClient, token: str, code: str,
-                                    decline_code: str) -> None:
+def test_declining_card_off_session(
+    client: stripe.StripeClient, token: str, code: str, decline_code: str
+) -> None:
     cus, pm = customer_with(client, token)
     with pytest.raises(stripe.CardError) as info:
         charge(client, cus, pm)
@@ -132,12 +148,15 @@ def test_declining_card_off_session(client: stripe.StripeClient, token: str, cod
     assert "payment_intent.succeeded" not in types
 
 
-@pytest.mark.parametrize(("token", "brand", "last4"), [
-    ("pm_card_visa", "visa", "4242"),
-    ("pm_card_mastercard", "mastercard", "4444"),
-    ("pm_card_amex", "amex", "0005"),
-    ("pm_card_authenticationRequiredSetupForOffSession", "visa", "0446"),
-])
+@pytest.mark.parametrize(
+    ("token", "brand", "last4"),
+    [
+        ("pm_card_visa", "visa", "4242"),
+        ("pm_card_mastercard", "mastercard", "4444"),
+        ("pm_card_amex", "amex", "0005"),
+        ("pm_card_authenticationRequiredSetupForOffSession", "visa", "0446"),
+    ],
+)
 def test_succeeding_card_off_session(client: stripe.StripeClient, token: str, brand: str, last4: str) -> None:
     cus, pm = customer_with(client, token)
     assert (pm.card.brand, pm.card.last4) == (brand, last4)
@@ -188,6 +207,7 @@ def test_attach_token_creates_new_payment_method_and_default(client: stripe.Stri
 
 
 # ---------------------------------------------------------------- idempotency
+
 
 def test_idempotent_replay_returns_identical_response(client: stripe.StripeClient, base: str) -> None:
     cus, pm = customer_with(client, "pm_card_visa")
@@ -252,14 +272,17 @@ def test_concurrent_same_key_conflicts(client: stripe.StripeClient, base: str) -
 
 
 def test_keys_are_scoped_per_account(client: stripe.StripeClient) -> None:
-    a = client.v1.customers.create({"name": "A"}, options={"idempotency_key": "k-acct",
-                                                          "stripe_account": "acct_A"})
-    b = client.v1.customers.create({"name": "B"}, options={"idempotency_key": "k-acct",
-                                                          "stripe_account": "acct_B"})
+    a = client.v1.customers.create(
+        {"name": "A"}, options={"idempotency_key": "k-acct", "stripe_account": "acct_A"}
+    )
+    b = client.v1.customers.create(
+        {"name": "B"}, options={"idempotency_key": "k-acct", "stripe_account": "acct_B"}
+    )
     assert a.id != b.id and (a.name, b.name) == ("A", "B")
 
 
 # ---------------------------------------------------------------- faults
+
 
 def test_drop_after_commit_then_replay_leaves_one_charge(client: stripe.StripeClient, base: str) -> None:
     cus, pm = customer_with(client, "pm_card_visa")
@@ -310,14 +333,28 @@ def test_injected_500_is_not_executed(client: stripe.StripeClient, base: str) ->
 def test_faults_endpoint(base: str) -> None:
     status, faults = admin(base, "GET", "/_emulator/faults")
     assert status == 200
-    assert faults == {"latency_ms": 0, "latency_jitter_ms": 0, "rate_limit": None, "error_rate": 0.0,
-                      "drop_after_commit_rate": 0.0, "webhook_duplicate_rate": 0.0,
-                      "webhook_reorder": False, "webhook_delay_ms": 0, "response_delay_ms": 0}
+    assert faults == {
+        "latency_ms": 0,
+        "latency_jitter_ms": 0,
+        "rate_limit": None,
+        "error_rate": 0.0,
+        "drop_after_commit_rate": 0.0,
+        "webhook_duplicate_rate": 0.0,
+        "webhook_reorder": False,
+        "webhook_delay_ms": 0,
+        "response_delay_ms": 0,
+    }
     updated = set_faults(base, error_rate=0.25, webhook_reorder=True)
     assert (updated["error_rate"], updated["webhook_reorder"], updated["latency_ms"]) == (0.25, True, 0)
     assert set_faults(base, latency_ms=5)["error_rate"] == 0.25  # partial updates merge
-    for bad in ({"nope": 1}, {"error_rate": 2}, {"rate_limit": -1}, {"webhook_reorder": "yes"},
-                {"latency_ms": True}, [1, 2]):
+    for bad in (
+        {"nope": 1},
+        {"error_rate": 2},
+        {"rate_limit": -1},
+        {"webhook_reorder": "yes"},
+        {"latency_ms": True},
+        [1, 2],
+    ):
         status, body = admin(base, "POST", "/_emulator/faults", bad)
         assert status == 400, bad
         assert body["error"]["type"] == "invalid_request_error"
@@ -339,6 +376,7 @@ def test_latency_is_applied(client: stripe.StripeClient, base: str) -> None:
 
 # ---------------------------------------------------------------- webhooks
 
+
 class Receiver:
     """A tiny webhook endpoint that answers 500 to its first ``fail_first`` deliveries."""
 
@@ -353,8 +391,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
                     status = 500 if len(receiver.deliveries) < receiver.fail_first else 200
-                    receiver.deliveries.append((status, time.monotonic(), self.headers["Stripe-Signature"],
-                                                body))
+                    receiver.deliveries.append(
+                        (status, time.monotonic(), self.headers["Stripe-Signature"], body)
+                    )
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -397,8 +436,9 @@ def test_webhook_signed_and_retried_until_accepted(receiver: Receiver) -> None:
             assert event.api_version == "2026-10-28.endive"
         _, _, signature, body = receiver.ok()[0]
         with pytest.raises(stripe.SignatureVerificationError):
-            stripe.Webhook.construct_event(body.replace(b"w@example.com", b"x@example.com"), signature,
-                                           WEBHOOK_SECRET)
+            stripe.Webhook.construct_event(
+                body.replace(b"w@example.com", b"x@example.com"), signature, WEBHOOK_SECRET
+            )
         with pytest.raises(stripe.SignatureVerificationError):
             stripe.Webhook.construct_event(body, signature, "whsec_other")
         # Once delivered, the event no longer counts as pending.
@@ -446,6 +486,7 @@ def test_unreachable_webhook_does_not_block_api() -> None:
 
 
 # ---------------------------------------------------------------- accounts, lists, search, events
+
 
 def test_stripe_account_scoping(client: stripe.StripeClient) -> None:
     cus, pm = customer_with(client, "pm_card_visa", stripe_account="acct_A")
@@ -495,7 +536,7 @@ def test_search_by_metadata_status_and_customer(client: stripe.StripeClient) -> 
     assert [p.id for p in found.data] == [wanted.id]
     assert found.object == "search_result" and found.has_more is False
     assert len(search({"query": "metadata['charge_attempt_id']:'att_9'"}).data) == 2
-    assert len(search({"query": f"customer:'{cus.id}' AND metadata[\"invoice_id\"]:\"inv_1\""}).data) == 2
+    assert len(search({"query": f'customer:\'{cus.id}\' AND metadata["invoice_id"]:"inv_1"'}).data) == 2
     assert len(search({"query": "status:'requires_payment_method'"}).data) == 1
     paged = search({"query": "amount>100", "limit": 2})
     assert paged.has_more and paged.next_page
@@ -528,6 +569,7 @@ def test_events_list_retrieve_and_snapshot(client: stripe.StripeClient) -> None:
 
 # ---------------------------------------------------------------- refunds, on-session, setup intents
 
+
 def test_refunds_emit_charge_refunded(client: stripe.StripeClient) -> None:
     cus, pm = customer_with(client, "pm_card_visa")
     pi = charge(client, cus, pm, amount=1000)
@@ -559,8 +601,9 @@ def test_on_session_authentication_flow(client: stripe.StripeClient, base: str) 
     assert pi.status == "requires_action"
     assert pi.next_action.type == "use_stripe_sdk"
     assert pi.latest_charge == info.value.error.charge
-    status, body = admin(base, "POST", f"/_emulator/payment_intents/{pi.id}/authenticate",
-                         {"outcome": "succeed"})
+    status, body = admin(
+        base, "POST", f"/_emulator/payment_intents/{pi.id}/authenticate", {"outcome": "succeed"}
+    )
     assert (status, body["status"]) == (200, "succeeded")
     done = client.v1.payment_intents.retrieve(pi.id)
     assert (done.status, done.amount_received, done.next_action) == ("succeeded", 1234, None)
@@ -568,16 +611,26 @@ def test_on_session_authentication_flow(client: stripe.StripeClient, base: str) 
     assert "payment_intent.requires_action" in types and "payment_intent.succeeded" in types
     # A failed authentication sends the PaymentIntent back for another payment method.
     second = client.v1.payment_intents.create(
-        {"amount": 2000, "currency": "eur", "customer": cus.id, "payment_method": pm.id, "confirm": True,
-         "payment_method_types": ["card"]})
+        {
+            "amount": 2000,
+            "currency": "eur",
+            "customer": cus.id,
+            "payment_method": pm.id,
+            "confirm": True,
+            "payment_method_types": ["card"],
+        }
+    )
     assert second.status == "requires_action"
-    status, body = admin(base, "POST", f"/_emulator/payment_intents/{second.id}/authenticate",
-                         {"outcome": "fail"})
+    status, body = admin(
+        base, "POST", f"/_emulator/payment_intents/{second.id}/authenticate", {"outcome": "fail"}
+    )
     assert status == 200
     assert body["status"] == "requires_payment_method"
     assert body["last_payment_error"]["code"] == "payment_intent_authentication_failure"
-    assert admin(base, "POST", f"/_emulator/payment_intents/{second.id}/authenticate",
-                 {"outcome": "maybe"})[0] == 400
+    assert (
+        admin(base, "POST", f"/_emulator/payment_intents/{second.id}/authenticate", {"outcome": "maybe"})[0]
+        == 400
+    )
     canceled = client.v1.payment_intents.cancel(second.id, {"cancellation_reason": "abandoned"})
     assert canceled.status == "canceled" and "payment_intent.canceled" in event_types(client)
     with pytest.raises(stripe.InvalidRequestError) as info2:
@@ -588,9 +641,17 @@ def test_on_session_authentication_flow(client: stripe.StripeClient, base: str) 
 def test_return_url_redirects_through_emulator_3ds_page(client: stripe.StripeClient, base: str) -> None:
     cus, pm = customer_with(client, "pm_card_authenticationRequired")
     pi = client.v1.payment_intents.create(
-        {"amount": 1500, "currency": "usd", "customer": cus.id, "payment_method": pm.id, "confirm": True,
-         "off_session": False, "return_url": "https://shop.example/pay/done?invoice=7",
-         "payment_method_types": ["card"]})
+        {
+            "amount": 1500,
+            "currency": "usd",
+            "customer": cus.id,
+            "payment_method": pm.id,
+            "confirm": True,
+            "off_session": False,
+            "return_url": "https://shop.example/pay/done?invoice=7",
+            "payment_method_types": ["card"],
+        }
+    )
     assert pi.status == "requires_action" and pi.next_action.type == "redirect_to_url"
     page = pi.next_action.redirect_to_url.url
     assert page == f"{base}/_emulator/3ds/{pi.id}"
@@ -612,16 +673,27 @@ def test_return_url_redirects_through_emulator_3ds_page(client: stripe.StripeCli
 
 def test_setup_intents(client: stripe.StripeClient, base: str) -> None:
     cus = client.v1.customers.create({})
-    si = client.v1.setup_intents.create({"customer": cus.id, "payment_method": "pm_card_visa",
-                                         "usage": "off_session", "confirm": True,
-                                         "payment_method_types": ["card"]})
+    si = client.v1.setup_intents.create(
+        {
+            "customer": cus.id,
+            "payment_method": "pm_card_visa",
+            "usage": "off_session",
+            "confirm": True,
+            "payment_method_types": ["card"],
+        }
+    )
     assert si.status == "succeeded" and si.usage == "off_session"
     assert client.v1.payment_methods.retrieve(si.payment_method).customer == cus.id
     assert "setup_intent.succeeded" in event_types(client)
     # 3155: needs 3-D Secure at setup; once set up, off-session charges go through.
-    setup = client.v1.setup_intents.create({"customer": cus.id, "payment_method":
-                                            "pm_card_authenticationRequiredOnSetup", "confirm": True,
-                                            "payment_method_types": ["card"]})
+    setup = client.v1.setup_intents.create(
+        {
+            "customer": cus.id,
+            "payment_method": "pm_card_authenticationRequiredOnSetup",
+            "confirm": True,
+            "payment_method_types": ["card"],
+        }
+    )
     assert setup.status == "requires_action"
     status, body = admin(base, "POST", f"/_emulator/setup_intents/{setup.id}/authenticate", {})
     assert (status, body["status"]) == (200, "succeeded")
@@ -629,19 +701,27 @@ def test_setup_intents(client: stripe.StripeClient, base: str) -> None:
     assert charge(client, cus, pm).status == "succeeded"
     # A declining card fails its setup check, with the SetupIntent embedded in the error.
     with pytest.raises(stripe.CardError) as info:
-        client.v1.setup_intents.create({"customer": cus.id, "payment_method": "pm_card_chargeDeclined",
-                                        "confirm": True, "payment_method_types": ["card"]})
+        client.v1.setup_intents.create(
+            {
+                "customer": cus.id,
+                "payment_method": "pm_card_chargeDeclined",
+                "confirm": True,
+                "payment_method_types": ["card"],
+            }
+        )
     assert info.value.error.setup_intent.status == "requires_payment_method"
     assert info.value.error.decline_code == "generic_decline"
     # chargeCustomerFail passes setup and declines only when charged.
-    ok = client.v1.setup_intents.create({"customer": cus.id, "payment_method": "pm_card_chargeCustomerFail",
-                                         "payment_method_types": ["card"]})
+    ok = client.v1.setup_intents.create(
+        {"customer": cus.id, "payment_method": "pm_card_chargeCustomerFail", "payment_method_types": ["card"]}
+    )
     assert ok.status == "requires_confirmation"
     assert client.v1.setup_intents.confirm(ok.id).status == "succeeded"
     assert client.v1.setup_intents.retrieve(ok.id).status == "succeeded"
 
 
 # ---------------------------------------------------------------- wire format and errors
+
 
 def test_auth_and_request_ids(base: str) -> None:
     with pytest.raises(stripe.AuthenticationError) as info:
@@ -659,8 +739,14 @@ def test_auth_and_request_ids(base: str) -> None:
 
 def test_invalid_requests(client: stripe.StripeClient, base: str) -> None:
     cus, pm = customer_with(client, "pm_card_visa")
-    params: Any = {"amount": 1000, "currency": "usd", "customer": cus.id, "payment_method": pm.id,
-                   "confirm": True, "payment_method_types": ["card"]}
+    params: Any = {
+        "amount": 1000,
+        "currency": "usd",
+        "customer": cus.id,
+        "payment_method": pm.id,
+        "confirm": True,
+        "payment_method_types": ["card"],
+    }
     cases: list[tuple[dict[str, Any], str | None, str | None]] = [
         ({"idempotency_key": "oops"}, "idempotency_key", None),  # the options=/params gotcha
         ({"amount": 49}, "amount", "amount_too_small"),
@@ -684,8 +770,11 @@ def test_invalid_requests(client: stripe.StripeClient, base: str) -> None:
         client.v1.payment_intents.create({k: v for k, v in params.items() if k != "payment_method_types"})
     assert "return_url" in str(redirect.value.user_message)
     never = client.v1.payment_intents.create(
-        {**{k: v for k, v in params.items() if k != "payment_method_types"},
-         "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}})
+        {
+            **{k: v for k, v in params.items() if k != "payment_method_types"},
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+        }
+    )
     assert never.status == "succeeded"
     # None of the failed requests left an object behind.
     assert [p["id"] for p in emulator_state(base)["payment_intents"]] == [never.id]
@@ -697,17 +786,18 @@ def test_update_and_confirm_payment_intent(client: stripe.StripeClient) -> None:
     with pytest.raises(stripe.CardError) as info:
         charge(client, cus, pm)
     pi_id = info.value.error.payment_intent.id
-    updated = client.v1.payment_intents.update(pi_id, {"payment_method": good.id,
-                                                       "metadata": {"retry": "1"}})
+    updated = client.v1.payment_intents.update(pi_id, {"payment_method": good.id, "metadata": {"retry": "1"}})
     assert (updated.status, updated.last_payment_error) == ("requires_confirmation", None)
     assert updated.metadata["retry"] == "1" and updated.metadata["charge_attempt_id"] == "att_1"
-    done = client.v1.payment_intents.confirm(pi_id, {"off_session": True,
-                                                     "expand": ["latest_charge", "payment_method"]})
+    done = client.v1.payment_intents.confirm(
+        pi_id, {"off_session": True, "expand": ["latest_charge", "payment_method"]}
+    )
     assert done.status == "succeeded"
     assert done.latest_charge.status == "succeeded" and done.payment_method.id == good.id
 
 
 # ---------------------------------------------------------------- persistence and command line
+
 
 def test_state_file_survives_restart(tmp_path: Path) -> None:
     state_file = tmp_path / "emulator.json"
@@ -738,9 +828,23 @@ def test_command_line_saves_state_on_sigterm(tmp_path: Path) -> None:
     state_file = tmp_path / "cli.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stripe_emulator", "--port", str(port), "--state-file", str(state_file),
-         "--latency-ms", "1", "--error-rate", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "stripe_emulator",
+            "--port",
+            str(port),
+            "--state-file",
+            str(state_file),
+            "--latency-ms",
+            "1",
+            "--error-rate",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"

@@ -260,3 +260,29 @@ def test_health_and_auth(stack: Stack) -> None:
     assert http("GET", stack.base + "/api/settings", headers={"Authorization": "Bearer nope"})[0] == 401
     status, body = stack.api("GET", "/api/charges/no-such-charge")
     assert status == 404 and body["error"] == "not_found"
+
+
+def test_duplicated_reordered_webhooks_from_the_emulator_change_nothing(stack: Stack) -> None:
+    """Stripe's own delivery, duplicated and shuffled: final states and the ledger stay right."""
+    stack.faults(webhook_duplicate_rate=1.0, webhook_reorder=True)
+    try:
+        cases = [
+            ("pm_card_visa", "succeeded"),
+            ("pm_card_chargeDeclined", "failed"),
+            ("pm_card_authenticationRequired", "requires_action"),
+        ]
+        charges = []
+        for token, want in cases:
+            invoice = stack.invoice(stack.client_with_card(token)["id"])
+            charges.append((invoice, stack.charge(invoice["id"])[1], want))
+        for _, charge, want in charges:
+            assert stack.wait_charge(charge["id"])["status"] == want
+        time.sleep(3)  # let every duplicate arrive and be processed
+        for invoice, charge, want in charges:
+            assert stack.api("GET", f"/api/charges/{charge['id']}")[1]["status"] == want
+            _, after = stack.api("GET", f"/api/invoices/{invoice['id']}")
+            assert len(after["payments"]) == (1 if want == "succeeded" else 0)
+        unprocessed = db_rows(stack, "select count(*) from webhook_event where processed_at is null")[0][0]
+        assert unprocessed == 0
+    finally:
+        stack.faults(webhook_duplicate_rate=0.0, webhook_reorder=False)
