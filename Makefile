@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint system-test-deps clean
+.PHONY: install run test lint system-test-deps vendor clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ lint: install
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest
+
+# Front-end libraries, vendored at pinned versions (nothing loads from a CDN).
+PICO_VERSION := 2.1.1
+vendor:
+	rm -rf /tmp/offsession-vendor && mkdir -p /tmp/offsession-vendor web/static/vendor/pico
+	cd /tmp/offsession-vendor && npm pack @picocss/pico@$(PICO_VERSION) --silent && tar xzf picocss-pico-$(PICO_VERSION).tgz
+	cp /tmp/offsession-vendor/package/css/pico.min.css /tmp/offsession-vendor/package/LICENSE.md web/static/vendor/pico/
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -61,14 +61,19 @@ def add_card(
     *,
     actor: str,
     stripe_account: str | None = None,
+    set_up: bool = False,
 ) -> Card:
+    """Save a card. `set_up` runs it through a SetupIntent (usage=off_session), as when the cardholder
+    is present in the Client Zone; without it the PaymentMethod is attached as given (the API's path:
+    whoever collected the card set it up)."""
     token = (payment_method or "").strip()
     if not token.startswith("pm_"):
         raise ClientError("payment_method must be a Stripe PaymentMethod id (pm_...).")
     if client.stripe_customer_id is None:
         raise ClientError(f"{client.name} has no Stripe customer yet.")
     make_default = client.default_card is None
-    details = gateway.attach_payment_method(
+    attach = gateway.attach_card if set_up else gateway.attach_payment_method
+    details = attach(
         client.stripe_customer_id,
         token,
         # Each "add a card" is its own request: a fresh key, kept for the SDK's retries of this one.

@@ -341,3 +341,44 @@ class ApiIdempotencyRecord(Base):
     response_status: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RateLimitState(Base):
+    """The shared Stripe rate budget of one account when REDIS_URL is unset (shared.ratelimit)."""
+
+    __tablename__ = "rate_limit_state"
+
+    # The Stripe-Account id, or 'platform' for the platform account itself.
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # GCRA theoretical arrival time in seconds since the epoch; a double keeps microseconds.
+    tat: Mapped[float] = mapped_column()
+
+
+class ClientLoginToken(Base):
+    """A one-time Client Zone sign-in link, kept as a hash: single use, short-lived."""
+
+    __tablename__ = "client_login_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+
+
+class NotificationLog(Base):
+    """Every email sent to a client, once per event: the unique key is the 'never two' guarantee."""
+
+    __tablename__ = "notification_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("client.id"), index=True)
+    charge_attempt_id: Mapped[str | None] = mapped_column(ForeignKey("charge_attempt.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)

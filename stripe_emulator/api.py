@@ -36,8 +36,10 @@ _THREE_DS_PAGE = """<!doctype html>
 <body style="font-family: sans-serif; max-width: 32em; margin: 4em auto">
 <h1>3-D Secure test page</h1>
 <p>The Stripe emulator stands in for the card issuer here. Authenticate {obj_id}?</p>
-<p><a href="?outcome=succeed" id="succeed">Complete authentication</a> &nbsp;
-<a href="?outcome=fail" id="fail">Fail authentication</a></p>
+<form method="get" style="display: inline"><input type="hidden" name="outcome" value="succeed">
+<button type="submit" id="succeed">Complete authentication</button></form>
+<form method="get" style="display: inline"><input type="hidden" name="outcome" value="fail">
+<button type="submit" id="fail">Fail authentication</button></form>
 </body></html>
 """
 # Prune expired idempotency keys every this many API requests.

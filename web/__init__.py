@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, redirect, request, url_for
 
 from shared.config import Config, get_config
 
@@ -24,13 +24,36 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.public_base_url.startswith("https://"),
         OFFSESSION=cfg,
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
     app.config.update(overrides)
 
-    from web import api, errors, health, webhooks
+    from web import admin, api, client_zone, errors, health, pages, webhooks
 
     errors.register(app)
+    pages.register_template_helpers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(client_zone.bp)
+    app.add_url_rule("/", "index", lambda: redirect(url_for("client.login")))
+    app.after_request(_security_headers)
     return app
+
+
+# Scripts and styles come from this origin only (no inline script), nothing may frame the pages.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.path.startswith(("/admin", "/client", "/api")):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -21,6 +21,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, **extra: object) -> ResponseReturnValue:
+    if request.path.startswith(("/admin", "/client")) and request.accept_mimetypes.best != "application/json":
+        # People get a page; programs (the API, webhooks, fetch calls) get the JSON shape.
+        return render_template("error.html", status=status, message=message), status
     return jsonify({"error": code, "message": message, **extra}), status
 
 

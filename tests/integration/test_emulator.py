@@ -658,7 +658,8 @@ def test_return_url_redirects_through_emulator_3ds_page(client: stripe.StripeCli
     assert pi.next_action.redirect_to_url.return_url == "https://shop.example/pay/done?invoice=7"
     with urllib.request.urlopen(page, timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/html")
-        assert b"outcome=succeed" in resp.read()
+        html = resp.read()
+        assert b'name="outcome" value="succeed"' in html and b"Complete authentication</button>" in html
     conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=5)
     conn.request("GET", f"/_emulator/3ds/{pi.id}?outcome=succeed")
     answer = conn.getresponse()

@@ -1,0 +1,357 @@
+"""Admin pages (design §8): sign-in, invoices with the Charge buyer button, charges, settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from shared import audit, ledger, outbox
+from shared.admins import authenticate
+from shared.charging import (
+    ChargeNotCancelable,
+    ChargeRequestError,
+    NotChargeable,
+    cancel_attempt,
+    in_flight_for,
+    load_invoice_for_charge,
+    open_attempt,
+)
+from shared.db import get_sessionmaker, session_scope
+from shared.eligibility import charge_blockers
+from shared.gateway import GatewayError
+from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
+from shared.models import LEDGER_METHODS, AuditEvent, ChargeAttempt, WebhookEvent
+from shared.money import MoneyError, format_money, parse_amount, to_major_string
+from shared.reconcile import resolve_attempt
+from shared.settings import SettingsError, get_settings, update_settings
+from shared.states import IN_FLIGHT, AttemptStatus
+from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
+from web.serializers import charge_json
+from web.services import gateway, publish
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+protect_with_csrf(bp)
+
+OPERATOR_STATUSES = ("queued", "processing", "unknown", "requires_action", "failed")
+
+
+# ---- sign-in ---------------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    error = None
+    if request.method == "POST":
+        email = request.form.get("email", "")
+        with session_scope() as db:
+            admin = authenticate(db, email, request.form.get("password", ""))
+            if admin is not None:
+                audit.record(db, f"admin:{admin.email}", "admin.signed_in")
+                admin_id = admin.id
+        if admin is not None:
+            session.clear()  # a fresh session on sign-in: nothing carried over from before
+            session[ADMIN_KEY] = admin_id
+            session.permanent = True
+            target = request.args.get("next", "")
+            return redirect(target if target.startswith("/admin/") else url_for("admin.invoices"))
+        error = "That email and password do not match an admin."
+    return render_template("admin/login.html", error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    session.clear()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/")
+@login_required_admin
+def home() -> ResponseReturnValue:
+    return redirect(url_for("admin.invoices"))
+
+
+# ---- invoices ----------------------------------------------------------------------------------------
+
+
+@bp.get("/invoices")
+@login_required_admin
+def invoices() -> ResponseReturnValue:
+    status = request.args.get("status") or None
+    due = request.args.get("due") or None
+    auto = request.args.get("auto_charge")
+    auto_charge = {"yes": True, "no": False}.get(auto or "")
+    search = (request.args.get("q") or "").strip()[:100]
+    try:
+        page_number = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        page_number = 1
+    with session_scope() as db:
+        page = list_invoices(
+            db,
+            status=status if status in INVOICE_STATUSES else None,
+            due=due if due in DUE_FILTERS else None,
+            auto_charge=auto_charge,
+            search=search,
+            page=page_number,
+        )
+        return render_template(
+            "admin/invoices.html",
+            page=page,
+            status=status,
+            due=due,
+            auto=auto or "",
+            q=search,
+            statuses=INVOICE_STATUSES,
+            dues=DUE_FILTERS,
+        )
+
+
+def _invoice_or_404(db: Any, invoice_id: int, *, lock: bool = False) -> Any:
+    invoice = load_invoice_for_charge(db, invoice_id, lock=lock)
+    if invoice is None:
+        abort(404)
+    return invoice
+
+
+@bp.get("/invoices/<int:invoice_id>")
+@login_required_admin
+def invoice(invoice_id: int) -> ResponseReturnValue:
+    with session_scope() as db:
+        inv = _invoice_or_404(db, invoice_id)
+        settings = get_settings(db)
+        blockers = charge_blockers(inv, settings)
+        bal = ledger.balance(inv)
+        timeline = db.scalars(
+            select(AuditEvent).where(AuditEvent.invoice_id == inv.id).order_by(AuditEvent.id)
+        ).all()
+        pi_ids = [a.payment_intent_id for a in inv.charge_attempts if a.payment_intent_id]
+        events = (
+            db.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.payment_intent_id.in_(pi_ids))
+                .order_by(WebhookEvent.id)
+            ).all()
+            if pi_ids
+            else []
+        )
+        current = in_flight_for(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
+        return render_template(
+            "admin/invoice.html",
+            invoice=inv,
+            balance=bal,
+            blockers=blockers,
+            timeline=timeline,
+            events=events,
+            current=current,
+            methods=[m for m in LEDGER_METHODS if m != "card"],
+            due_default=to_major_string(bal.amount_due, inv.currency),
+            today=date.today().isoformat(),
+        )
+
+
+@bp.post("/invoices/<int:invoice_id>/charge")
+@login_required_admin
+def charge(invoice_id: int) -> ResponseReturnValue:
+    """Charge buyer: the charge is queued at once; a worker does the charging."""
+    wants_json = request.accept_mimetypes.best == "application/json"
+    raw_amount = (request.form.get("amount") or "").strip()
+    try:
+        with session_scope() as db:
+            inv = _invoice_or_404(db, invoice_id, lock=True)
+            amount = parse_amount(raw_amount, inv.currency) if raw_amount else None
+            attempt, message_id = open_attempt(db, inv, source="admin", requested_by=g.actor, amount=amount)
+            answer = charge_json(attempt)
+    except (MoneyError, ChargeRequestError) as exc:
+        return _refused(invoice_id, wants_json, 422, str(exc))
+    except NotChargeable as exc:
+        return _refused(invoice_id, wants_json, 409, str(exc), blockers=[b.as_dict() for b in exc.blockers])
+    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
+    if wants_json:
+        return jsonify(answer), 202
+    flash(f"Charge of {answer['amount_display']} queued.", "success")
+    return redirect(url_for("admin.invoice", invoice_id=invoice_id))
+
+
+def _refused(
+    invoice_id: int, wants_json: bool, status: int, message: str, **extra: Any
+) -> ResponseReturnValue:
+    if wants_json:
+        return jsonify(
+            {"error": "not_chargeable" if status == 409 else "invalid", "message": message, **extra}
+        ), status
+    flash(message, "error")
+    return redirect(url_for("admin.invoice", invoice_id=invoice_id)), 303
+
+
+@bp.get("/charges/<charge_id>.json")
+@login_required_admin
+def charge_status(charge_id: str) -> ResponseReturnValue:
+    with session_scope() as db:
+        attempt = db.get(ChargeAttempt, charge_id)
+        if attempt is None:
+            abort(404)
+        inv = _invoice_or_404(db, attempt.invoice_id)
+        bal = ledger.balance(inv)
+        return jsonify(
+            {
+                "charge": charge_json(attempt),
+                "invoice": {
+                    "status": bal.status.value,
+                    "status_label": bal.status.label,
+                    "amount_paid": format_money(bal.amount_paid, inv.currency),
+                    "amount_due": format_money(bal.amount_due, inv.currency),
+                },
+            }
+        )
+
+
+@bp.post("/invoices/<int:invoice_id>/payments")
+@login_required_admin
+def record_payment(invoice_id: int) -> ResponseReturnValue:
+    form = request.form
+    try:
+        with session_scope() as db:
+            inv = _invoice_or_404(db, invoice_id, lock=True)
+            amount = parse_amount(form.get("amount", ""), inv.currency)
+            received = form.get("received_at") or date.today().isoformat()
+            try:
+                received_at = datetime.combine(date.fromisoformat(received), time(12), tzinfo=UTC)
+            except ValueError as exc:
+                raise ledger.LedgerError("The date received must look like 2026-12-31.") from exc
+            payment = ledger.record_payment(
+                db,
+                inv,
+                amount=amount,
+                method=form.get("method", ""),
+                received_at=received_at,
+                reference=form.get("reference", "")[:200],
+                recorded_by=g.actor,
+                in_flight_charge=in_flight_for(inv),
+            )
+            audit.record(
+                db,
+                g.actor,
+                "payment.recorded",
+                invoice_id=inv.id,
+                amount=payment.amount,
+                method=payment.method,
+            )
+    except (MoneyError, ledger.LedgerError) as exc:
+        flash(f"Payment not recorded: {exc}", "error")
+        return redirect(url_for("admin.invoice", invoice_id=invoice_id) + "#payments"), 303
+    flash("Payment recorded.", "success")
+    return redirect(url_for("admin.invoice", invoice_id=invoice_id) + "#payments"), 303
+
+
+@bp.post("/charges/<charge_id>/cancel")
+@login_required_admin
+def cancel(charge_id: str) -> ResponseReturnValue:
+    with session_scope() as db:
+        attempt = db.get(ChargeAttempt, charge_id)
+        if attempt is None:
+            abort(404)
+        invoice_id = attempt.invoice_id
+    try:
+        with session_scope() as db:
+            attempt = db.get(ChargeAttempt, charge_id, with_for_update=True)
+            assert attempt is not None
+            cancel_attempt(db, gateway(), attempt, actor=g.actor)
+        flash("Charge canceled.", "success")
+    except (ChargeNotCancelable, GatewayError) as exc:
+        flash(str(exc), "error")
+    back = request.form.get("back", "")
+    return redirect(
+        back if back.startswith("/admin/") else url_for("admin.invoice", invoice_id=invoice_id)
+    ), 303
+
+
+@bp.post("/charges/<charge_id>/check")
+@login_required_admin
+def check_with_stripe(charge_id: str) -> ResponseReturnValue:
+    """Check with Stripe now, for a charge whose outcome is unknown."""
+    with session_scope() as db:
+        attempt = db.get(ChargeAttempt, charge_id)
+        if attempt is None:
+            abort(404)
+        audit.record(
+            db, g.actor, "charge.check_requested", invoice_id=attempt.invoice_id, charge_attempt_id=attempt.id
+        )
+    try:
+        status = resolve_attempt(get_sessionmaker(), gateway(), charge_id, now=datetime.now(UTC))
+        flash(f"Stripe says: {status.replace('_', ' ')}.", "success")
+    except GatewayError as exc:
+        flash(f"Stripe did not answer yet: {exc}", "error")
+    return redirect(url_for("admin.charges", status=request.args.get("status") or None)), 303
+
+
+@bp.get("/charges")
+@login_required_admin
+def charges() -> ResponseReturnValue:
+    status = request.args.get("status")
+    with session_scope() as db:
+        query = select(ChargeAttempt).order_by(ChargeAttempt.updated_at)
+        if status in {s.value for s in AttemptStatus}:
+            query = query.where(ChargeAttempt.status == status)
+        else:
+            status = None
+            query = query.where(ChargeAttempt.status.in_(OPERATOR_STATUSES))
+        attempts = db.scalars(query.limit(500)).all()
+        counts = {s: 0 for s in OPERATOR_STATUSES}
+        for attempt in db.scalars(select(ChargeAttempt).where(ChargeAttempt.status.in_(OPERATOR_STATUSES))):
+            counts[attempt.status] += 1
+        return render_template(
+            "admin/charges.html",
+            attempts=attempts,
+            status=status,
+            counts=counts,
+            in_flight={s.value for s in IN_FLIGHT},
+        )
+
+
+# ---- settings --------------------------------------------------------------------------------------------
+
+
+@bp.route("/settings", methods=["GET", "POST"])
+@login_required_admin
+def settings() -> ResponseReturnValue:
+    config = current_app.config["OFFSESSION"]
+    error = None
+    with session_scope() as db:
+        if request.method == "POST":
+            try:
+                update_settings(
+                    db,
+                    g.actor,
+                    stripe_connected=request.form.get("stripe_connected") == "on",
+                    stripe_account_id=request.form.get("stripe_account_id", ""),
+                    online_card_payments_enabled=request.form.get("online_card_payments_enabled") == "on",
+                )
+                flash("Settings saved.", "success")
+                return redirect(url_for("admin.settings")), 303
+            except SettingsError as exc:
+                db.rollback()
+                error = str(exc)
+        current = get_settings(db)
+        return render_template(
+            "admin/settings.html",
+            settings=current,
+            mode=config.stripe_mode,
+            api_base=config.stripe_api_base,
+            error=error,
+        ), 422 if error else 200

@@ -1,0 +1,316 @@
+"""The Client Zone (design §8): sign-in by one-time link, own invoices, saved cards, pay now,
+complete authentication. A client sees their own things only: anything else answers 404."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from shared import clients, outbox
+from shared.charging import (
+    NotChargeable,
+    apply_outcome,
+    apply_payment_intent,
+    in_flight_for,
+    load_invoice_for_charge,
+    lock_attempt,
+    open_attempt,
+)
+from shared.client_auth import LoginLinkError, consume_login_link, issue_login_link
+from shared.db import get_sessionmaker, session_scope
+from shared.eligibility import charge_blockers
+from shared.gateway import (
+    CardSetupDeclined,
+    CardSetupRequiresAction,
+    GatewayError,
+    RequiresAction,
+)
+from shared.invoices import list_invoices
+from shared.ledger import balance
+from shared.models import Card, ChargeAttempt, Client
+from shared.notify import send_login_link
+from shared.settings import get_settings
+from shared.states import AttemptStatus
+from web.pages import CLIENT_KEY, login_required_client, protect_with_csrf
+from web.serializers import charge_json
+from web.services import gateway, publish
+
+bp = Blueprint("client", __name__, url_prefix="/client")
+protect_with_csrf(bp)
+
+# The emulator's test cards a client may pick from (with real Stripe, Stripe Elements collects the card).
+TEST_CARDS = (
+    ("pm_card_visa", "Visa 4242 — succeeds"),
+    ("pm_card_mastercard", "Mastercard 4444 — succeeds"),
+    ("pm_card_chargeCustomerFail", "Visa 0341 — saves, then every charge is declined"),
+    ("pm_card_authenticationRequiredSetupForOffSession", "Visa 0446 — authenticates on-session only"),
+    ("pm_card_chargeDeclined", "Visa 0002 — declined"),
+)
+
+
+# ---- sign-in -----------------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    sent = False
+    if request.method == "POST":
+        with session_scope() as db:
+            link = issue_login_link(db, request.form.get("email", ""))
+        if link is not None:
+            config = current_app.config["OFFSESSION"]
+            send_login_link(
+                config,
+                link.email,
+                link.name,
+                f"{config.public_base_url}{url_for('client.open_link', token=link.token)}",
+            )
+        sent = True
+    return render_template("client/login.html", sent=sent)
+
+
+@bp.get("/login/<token>")
+def open_link(token: str) -> ResponseReturnValue:
+    try:
+        with session_scope() as db:
+            client_id = consume_login_link(db, token)
+    except LoginLinkError as exc:
+        return render_template("client/login.html", sent=False, error=str(exc)), 400
+    session.clear()
+    session[CLIENT_KEY] = client_id
+    session.permanent = True
+    return redirect(url_for("client.invoices"))
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    session.clear()
+    return redirect(url_for("client.login"))
+
+
+# ---- invoices ------------------------------------------------------------------------------------------
+
+
+def _own_invoice(db: Any, invoice_id: int, *, lock: bool = False) -> Any:
+    invoice = load_invoice_for_charge(db, invoice_id, lock=lock)
+    if invoice is None or invoice.client_id != g.client_id:
+        abort(404)  # another client's invoice does not exist, as far as this client can tell
+    return invoice
+
+
+def _own_attempt(db: Any, charge_id: str) -> ChargeAttempt:
+    attempt = db.get(ChargeAttempt, charge_id)
+    if attempt is None or attempt.invoice.client_id != g.client_id:
+        abort(404)
+    return attempt
+
+
+@bp.get("/")
+@bp.get("/invoices")
+@login_required_client
+def invoices() -> ResponseReturnValue:
+    with session_scope() as db:
+        page = list_invoices(db, client_id=g.client_id, per_page=100)
+        return render_template("client/invoices.html", page=page)
+
+
+@bp.get("/invoices/<int:invoice_id>")
+@login_required_client
+def invoice(invoice_id: int) -> ResponseReturnValue:
+    with session_scope() as db:
+        inv = _own_invoice(db, invoice_id)
+        blockers = charge_blockers(inv, get_settings(db))
+        current = in_flight_for(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
+        return render_template(
+            "client/invoice.html", invoice=inv, balance=balance(inv), blockers=blockers, current=current
+        )
+
+
+@bp.post("/invoices/<int:invoice_id>/pay")
+@login_required_client
+def pay(invoice_id: int) -> ResponseReturnValue:
+    """Pay now with the saved default card; the worker charges it, the page follows the status."""
+    try:
+        with session_scope() as db:
+            inv = _own_invoice(db, invoice_id, lock=True)
+            _, message_id = open_attempt(db, inv, source="client", requested_by=g.actor)
+    except NotChargeable as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
+    flash("Payment started.", "success")
+    return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+
+
+@bp.get("/charges/<charge_id>.json")
+@login_required_client
+def charge_status(charge_id: str) -> ResponseReturnValue:
+    with session_scope() as db:
+        attempt = _own_attempt(db, charge_id)
+        bal = balance(attempt.invoice)
+        return jsonify(
+            {
+                "charge": charge_json(attempt),
+                "invoice": {"status": bal.status.value, "status_label": bal.status.label},
+            }
+        )
+
+
+@bp.post("/charges/<charge_id>/authenticate")
+@login_required_client
+def authenticate(charge_id: str) -> ResponseReturnValue:
+    """Bring a charge that needs 3-D Secure on-session: confirm again with the client present, then
+    send the browser to the bank's page (the emulator's, or Stripe's), which returns to us."""
+    with session_scope() as db:
+        attempt = _own_attempt(db, charge_id)
+        if attempt.status != AttemptStatus.REQUIRES_ACTION.value or not attempt.payment_intent_id:
+            flash("This payment does not need authentication.", "error")
+            return redirect(url_for("client.invoice", invoice_id=attempt.invoice_id)), 303
+        invoice_id, pi_id = attempt.invoice_id, attempt.payment_intent_id
+        pm_id, account = attempt.payment_method_id, attempt.stripe_account_id
+    return_url = f"{current_app.config['OFFSESSION'].public_base_url}" + url_for(
+        "client.returned", charge_id=charge_id
+    )
+    try:
+        outcome = gateway().confirm_on_session(pi_id, pm_id or "", return_url, stripe_account=account)
+    except GatewayError as exc:
+        flash(f"Your bank could not be reached: {exc}", "error")
+        return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+    if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url:
+        return redirect(outcome.payment_intent.next_action_redirect_url), 303
+    with session_scope() as db:
+        apply_outcome(db, lock_attempt(db, charge_id), outcome, actor=g.actor)
+    return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+
+
+@bp.get("/charges/<charge_id>/return")
+@login_required_client
+def returned(charge_id: str) -> ResponseReturnValue:
+    """Back from the bank's page: ask Stripe how it went and record it."""
+    with session_scope() as db:
+        attempt = _own_attempt(db, charge_id)
+        invoice_id, pi_id, account = attempt.invoice_id, attempt.payment_intent_id, attempt.stripe_account_id
+    if pi_id:
+        try:
+            view = gateway().retrieve_payment_intent(pi_id, stripe_account=account)
+        except GatewayError as exc:
+            flash(f"We could not confirm the payment yet ({exc}); it will update shortly.", "error")
+            return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+        with session_scope() as db:
+            attempt = lock_attempt(db, charge_id)
+            apply_payment_intent(db, attempt, view, actor=g.actor)
+            status = attempt.status
+        if status == AttemptStatus.SUCCEEDED.value:
+            flash("Thank you: your payment went through.", "success")
+        elif status == AttemptStatus.FAILED.value:
+            flash("The authentication did not succeed, so nothing was charged.", "error")
+    return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+
+
+# ---- saved cards --------------------------------------------------------------------------------------
+
+
+def _own_client(db: Any) -> Client:
+    client = db.scalars(
+        select(Client).where(Client.id == g.client_id).options(selectinload(Client.cards))
+    ).one_or_none()
+    if client is None:
+        abort(404)
+    return client
+
+
+def _own_card(client: Client, card_id: int) -> Card:
+    card = next((c for c in client.cards if c.id == card_id), None)
+    if card is None:
+        abort(404)
+    return card
+
+
+@bp.get("/cards")
+@login_required_client
+def cards() -> ResponseReturnValue:
+    with session_scope() as db:
+        client = _own_client(db)
+        return render_template("client/cards.html", client=client, test_cards=TEST_CARDS)
+
+
+@bp.post("/cards")
+@login_required_client
+def add_card() -> ResponseReturnValue:
+    token = request.form.get("payment_method", "")
+    if token not in {t for t, _ in TEST_CARDS}:
+        flash("Choose one of the listed cards.", "error")
+        return redirect(url_for("client.cards")), 303
+    try:
+        with session_scope() as db:
+            client = _own_client(db)
+            card = clients.add_card(
+                db,
+                gateway(),
+                client,
+                token,
+                actor=g.actor,
+                stripe_account=get_settings(db).stripe_account_id,
+                set_up=True,
+            )
+            flash(f"{card.brand.capitalize()} ending {card.last4} saved.", "success")
+    except CardSetupDeclined as exc:
+        flash(f"Your bank declined this card, so it was not saved: {exc.message}", "error")
+    except CardSetupRequiresAction:
+        flash("Your bank wants to authenticate this card before it can be saved; try another card.", "error")
+    except (GatewayError, clients.ClientError) as exc:
+        flash(f"The card was not saved: {exc}", "error")
+    return redirect(url_for("client.cards")), 303
+
+
+@bp.post("/cards/<int:card_id>/default")
+@login_required_client
+def make_default(card_id: int) -> ResponseReturnValue:
+    try:
+        with session_scope() as db:
+            client = _own_client(db)
+            card = clients.set_default_card(
+                db,
+                gateway(),
+                client,
+                _own_card(client, card_id),
+                actor=g.actor,
+                stripe_account=get_settings(db).stripe_account_id,
+            )
+            flash(f"{card.brand.capitalize()} ending {card.last4} is now your default card.", "success")
+    except GatewayError as exc:
+        flash(f"The default card was not changed: {exc}", "error")
+    return redirect(url_for("client.cards")), 303
+
+
+@bp.post("/cards/<int:card_id>/delete")
+@login_required_client
+def delete_card(card_id: int) -> ResponseReturnValue:
+    try:
+        with session_scope() as db:
+            client = _own_client(db)
+            card = _own_card(client, card_id)
+            label = f"{card.brand.capitalize()} ending {card.last4}"
+            clients.delete_card(
+                db, gateway(), client, card, actor=g.actor, stripe_account=get_settings(db).stripe_account_id
+            )
+            flash(f"{label} deleted.", "success")
+    except GatewayError as exc:
+        flash(f"The card was not deleted: {exc}", "error")
+    return redirect(url_for("client.cards")), 303
