@@ -6,6 +6,7 @@ duplicate delivery changes nothing and a lost one is re-published by the outbox 
 
 from __future__ import annotations
 
+from celery.schedules import crontab
 from kombu import Queue
 
 from shared.config import get_config, var_dir
@@ -63,7 +64,8 @@ if _config.uses_embedded_broker:
 
 task_serializer = "json"
 accept_content = ["json"]
-timezone = "UTC"
+# The schedule's crontab is read in this zone (OFFSESSION_BATCH_TIMEZONE); times are stored in UTC.
+timezone = _config.batch_timezone
 enable_utc = True
 worker_hijack_root_logger = True
 task_send_sent_event = False
@@ -71,13 +73,27 @@ task_send_sent_event = False
 task_routes = {
     "offsession.charge_attempt": {"queue": "charges"},
     "offsession.process_webhook_event": {"queue": "webhooks"},
+    "offsession.notify_charge": {"queue": "webhooks"},
     "offsession.*": {"queue": "maintenance"},
 }
 task_default_queue = "maintenance"
 # A plain `celery -A worker worker` consumes every queue listed here; `-Q charges` narrows it.
 task_queues = (Queue("charges"), Queue("webhooks"), Queue("maintenance"))
 
+_minute, _hour, _day_of_month, _month, _day_of_week = _config.batch_cron.split()
 beat_schedule = {
     "relay-outbox": {"task": "offsession.relay_outbox", "schedule": 5.0},
     "janitor": {"task": "offsession.janitor", "schedule": 60.0},
+    "charge-due-invoices": {
+        "task": "offsession.charge_due",
+        "schedule": crontab(
+            minute=_minute,
+            hour=_hour,
+            day_of_month=_day_of_month,
+            month_of_year=_month,
+            day_of_week=_day_of_week,
+            app=None,
+        ),
+    },
+    "open-due-retries": {"task": "offsession.open_due_retries", "schedule": 600.0},
 }

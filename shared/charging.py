@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shared import audit, outbox
+from shared import audit, outbox, retries
 from shared.eligibility import Blocker, BlockerCode, charge_blockers, in_flight_attempt
 from shared.gateway import (
     AuthenticationRequired,
@@ -38,6 +38,7 @@ from shared.gateway import (
 from shared.ledger import balance
 from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.money import STRIPE_MAXIMUM_AMOUNT, format_money
+from shared.ratelimit import RateBudgetTimeout
 from shared.settings import get_settings
 from shared.states import AttemptStatus, observe, transition
 
@@ -285,6 +286,9 @@ def run_attempt(
 
     try:
         outcome = gateway.create_offsession_payment_intent(request)
+    except RateBudgetTimeout:
+        # Nothing was sent: back to the queue, not counted as a Stripe failure.
+        return _requeue_unsent(factory, attempt_id)
     except TransientStripeError as exc:
         return _after_transient_error(factory, attempt_id, exc, max_transient_retries)
     except PermanentStripeError as exc:
@@ -357,6 +361,33 @@ def _after_transient_error(
         )
 
 
+def _requeue_unsent(factory: sessionmaker[Session], attempt_id: str) -> RunReport:
+    now = utcnow()
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        if attempt.status != S.PROCESSING.value:
+            return RunReport(RunResult.APPLIED, attempt.status)
+        delay = random.uniform(1.0, 5.0)
+        attempt.next_retry_at = now + timedelta(seconds=delay)
+        move_attempt(
+            session,
+            attempt,
+            S.QUEUED,
+            "worker",
+            failure_message="Waiting for the Stripe rate budget; nothing was sent yet.",
+        )
+        message = outbox.enqueue(
+            session,
+            outbox.TASK_CHARGE_ATTEMPT,
+            {"attempt_id": attempt_id},
+            available_at=attempt.next_retry_at,
+        )
+        session.flush()
+        return RunReport(
+            RunResult.RETRY_SCHEDULED, S.QUEUED.value, retry_message_id=message.id, retry_countdown=delay
+        )
+
+
 def retry_delay(failures: int) -> float:
     """Exponential backoff with full jitter on the upper half: 2-4 s, 4-8 s, ... up to 10 minutes."""
     ceiling = min(RETRY_BASE_SECONDS * 2 ** (failures - 1) * 2, RETRY_MAX_SECONDS)
@@ -372,6 +403,20 @@ def lock_attempt(session: Session, attempt_id: str) -> ChargeAttempt:
 # --------------------------------------------------------------------------------------------------
 # Applying Stripe's word (worker, webhooks, janitor)
 # --------------------------------------------------------------------------------------------------
+
+
+def reported_status(view: PaymentIntentView) -> AttemptStatus:
+    """The attempt status a PaymentIntent's state stands for (Processing: still processing)."""
+    match classify_payment_intent(view):
+        case Succeeded():
+            return S.SUCCEEDED
+        case CardDeclined():
+            return S.FAILED
+        case AuthenticationRequired() | RequiresAction():
+            return S.REQUIRES_ACTION
+        case Canceled():
+            return S.CANCELED
+    return S.PROCESSING
 
 
 def apply_payment_intent(
@@ -400,9 +445,12 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
                 failure_message=None,
             )
             recorded = _record_card_payment(session, attempt, view)
+            if changed:
+                retries.clear_for_invoice(session, attempt.invoice_id)
+                _notify(session, attempt, "receipt")
             return changed or recorded
         case CardDeclined():
-            return _move_if_news(
+            changed = _move_if_news(
                 session,
                 attempt,
                 S.FAILED,
@@ -410,9 +458,21 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
                 failure_code=outcome.code or "card_declined",
                 decline_code=outcome.decline_code,
                 failure_message=outcome.message,
+                advice_code=outcome.advice_code,
+                network_advice_code=outcome.network_advice_code,
             )
+            if changed:
+                decision = retries.record_decline(session, attempt)
+                _notify(
+                    session,
+                    attempt,
+                    "will_retry"
+                    if decision.retry_at and attempt.source == "schedule"
+                    else "card_update_needed",
+                )
+            return changed
         case AuthenticationRequired():
-            return _move_if_news(
+            changed = _move_if_news(
                 session,
                 attempt,
                 S.REQUIRES_ACTION,
@@ -421,6 +481,10 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
                 decline_code="authentication_required",
                 failure_message=outcome.message,
             )
+            if changed:
+                retries.record_decline(session, attempt)
+                _notify(session, attempt, "authentication_needed")
+            return changed
         case RequiresAction():
             return _move_if_news(session, attempt, S.REQUIRES_ACTION, actor)
         case Canceled():
@@ -435,6 +499,14 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
         case Processing():
             return False  # the final word comes later, by webhook or the janitor
     raise AssertionError(f"unhandled outcome {outcome!r}")
+
+
+def _notify(session: Session, attempt: ChargeAttempt, kind: str) -> None:
+    """Queue the client's email in the transaction of the transition it tells about. A client paying on
+    the spot sees the outcome on screen: only the receipt goes out for those."""
+    if attempt.source == "client" and kind != "receipt":
+        return
+    outbox.enqueue(session, outbox.TASK_NOTIFY_CHARGE, {"attempt_id": attempt.id, "kind": kind})
 
 
 def _move_if_news(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from shared import audit
+from shared import audit, retries
 from shared.admins import AdminError, normalize_email
 from shared.models import Card, Client
 
@@ -93,6 +93,8 @@ def add_card(
     session.add(card)
     session.flush()
     audit.record(session, actor, "card.added", client_id=client.id, card_id=card.id, last4=card.last4)
+    if make_default:
+        retries.clear_for_client(session, client.id, actor=actor)  # a new card: charging may resume
     return card
 
 
@@ -115,6 +117,7 @@ def set_default_card(
     )
     _make_default(session, client, card)
     audit.record(session, actor, "card.default_set", client_id=client.id, card_id=card.id)
+    retries.clear_for_client(session, client.id, actor=actor)  # another card: charging may resume
     return card
 
 

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
 
@@ -81,6 +82,12 @@ class Config:
     charge_lease_seconds: float = 300.0
     # Transient Stripe errors (5xx, timeouts, 429) retried with the same key before `unknown`.
     charge_transient_retries: int = 6
+    # When the due-invoice fan-out runs: a cron expression (minute hour day month weekday) and its zone.
+    batch_cron: str = "0 6 * * *"
+    batch_timezone: str = "UTC"
+
+    def batch_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.batch_timezone)
 
     @property
     def stripe_mode(self) -> str:
@@ -122,7 +129,19 @@ def load_config() -> Config:
         mail_url=env.get("MAIL_URL") or None,
         charge_lease_seconds=_float_env("OFFSESSION_CHARGE_LEASE_SECONDS", 300.0),
         charge_transient_retries=int(_float_env("OFFSESSION_CHARGE_TRANSIENT_RETRIES", 6)),
+        batch_cron=env.get("OFFSESSION_BATCH_CRON") or "0 6 * * *",
+        batch_timezone=env.get("OFFSESSION_BATCH_TIMEZONE") or "UTC",
     )
+    if len(config.batch_cron.split()) != 5:
+        raise ConfigError(
+            f"OFFSESSION_BATCH_CRON must have five fields (m h dom mon dow), got {config.batch_cron!r}"
+        )
+    try:
+        config.batch_zone()
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"OFFSESSION_BATCH_TIMEZONE is not a known time zone: {config.batch_timezone!r}"
+        ) from exc
     if config.stripe_rate_limit <= 0:
         raise ConfigError("STRIPE_RATE_LIMIT must be a positive number of requests per second")
     config.check_safe()

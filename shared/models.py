@@ -243,6 +243,9 @@ class ChargeAttempt(Base):
     failure_code: Mapped[str | None] = mapped_column(String(64))
     decline_code: Mapped[str | None] = mapped_column(String(64))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    advice_code: Mapped[str | None] = mapped_column(String(64))
+    network_advice_code: Mapped[str | None] = mapped_column(String(8))
+    batch_run_id: Mapped[int | None] = mapped_column(ForeignKey("batch_run.id"), index=True)
     transient_failures: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     next_retry_at: Mapped[datetime | None] = mapped_column()
@@ -382,3 +385,41 @@ class NotificationLog(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class BatchRun(Base):
+    """One fan-out of due invoices: what was selected, queued and skipped (with why).
+
+    How the queued charges settled is counted from their attempts (batch_run_id), never stored twice.
+    The slot is unique: a second beat, or a restarted one, firing for the same slot charges nothing.
+    """
+
+    __tablename__ = "batch_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(80), unique=True)
+    trigger: Mapped[str] = mapped_column(String(20))
+    due_on: Mapped[date] = mapped_column(Date)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    selection_finished_at: Mapped[datetime | None] = mapped_column()
+    selected: Mapped[int] = mapped_column(Integer, default=0)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class DunningState(Base):
+    """Where an invoice stands after automatic charges were declined (shared.retries)."""
+
+    __tablename__ = "dunning_state"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"), primary_key=True)
+    first_failure_at: Mapped[datetime] = mapped_column()
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    decline_class: Mapped[str] = mapped_column(String(10))
+    last_attempt_id: Mapped[str | None] = mapped_column(ForeignKey("charge_attempt.id"))
+    # When the next automatic attempt opens; None: no more automatic attempts until the card changes.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts_left: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -19,6 +19,7 @@ from shared.models import OutboxMessage, utcnow
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
 TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
+TASK_NOTIFY_CHARGE = "offsession.notify_charge"
 
 # publish(task_name, payload, countdown_seconds) raises on failure.
 Publisher = Callable[[str, dict[str, Any], float | None], None]

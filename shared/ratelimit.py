@@ -29,12 +29,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
-from sqlalchemy import select, text, update
+from sqlalchemy import make_url, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Config
-from shared.db import get_sessionmaker, session_scope
+from shared.db import get_sessionmaker, make_engine, session_scope
+from shared.gateway import StripeGateway, gateway_from_config
 from shared.models import RateLimitState
 
 __all__ = [
@@ -324,7 +325,20 @@ def rate_budget_from_config(
         # Bounded socket waits: a hung Redis must surface as an error, not freeze every charge.
         client = redis.Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
         return RedisRateBudget(client, config.stripe_rate_limit)
+    if session_factory is None and config.database_url.startswith("sqlite"):
+        session_factory = _sqlite_budget_sessionmaker(config.database_url)
     return DatabaseRateBudget(session_factory or get_sessionmaker(), config.stripe_rate_limit)
+
+
+def _sqlite_budget_sessionmaker(database_url: str) -> sessionmaker[Session]:
+    """SQLite has one write lock per file. A process that holds the main database's lock while it calls
+    Stripe (a web request saving a card) would wait on itself for a token, so on SQLite the budget
+    lives in a file of its own beside the main one."""
+    main = make_url(database_url).database
+    path = f"{main}.ratelimit" if main and main != ":memory:" else ":memory:"
+    engine = make_engine(f"sqlite:///{path}")
+    RateLimitState.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 def gateway_hooks(
@@ -343,3 +357,11 @@ def gateway_hooks(
         budget.slow_down(stripe_account, slow_down_seconds)
 
     return before_request, on_rate_limited
+
+
+def rate_limited_gateway(
+    config: Config, session_factory: sessionmaker[Session] | None = None
+) -> StripeGateway:
+    """The gateway every process uses: each Stripe call takes a token from the account's shared budget."""
+    before_request, on_rate_limited = gateway_hooks(rate_budget_from_config(config, session_factory))
+    return gateway_from_config(config, before_request=before_request, on_rate_limited=on_rate_limited)

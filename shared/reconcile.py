@@ -33,6 +33,7 @@ from shared.gateway import (
     TransientStripeError,
 )
 from shared.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
+from shared.retries import retry_policy
 from shared.states import AttemptStatus
 from shared.webhooks import redrive_cutoff, unprocessed_event_ids
 
@@ -279,7 +280,9 @@ def run_janitor(
     moment = now or utcnow()
     report = JanitorReport()
     reconcile_stale_attempts(factory, gateway, now=moment, report=report)
-    report.expired_authentications = expire_authentications(factory, gateway, now=moment)
+    report.expired_authentications = expire_authentications(
+        factory, gateway, now=moment, ttl=retry_policy().authentication_ttl
+    )
     requeued = requeue_stuck_queued(factory, now=moment)
     report.requeued = len(requeued)
     with factory() as session:

@@ -19,9 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit
-from shared.charging import apply_payment_intent
+from shared.charging import apply_payment_intent, reported_status
 from shared.gateway import PaymentIntentView, StripeGateway, payment_intent_view
 from shared.models import ChargeAttempt, Payment, WebhookEvent, utcnow
+from shared.states import observe
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +136,24 @@ def _apply(
     obj = (event.get("data") or {}).get("object") or {}
     actor = f"webhook:{event.get('id')}"
     if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
+        if event_type == "payment_intent.created":
+            return "payment_intent.created: nothing to apply (the outcome comes in its own event)"
         snapshot = payment_intent_view(obj)
-        view = snapshot
         if snapshot.status != "succeeded":
+            with factory() as session:
+                attempt = find_attempt(session, snapshot)
+                news = attempt is not None and observe(attempt.status, reported_status(snapshot)) is not None
+                session.rollback()
+            if not news:
+                # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
+                return f"{snapshot.id}: no news"
             # Order matters for anything but a success: ask Stripe where the PaymentIntent is now.
-            view = gateway.retrieve_payment_intent(snapshot.id, stripe_account=event.get("account"))
+            snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=event.get("account"))
         with factory() as session, session.begin():
-            attempt = find_attempt(session, view)
+            attempt = find_attempt(session, snapshot)
             if attempt is None:
-                return f"no charge attempt for {view.id}"
-            changed = apply_payment_intent(session, attempt, view, actor=actor)
+                return f"no charge attempt for {snapshot.id}"
+            changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
             return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
     if event_type in REFUND_EVENTS:
         return _apply_refunds(factory, gateway, event_type, obj, actor, event.get("account"))

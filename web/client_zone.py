@@ -3,6 +3,7 @@ complete authentication. A client sees their own things only: anything else answ
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -44,7 +45,13 @@ from shared.gateway import (
 from shared.invoices import list_invoices
 from shared.ledger import balance
 from shared.models import Card, ChargeAttempt, Client
-from shared.notify import send_login_link
+from shared.notify import (
+    PURPOSE_AUTHENTICATE_CHARGE,
+    PURPOSE_UPDATE_CARD,
+    LinkTokenError,
+    send_login_link,
+    verify_link_token,
+)
 from shared.settings import get_settings
 from shared.states import AttemptStatus
 from web.pages import CLIENT_KEY, login_required_client, protect_with_csrf
@@ -96,6 +103,42 @@ def open_link(token: str) -> ResponseReturnValue:
     session[CLIENT_KEY] = client_id
     session.permanent = True
     return redirect(url_for("client.invoices"))
+
+
+def _sign_in_by_link(purpose: str) -> str | None:
+    """An emailed link (authenticate a charge, update the card) signs its client in; returns the subject."""
+    token = request.args.get("token")
+    if not token:
+        return None
+    config = current_app.config["OFFSESSION"]
+    try:
+        subject = verify_link_token(config.secret_key, token, purpose, datetime.now(UTC))
+    except LinkTokenError as exc:
+        abort(400, description=f"This link cannot be used: {exc}. Sign in to the Client Zone instead.")
+    if purpose == PURPOSE_UPDATE_CARD:
+        client_id = int(subject)
+    else:
+        with session_scope() as db:
+            attempt = db.get(ChargeAttempt, subject)
+            if attempt is None:
+                abort(404)
+            client_id = attempt.invoice.client_id
+    if session.get(CLIENT_KEY) != client_id:
+        session.clear()
+        session[CLIENT_KEY] = client_id
+    return subject
+
+
+@bp.get("/authenticate")
+def authenticate_from_email() -> ResponseReturnValue:
+    """The emailed link for a charge that needs the client's bank: sign in, show the charge."""
+    attempt_id = _sign_in_by_link(PURPOSE_AUTHENTICATE_CHARGE)
+    if attempt_id is None:
+        return redirect(url_for("client.login"))
+    with session_scope() as db:
+        attempt = db.get(ChargeAttempt, attempt_id)
+        assert attempt is not None
+        return redirect(url_for("client.invoice", invoice_id=attempt.invoice_id))
 
 
 @bp.post("/logout")
@@ -243,8 +286,13 @@ def _own_card(client: Client, card_id: int) -> Card:
 
 
 @bp.get("/cards")
-@login_required_client
 def cards() -> ResponseReturnValue:
+    _sign_in_by_link(PURPOSE_UPDATE_CARD)  # the "update your card" email's link
+    return _cards_page()
+
+
+@login_required_client
+def _cards_page() -> ResponseReturnValue:
     with session_scope() as db:
         client = _own_client(db)
         return render_template("client/cards.html", client=client, test_cards=TEST_CARDS)

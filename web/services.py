@@ -8,12 +8,13 @@ from typing import Any
 from celery import Celery
 
 from shared.config import get_config
-from shared.gateway import StripeGateway, gateway_from_config
+from shared.gateway import StripeGateway
+from shared.ratelimit import rate_limited_gateway
 
 
 @lru_cache(maxsize=1)
 def gateway() -> StripeGateway:
-    return gateway_from_config(get_config())
+    return rate_limited_gateway(get_config())
 
 
 @lru_cache(maxsize=1)

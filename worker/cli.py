@@ -98,14 +98,67 @@ def seed_demo() -> None:
 @main.command("reconcile", help="Run the janitor once: settle stale charges, re-drive webhooks, relay.")
 def reconcile() -> None:
     from shared.db import get_sessionmaker
-    from shared.gateway import gateway_from_config
     from shared.reconcile import run_janitor
-    from worker.tasks import publish
+    from worker.tasks import gateway, publish
 
-    report = run_janitor(get_sessionmaker(), gateway_from_config(get_config()), publish)
+    report = run_janitor(get_sessionmaker(), gateway(), publish)
     click.echo(report.summary())
     if report.still_unknown or report.flagged_for_operator:
         click.echo("some charges still need attention: see GET /api/charges?status=unknown", err=True)
+
+
+@main.command("charge-due", help="Charge every due invoice set to auto-charge now (as the schedule does).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be charged; charge nothing.")
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Follow the charges until they settle."
+)
+def charge_due(dry_run: bool, wait: bool) -> None:
+    from datetime import UTC, datetime
+
+    from shared.batch import dry_run as preview
+    from shared.batch import outcome_counts, run_batch
+    from shared.db import get_sessionmaker, session_scope
+    from shared.money import format_money
+    from worker.tasks import publish
+
+    config = get_config()
+    now = datetime.now(UTC)
+    today = now.astimezone(config.batch_zone()).date()
+    factory = get_sessionmaker()
+    if dry_run:
+        plan = preview(factory, today=today, now=now)
+        totals = (
+            ", ".join(format_money(amount, cur) for cur, amount in sorted(plan.totals.items())) or "nothing"
+        )
+        click.echo(f"would charge {plan.count} invoices due by {today}: {totals}")
+        for number, client, amount, currency in plan.first_rows:
+            click.echo(f"  {number:<16} {client[:30]:<30} {format_money(amount, currency):>14}")
+        if plan.count > len(plan.first_rows):
+            click.echo(f"  ... and {plan.count - len(plan.first_rows)} more")
+        if plan.skipped:
+            click.echo("skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(plan.skipped.items())))
+        click.echo("dry run: nothing was charged")
+        return
+    report = run_batch(factory, publish, slot=f"cli:{now.isoformat()}", trigger="cli", today=today, now=now)
+    assert report.batch_run_id is not None
+    click.echo(
+        f"batch {report.batch_run_id}: {report.selected} due, {report.queued} queued, "
+        f"{sum(report.skipped.values())} skipped"
+    )
+    if not wait or not report.queued:
+        return
+    final = {"succeeded", "failed", "requires_action", "canceled"}
+    with click.progressbar(length=report.queued, label="charging", show_pos=True) as bar:
+        settled = 0
+        deadline = time.monotonic() + max(120.0, report.queued / 2)
+        while settled < report.queued and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with session_scope() as session:
+                counts = outcome_counts(session, report.batch_run_id)
+            now_settled = sum(n for status, n in counts.items() if status in final)
+            bar.update(now_settled - settled)
+            settled = now_settled
+    click.echo(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
 
 
 @main.command(
@@ -142,8 +195,17 @@ def _emulator_for_seeding() -> Iterator[None]:
         yield
         return
     process = subprocess.Popen(
-        [sys.executable, "-m", "stripe_emulator", "--host", host, "--port", str(port),
-         "--state-file", str(var_dir() / "emulator-state.json")],
+        [
+            sys.executable,
+            "-m",
+            "stripe_emulator",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--state-file",
+            str(var_dir() / "emulator-state.json"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

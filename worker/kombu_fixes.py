@@ -34,8 +34,11 @@ def _ack(self: Any, delivery_tag: Any) -> None:
     try:
         _original_ack(self, delivery_tag)
     except AttributeError as exc:
-        log.warning("cannot ack on a channel whose connection is gone; the visibility sweep will "
-                    "redeliver the message (%s)", exc)
+        log.warning(
+            "cannot ack on a channel whose connection is gone; the visibility sweep will "
+            "redeliver the message (%s)",
+            exc,
+        )
         VirtualQoS.ack(self, delivery_tag)
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from celery import shared_task
 
 from shared import outbox
+from shared.batch import open_due_retries, run_batch, slot_for
 from shared.charging import RunResult, run_attempt
 from shared.config import get_config
 from shared.db import get_sessionmaker
-from shared.gateway import StripeGateway, TransientStripeError, gateway_from_config
+from shared.gateway import StripeGateway, TransientStripeError
+from shared.notifications import deliver_charge_notification
+from shared.notify import Mailer, mailer_from_config
+from shared.ratelimit import RateBudgetTimeout, rate_limited_gateway
 from shared.reconcile import run_janitor
 from shared.webhooks import process_event
 
@@ -21,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def gateway() -> StripeGateway:
-    return gateway_from_config(get_config())
+    return rate_limited_gateway(get_config())
 
 
 def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
@@ -60,7 +65,7 @@ def _with_countdown(countdown: float) -> outbox.Publisher:
     name=outbox.TASK_PROCESS_WEBHOOK_EVENT,
     acks_late=True,
     bind=True,
-    autoretry_for=(TransientStripeError,),
+    autoretry_for=(TransientStripeError, RateBudgetTimeout),
     retry_backoff=2,
     retry_backoff_max=60,
     retry_jitter=True,
@@ -70,6 +75,39 @@ def process_webhook_event(self: Any, event_id: int) -> str:
     outcome = process_event(get_sessionmaker(), gateway(), event_id)
     log.info("webhook event row %s: %s", event_id, outcome)
     return outcome
+
+
+@shared_task(name="offsession.charge_due", acks_late=True)
+def charge_due() -> str:
+    """The scheduled fan-out. The slot is the minute beat fired: a second beat for it charges nothing."""
+    config = get_config()
+    now = datetime.now(UTC)
+    report = run_batch(
+        get_sessionmaker(),
+        publish,
+        slot=slot_for(now),
+        trigger="schedule",
+        today=now.astimezone(config.batch_zone()).date(),
+        now=now,
+    )
+    if report.already_ran:
+        return "slot already ran"
+    return f"batch {report.batch_run_id}: {report.selected} selected, {report.queued} queued"
+
+
+@shared_task(name="offsession.open_due_retries", acks_late=True)
+def open_due_retries_task() -> int:
+    return open_due_retries(get_sessionmaker(), publish)
+
+
+@shared_task(name=outbox.TASK_NOTIFY_CHARGE, acks_late=True)
+def notify_charge(attempt_id: str, kind: str) -> bool:
+    return deliver_charge_notification(get_sessionmaker(), get_config(), mailer(), attempt_id, kind)
+
+
+@lru_cache(maxsize=1)
+def mailer() -> Mailer:
+    return mailer_from_config(get_config())
 
 
 @shared_task(name="offsession.relay_outbox", acks_late=True)

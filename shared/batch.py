@@ -1,0 +1,251 @@
+"""The scheduled fan-out: charge every due invoice set to auto-charge, page by page, once per slot.
+
+Selection walks invoices by id in pages (never the whole table in memory); each page's attempts and
+their outbox messages are committed together, then published. A slot (the minute the schedule fired)
+is claimed by a unique BatchRun row, so a second beat firing the same slot charges nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from shared import audit, outbox
+from shared.charging import NotChargeable, load_invoice_for_charge, open_attempt
+from shared.eligibility import charge_blockers
+from shared.ledger import balance
+from shared.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, utcnow
+from shared.retries import blocks_automatic_charge, retries_due
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 500
+SKIP_WAITING_FOR_RETRY = "dunning"
+
+
+@dataclass
+class BatchReport:
+    batch_run_id: int | None
+    selected: int = 0
+    queued: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def already_ran(self) -> bool:
+        return self.batch_run_id is None
+
+
+def slot_for(moment: datetime) -> str:
+    """Two beats firing for the same schedule time land in the same minute."""
+    return "schedule:" + moment.replace(second=0, microsecond=0).isoformat()
+
+
+def _due_page(session: Session, today: date, after_id: int, limit: int) -> list[Invoice]:
+    return list(
+        session.scalars(
+            select(Invoice)
+            .where(
+                Invoice.auto_charge.is_(True),
+                Invoice.is_void.is_(False),
+                Invoice.due_date <= today,
+                Invoice.id > after_id,
+            )
+            .order_by(Invoice.id)
+            .limit(limit)
+            .options(
+                selectinload(Invoice.client).selectinload(Client.cards),
+                selectinload(Invoice.payments),
+                selectinload(Invoice.charge_attempts),
+            )
+        )
+    )
+
+
+def run_batch(
+    factory: sessionmaker[Session],
+    publish: outbox.Publisher,
+    *,
+    slot: str,
+    trigger: str,
+    today: date,
+    now: datetime | None = None,
+    page_size: int = PAGE_SIZE,
+) -> BatchReport:
+    moment = now or utcnow()
+    try:
+        with factory() as session, session.begin():
+            run = BatchRun(slot=slot, trigger=trigger, due_on=today, started_at=moment)
+            session.add(run)
+            session.flush()
+            run_id = run.id
+    except IntegrityError:
+        log.info("batch slot %s already ran: nothing to do", slot)
+        return BatchReport(None)
+    report = BatchReport(run_id)
+    after_id = 0
+    while True:
+        message_ids: list[int] = []
+        with factory() as session, session.begin():
+            page = _due_page(session, today, after_id, page_size)
+            if not page:
+                break
+            after_id = page[-1].id
+            settings = get_settings(session)
+            states = {
+                s.invoice_id: s
+                for s in session.scalars(
+                    select(DunningState).where(DunningState.invoice_id.in_([i.id for i in page]))
+                )
+            }
+            for invoice in page:
+                if balance(invoice).amount_due <= 0:
+                    continue  # paid: not part of what is due
+                report.selected += 1
+                reason = _skip_reason(invoice, settings, states.get(invoice.id), moment)
+                if reason is not None:
+                    report.skipped[reason] += 1
+                    continue
+                try:
+                    with session.begin_nested():
+                        attempt, message_id = open_attempt(
+                            session, invoice, source="schedule", requested_by=f"batch:{run_id}"
+                        )
+                        attempt.batch_run_id = run_id
+                except NotChargeable as exc:
+                    report.skipped[exc.blockers[0].code.value] += 1
+                    continue
+                message_ids.append(message_id)
+                report.queued += 1
+            _save_counts(session, run_id, report, finished=False)
+        outbox.publish_messages(factory, publish, message_ids)
+    with factory() as session, session.begin():
+        _save_counts(session, run_id, report, finished=True)
+        audit.record(
+            session,
+            f"batch:{run_id}",
+            "batch.fanned_out",
+            slot=slot,
+            selected=report.selected,
+            queued=report.queued,
+            skipped=sum(report.skipped.values()),
+        )
+    return report
+
+
+def _skip_reason(invoice: Invoice, settings, state: DunningState | None, now: datetime) -> str | None:  # type: ignore[no-untyped-def]
+    blockers = charge_blockers(invoice, settings)
+    if blockers:
+        return blockers[0].code.value
+    if blocks_automatic_charge(state, now) is not None:
+        return SKIP_WAITING_FOR_RETRY
+    return None
+
+
+def _save_counts(session: Session, run_id: int, report: BatchReport, *, finished: bool) -> None:
+    run = session.get(BatchRun, run_id)
+    assert run is not None
+    run.selected, run.queued = report.selected, report.queued
+    run.skipped = sum(report.skipped.values())
+    run.skipped_reasons = dict(report.skipped)
+    if finished:
+        run.selection_finished_at = utcnow()
+
+
+def outcome_counts(session: Session, run_id: int) -> dict[str, int]:
+    """How the run's charges stand now, by attempt status (derived from the attempts themselves)."""
+    rows = session.execute(
+        select(ChargeAttempt.status, func.count())
+        .where(ChargeAttempt.batch_run_id == run_id)
+        .group_by(ChargeAttempt.status)
+    ).all()
+    return {status: int(n) for status, n in rows}
+
+
+def open_due_retries(
+    factory: sessionmaker[Session], publish: outbox.Publisher, *, now: datetime | None = None
+) -> int:
+    """Open the automatic retries whose time has come (soft declines on day 1, 3, 7)."""
+    moment = now or utcnow()
+    opened: list[int] = []
+    with factory() as session:
+        invoice_ids = retries_due(session, moment)
+        session.rollback()
+    for invoice_id in invoice_ids:
+        with factory() as session, session.begin():
+            state = session.get(DunningState, invoice_id, with_for_update=True)
+            if state is None or state.next_attempt_at is None or state.next_attempt_at > moment:
+                continue
+            invoice = load_invoice_for_charge(session, invoice_id, lock=True)
+            assert invoice is not None
+            state.next_attempt_at = None  # taken: whatever happens, this slot is not opened twice
+            try:
+                with session.begin_nested():
+                    _, message_id = open_attempt(session, invoice, source="schedule", requested_by="dunning")
+            except NotChargeable as exc:
+                audit.record(
+                    session,
+                    "dunning",
+                    "dunning.retry_skipped",
+                    invoice_id=invoice_id,
+                    reasons=[b.code.value for b in exc.blockers],
+                )
+                continue
+            opened.append(message_id)
+    outbox.publish_messages(factory, publish, opened)
+    return len(opened)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    count: int
+    totals: dict[str, int]
+    first_rows: list[tuple[str, str, int, str]]  # number, client, amount, currency
+    skipped: Counter[str]
+
+
+def dry_run(
+    factory: sessionmaker[Session],
+    *,
+    today: date,
+    now: datetime | None = None,
+    page_size: int = PAGE_SIZE,
+    show: int = 10,
+) -> DryRun:
+    """What a batch would charge now, charging nothing."""
+    moment = now or utcnow()
+    totals: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    first: list[tuple[str, str, int, str]] = []
+    count = 0
+    after_id = 0
+    with factory() as session:
+        settings = get_settings(session)
+        while page := _due_page(session, today, after_id, page_size):
+            after_id = page[-1].id
+            states = {
+                s.invoice_id: s
+                for s in session.scalars(
+                    select(DunningState).where(DunningState.invoice_id.in_([i.id for i in page]))
+                )
+            }
+            for invoice in page:
+                due = balance(invoice).amount_due
+                if due <= 0:
+                    continue
+                reason = _skip_reason(invoice, settings, states.get(invoice.id), moment)
+                if reason is not None:
+                    skipped[reason] += 1
+                    continue
+                count += 1
+                totals[invoice.currency] += due
+                if len(first) < show:
+                    first.append((invoice.number, invoice.client.name, due, invoice.currency))
+            session.expunge_all()  # keep memory flat: one page at a time
+        session.rollback()
+    return DryRun(count, dict(totals), first, skipped)
