@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from shared import audit, ledger, outbox
 from shared.admins import authenticate
+from shared.batch import outcome_counts
 from shared.charging import (
     ChargeNotCancelable,
     ChargeRequestError,
@@ -36,7 +37,7 @@ from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import charge_blockers
 from shared.gateway import GatewayError
 from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
-from shared.models import LEDGER_METHODS, AuditEvent, ChargeAttempt, WebhookEvent
+from shared.models import LEDGER_METHODS, AuditEvent, BatchRun, ChargeAttempt, DunningState, WebhookEvent
 from shared.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.reconcile import resolve_attempt
 from shared.settings import SettingsError, get_settings, update_settings
@@ -156,6 +157,7 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
             invoice=inv,
             balance=bal,
             blockers=blockers,
+            dunning=db.get(DunningState, inv.id),
             timeline=timeline,
             events=events,
             current=current,
@@ -322,6 +324,48 @@ def charges() -> ResponseReturnValue:
             counts=counts,
             in_flight={s.value for s in IN_FLIGHT},
         )
+
+
+# ---- batch runs ------------------------------------------------------------------------------------------
+
+SETTLED = ("succeeded", "failed", "requires_action", "canceled")
+
+
+def _batch_json(db: Any, run: BatchRun) -> dict[str, Any]:
+    counts = outcome_counts(db, run.id)
+    settled = sum(counts.get(s, 0) for s in SETTLED)
+    return {
+        "id": run.id,
+        "slot": run.slot,
+        "trigger": run.trigger,
+        "due_on": run.due_on.isoformat(),
+        "started_at": run.started_at.isoformat(),
+        "selection_finished": run.selection_finished_at is not None,
+        "selected": run.selected,
+        "queued": run.queued,
+        "skipped": run.skipped,
+        "skipped_reasons": run.skipped_reasons,
+        "outcomes": counts,
+        "settled": settled,
+    }
+
+
+@bp.get("/batches")
+@login_required_admin
+def batches() -> ResponseReturnValue:
+    with session_scope() as db:
+        runs = db.scalars(select(BatchRun).order_by(BatchRun.id.desc()).limit(50)).all()
+        return render_template("admin/batches.html", runs=[_batch_json(db, r) for r in runs])
+
+
+@bp.get("/batches/<int:run_id>.json")
+@login_required_admin
+def batch_status(run_id: int) -> ResponseReturnValue:
+    with session_scope() as db:
+        run = db.get(BatchRun, run_id)
+        if run is None:
+            abort(404)
+        return jsonify(_batch_json(db, run))
 
 
 # ---- settings --------------------------------------------------------------------------------------------

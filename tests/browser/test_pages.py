@@ -174,3 +174,26 @@ def test_client_isolation_and_csrf(page: Page, web_stack: Stack) -> None:
     # A client session is not an admin session.
     admin_answer = page.goto(f"{st.base}/admin/invoices")
     assert admin_answer is not None and "/admin/login" in page.url
+
+
+def test_batch_runs_page_shows_progress_and_the_invoice_its_retry_state(page: Page, web_stack: Stack) -> None:
+    st = web_stack
+    declined = st.client_with_card("pm_card_chargeDeclinedInsufficientFunds")
+    invoice = st.invoice(declined["id"], total=3_300, auto_charge=True, due_date="2026-01-01")
+    ok = st.invoice(
+        st.client_with_card("pm_card_visa")["id"], total=1_100, auto_charge=True, due_date="2026-01-01"
+    )
+    run = st.cli("charge-due", "--no-wait")
+    assert "queued" in run.stdout
+    admin_login(page, st)
+    page.get_by_role("link", name="Batch runs").click()
+    latest = page.locator("article.batch").first
+    expect(latest.locator(".settled")).to_have_text(re.compile(r"^[1-9]\d*$"), timeout=20_000)
+    expect(latest).to_contain_text(re.compile(r"Succeeded: [1-9]"), timeout=20_000)
+    expect(latest).to_contain_text(re.compile(r"Failed: [1-9]"), timeout=20_000)
+    assert ok["id"]
+    page.goto(f"{st.base}/admin/invoices/{invoice['id']}")
+    retry = page.locator("#retry-state")
+    expect(retry).to_contain_text("insufficient funds")
+    expect(retry).to_contain_text("Next retry:")
+    expect(retry).to_contain_text("3 automatic attempts left")

@@ -90,3 +90,26 @@ document.addEventListener("DOMContentLoaded", () => {
   const watched = document.querySelector("[data-watch-url]");
   if (watched) poll(watched, watched.dataset.watchUrl);
 });
+
+// Batch runs: follow each unfinished run's progress.
+function followBatch(card) {
+  fetch(card.dataset.batchUrl, { headers: { Accept: "application/json" } })
+    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+    .then((run) => {
+      card.querySelector("progress").value = run.settled;
+      card.querySelector(".settled").textContent = run.settled;
+      card.querySelectorAll("[data-status]").forEach((el) => {
+        const status = el.dataset.status;
+        el.textContent = `${el.textContent.split(":")[0]}: ${run.outcomes[status] || 0}`;
+      });
+      if (run.settled < run.queued || !run.selection_finished) setTimeout(() => followBatch(card), 1000);
+    })
+    .catch(() => setTimeout(() => followBatch(card), 3000));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("article.batch").forEach((card) => {
+    const progress = card.querySelector("progress");
+    if (Number(progress.value) < Number(card.dataset.queued)) followBatch(card);
+  });
+});
