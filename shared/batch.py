@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared import audit, outbox
 from shared.charging import NotChargeable, load_invoice_for_charge, open_attempt
-from shared.eligibility import charge_blockers
+from shared.eligibility import BlockerCode, charge_blockers
 from shared.ledger import balance
 from shared.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, utcnow
 from shared.retries import blocks_automatic_charge, retries_due
@@ -26,6 +26,9 @@ from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 500
+# A due retry that cannot open for a passing reason is looked at again after this.
+RETRY_BLOCKED_DELAY = timedelta(hours=1)
+FINAL_BLOCKERS = frozenset({BlockerCode.NOTHING_DUE, BlockerCode.INVOICE_VOID})
 SKIP_WAITING_FOR_RETRY = "dunning"
 
 
@@ -183,19 +186,25 @@ def open_due_retries(
                 continue
             invoice = load_invoice_for_charge(session, invoice_id, lock=True)
             assert invoice is not None
-            state.next_attempt_at = None  # taken: whatever happens, this slot is not opened twice
             try:
                 with session.begin_nested():
                     _, message_id = open_attempt(session, invoice, source="schedule", requested_by="dunning")
             except NotChargeable as exc:
+                codes = {b.code for b in exc.blockers}
+                if codes & FINAL_BLOCKERS:
+                    session.delete(state)  # paid or void: nothing left to retry
+                else:
+                    # Something passing (a charge in flight, Stripe disconnected...): look again later.
+                    state.next_attempt_at = moment + RETRY_BLOCKED_DELAY
                 audit.record(
                     session,
                     "dunning",
                     "dunning.retry_skipped",
                     invoice_id=invoice_id,
-                    reasons=[b.code.value for b in exc.blockers],
+                    reasons=sorted(c.value for c in codes),
                 )
                 continue
+            state.next_attempt_at = None  # opened: its own outcome sets the next step
             opened.append(message_id)
     outbox.publish_messages(factory, publish, opened)
     return len(opened)

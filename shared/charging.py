@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared import audit, outbox, retries
-from shared.eligibility import Blocker, BlockerCode, charge_blockers, in_flight_attempt
+from shared.eligibility import Blocker, BlockerCode, charge_blockers
 from shared.gateway import (
     AuthenticationRequired,
     Canceled,
@@ -50,6 +50,8 @@ S = AttemptStatus
 MAX_DIRECT_COUNTDOWN_SECONDS = 60.0
 RETRY_BASE_SECONDS = 2.0
 RETRY_MAX_SECONDS = 600.0
+# Stripe keeps idempotency keys at least 24 h; a create is only replayed well inside that.
+KEY_REPLAY_WINDOW = timedelta(hours=23)
 
 
 class ChargeRequestError(ValueError):
@@ -84,7 +86,8 @@ def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = F
     )
     if lock:
         # Concurrent clicks on one invoice queue up here (PostgreSQL); SQLite serialises writers anyway.
-        query = query.with_for_update(of=Invoice)
+        # NO KEY UPDATE: inserts that reference the invoice (their FK check takes KEY SHARE) do not wait.
+        query = query.with_for_update(of=Invoice, key_share=True)
     return session.scalars(query).one_or_none()
 
 
@@ -216,6 +219,19 @@ def claim_attempt(
         return RunReport(RunResult.NOT_CLAIMED, attempt.status, notes=["retry not due yet"])
     invoice = load_invoice_for_charge(session, attempt.invoice_id)
     assert invoice is not None
+    if reached_stripe(attempt) and now - attempt.created_at >= KEY_REPLAY_WINDOW:
+        # Stripe may have forgotten the key: a replay could charge again. The janitor matches the
+        # customer's PaymentIntents on metadata instead.
+        move_attempt(session, attempt, S.PROCESSING, "worker", now=now)
+        move_attempt(
+            session,
+            attempt,
+            S.UNKNOWN,
+            "worker",
+            now=now,
+            failure_message="Too old to replay under its key; checking with Stripe.",
+        )
+        return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
     if not reached_stripe(attempt):
         blockers = charge_blockers(
             invoice, get_settings(session), amount=attempt.amount, ignore_attempt_id=attempt.id
@@ -296,6 +312,8 @@ def run_attempt(
         log.error("permanent Stripe error for charge %s: %s", attempt_id, exc, exc_info=exc)
         with factory() as session, session.begin():
             attempt = lock_attempt(session, attempt_id)
+            if attempt.status != S.PROCESSING.value:
+                return RunReport(RunResult.APPLIED, attempt.status)  # settled meanwhile: that stands
             move_attempt(
                 session,
                 attempt,
@@ -625,7 +643,3 @@ def cancel_attempt(session: Session, gateway: StripeGateway, attempt: ChargeAtte
         f"A charge that is {status.label.lower()} cannot be canceled; only queued charges that have not "
         "reached Stripe and charges waiting for the client can."
     )
-
-
-def in_flight_for(invoice: Invoice) -> ChargeAttempt | None:
-    return in_flight_attempt(invoice)

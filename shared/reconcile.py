@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit, outbox
 from shared.charging import (
+    KEY_REPLAY_WINDOW,
     apply_outcome,
     apply_payment_intent,
     charge_request_for,
@@ -26,7 +27,6 @@ from shared.charging import (
     move_attempt,
 )
 from shared.gateway import (
-    GatewayError,
     PaymentIntentView,
     PermanentStripeError,
     StripeGateway,
@@ -40,8 +40,7 @@ from shared.webhooks import redrive_cutoff, unprocessed_event_ids
 log = logging.getLogger(__name__)
 S = AttemptStatus
 
-# Stripe keeps idempotency keys at least 24 h; stay well inside that before replaying a create.
-REPLAY_WINDOW = timedelta(hours=23)
+REPLAY_WINDOW = KEY_REPLAY_WINDOW
 # A queued attempt whose message was published but never consumed (broker lost it) is re-published.
 STUCK_QUEUED_AFTER = timedelta(minutes=2)
 REQUIRES_ACTION_TTL = timedelta(days=7)
@@ -99,7 +98,7 @@ def reconcile_stale_attempts(
     for attempt_id in ids:
         try:
             status = resolve_attempt(factory, gateway, attempt_id, now=moment)
-        except GatewayError as exc:
+        except Exception as exc:  # one charge must not stop the sweep (Stripe down, rate budget, ...)
             log.warning("janitor could not resolve charge %s yet: %s", attempt_id, exc)
             report.still_unknown += 1
             continue
@@ -259,12 +258,14 @@ def expire_authentications(
         try:
             with factory() as session, session.begin():
                 attempt = lock_attempt(session, attempt_id)
+                if attempt.status != S.REQUIRES_ACTION.value:
+                    continue  # the client authenticated, or another sweep got there first
                 cancel_attempt(session, gateway, attempt, actor="janitor")
                 if attempt.status == S.CANCELED.value:
                     attempt.failure_code = "authentication_expired"
                     attempt.failure_message = "The client did not authenticate in time."
                     expired += 1
-        except GatewayError as exc:
+        except Exception as exc:
             log.warning("could not expire charge %s: %s", attempt_id, exc)
     return expired
 

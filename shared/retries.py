@@ -30,7 +30,25 @@ def record_decline(
 ) -> RetryDecision:
     """Update the invoice's dunning state after this attempt was declined; returns the decision."""
     moment = now or utcnow()
+    facts = DeclineFacts(
+        code=attempt.failure_code,
+        decline_code=attempt.decline_code,
+        advice_code=attempt.advice_code,
+        network_advice_code=attempt.network_advice_code,
+    )
     state = session.get(DunningState, attempt.invoice_id, with_for_update=True)
+    if state is None and attempt.source != "schedule":
+        # A soft decline of a charge someone asked for by hand says nothing against the schedule's own
+        # attempt on the due date: only a hard decline or a needed authentication stops that one.
+        preview = decide(
+            facts,
+            failures_so_far=1,
+            first_failure_at=moment,
+            policy=policy or retry_policy(),
+            failed_at=moment,
+        )
+        if preview.decline_class.value == "soft":
+            return preview
     if state is None:
         state = DunningState(
             invoice_id=attempt.invoice_id, first_failure_at=moment, failures=0, decline_class="soft"
@@ -38,12 +56,6 @@ def record_decline(
         session.add(state)
     if state.last_attempt_id != attempt.id:  # the same decline reported twice counts once
         state.failures += 1
-    facts = DeclineFacts(
-        code=attempt.failure_code,
-        decline_code=attempt.decline_code,
-        advice_code=attempt.advice_code,
-        network_advice_code=attempt.network_advice_code,
-    )
     decision = decide(
         facts,
         failures_so_far=state.failures,

@@ -29,12 +29,11 @@ from shared.charging import (
     ChargeRequestError,
     NotChargeable,
     cancel_attempt,
-    in_flight_for,
     load_invoice_for_charge,
     open_attempt,
 )
 from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers
+from shared.eligibility import charge_blockers, in_flight_attempt
 from shared.gateway import GatewayError
 from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.models import LEDGER_METHODS, AuditEvent, BatchRun, ChargeAttempt, DunningState, WebhookEvent
@@ -151,7 +150,7 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
             if pi_ids
             else []
         )
-        current = in_flight_for(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
+        current = in_flight_attempt(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
         return render_template(
             "admin/invoice.html",
             invoice=inv,
@@ -244,7 +243,7 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 received_at=received_at,
                 reference=form.get("reference", "")[:200],
                 recorded_by=g.actor,
-                in_flight_charge=in_flight_for(inv),
+                in_flight_charge=in_flight_attempt(inv),
             )
             audit.record(
                 db,

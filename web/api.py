@@ -20,11 +20,11 @@ from shared.charging import (
     ChargeRequestError,
     NotChargeable,
     cancel_attempt,
-    in_flight_for,
     load_invoice_for_charge,
     open_attempt,
 )
 from shared.db import get_sessionmaker, session_scope
+from shared.eligibility import in_flight_attempt
 from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError
 from shared.models import ApiIdempotencyRecord, Card, ChargeAttempt, Client, Invoice
 from shared.settings import SettingsError, get_settings, update_settings
@@ -312,7 +312,7 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 received_at=parse_time(received, "received_at") if received else None,
                 reference=field(body, "reference", str, required=False, default="")[:200],
                 recorded_by=actor(),
-                in_flight_charge=in_flight_for(invoice),
+                in_flight_charge=in_flight_attempt(invoice),
             )
             audit.record(
                 session,
@@ -365,6 +365,9 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
             if key and (replayed := _replay(session, key, fingerprint)) is not None:
                 return replayed
             invoice = _invoice(session, invoice_id, lock=True)
+            # Again under the invoice lock: a concurrent request with this key may have just finished.
+            if key and (replayed := _replay(session, key, fingerprint)) is not None:
+                return replayed
             attempt, message_id = open_attempt(
                 session, invoice, source="admin", requested_by=actor(), amount=amount
             )

@@ -28,14 +28,13 @@ from shared.charging import (
     NotChargeable,
     apply_outcome,
     apply_payment_intent,
-    in_flight_for,
     load_invoice_for_charge,
     lock_attempt,
     open_attempt,
 )
 from shared.client_auth import LoginLinkError, consume_login_link, issue_login_link
 from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers
+from shared.eligibility import charge_blockers, in_flight_attempt
 from shared.gateway import (
     CardSetupDeclined,
     CardSetupRequiresAction,
@@ -179,7 +178,7 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
     with session_scope() as db:
         inv = _own_invoice(db, invoice_id)
         blockers = charge_blockers(inv, get_settings(db))
-        current = in_flight_for(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
+        current = in_flight_attempt(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
         return render_template(
             "client/invoice.html", invoice=inv, balance=balance(inv), blockers=blockers, current=current
         )
