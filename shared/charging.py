@@ -600,45 +600,64 @@ def _record_card_payment(session: Session, attempt: ChargeAttempt, view: Payment
 # --------------------------------------------------------------------------------------------------
 
 
-def cancel_attempt(session: Session, gateway: StripeGateway, attempt: ChargeAttempt, *, actor: str) -> None:
-    """Admin cancel: a queued attempt that never reached Stripe, or one waiting for the client.
+def cancel_charge(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    attempt_id: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    failure_code: str = "canceled_by_admin",
+) -> str:
+    """Cancel a charge: a queued one that never reached Stripe, or one waiting for the client.
 
     A queued retry that may already have reached Stripe is not cancelable: canceling it would free the
-    invoice for a new attempt while the first might still have charged the card.
+    invoice for a new attempt while the first might still have charged the card. Stripe is asked
+    between transactions, never inside one. Returns the charge's status afterwards.
     """
-    status = attempt.status_enum
-    if status is S.QUEUED and not reached_stripe(attempt):
-        move_attempt(
-            session,
-            attempt,
-            S.CANCELED,
-            actor,
-            failure_code="canceled_by_admin",
-            failure_message="Canceled before it was sent to Stripe.",
-        )
-        return
+    with factory() as session:
+        attempt = session.get(ChargeAttempt, attempt_id)
+        if attempt is None:
+            raise LookupError(attempt_id)
+        status, pi_id, account = attempt.status_enum, attempt.payment_intent_id, attempt.stripe_account_id
+        unsent = not reached_stripe(attempt)
+        session.rollback()
+    if status is S.QUEUED and unsent:
+        with factory() as session, session.begin():
+            attempt = lock_attempt(session, attempt_id)
+            if attempt.status == S.QUEUED.value and not reached_stripe(attempt):
+                move_attempt(
+                    session,
+                    attempt,
+                    S.CANCELED,
+                    actor,
+                    failure_code=failure_code,
+                    failure_message=reason or "Canceled before it was sent to Stripe.",
+                )
+            return attempt.status
     if status is S.REQUIRES_ACTION:
-        if attempt.payment_intent_id:
-            account = attempt.stripe_account_id
+        view = None
+        if pi_id:
             try:
-                view = gateway.cancel_payment_intent(attempt.payment_intent_id, stripe_account=account)
+                view = gateway.cancel_payment_intent(pi_id, stripe_account=account)
             except PermanentStripeError:
                 # Stripe refuses to cancel a PaymentIntent that has moved on: learn where it went.
-                view = gateway.retrieve_payment_intent(attempt.payment_intent_id, stripe_account=account)
-            if view.status != "canceled":
+                view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
+        with factory() as session, session.begin():
+            attempt = lock_attempt(session, attempt_id)
+            if view is not None and view.status != "canceled":
                 # The client completed (or failed) authentication meanwhile: that is the truth.
                 apply_payment_intent(session, attempt, view, actor=actor)
-                if attempt.status_enum is not S.REQUIRES_ACTION:
-                    return
-        move_attempt(
-            session,
-            attempt,
-            S.CANCELED,
-            actor,
-            failure_code="canceled_by_admin",
-            failure_message="Canceled while waiting for the client to authenticate.",
-        )
-        return
+            if attempt.status == S.REQUIRES_ACTION.value:
+                move_attempt(
+                    session,
+                    attempt,
+                    S.CANCELED,
+                    actor,
+                    failure_code=failure_code,
+                    failure_message=reason or "Canceled while waiting for the client to authenticate.",
+                )
+            return attempt.status
     raise ChargeNotCancelable(
         f"A charge that is {status.label.lower()} cannot be canceled; only queued charges that have not "
         "reached Stripe and charges waiting for the client can."

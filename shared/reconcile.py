@@ -22,6 +22,7 @@ from shared.charging import (
     KEY_REPLAY_WINDOW,
     apply_outcome,
     apply_payment_intent,
+    cancel_charge,
     charge_request_for,
     lock_attempt,
     move_attempt,
@@ -239,8 +240,6 @@ def expire_authentications(
     ttl: timedelta = REQUIRES_ACTION_TTL,
 ) -> int:
     """Attempts left waiting for the client longer than the TTL are canceled (with their PI)."""
-    from shared.charging import cancel_attempt
-
     moment = now or utcnow()
     with factory() as session:
         ids = list(
@@ -256,17 +255,18 @@ def expire_authentications(
     expired = 0
     for attempt_id in ids:
         try:
-            with factory() as session, session.begin():
-                attempt = lock_attempt(session, attempt_id)
-                if attempt.status != S.REQUIRES_ACTION.value:
-                    continue  # the client authenticated, or another sweep got there first
-                cancel_attempt(session, gateway, attempt, actor="janitor")
-                if attempt.status == S.CANCELED.value:
-                    attempt.failure_code = "authentication_expired"
-                    attempt.failure_message = "The client did not authenticate in time."
-                    expired += 1
-        except Exception as exc:
+            status = cancel_charge(
+                factory,
+                gateway,
+                attempt_id,
+                actor="janitor",
+                failure_code="authentication_expired",
+                reason="The client did not authenticate in time.",
+            )
+        except Exception as exc:  # one charge must not stop the sweep
             log.warning("could not expire charge %s: %s", attempt_id, exc)
+            continue
+        expired += status == S.CANCELED.value
     return expired
 
 

@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared import admins, clients, invoices, ledger
 from shared.gateway import StripeGateway
@@ -136,54 +136,54 @@ def demo_admin_password(var_dir: Path) -> str:
 
 
 def seed_demo(
-    session: Session, gateway: StripeGateway, var_dir: Path, today: date | None = None
+    factory: sessionmaker[Session], gateway: StripeGateway, var_dir: Path, today: date | None = None
 ) -> SeedReport:
     report = SeedReport()
     today = today or date.today()
-    settings = get_settings(session)
-    if not settings.stripe_connected:
-        # The demo runs against the emulator: connect it so the Charge buyer button works at once.
-        update_settings(session, ACTOR, stripe_connected=True)
-    account = settings.stripe_account_id
+    with factory() as session, session.begin():
+        if not get_settings(session).stripe_connected:
+            # The demo runs against the emulator: connect it so the Charge buyer button works at once.
+            update_settings(session, ACTOR, stripe_connected=True)
 
-    by_email: dict[str, Client] = {}
+    client_ids: dict[str, int] = {}
     for demo in DEMO_CLIENTS:
-        client = session.scalar(select(Client).where(Client.email == demo.email))
-        if client is None:
-            client = clients.create_client(
-                session, gateway, name=demo.name, email=demo.email, actor=ACTOR, stripe_account=account
-            )
+        with factory() as session:
+            existing = session.scalar(select(Client.id).where(Client.email == demo.email))
+            session.rollback()
+        if existing is None:
+            existing = clients.create_client(factory, gateway, name=demo.name, email=demo.email, actor=ACTOR)
             report.clients_created += 1
             if demo.card:
-                clients.add_card(session, gateway, client, demo.card, actor=ACTOR, stripe_account=account)
+                clients.add_card(factory, gateway, existing, demo.card, actor=ACTOR)
                 report.cards_added += 1
-        by_email[demo.email] = client
+        client_ids[demo.email] = existing
 
-    for demo_invoice in _demo_invoices():
-        if session.scalar(select(Invoice.id).where(Invoice.number == demo_invoice.number)) is not None:
-            continue
-        invoice = invoices.create_invoice(
-            session,
-            by_email[demo_invoice.client_email],
-            number=demo_invoice.number,
-            currency=demo_invoice.currency,
-            total=demo_invoice.total,
-            due_date=today + timedelta(days=demo_invoice.due_in_days),
-            payment_method=demo_invoice.payment_method,
-            auto_charge=demo_invoice.auto_charge,
-            description=demo_invoice.description,
-            actor=ACTOR,
-        )
-        for amount, method, reference in demo_invoice.payments:
-            ledger.record_payment(
-                session, invoice, amount=amount, method=method, reference=reference, recorded_by=ACTOR
+    with factory() as session, session.begin():
+        for demo_invoice in _demo_invoices():
+            if session.scalar(select(Invoice.id).where(Invoice.number == demo_invoice.number)) is not None:
+                continue
+            invoice = invoices.create_invoice(
+                session,
+                session.get_one(Client, client_ids[demo_invoice.client_email]),
+                number=demo_invoice.number,
+                currency=demo_invoice.currency,
+                total=demo_invoice.total,
+                due_date=today + timedelta(days=demo_invoice.due_in_days),
+                payment_method=demo_invoice.payment_method,
+                auto_charge=demo_invoice.auto_charge,
+                description=demo_invoice.description,
+                actor=ACTOR,
             )
-        if demo_invoice.void:
-            invoices.void_invoice(session, invoice, actor=ACTOR)
-        report.invoices_created += 1
+            for amount, method, reference in demo_invoice.payments:
+                ledger.record_payment(
+                    session, invoice, amount=amount, method=method, reference=reference, recorded_by=ACTOR
+                )
+            if demo_invoice.void:
+                invoices.void_invoice(session, invoice, actor=ACTOR)
+            report.invoices_created += 1
 
-    password = demo_admin_password(var_dir)
-    if session.scalar(select(AdminUser).where(AdminUser.email == DEMO_ADMIN_EMAIL)) is None:
-        admins.create_admin(session, DEMO_ADMIN_EMAIL, password, actor=ACTOR)
-    report.admin_password = password
+        password = demo_admin_password(var_dir)
+        if session.scalar(select(AdminUser).where(AdminUser.email == DEMO_ADMIN_EMAIL)) is None:
+            admins.create_admin(session, DEMO_ADMIN_EMAIL, password, actor=ACTOR)
+        report.admin_password = password
     return report

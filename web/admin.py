@@ -28,7 +28,7 @@ from shared.charging import (
     ChargeNotCancelable,
     ChargeRequestError,
     NotChargeable,
-    cancel_attempt,
+    cancel_charge,
     load_invoice_for_charge,
     open_attempt,
 )
@@ -269,11 +269,11 @@ def cancel(charge_id: str) -> ResponseReturnValue:
             abort(404)
         invoice_id = attempt.invoice_id
     try:
-        with session_scope() as db:
-            attempt = db.get(ChargeAttempt, charge_id, with_for_update=True)
-            assert attempt is not None
-            cancel_attempt(db, gateway(), attempt, actor=g.actor)
-        flash("Charge canceled.", "success")
+        status = cancel_charge(get_sessionmaker(), gateway(), charge_id, actor=g.actor)
+        flash(
+            "Charge canceled." if status == "canceled" else f"The charge is {status.replace('_', ' ')}.",
+            "success",
+        )
     except (ChargeNotCancelable, GatewayError) as exc:
         flash(str(exc), "error")
     back = request.form.get("back", "")

@@ -19,14 +19,14 @@ from shared.charging import (
     ChargeNotCancelable,
     ChargeRequestError,
     NotChargeable,
-    cancel_attempt,
+    cancel_charge,
     load_invoice_for_charge,
     open_attempt,
 )
 from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import in_flight_attempt
 from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError
-from shared.models import ApiIdempotencyRecord, Card, ChargeAttempt, Client, Invoice
+from shared.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
 from shared.settings import SettingsError, get_settings, update_settings
 from shared.states import AttemptStatus
 from web.auth import require_api_token
@@ -159,20 +159,19 @@ def _client(session: Session, client_id: int) -> Client:
 def create_client() -> ResponseReturnValue:
     body = json_body()
     try:
-        with session_scope() as session:
-            client = clients.create_client(
-                session,
-                gateway(),
-                name=field(body, "name", str),
-                email=field(body, "email", str),
-                actor=actor(),
-                stripe_account=get_settings(session).stripe_account_id,
-            )
-            return jsonify(client_json(client)), 201
+        client_id = clients.create_client(
+            get_sessionmaker(),
+            gateway(),
+            name=field(body, "name", str),
+            email=field(body, "email", str),
+            actor=actor(),
+        )
     except clients.ClientError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except GatewayError as exc:
         raise _gateway_error(exc) from exc
+    with session_scope() as session:
+        return jsonify(client_json(_client(session, client_id))), 201
 
 
 @bp.get("/clients/<int:client_id>")
@@ -182,71 +181,35 @@ def get_client(client_id: int) -> ResponseReturnValue:
         return jsonify(client_json(_client(session, client_id)))
 
 
-@bp.post("/clients/<int:client_id>/cards")
-@require_api_token
-def add_card(client_id: int) -> ResponseReturnValue:
-    body = json_body()
-    token = field(body, "payment_method", str)
+def _card_call(call, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run a card operation of shared.clients, answering its errors in the API's shape."""
     try:
-        with session_scope() as session:
-            client = _client(session, client_id)
-            card = clients.add_card(
-                session,
-                gateway(),
-                client,
-                token,
-                actor=actor(),
-                stripe_account=get_settings(session).stripe_account_id,
-            )
-            return jsonify(card_json(card)), 201
+        return call(get_sessionmaker(), gateway(), *args, actor=actor(), **kwargs)
+    except clients.NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from exc
     except clients.ClientError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except GatewayError as exc:
         raise _gateway_error(exc) from exc
 
 
-def _card(client: Client, card_id: int) -> Card:
-    card = next((c for c in client.cards if c.id == card_id), None)
-    if card is None:
-        raise _404("card")
-    return card
+@bp.post("/clients/<int:client_id>/cards")
+@require_api_token
+def add_card(client_id: int) -> ResponseReturnValue:
+    token = field(json_body(), "payment_method", str)
+    return jsonify(card_json(_card_call(clients.add_card, client_id, token))), 201
 
 
 @bp.post("/clients/<int:client_id>/cards/<int:card_id>/default")
 @require_api_token
 def make_default_card(client_id: int, card_id: int) -> ResponseReturnValue:
-    try:
-        with session_scope() as session:
-            client = _client(session, client_id)
-            card = clients.set_default_card(
-                session,
-                gateway(),
-                client,
-                _card(client, card_id),
-                actor=actor(),
-                stripe_account=get_settings(session).stripe_account_id,
-            )
-            return jsonify(card_json(card))
-    except GatewayError as exc:
-        raise _gateway_error(exc) from exc
+    return jsonify(card_json(_card_call(clients.set_default_card, client_id, card_id)))
 
 
 @bp.delete("/clients/<int:client_id>/cards/<int:card_id>")
 @require_api_token
 def delete_card(client_id: int, card_id: int) -> ResponseReturnValue:
-    try:
-        with session_scope() as session:
-            client = _client(session, client_id)
-            clients.delete_card(
-                session,
-                gateway(),
-                client,
-                _card(client, card_id),
-                actor=actor(),
-                stripe_account=get_settings(session).stripe_account_id,
-            )
-    except GatewayError as exc:
-        raise _gateway_error(exc) from exc
+    _card_call(clients.delete_card, client_id, card_id)
     return "", 204
 
 
@@ -437,15 +400,14 @@ def list_charges() -> ResponseReturnValue:
 
 @bp.post("/charges/<charge_id>/cancel")
 @require_api_token
-def cancel_charge(charge_id: str) -> ResponseReturnValue:
+def cancel(charge_id: str) -> ResponseReturnValue:
     try:
-        with session_scope() as session:
-            attempt = session.get(ChargeAttempt, charge_id, with_for_update=True)
-            if attempt is None:
-                raise _404("charge")
-            cancel_attempt(session, gateway(), attempt, actor=actor())
-            return jsonify(charge_json(attempt))
+        cancel_charge(get_sessionmaker(), gateway(), charge_id, actor=actor())
+    except LookupError as exc:
+        raise _404("charge") from exc
     except ChargeNotCancelable as exc:
         raise ApiError(409, "not_cancelable", str(exc)) from exc
     except GatewayError as exc:
         raise _gateway_error(exc) from exc
+    with session_scope() as session:
+        return jsonify(charge_json(session.get_one(ChargeAttempt, charge_id)))

@@ -305,18 +305,8 @@ def add_card() -> ResponseReturnValue:
         flash("Choose one of the listed cards.", "error")
         return redirect(url_for("client.cards")), 303
     try:
-        with session_scope() as db:
-            client = _own_client(db)
-            card = clients.add_card(
-                db,
-                gateway(),
-                client,
-                token,
-                actor=g.actor,
-                stripe_account=get_settings(db).stripe_account_id,
-                set_up=True,
-            )
-            flash(f"{card.brand.capitalize()} ending {card.last4} saved.", "success")
+        card = clients.add_card(get_sessionmaker(), gateway(), g.client_id, token, actor=g.actor, set_up=True)
+        flash(f"{card.brand.capitalize()} ending {card.last4} saved.", "success")
     except CardSetupDeclined as exc:
         flash(f"Your bank declined this card, so it was not saved: {exc.message}", "error")
     except CardSetupRequiresAction:
@@ -330,17 +320,10 @@ def add_card() -> ResponseReturnValue:
 @login_required_client
 def make_default(card_id: int) -> ResponseReturnValue:
     try:
-        with session_scope() as db:
-            client = _own_client(db)
-            card = clients.set_default_card(
-                db,
-                gateway(),
-                client,
-                _own_card(client, card_id),
-                actor=g.actor,
-                stripe_account=get_settings(db).stripe_account_id,
-            )
-            flash(f"{card.brand.capitalize()} ending {card.last4} is now your default card.", "success")
+        card = clients.set_default_card(get_sessionmaker(), gateway(), g.client_id, card_id, actor=g.actor)
+        flash(f"{card.brand.capitalize()} ending {card.last4} is now your default card.", "success")
+    except clients.NotFound:
+        abort(404)
     except GatewayError as exc:
         flash(f"The default card was not changed: {exc}", "error")
     return redirect(url_for("client.cards")), 303
@@ -349,15 +332,14 @@ def make_default(card_id: int) -> ResponseReturnValue:
 @bp.post("/cards/<int:card_id>/delete")
 @login_required_client
 def delete_card(card_id: int) -> ResponseReturnValue:
+    with session_scope() as db:
+        card = _own_card(_own_client(db), card_id)
+        label = f"{card.brand.capitalize()} ending {card.last4}"
     try:
-        with session_scope() as db:
-            client = _own_client(db)
-            card = _own_card(client, card_id)
-            label = f"{card.brand.capitalize()} ending {card.last4}"
-            clients.delete_card(
-                db, gateway(), client, card, actor=g.actor, stripe_account=get_settings(db).stripe_account_id
-            )
-            flash(f"{label} deleted.", "success")
+        clients.delete_card(get_sessionmaker(), gateway(), g.client_id, card_id, actor=g.actor)
+        flash(f"{label} deleted.", "success")
+    except clients.NotFound:
+        abort(404)
     except GatewayError as exc:
         flash(f"The card was not deleted: {exc}", "error")
     return redirect(url_for("client.cards")), 303

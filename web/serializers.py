@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shared.clients import SavedCard
 from shared.eligibility import charge_blockers
 from shared.ledger import balance
 from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
@@ -26,11 +27,13 @@ def settings_json(settings: Settings, *, stripe_mode: str) -> dict[str, Any]:
     }
 
 
-def card_json(card: Card) -> dict[str, Any]:
+def card_json(card: Card | SavedCard) -> dict[str, Any]:
+    if isinstance(card, Card):
+        card = SavedCard.of(card)
     return {
         "id": card.id,
         "client_id": card.client_id,
-        "payment_method": card.stripe_payment_method_id,
+        "payment_method": card.payment_method_id,
         "brand": card.brand,
         "last4": card.last4,
         "exp_month": card.exp_month,

@@ -78,14 +78,14 @@ def create_admin(email: str, password: str | None) -> None:
 
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
-    from shared.db import session_scope
+    from shared.db import get_sessionmaker
     from shared.gateway import GatewayError, gateway_from_config
     from shared.seed import seed_demo as seed
 
     config = get_config()
     try:
-        with _emulator_for_seeding(), session_scope() as session:
-            report = seed(session, gateway_from_config(config), var_dir())
+        with _emulator_for_seeding():
+            report = seed(get_sessionmaker(), gateway_from_config(config), var_dir())
     except GatewayError as exc:
         raise CommandError(f"Stripe refused the demo data: {exc}") from exc
     click.echo(

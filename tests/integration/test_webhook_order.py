@@ -20,7 +20,7 @@ from shared.charging import charge_request_for, claim_attempt, open_attempt
 from shared.db import make_engine
 from shared.gateway import StripeGateway
 from shared.migrate import upgrade
-from shared.models import ChargeAttempt, Invoice, Payment, utcnow
+from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.settings import update_settings
 from shared.webhooks import process_event, store_event
 from tests.integration.emulator_fixture import admin, emulator_state, running_emulator
@@ -41,13 +41,14 @@ def _attempt_without_recording(
     """Open and claim an attempt and charge Stripe, as a worker that then dies would."""
     with factory() as session, session.begin():
         update_settings(session, "test", stripe_connected=True)
-        client = clients.create_client(
-            session, gateway, name=f"Client {n}", email=f"c{n}@example.com", actor="test"
-        )
-        clients.add_card(session, gateway, client, token, actor="test")
+    client_id = clients.create_client(
+        factory, gateway, name=f"Client {n}", email=f"c{n}@example.com", actor="test"
+    )
+    clients.add_card(factory, gateway, client_id, token, actor="test")
+    with factory() as session, session.begin():
         invoice = invoices.create_invoice(
             session,
-            client,
+            session.get_one(Client, client_id),
             number=f"ORD-{n}",
             currency="usd",
             total=10_000,
