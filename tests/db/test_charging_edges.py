@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import batch
 from shared.charging import RunResult, apply_outcome, lock_attempt, move_attempt, open_attempt, run_attempt
 from shared.gateway import CardDeclined, PermanentStripeError
-from shared.models import ChargeAttempt, DunningState, Invoice
+from shared.models import ChargeAttempt, Client, DunningState, Invoice
 from shared.ratelimit import RateBudgetTimeout
 from shared.reconcile import reconcile_stale_attempts
 from shared.settings import update_settings
@@ -177,3 +177,26 @@ def test_one_charge_the_janitor_cannot_check_does_not_stop_the_sweep(
     gateway = ExplodingGateway(RateBudgetTimeout("platform", 90.0, 60.0))
     report = reconcile_stale_attempts(session_factory, gateway)  # type: ignore[arg-type]
     assert report.still_unknown == 1 and gateway.calls == 1
+
+
+def test_client_customers_never_share_an_idempotency_key_even_when_row_ids_repeat(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """SQLite hands a rolled-back row id out again; a key built from it would replay another client's
+    customer creation (Stripe: idempotency_error) for a day. Keys are per request instead."""
+    from shared import clients
+
+    keys: list[str] = []
+
+    class RecordingGateway:
+        def ensure_customer(self, name: str, email: str, *, idempotency_key: str, **_: Any) -> str:
+            keys.append(idempotency_key)
+            return f"cus_{len(keys)}"
+
+    gateway = RecordingGateway()
+    first = clients.create_client(session_factory, gateway, name="Ada", email="ada@example.com", actor="t")  # type: ignore[arg-type]
+    with session_factory() as s, s.begin():  # the row goes away, so its id may be handed out again
+        s.delete(s.get_one(Client, first))
+    clients.create_client(session_factory, gateway, name="Bob", email="bob@example.com", actor="t")  # type: ignore[arg-type]
+    assert len(set(keys)) == 2
+    assert all(k.startswith("offsession:customer:") for k in keys)
