@@ -423,3 +423,17 @@ class DunningState(Base):
     attempts_left: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LoginAttempt(Base):
+    """One counted sign-in event (a failed admin password, an emailed sign-in link) of the login
+    throttle (shared.login_throttle). `key` is a hash of the limit and who it counts (email, IP), so no
+    address is kept here; rows older than the longest window are pruned as new ones come in."""
+
+    __tablename__ = "login_attempt"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(80))
+    at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (Index("ix_login_attempt_key_at", "key", "at"),)

@@ -18,6 +18,16 @@ ZERO_DECIMAL = frozenset(
 # money: they are refused outright until a business needs them.
 THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 
+# The currencies Stripe presents card charges in (ISO 4217, lowercase), from Stripe's currency list.
+STRIPE_CURRENCIES = frozenset(
+    """usd aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bif bmd bnd bob brl bsd bwp byn bzd
+    cad cdf chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd gnf gtq gyd
+    hkd hnl htg huf idr ils inr isk jmd jpy kes kgs khr kmf krw kyd kzt lak lbp lkr lrd lsl mad mdl mga
+    mkd mmk mnt mop mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd pab pen pgk php pkr pln pyg qar ron
+    rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs top try ttd twd tzs uah ugx uyu uzs
+    vnd vuv wst xaf xcd xof xpf yer zar zmw""".split()
+)
+
 # Stripe's minimum charge per currency in minor units (docs: minimum and maximum charge amounts).
 # Currencies not listed fall back to the USD-equivalent rule of thumb of 50 minor units.
 STRIPE_MINIMUM_CHARGE: dict[str, int] = {
@@ -74,9 +84,11 @@ class MoneyError(ValueError):
 
 def normalize_currency(currency: str) -> str:
     """Lowercase ISO 4217 code as Stripe wants it; three-decimal currencies are refused."""
-    code = (currency or "").strip().lower()
+    code = currency.strip().lower() if isinstance(currency, str) else ""
     if not re.fullmatch(r"[a-z]{3}", code):
         raise MoneyError(f"Currency must be a three-letter ISO code, got {currency!r}.")
+    if code not in STRIPE_CURRENCIES and code not in THREE_DECIMAL:
+        raise MoneyError(f"{code.upper()} is not a currency Stripe charges cards in.")
     if code in THREE_DECIMAL:
         raise MoneyError(f"{code.upper()} is a three-decimal currency; Offsession does not charge in it yet.")
     return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, redirect, request, url_for
+from werkzeug.routing import IntegerConverter, Map
 
 from shared.config import Config, get_config
 
@@ -30,6 +31,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     from web import admin, api, client_zone, errors, health, pages, webhooks
 
+    # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
+    # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.
+    app.url_map.converters["int"] = DatabaseIdConverter
     errors.register(app)
     pages.register_template_helpers(app)
     app.register_blueprint(api.bp)
@@ -41,6 +45,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.after_request(_security_headers)
     return app
 
+
+class DatabaseIdConverter(IntegerConverter):
+    def __init__(self, url_map: Map, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("max", MAX_DATABASE_ID)
+        super().__init__(url_map, *args, **kwargs)  # type: ignore[arg-type]
+
+
+MAX_DATABASE_ID = 2**31 - 1
 
 # Scripts and styles come from this origin only (no inline script), nothing may frame the pages.
 CONTENT_SECURITY_POLICY = (

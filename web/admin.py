@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -21,7 +22,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from shared import audit, ledger, outbox
+from shared import audit, ledger, login_throttle, outbox
 from shared.admins import authenticate
 from shared.batch import outcome_counts
 from shared.charging import (
@@ -36,18 +37,22 @@ from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import charge_blockers, in_flight_attempt
 from shared.gateway import GatewayError
 from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
+from shared.login_throttle import admin_sign_in_counters
 from shared.models import LEDGER_METHODS, AuditEvent, BatchRun, ChargeAttempt, DunningState, WebhookEvent
 from shared.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.reconcile import resolve_attempt
 from shared.settings import SettingsError, get_settings, update_settings
 from shared.states import IN_FLIGHT, AttemptStatus
+from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
 from web.serializers import charge_json
 from web.services import gateway, publish
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 protect_with_csrf(bp)
 
+MAX_PAGE = 100_000  # keeps OFFSET a number the database takes
 OPERATOR_STATUSES = ("queued", "processing", "unknown", "requires_action", "failed")
 
 
@@ -59,11 +64,24 @@ def login() -> ResponseReturnValue:
     error = None
     if request.method == "POST":
         email = request.form.get("email", "")
+        ip = client_ip()
+        counters = admin_sign_in_counters(email, ip)
+        # The attempt is counted before the password is checked: parallel guesses all count.
+        with session_scope() as db:
+            verdict = login_throttle.take(db, counters)
+        if not verdict.allowed:
+            log.warning("admin sign-in refused for %s by %s", ip, verdict.refused_by)
+            return too_many_attempts(verdict, admin_refusal_message(verdict), "admin/login.html")
         with session_scope() as db:
             admin = authenticate(db, email, request.form.get("password", ""))
             if admin is not None:
-                audit.record(db, f"admin:{admin.email}", "admin.signed_in")
+                audit.record(db, f"admin:{admin.email}", "admin.signed_in", ip=ip)
                 admin_id = admin.id
+                login_throttle.give_back(db, verdict)  # a right password is not a failure
+                login_throttle.reset(db, counters[0])
+            else:
+                tried = email.strip().lower()[:254]
+                audit.record(db, "anonymous", "admin.sign_in_failed", email=tried, ip=ip)
         if admin is not None:
             session.clear()  # a fresh session on sign-in: nothing carried over from before
             session[ADMIN_KEY] = admin_id
@@ -98,7 +116,7 @@ def invoices() -> ResponseReturnValue:
     auto_charge = {"yes": True, "no": False}.get(auto or "")
     search = (request.args.get("q") or "").strip()[:100]
     try:
-        page_number = max(1, int(request.args.get("page", "1")))
+        page_number = min(max(1, int(request.args.get("page", "1"))), MAX_PAGE)
     except ValueError:
         page_number = 1
     with session_scope() as db:

@@ -3,6 +3,7 @@ complete authentication. A client sees their own things only: anything else answ
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from shared import clients, outbox
+from shared import clients, login_throttle, outbox
 from shared.charging import (
     NotChargeable,
     apply_outcome,
@@ -43,6 +44,7 @@ from shared.gateway import (
 )
 from shared.invoices import list_invoices
 from shared.ledger import balance
+from shared.login_throttle import login_link_counters
 from shared.models import Card, ChargeAttempt, Client
 from shared.notify import (
     PURPOSE_AUTHENTICATE_CHARGE,
@@ -53,10 +55,12 @@ from shared.notify import (
 )
 from shared.settings import get_settings
 from shared.states import AttemptStatus
+from web.login_limits import client_ip
 from web.pages import CLIENT_KEY, login_required_client, protect_with_csrf
 from web.serializers import charge_json
 from web.services import gateway, publish
 
+log = logging.getLogger(__name__)
 bp = Blueprint("client", __name__, url_prefix="/client")
 protect_with_csrf(bp)
 
@@ -77,8 +81,14 @@ TEST_CARDS = (
 def login() -> ResponseReturnValue:
     sent = False
     if request.method == "POST":
+        email, ip = request.form.get("email", ""), client_ip()
         with session_scope() as db:
-            link = issue_login_link(db, request.form.get("email", ""))
+            # Every request counts, known email or not; past the limit the page stays the same (it
+            # must not tell whether the email is a client's) but no email goes out.
+            verdict = login_throttle.take(db, login_link_counters(email, ip))
+            link = issue_login_link(db, email) if verdict.allowed else None
+        if not verdict.allowed:
+            log.warning("sign-in link request from %s not sent: %s", ip, verdict.refused_by)
         if link is not None:
             config = current_app.config["OFFSESSION"]
             send_login_link(

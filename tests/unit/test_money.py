@@ -76,6 +76,11 @@ def test_three_decimal_currencies_are_refused() -> None:
         normalize_currency("KWD")
 
 
+def test_a_currency_stripe_does_not_charge_in_is_refused() -> None:
+    with pytest.raises(MoneyError, match="not a currency Stripe charges cards in"):
+        normalize_currency("zzz")
+
+
 def test_currency_must_be_iso() -> None:
     with pytest.raises(MoneyError, match="three-letter"):
         normalize_currency("dollars")
@@ -86,7 +91,7 @@ def test_stripe_minimums() -> None:
     assert minimum_charge("usd") == 50
     assert minimum_charge("jpy") == 50
     assert minimum_charge("gbp") == 30
-    assert minimum_charge("xyz") == 50
+    assert minimum_charge("php") == 50  # not in Stripe's table: the USD-equivalent rule of thumb
 
 
 def test_money_refuses_floats_and_mixed_currencies() -> None:

@@ -1,0 +1,287 @@
+"""The security suite's world: the Flask app through its test client, on a migrated SQLite database in a
+temporary OFFSESSION_HOME, with the Stripe emulator running in-process and a memory:// broker.
+
+Every secret has a distinctive value of its own, so the suite can look for it in pages and logs.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.routing import Rule
+from werkzeug.test import TestResponse
+
+import shared.admins
+import web
+import web.services
+from shared import config as shared_config
+from shared import db as shared_db
+from shared.admins import create_admin
+from shared.migrate import upgrade
+from shared.models import Base
+from tests.integration.emulator_fixture import running_emulator
+
+API_TOKEN = "os_sec-api-token-Zq81vN3x"
+SECRET_KEY = "sec-flask-secret-Yh27Lw9c"
+WEBHOOK_SECRET = "whsec_sec-hook-secret-Pe55Ua0t"
+STRIPE_API_KEY = "sk_test_sec-stripe-key-Mb44Kr6d"
+ADMIN_EMAIL = "ops@example.com"
+ADMIN_PASSWORD = "sec-admin-password-Tf63Jo1s"
+SECRETS = {
+    "OFFSESSION_API_TOKEN": API_TOKEN,
+    "SECRET_KEY": SECRET_KEY,
+    "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "STRIPE_API_KEY": STRIPE_API_KEY,
+    "admin password": ADMIN_PASSWORD,
+}
+CSRF_MESSAGE = "did not come from this site"
+
+
+def reset_caches() -> None:
+    """Forget everything read from the environment, so the next use reads this test's settings."""
+    shared_config.get_config.cache_clear()
+    shared_db.reset_engine_cache()
+    web.services.gateway.cache_clear()
+    web.services.celery_producer.cache_clear()
+    # celeryconfig reads the broker URL when first imported: import it afresh for memory://.
+    sys.modules.pop("celeryconfig", None)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    with running_emulator(webhook_secret=WEBHOOK_SECRET) as base:
+        yield base
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrated once; each test gets a copy (a copy costs far less than running the migrations)."""
+    path = tmp_path_factory.mktemp("template") / "offsession.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@dataclass
+class Env:
+    home: Path
+    app: Flask
+    emulator: str
+    db_path: Path
+
+    @property
+    def outbox(self) -> Path:
+        return self.home / "var" / "outbox"
+
+    def session(self) -> Session:
+        return shared_db.get_sessionmaker()()
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table: a refused request must leave all of them as they were."""
+        with self.session() as s:
+            return {
+                t.name: sorted((tuple(row) for row in s.execute(select(t))), key=repr)
+                for t in Base.metadata.sorted_tables
+            }
+
+    def email_files(self) -> set[Path]:
+        return set(self.outbox.glob("*.eml")) if self.outbox.exists() else set()
+
+    def new_emails(self, before: set[Path]) -> list[email.message.Message]:
+        return [email.message_from_bytes(p.read_bytes()) for p in sorted(self.email_files() - before)]
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: str, migrated_template: Path
+) -> Iterator[Env]:
+    home = tmp_path / "home"
+    home.mkdir()
+    db_path = tmp_path / "offsession.db"
+    shutil.copyfile(migrated_template, db_path)
+    for name in ("REDIS_URL", "MAIL_URL", "PUBLIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "OFFSESSION_HOME": str(home),
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "OFFSESSION_API_TOKEN": API_TOKEN,
+        "SECRET_KEY": SECRET_KEY,
+        "CELERY_BROKER_URL": "memory://",
+        "STRIPE_API_KEY": STRIPE_API_KEY,
+        "STRIPE_API_BASE": emulator,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_RATE_LIMIT": "1000",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # Argon2 at its production cost takes ~0.1 s a hash; the throttle tests hash dozens of passwords.
+    monkeypatch.setattr(
+        shared.admins, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+    reset_caches()
+    app = web.create_app()
+    app.testing = True
+    try:
+        yield Env(home, app, emulator, db_path)
+    finally:
+        reset_caches()
+
+
+# ---- requests ----------------------------------------------------------------------------------------
+
+
+def bearer(token: str = API_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def api(client: FlaskClient, method: str, path: str, body: Any = None, **kwargs: Any) -> TestResponse:
+    headers = {**bearer(), **kwargs.pop("headers", {})}
+    if body is not None:
+        kwargs["json"] = body
+    return client.open(path, method=method, headers=headers, **kwargs)
+
+
+def csrf_of(client: FlaskClient) -> str:
+    """The session's CSRF token (any page creates it)."""
+    with client.session_transaction() as s:
+        token = s.get("csrf_token")
+    if not token:
+        client.get("/client/login")
+        with client.session_transaction() as s:
+            token = s["csrf_token"]
+    return str(token)
+
+
+def sign_in_admin(
+    client: FlaskClient, email_: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD, **kwargs: Any
+) -> TestResponse:
+    data = {"email": email_, "password": password, "csrf_token": csrf_of(client)}
+    return client.post("/admin/login", data=data, **kwargs)
+
+
+def request_link(client: FlaskClient, email_: str, **kwargs: Any) -> TestResponse:
+    return client.post("/client/login", data={"email": email_, "csrf_token": csrf_of(client)}, **kwargs)
+
+
+def link_in(message: email.message.Message) -> str:
+    body = next(
+        part.get_payload(decode=True).decode()
+        for part in message.walk()
+        if part.get_content_type() == "text/plain"
+    )
+    match = re.search(r"https?://\S+/client/login/(\S+)", body)
+    assert match, body
+    return match.group(1)
+
+
+def sign_in_client(client: FlaskClient, e: Env, address: str) -> None:
+    """The real way in: ask for the link, read it from the .eml under var/outbox, open it."""
+    before = e.email_files()
+    assert request_link(client, address).status_code == 200
+    (message,) = e.new_emails(before)
+    assert message["To"] == address
+    answer = client.get(f"/client/login/{link_in(message)}")
+    assert answer.status_code == 302 and answer.headers["Location"].endswith("/client/invoices")
+
+
+# ---- the world: an admin, clients A and B with cards, invoices and a charge each -----------------------
+
+
+@dataclass
+class Party:
+    client_id: int
+    email: str
+    cards: list[int]
+    invoice_id: int  # chargeable
+    charged_invoice_id: int  # with a queued charge
+    charge_id: str
+
+
+def _party(client: FlaskClient, tag: str, name: str) -> Party:
+    address = f"{tag}@example.com"
+    made = api(client, "POST", "/api/clients", {"name": name, "email": address})
+    assert made.status_code == 201, made.json
+    client_id = made.json["id"]
+    cards = []
+    for pm in ("pm_card_visa", "pm_card_mastercard"):
+        card = api(client, "POST", f"/api/clients/{client_id}/cards", {"payment_method": pm})
+        assert card.status_code == 201, card.json
+        cards.append(card.json["id"])
+    invoices = []
+    for n in (1, 2):
+        inv = api(
+            client,
+            "POST",
+            "/api/invoices",
+            {
+                "client_id": client_id,
+                "number": f"{tag.upper()}-{n}",
+                "currency": "usd",
+                "total": 5000,
+                "due_date": date.today().isoformat(),
+                "description": f"Work for {name}",
+            },
+        )
+        assert inv.status_code == 201, inv.json
+        invoices.append(inv.json["id"])
+    charge = api(client, "POST", f"/api/invoices/{invoices[1]}/charges")
+    assert charge.status_code == 202, charge.json
+    return Party(client_id, address, cards, invoices[0], invoices[1], charge.json["id"])
+
+
+@dataclass
+class World:
+    a: Party
+    b: Party
+
+
+@pytest.fixture
+def world(env: Env) -> World:
+    client = env.app.test_client()
+    assert api(client, "PUT", "/api/settings", {"stripe_connected": True}).status_code == 200
+    with env.session() as s:
+        create_admin(s, ADMIN_EMAIL, ADMIN_PASSWORD)
+        s.commit()
+    return World(_party(client, "alice", "Alice A"), _party(client, "bob", "Bob B"))
+
+
+def url_for_rule(rule: Rule, party: Party) -> str:
+    """The rule's URL with real ids of `party`: a refusal must not be a 404 in disguise."""
+    values: dict[str, Any] = {}
+    for arg in rule.arguments:
+        if arg == "invoice_id":
+            values[arg] = party.invoice_id
+        elif arg == "charge_id":
+            values[arg] = party.charge_id
+        elif arg == "card_id":
+            values[arg] = party.cards[1]
+        elif arg == "client_id":
+            values[arg] = party.client_id
+        elif arg == "run_id":
+            values[arg] = 1
+        elif arg == "token":
+            values[arg] = "not-a-real-token"
+        else:  # a new route: say so instead of testing it with a made-up value
+            raise AssertionError(f"tests/security: give {rule.rule} a value for <{arg}>")
+    _, path = rule.build(values, append_unknown=False)  # type: ignore[misc]
+    return str(path)
+
+
+def rules(app: Flask, prefix: str) -> list[Rule]:
+    return sorted((r for r in app.url_map.iter_rules() if r.rule.startswith(prefix)), key=lambda r: r.rule)
+
+
+def methods(rule: Rule) -> list[str]:
+    return sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
