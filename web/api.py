@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -25,10 +26,11 @@ from shared.charging import (
 )
 from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import in_flight_attempt
-from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError
+from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError, PermanentStripeError
 from shared.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
 from shared.settings import SettingsError, get_settings, update_settings
 from shared.states import AttemptStatus
+from web import openapi
 from web.auth import require_api_token
 from web.errors import ApiError
 from web.serializers import card_json, charge_json, client_json, invoice_json, payment_json, settings_json
@@ -36,6 +38,10 @@ from web.services import gateway, publish
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+# Charge ids are lowercase UUIDs (shared.models.new_uuid); anything else names no charge.
+CHARGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
@@ -49,7 +55,7 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", "The request needs a JSON object body.")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
@@ -74,7 +80,27 @@ def field(
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join(k.__name__.replace("str", "string").replace("int", "integer") for k in kinds)
         raise ApiError(422, "invalid", f"{name} must be a {names}.", field=name)
+    if isinstance(value, str) and not _storable(value):
+        raise ApiError(
+            422, "invalid", f"{name} may not contain NUL characters or unpaired surrogates.", field=name
+        )
     return value
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL refuses NUL in text and every database refuses what is not UTF-8 (a lone surrogate
+    escaped in JSON decodes to one): refused here, they would be a 500 from the database."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def in_id_range(value: int) -> bool:
+    """Row ids are 32-bit integer columns: an id from a body beyond them names no row, and would overflow
+    the query (SQLite) or be refused (PostgreSQL)."""
+    return 1 <= value <= openapi.MAX_ID
 
 
 def parse_date(value: str, name: str) -> date:
@@ -87,9 +113,10 @@ def parse_date(value: str, name: str) -> date:
 def parse_time(value: str, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+        # In UTC now, as it is stored: 9999-12-31T23:00-05:00 does not fit, and must say so as a 422.
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
         raise ApiError(422, "invalid", f"{name} must be a date or an ISO 8601 time.", field=name) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def actor() -> str:
@@ -100,12 +127,30 @@ def _404(what: str) -> ApiError:
     return ApiError(404, "not_found", f"No such {what}.")
 
 
+@bp.url_value_preprocessor
+def _charge_ids_that_name_a_row(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A charge id that is no UUID is a 404 before the database sees it (PostgreSQL refuses a NUL in it).
+    Integer ids are bounded by the app's <int:> converter (web.DatabaseIdConverter)."""
+    charge_id = (values or {}).get("charge_id")
+    if charge_id is not None and not CHARGE_ID.fullmatch(charge_id):
+        raise _404("charge")
+
+
 def _gateway_error(exc: GatewayError) -> ApiError:
     if isinstance(exc, CardSetupDeclined):
         return ApiError(402, "card_declined", exc.message)
     if isinstance(exc, CardSetupRequiresAction):
         return ApiError(402, "authentication_required", exc.message)
     return ApiError(502, "stripe_error", f"Stripe did not accept the request: {exc.message}")
+
+
+# ---- the description --------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    # Public on purpose: it describes the API and opens nothing.
+    return jsonify(openapi.document())
 
 
 # ---- settings --------------------------------------------------------------------------------------
@@ -125,6 +170,14 @@ def get_settings_view() -> ResponseReturnValue:
 def put_settings() -> ResponseReturnValue:
     body = json_body()
     account = field(body, "stripe_account_id", str, required=False)
+    if account is not None and len(account.strip()) > openapi.MAX_ACCOUNT_ID_LENGTH:
+        # The pattern in shared.settings allows one character more than the column holds.
+        raise ApiError(
+            422,
+            "invalid",
+            f"stripe_account_id may be at most {openapi.MAX_ACCOUNT_ID_LENGTH} characters.",
+            field="stripe_account_id",
+        )
     try:
         with session_scope() as session:
             settings = update_settings(
@@ -158,13 +211,15 @@ def _client(session: Session, client_id: int) -> Client:
 @require_api_token
 def create_client() -> ResponseReturnValue:
     body = json_body()
+    name, email = field(body, "name", str), field(body, "email", str)
+    # The column holds 254 characters, and shared.admins.normalize_email checks no length.
+    if max(len(email), len(email.strip().lower())) > openapi.MAX_EMAIL_LENGTH:
+        raise ApiError(
+            422, "invalid", f"email may be at most {openapi.MAX_EMAIL_LENGTH} characters.", field="email"
+        )
     try:
         client_id = clients.create_client(
-            get_sessionmaker(),
-            gateway(),
-            name=field(body, "name", str),
-            email=field(body, "email", str),
-            actor=actor(),
+            get_sessionmaker(), gateway(), name=name, email=email, actor=actor()
         )
     except clients.ClientError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
@@ -190,13 +245,33 @@ def _card_call(call, *args, **kwargs):  # type: ignore[no-untyped-def]
     except clients.ClientError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except GatewayError as exc:
+        if call is clients.add_card and _unknown_payment_method(exc):
+            raise ApiError(422, "invalid", exc.message, field="payment_method") from exc
         raise _gateway_error(exc) from exc
+
+
+def _unknown_payment_method(exc: GatewayError) -> bool:
+    """Stripe knows no such PaymentMethod: the caller's mistake (422), not Stripe failing (502). It is the
+    attach URL's own object (no param); a missing customer would name its parameter."""
+    return (
+        isinstance(exc, PermanentStripeError)
+        and exc.code == "resource_missing"
+        and exc.param in (None, "payment_method")
+    )
 
 
 @bp.post("/clients/<int:client_id>/cards")
 @require_api_token
 def add_card(client_id: int) -> ResponseReturnValue:
     token = field(json_body(), "payment_method", str)
+    if len(token.strip()) > openapi.MAX_PAYMENT_METHOD_LENGTH:
+        # No PaymentMethod id is that long, and the card table keeps 64 characters.
+        raise ApiError(
+            422,
+            "invalid",
+            f"payment_method may be at most {openapi.MAX_PAYMENT_METHOD_LENGTH} characters.",
+            field="payment_method",
+        )
     return jsonify(card_json(_card_call(clients.add_card, client_id, token))), 201
 
 
@@ -231,7 +306,7 @@ def create_invoice() -> ResponseReturnValue:
     due = parse_date(field(body, "due_date", str), "due_date")
     try:
         with session_scope() as session:
-            client = session.get(Client, client_id)
+            client = session.get(Client, client_id) if in_id_range(client_id) else None
             if client is None:
                 raise ApiError(422, "invalid", f"No client with id {client_id}.", field="client_id")
             invoice = invoices.create_invoice(
@@ -320,8 +395,10 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
     body = json_body(optional=True)
     amount = field(body, "amount", int, required=False)
     key = (request.headers.get("Idempotency-Key") or "").strip() or None
-    if key is not None and len(key) > 255:
+    if key is not None and len(key) > openapi.MAX_IDEMPOTENCY_KEY_LENGTH:
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may be at most 255 characters.")
+    if key is not None and not _storable(key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain NUL characters.")
     fingerprint = _fingerprint(invoice_id, body)
     try:
         with session_scope() as session:
@@ -387,9 +464,11 @@ def list_charges() -> ResponseReturnValue:
         query = query.where(ChargeAttempt.status == status)
     invoice_id = request.args.get("invoice_id")
     if invoice_id:
-        if not invoice_id.isdigit():
-            raise ApiError(422, "invalid", "invoice_id must be a number.")
-        query = query.where(ChargeAttempt.invoice_id == int(invoice_id))
+        # ASCII digits only (str.isdigit() passes '²', which int() refuses), few enough for int().
+        number = int(invoice_id) if ASCII_DIGITS.fullmatch(invoice_id) and len(invoice_id) < 100 else -1
+        if not 0 <= number <= openapi.MAX_ID:
+            raise ApiError(422, "invalid", f"invoice_id must be a number from 0 to {openapi.MAX_ID}.")
+        query = query.where(ChargeAttempt.invoice_id == number)
     try:
         limit = min(max(int(request.args.get("limit", 100)), 1), 500)
     except ValueError as exc:
