@@ -23,7 +23,7 @@ class AdminError(ValueError):
 
 def normalize_email(email: str) -> str:
     address = (email or "").strip().lower()
-    if not EMAIL.fullmatch(address):
+    if len(address) > 254 or not EMAIL.fullmatch(address):
         raise AdminError(f"{email!r} is not an email address.")
     return address
 

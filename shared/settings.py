@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from shared import audit
 from shared.models import Settings
 
-ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,60}")
+ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,59}")  # the column holds 64 characters
 
 
 class SettingsError(ValueError):

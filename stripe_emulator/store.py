@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import string
 import sys
 import tempfile
@@ -36,8 +37,12 @@ PREFIX_TABLE = {
 TABLES = ("customers", "payment_methods", "setup_intents", "payment_intents", "charges", "refunds")
 
 
+_ID_RANDOM = random.Random(secrets.randbits(64))
+
+
 def new_id(prefix: str, length: int = 24) -> str:
-    return prefix + "".join(random.choices(_ALPHABET, k=length))
+    # Its own generator: a caller reseeding the global `random` (Hypothesis does) must not repeat ids.
+    return prefix + "".join(_ID_RANDOM.choices(_ALPHABET, k=length))
 
 
 class AccountData:

@@ -78,8 +78,9 @@ def field(
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; an amount of `true` is not.
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = " or ".join(k.__name__.replace("str", "string").replace("int", "integer") for k in kinds)
-        raise ApiError(422, "invalid", f"{name} must be a {names}.", field=name)
+        words = {"str": "a string", "int": "an integer", "bool": "true or false", "dict": "an object"}
+        names = " or ".join(words.get(k.__name__, k.__name__) for k in kinds)
+        raise ApiError(422, "invalid", f"{name} must be {names}.", field=name)
     if isinstance(value, str) and not _storable(value):
         raise ApiError(
             422, "invalid", f"{name} may not contain NUL characters or unpaired surrogates.", field=name

@@ -13,7 +13,6 @@ refusal with a 4xx when it is not, and every 4xx in the Error shape.
 from __future__ import annotations
 
 import json
-import random
 import re
 import sys
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from hypothesis import HealthCheck, settings
 from schemathesis.core.result import Err
 from sqlalchemy import select, update
 
-import stripe_emulator.store
 import web
 import web.services
 from shared import config as shared_config
@@ -89,9 +87,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     database_url = f"sqlite:///{home / 'offsession.db'}"
     upgrade(database_url)
     with running_emulator() as emulator, pytest.MonkeyPatch.context() as mp:
-        # Hypothesis reseeds the global `random` for every example, and the emulator (a thread of this
-        # process) draws its object ids from it: it would hand out the same customer id again.
-        mp.setattr(stripe_emulator.store, "random", random.Random())
         for name in ("REDIS_URL", "MAIL_URL", "PUBLIC_BASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
             mp.delenv(name, raising=False)
         for name, value in {
