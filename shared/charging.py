@@ -38,7 +38,7 @@ from shared.gateway import (
 from shared.ledger import balance
 from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.money import STRIPE_MAXIMUM_AMOUNT, format_money
-from shared.ratelimit import RateBudgetTimeout
+from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable
 from shared.settings import get_settings
 from shared.states import AttemptStatus, observe, transition
 
@@ -302,7 +302,7 @@ def run_attempt(
 
     try:
         outcome = gateway.create_offsession_payment_intent(request)
-    except RateBudgetTimeout:
+    except (RateBudgetTimeout, RateBudgetUnavailable):
         # Nothing was sent: back to the queue, not counted as a Stripe failure.
         return _requeue_unsent(factory, attempt_id)
     except TransientStripeError as exc:

@@ -31,6 +31,7 @@ from typing import Protocol
 import redis
 from sqlalchemy import make_url, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Config
@@ -44,6 +45,7 @@ __all__ = [
     "DatabaseRateBudget",
     "RateBudget",
     "RateBudgetTimeout",
+    "RateBudgetUnavailable",
     "RedisRateBudget",
     "budget_account",
     "default_burst",
@@ -62,6 +64,14 @@ REDIS_KEY_PREFIX = "offsession:stripe-rate:"
 
 # Called with the Stripe-Account a request is made for (None = the platform); StripeGateway's callbacks.
 AccountCallback = Callable[[str | None], None]
+
+
+class RateBudgetUnavailable(TimeoutError):
+    """The budget's store (Redis or the database) did not answer. The request was not sent."""
+
+    def __init__(self, account: str, cause: Exception) -> None:
+        super().__init__(f"Stripe rate budget of {account!r} unavailable: {cause}")
+        self.account = account
 
 
 class RateBudgetTimeout(TimeoutError):
@@ -351,10 +361,17 @@ def gateway_hooks(
     pause the account for every process. before_request raises RateBudgetTimeout past `timeout`."""
 
     def before_request(stripe_account: str | None) -> None:
-        budget.acquire(stripe_account, timeout)
+        try:
+            budget.acquire(stripe_account, timeout)
+        except (redis.RedisError, OperationalError) as exc:
+            # The budget's store is down: nothing was sent, so the caller may simply try again later.
+            raise RateBudgetUnavailable(budget_account(stripe_account), exc) from exc
 
     def on_rate_limited(stripe_account: str | None) -> None:
-        budget.slow_down(stripe_account, slow_down_seconds)
+        try:
+            budget.slow_down(stripe_account, slow_down_seconds)
+        except (redis.RedisError, OperationalError) as exc:  # advice only: the 429 is handled anyway
+            log.warning("could not slow the Stripe budget down: %s", exc)
 
     return before_request, on_rate_limited
 

@@ -17,7 +17,7 @@ from shared.db import get_sessionmaker
 from shared.gateway import StripeGateway, TransientStripeError
 from shared.notifications import deliver_charge_notification
 from shared.notify import Mailer, mailer_from_config
-from shared.ratelimit import RateBudgetTimeout, rate_limited_gateway
+from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
 from shared.reconcile import run_janitor
 from shared.webhooks import process_event
 
@@ -65,7 +65,7 @@ def _with_countdown(countdown: float) -> outbox.Publisher:
     name=outbox.TASK_PROCESS_WEBHOOK_EVENT,
     acks_late=True,
     bind=True,
-    autoretry_for=(TransientStripeError, RateBudgetTimeout),
+    autoretry_for=(TransientStripeError, RateBudgetTimeout, RateBudgetUnavailable),
     retry_backoff=2,
     retry_backoff_max=60,
     retry_jitter=True,

@@ -357,3 +357,22 @@ def test_gateway_hooks_time_out_before_anything_is_sent() -> None:
     budget.slow_down("acct_9", 5.0)
     with pytest.raises(RateBudgetTimeout):
         before_request("acct_9")
+
+
+def test_a_budget_store_that_is_down_means_not_sent_not_a_crash() -> None:
+    """Redis down while a charge asks for a token: the charge is requeued, never counted as sent."""
+    import redis as redis_lib
+
+    from shared.ratelimit import RateBudgetUnavailable, gateway_hooks
+
+    class DownBudget:
+        def acquire(self, account: str | None, timeout: float | None = None) -> float:
+            raise redis_lib.ConnectionError("Connection refused")
+
+        def slow_down(self, account: str | None, seconds: float = 1.0) -> None:
+            raise redis_lib.ConnectionError("Connection refused")
+
+    before_request, on_rate_limited = gateway_hooks(DownBudget())  # type: ignore[arg-type]
+    with pytest.raises(RateBudgetUnavailable, match="unavailable"):
+        before_request("acct_1")
+    on_rate_limited("acct_1")  # advice only: it must not raise
