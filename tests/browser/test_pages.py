@@ -197,3 +197,18 @@ def test_batch_runs_page_shows_progress_and_the_invoice_its_retry_state(page: Pa
     expect(retry).to_contain_text("insufficient funds")
     expect(retry).to_contain_text("Next retry:")
     expect(retry).to_contain_text("3 automatic attempts left")
+
+
+def test_client_pays_now_with_the_saved_card(page: Page, web_stack: Stack) -> None:
+    st = web_stack
+    client = st.client_with_card("pm_card_visa")
+    invoice = st.invoice(client["id"], total=5_400)
+    client_login(page, st, client["email"])
+    page.get_by_role("link", name=invoice["number"]).click()
+    expect(page.get_by_text("Pay $54.00 now with your Visa ending 4242.")).to_be_visible()
+    page.get_by_role("button", name="Pay now").click()
+    expect(page.get_by_text("Payment started.")).to_be_visible()
+    expect(page.locator("#charge-status")).to_contain_text("Succeeded", timeout=15_000)
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
+    _, charges = st.api("GET", f"/api/charges?invoice_id={invoice['id']}")
+    assert [(c["source"], c["status"]) for c in charges["data"]] == [("client", "succeeded")]
