@@ -25,7 +25,8 @@ from shared.retries import blocks_automatic_charge, retries_due
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
-PAGE_SIZE = 500
+# Small pages: charging starts while the rest is still being queued, and memory stays flat.
+PAGE_SIZE = 50
 # A due retry that cannot open for a passing reason is looked at again after this.
 RETRY_BLOCKED_DELAY = timedelta(hours=1)
 FINAL_BLOCKERS = frozenset({BlockerCode.NOTHING_DUE, BlockerCode.INVOICE_VOID})
