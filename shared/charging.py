@@ -334,7 +334,6 @@ def run_attempt(
 def _after_transient_error(
     factory: sessionmaker[Session], attempt_id: str, exc: TransientStripeError, max_retries: int
 ) -> RunReport:
-    now = utcnow()
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         if attempt.status != S.PROCESSING.value:
@@ -353,57 +352,49 @@ def _after_transient_error(
             )
             return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value, rate_limited=exc.rate_limited)
         delay = retry_delay(attempt.transient_failures)
-        attempt.next_retry_at = now + timedelta(seconds=delay)
-        move_attempt(
+        message_id = _requeue(
             session,
             attempt,
-            S.QUEUED,
-            "worker",
+            delay,
             failure_code=exc.code or "transient",
             failure_message=f"Stripe did not answer ({exc.message}); retry {attempt.transient_failures} "
             f"of {max_retries} with the same key in {delay:.0f}s",
         )
-        message = outbox.enqueue(
-            session,
-            outbox.TASK_CHARGE_ATTEMPT,
-            {"attempt_id": attempt_id},
-            available_at=attempt.next_retry_at,
-        )
-        session.flush()
         return RunReport(
             RunResult.RETRY_SCHEDULED,
             S.QUEUED.value,
-            retry_message_id=message.id,
+            retry_message_id=message_id,
             retry_countdown=delay if delay <= MAX_DIRECT_COUNTDOWN_SECONDS else None,
             rate_limited=exc.rate_limited,
         )
 
 
 def _requeue_unsent(factory: sessionmaker[Session], attempt_id: str) -> RunReport:
-    now = utcnow()
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         if attempt.status != S.PROCESSING.value:
             return RunReport(RunResult.APPLIED, attempt.status)
         delay = random.uniform(1.0, 5.0)
-        attempt.next_retry_at = now + timedelta(seconds=delay)
-        move_attempt(
+        message_id = _requeue(
             session,
             attempt,
-            S.QUEUED,
-            "worker",
+            delay,
             failure_message="Waiting for the Stripe rate budget; nothing was sent yet.",
         )
-        message = outbox.enqueue(
-            session,
-            outbox.TASK_CHARGE_ATTEMPT,
-            {"attempt_id": attempt_id},
-            available_at=attempt.next_retry_at,
-        )
-        session.flush()
         return RunReport(
-            RunResult.RETRY_SCHEDULED, S.QUEUED.value, retry_message_id=message.id, retry_countdown=delay
+            RunResult.RETRY_SCHEDULED, S.QUEUED.value, retry_message_id=message_id, retry_countdown=delay
         )
+
+
+def _requeue(session: Session, attempt: ChargeAttempt, delay: float, **reason: str | None) -> int:
+    """processing → queued, due again in `delay` seconds, with the outbox message that will run it."""
+    attempt.next_retry_at = utcnow() + timedelta(seconds=delay)
+    move_attempt(session, attempt, S.QUEUED, "worker", **reason)
+    message = outbox.enqueue(
+        session, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt.id}, available_at=attempt.next_retry_at
+    )
+    session.flush()
+    return message.id
 
 
 def retry_delay(failures: int) -> float:

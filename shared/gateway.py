@@ -271,12 +271,17 @@ class ChargeRequest:
 
 # The end state of a create/confirm, or of a PaymentIntent read back later.
 @dataclass(frozen=True)
-class Succeeded:
+class _PaymentIntentState:
     payment_intent: PaymentIntentView
 
     @property
     def payment_intent_id(self) -> str:
         return self.payment_intent.id
+
+
+@dataclass(frozen=True)
+class Succeeded(_PaymentIntentState):
+    pass
 
 
 @dataclass(frozen=True)
@@ -300,32 +305,18 @@ class AuthenticationRequired:
 
 
 @dataclass(frozen=True)
-class RequiresAction:
+class RequiresAction(_PaymentIntentState):
     """The PaymentIntent waits for the customer (next_action / client_secret on the view)."""
 
-    payment_intent: PaymentIntentView
 
-    @property
-    def payment_intent_id(self) -> str:
-        return self.payment_intent.id
+@dataclass(frozen=True)
+class Processing(_PaymentIntentState):
+    pass
 
 
 @dataclass(frozen=True)
-class Processing:
-    payment_intent: PaymentIntentView
-
-    @property
-    def payment_intent_id(self) -> str:
-        return self.payment_intent.id
-
-
-@dataclass(frozen=True)
-class Canceled:
-    payment_intent: PaymentIntentView
-
-    @property
-    def payment_intent_id(self) -> str:
-        return self.payment_intent.id
+class Canceled(_PaymentIntentState):
+    pass
 
 
 ChargeOutcome = Succeeded | CardDeclined | AuthenticationRequired | RequiresAction | Processing | Canceled
