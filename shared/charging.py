@@ -444,6 +444,11 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
         attempt.payment_intent_id = pi_id
     match outcome:
         case Succeeded(payment_intent=view):
+            # The ledger changes: take the invoice row lock that charge requests take, so a request
+            # never reads the new payment beside the attempt's old status, or the other way round.
+            session.execute(
+                select(Invoice.id).where(Invoice.id == attempt.invoice_id).with_for_update(key_share=True)
+            )
             changed = _move_if_news(
                 session,
                 attempt,
