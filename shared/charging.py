@@ -70,6 +70,10 @@ class ChargeNotCancelable(Exception):
     pass
 
 
+class NotAwaitingAuthentication(Exception):
+    """The charge is not waiting for the client to authenticate; the message is fit to show."""
+
+
 def idempotency_key_for(attempt_id: str) -> str:
     return f"offsession:charge:{attempt_id}"
 
@@ -658,3 +662,49 @@ def cancel_charge(
         f"A charge that is {status.label.lower()} cannot be canceled; only queued charges that have not "
         "reached Stripe and charges waiting for the client can."
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The client comes back on-session
+# --------------------------------------------------------------------------------------------------
+
+
+def start_on_session_authentication(
+    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, return_url: str, *, actor: str
+) -> str | None:
+    """Confirm a charge waiting for the client again, with the client present. Returns the bank's page
+    to send the browser to (it comes back to `return_url`), or None when Stripe settled it at once,
+    which is then recorded. Stripe is asked between transactions."""
+    with factory() as session:
+        attempt = session.get_one(ChargeAttempt, attempt_id)
+        if attempt.status != S.REQUIRES_ACTION.value or not attempt.payment_intent_id:
+            raise NotAwaitingAuthentication("This payment does not need authentication.")
+        pi_id, pm_id, account = (
+            attempt.payment_intent_id,
+            attempt.payment_method_id,
+            attempt.stripe_account_id,
+        )
+        session.rollback()
+    outcome = gateway.confirm_on_session(pi_id, pm_id or "", return_url, stripe_account=account)
+    if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url:
+        return outcome.payment_intent.next_action_redirect_url
+    with factory() as session, session.begin():
+        apply_outcome(session, lock_attempt(session, attempt_id), outcome, actor=actor)
+    return None
+
+
+def settle_from_stripe(
+    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, *, actor: str
+) -> str:
+    """Ask Stripe where the charge's PaymentIntent is now and record it; returns the charge's status."""
+    with factory() as session:
+        attempt = session.get_one(ChargeAttempt, attempt_id)
+        pi_id, account, status = attempt.payment_intent_id, attempt.stripe_account_id, attempt.status
+        session.rollback()
+    if not pi_id:
+        return status
+    view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
+    with factory() as session, session.begin():
+        attempt = lock_attempt(session, attempt_id)
+        apply_payment_intent(session, attempt, view, actor=actor)
+        return attempt.status

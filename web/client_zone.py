@@ -26,12 +26,12 @@ from sqlalchemy.orm import selectinload
 
 from shared import clients, login_throttle, outbox
 from shared.charging import (
+    NotAwaitingAuthentication,
     NotChargeable,
-    apply_outcome,
-    apply_payment_intent,
     load_invoice_for_charge,
-    lock_attempt,
     open_attempt,
+    settle_from_stripe,
+    start_on_session_authentication,
 )
 from shared.client_auth import LoginLinkError, consume_login_link, issue_login_link
 from shared.db import get_sessionmaker, session_scope
@@ -40,7 +40,6 @@ from shared.gateway import (
     CardSetupDeclined,
     CardSetupRequiresAction,
     GatewayError,
-    RequiresAction,
 )
 from shared.invoices import list_invoices
 from shared.ledger import balance
@@ -227,28 +226,24 @@ def charge_status(charge_id: str) -> ResponseReturnValue:
 @bp.post("/charges/<charge_id>/authenticate")
 @login_required_client
 def authenticate(charge_id: str) -> ResponseReturnValue:
-    """Bring a charge that needs 3-D Secure on-session: confirm again with the client present, then
-    send the browser to the bank's page (the emulator's, or Stripe's), which returns to us."""
+    """Bring a charge that needs 3-D Secure on-session: send the browser to the bank's page (the
+    emulator's, or Stripe's), which returns to us."""
     with session_scope() as db:
-        attempt = _own_attempt(db, charge_id)
-        if attempt.status != AttemptStatus.REQUIRES_ACTION.value or not attempt.payment_intent_id:
-            flash("This payment does not need authentication.", "error")
-            return redirect(url_for("client.invoice", invoice_id=attempt.invoice_id)), 303
-        invoice_id, pi_id = attempt.invoice_id, attempt.payment_intent_id
-        pm_id, account = attempt.payment_method_id, attempt.stripe_account_id
-    return_url = f"{current_app.config['OFFSESSION'].public_base_url}" + url_for(
+        invoice_id = _own_attempt(db, charge_id).invoice_id
+    return_url = current_app.config["OFFSESSION"].public_base_url + url_for(
         "client.returned", charge_id=charge_id
     )
     try:
-        outcome = gateway().confirm_on_session(pi_id, pm_id or "", return_url, stripe_account=account)
+        bank_page = start_on_session_authentication(
+            get_sessionmaker(), gateway(), charge_id, return_url, actor=g.actor
+        )
+    except NotAwaitingAuthentication as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
     except GatewayError as exc:
         flash(f"Your bank could not be reached: {exc}", "error")
         return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
-    if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url:
-        return redirect(outcome.payment_intent.next_action_redirect_url), 303
-    with session_scope() as db:
-        apply_outcome(db, lock_attempt(db, charge_id), outcome, actor=g.actor)
-    return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+    return redirect(bank_page or url_for("client.invoice", invoice_id=invoice_id)), 303
 
 
 @bp.get("/charges/<charge_id>/return")
@@ -256,22 +251,16 @@ def authenticate(charge_id: str) -> ResponseReturnValue:
 def returned(charge_id: str) -> ResponseReturnValue:
     """Back from the bank's page: ask Stripe how it went and record it."""
     with session_scope() as db:
-        attempt = _own_attempt(db, charge_id)
-        invoice_id, pi_id, account = attempt.invoice_id, attempt.payment_intent_id, attempt.stripe_account_id
-    if pi_id:
-        try:
-            view = gateway().retrieve_payment_intent(pi_id, stripe_account=account)
-        except GatewayError as exc:
-            flash(f"We could not confirm the payment yet ({exc}); it will update shortly.", "error")
-            return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
-        with session_scope() as db:
-            attempt = lock_attempt(db, charge_id)
-            apply_payment_intent(db, attempt, view, actor=g.actor)
-            status = attempt.status
-        if status == AttemptStatus.SUCCEEDED.value:
-            flash("Thank you: your payment went through.", "success")
-        elif status == AttemptStatus.FAILED.value:
-            flash("The authentication did not succeed, so nothing was charged.", "error")
+        invoice_id = _own_attempt(db, charge_id).invoice_id
+    try:
+        status = settle_from_stripe(get_sessionmaker(), gateway(), charge_id, actor=g.actor)
+    except GatewayError as exc:
+        flash(f"We could not confirm the payment yet ({exc}); it will update shortly.", "error")
+        return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
+    if status == AttemptStatus.SUCCEEDED.value:
+        flash("Thank you: your payment went through.", "success")
+    elif status == AttemptStatus.FAILED.value:
+        flash("The authentication did not succeed, so nothing was charged.", "error")
     return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
 
 
