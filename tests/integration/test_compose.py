@@ -13,7 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(compose.__file__).parent / "docker-compose"
-ENV = {**os.environ, "OFFSESSION_API_TOKEN": "token-for-validation", "SECRET_KEY": "secret-for-validation"}
+SECRETS = {
+    "OFFSESSION_API_TOKEN": "token-for-validation",
+    "SECRET_KEY": "secret-for-validation",
+    "FLOWER_BASIC_AUTH": "ops:password-for-validation",
+}
+ENV = {**os.environ, **SECRETS}
 
 
 def run(
@@ -33,16 +38,16 @@ def test_the_compose_file_validates() -> None:
     result = run("config", "-q")
     assert result.returncode == 0, result.stderr
     services = run("--profile", "dev", "config", "--services").stdout.split()
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat", "emulator"}
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat", "flower", "emulator"}
     assert "emulator" not in run("config", "--services").stdout.split()  # dev profile only
 
 
-def test_secrets_are_required_from_the_environment() -> None:
-    env = {k: v for k, v in ENV.items() if k not in ("OFFSESSION_API_TOKEN", "SECRET_KEY")}
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_secrets_are_required_from_the_environment(secret: str) -> None:
+    env = {k: v for k, v in ENV.items() if k != secret}
     result = run("config", "-q", env=env)
-    # Compose names whichever missing variable it meets first.
     assert result.returncode != 0
-    assert "OFFSESSION_API_TOKEN" in result.stderr or "SECRET_KEY" in result.stderr
+    assert secret in result.stderr
 
 
 def test_the_validator_does_catch_a_broken_file(tmp_path: Path) -> None:
@@ -69,3 +74,38 @@ def test_redis_persists_and_never_evicts() -> None:
     command = json.loads(run("config", "--format", "json").stdout)["services"]["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def rendered_services() -> dict[str, dict[str, object]]:
+    return json.loads(run("--profile", "dev", "config", "--format", "json").stdout)["services"]
+
+
+def test_workers_scale_and_beat_stays_single() -> None:
+    services = rendered_services()
+    # A fixed container name or a published port would make `--scale worker=4` fail.
+    assert "container_name" not in services["worker"]
+    assert "ports" not in services["worker"]
+    assert services["beat"]["deploy"]["replicas"] == 1
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    services = rendered_services()
+    for name in ("postgres", "redis", "web", "worker", "beat", "flower"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
+    assert "healthcheck" not in services["migrate"]  # one-shot: its exit status is its health
+
+
+def test_flower_watches_the_same_broker_behind_a_password() -> None:
+    flower = rendered_services()["flower"]
+    assert "--broker=redis://redis:6379/0" in flower["command"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
+
+
+def test_the_image_is_slim_runs_as_a_user_and_ships_no_build_tools() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2 and all("slim" in stage for stage in stages)
+    final = dockerfile.rsplit(stages[-1], 1)[1]
+    assert "USER offsession" in final
+    # The final stage only copies the built venv: no compiler, no pip install.
+    assert "pip install" not in final and "apt-get" not in final
