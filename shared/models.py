@@ -437,3 +437,71 @@ class LoginAttempt(Base):
     at: Mapped[datetime] = mapped_column(index=True)
 
     __table_args__ = (Index("ix_login_attempt_key_at", "key", "at"),)
+
+
+RECONCILIATION_FINDING_KINDS = ("orphan", "repaired", "missing")
+
+
+class ReconciliationRun(Base):
+    """The daily reconciliation of one Stripe account's day (shared.daily_reconciliation).
+
+    One row per (account, day): a re-run updates its counts and times, and its findings are never
+    recorded twice (see ReconciliationFinding).
+    """
+
+    __tablename__ = "reconciliation_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # '' for the platform account, as in webhook_event: NULLs would make the unique pair useless.
+    stripe_account: Mapped[str] = mapped_column(String(64), default="")
+    day: Mapped[date] = mapped_column(Date)
+    trigger: Mapped[str] = mapped_column(String(20))
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    matched: Mapped[int] = mapped_column(Integer, default=0)
+    repaired: Mapped[int] = mapped_column(Integer, default=0)
+    orphans: Mapped[int] = mapped_column(Integer, default=0)
+    missing: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("stripe_account", "day"),
+        Index("ix_reconciliation_run_day", "day"),
+    )
+
+
+class ReconciliationFinding(Base):
+    """A disagreement between Stripe and our records, found by the daily reconciliation.
+
+    orphan: money moved at Stripe that nothing of ours knows; repaired: an attempt whose status
+    disagreed with Stripe's and was settled from it; missing: a ledger card payment of the day whose
+    PaymentIntent Stripe does not list. Unique per (account, PaymentIntent, kind): recorded once.
+    """
+
+    __tablename__ = "reconciliation_finding"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("reconciliation_run.id"), index=True)
+    stripe_account: Mapped[str] = mapped_column(String(64), default="")
+    payment_intent_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))
+    stripe_status: Mapped[str] = mapped_column(String(40), default="")
+    amount: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("client.id"), index=True)
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoice.id"), index=True)
+    charge_attempt_id: Mapped[str | None] = mapped_column(ForeignKey("charge_attempt.id"))
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payment.id"))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    payment_intent_created_at: Mapped[datetime | None] = mapped_column()
+    found_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "stripe_account", "payment_intent_id", "kind", name="uq_reconciliation_finding_once"
+        ),
+        CheckConstraint(f"kind IN ({_in_list(RECONCILIATION_FINDING_KINDS)})", name="kind_known"),
+    )
