@@ -1,0 +1,355 @@
+"""The daily reconciliation's comparison (shared.daily_reconciliation), on SQLite and PostgreSQL.
+
+A fake gateway stands in for Stripe with a fixed set of PaymentIntents per account: these tests are
+about what the comparison decides and what the database records, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.daily_reconciliation import (
+    ReconciliationError,
+    day_bounds,
+    parse_day,
+    reconcile_day,
+    yesterday_utc,
+)
+from shared.gateway import PaymentIntentView, PermanentStripeError, TransientStripeError
+from shared.models import (
+    AuditEvent,
+    ChargeAttempt,
+    Payment,
+    ReconciliationFinding,
+    ReconciliationRun,
+)
+from shared.settings import update_settings
+from tests.support import factories
+
+DAY = date(2026, 11, 20)
+NOON = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+LATER = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+def pi(
+    pi_id: str,
+    *,
+    status: str = "succeeded",
+    amount: int = 10_000,
+    customer: str | None = "cus_someone",
+    metadata: dict[str, str] | None = None,
+    created: datetime = NOON,
+) -> PaymentIntentView:
+    return PaymentIntentView(
+        id=pi_id,
+        status=status,
+        amount=amount,
+        amount_received=amount if status == "succeeded" else 0,
+        currency="usd",
+        customer=customer,
+        payment_method="pm_1",
+        metadata=metadata or {},
+        latest_charge=None,
+        last_payment_error=None,
+        created=int(created.timestamp()),
+        client_secret=None,
+        next_action_type=None,
+        next_action_redirect_url=None,
+        livemode=False,
+    )
+
+
+class FakeStripe:
+    """PaymentIntents per account ('' = platform). `fresh` overrides what a retrieve answers."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, list[PaymentIntentView]] = {}
+        self.fresh: dict[str, PaymentIntentView] = {}
+        self.list_errors: dict[str, Exception] = {}
+        self.list_calls: list[tuple[str, datetime, datetime]] = []
+        self.retrieves: list[str] = []
+
+    def add(self, view: PaymentIntentView, account: str = "") -> PaymentIntentView:
+        self.listed.setdefault(account, []).append(view)
+        return view
+
+    def list_payment_intents_created(
+        self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
+    ) -> Iterator[PaymentIntentView]:
+        account = stripe_account or ""
+        self.list_calls.append((account, created_gte, created_lt))
+        if account in self.list_errors:
+            raise self.list_errors[account]
+        start, end = int(created_gte.timestamp()), int(created_lt.timestamp())
+        return iter([v for v in self.listed.get(account, []) if start <= v.created < end])
+
+    def retrieve_payment_intent(
+        self, payment_intent_id: str, *, stripe_account: str | None = None
+    ) -> PaymentIntentView:
+        self.retrieves.append(payment_intent_id)
+        if payment_intent_id in self.fresh:
+            return self.fresh[payment_intent_id]
+        for view in self.listed.get(stripe_account or "", []):
+            if view.id == payment_intent_id:
+                return view
+        raise PermanentStripeError(
+            f"No such payment_intent: '{payment_intent_id}'",
+            kind="invalid_request",
+            code="resource_missing",
+            http_status=404,
+        )
+
+
+@pytest.fixture
+def stripe_fake() -> FakeStripe:
+    return FakeStripe()
+
+
+def connect(factory: sessionmaker[Session], account: str | None = None) -> None:
+    with factory() as s, s.begin():
+        update_settings(s, "test", stripe_connected=True, stripe_account_id=account or "")
+
+
+def charged_invoice(
+    factory: sessionmaker[Session],
+    *,
+    status: str,
+    payment_intent_id: str | None,
+    account: str | None = None,
+    paid: bool = False,
+) -> tuple[int, str]:
+    """An invoice with one attempt created at NOON; with `paid`, its card payment in the ledger."""
+    with factory() as s, s.begin():
+        owner = factories.client()
+        invoice = factories.invoice(owner=owner)
+        attempt = factories.attempt(invoice, status=status)
+        attempt.payment_intent_id = payment_intent_id
+        attempt.stripe_account_id = account
+        attempt.stripe_customer_id = owner.stripe_customer_id
+        attempt.created_at = NOON - timedelta(seconds=5)
+        factories.persist(s, invoice, attempt)
+        if paid:
+            s.add(
+                Payment(
+                    invoice_id=invoice.id,
+                    amount=invoice.total,
+                    method="card",
+                    received_at=NOON,
+                    reference=payment_intent_id or "",
+                    charge_attempt_id=attempt.id,
+                    stripe_payment_intent_id=payment_intent_id,
+                    recorded_by="stripe",
+                )
+            )
+        return invoice.id, attempt.id
+
+
+def findings(factory: sessionmaker[Session]) -> list[tuple[str, str, str]]:
+    with factory() as s:
+        rows = s.execute(
+            select(
+                ReconciliationFinding.stripe_account,
+                ReconciliationFinding.payment_intent_id,
+                ReconciliationFinding.kind,
+            ).order_by(ReconciliationFinding.id)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+def run_row(factory: sessionmaker[Session], account: str = "") -> ReconciliationRun:
+    with factory() as s:
+        return s.scalars(
+            select(ReconciliationRun).where(
+                ReconciliationRun.stripe_account == account, ReconciliationRun.day == DAY
+            )
+        ).one()
+
+
+def test_a_charge_recorded_as_stripe_reports_it_is_matched(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory)
+    charged_invoice(session_factory, status="succeeded", payment_intent_id="pi_ours", paid=True)
+    stripe_fake.add(pi("pi_ours"))
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    (account,) = report.accounts
+    assert (account.listed, account.matched, account.repaired, account.orphans, account.missing) == (
+        1,
+        1,
+        0,
+        0,
+        0,
+    )
+    assert findings(session_factory) == []
+    # The day's UTC window was asked for, and nothing needed a second look.
+    assert stripe_fake.list_calls == [("", *day_bounds(DAY))]
+    assert stripe_fake.retrieves == []
+
+
+def test_an_orphan_is_checked_then_recorded_once_with_its_client_and_an_audit_event(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory)
+    with session_factory() as s, s.begin():
+        owner = factories.client()
+        factories.persist(s, owner)
+        client_id, customer = owner.id, owner.stripe_customer_id
+    stripe_fake.add(pi("pi_orphan", amount=4_200, customer=customer))
+    stripe_fake.add(pi("pi_abandoned", status="requires_payment_method", customer=customer))
+
+    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)  # type: ignore[arg-type]
+    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)  # type: ignore[arg-type]
+
+    assert findings(session_factory) == [("", "pi_orphan", "orphan")]
+    assert [a.new_findings for a in (first.accounts[0], second.accounts[0])] == [1, 0]
+    for report in (first.accounts[0], second.accounts[0]):
+        assert (report.listed, report.orphans, report.without_money, report.matched) == (2, 1, 1, 0)
+    # Re-retrieved before recording: the listing alone is not trusted.
+    assert stripe_fake.retrieves.count("pi_orphan") == 2
+    with session_factory() as s:
+        finding = s.scalars(select(ReconciliationFinding)).one()
+        assert (finding.amount, finding.currency, finding.stripe_customer_id, finding.client_id) == (
+            4_200,
+            "usd",
+            customer,
+            client_id,
+        )
+        assert finding.payment_intent_created_at == NOON
+        assert finding.stripe_status == "succeeded"
+        audits = s.scalars(select(AuditEvent).where(AuditEvent.action == "reconciliation.orphan")).all()
+        assert [a.detail["payment_intent_id"] for a in audits] == ["pi_orphan"]
+    run = run_row(session_factory)
+    assert (run.runs, run.listed, run.orphans, run.trigger, run.error) == (2, 2, 1, "cli", None)
+    assert run.finished_at is not None
+
+
+def test_a_listed_success_that_moved_no_money_on_a_second_look_is_not_an_orphan(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory)
+    stripe_fake.add(pi("pi_odd"))
+    stripe_fake.fresh["pi_odd"] = replace(pi("pi_odd"), amount_received=0)
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    assert (report.accounts[0].orphans, report.accounts[0].without_money) == (0, 1)
+    assert findings(session_factory) == []
+
+
+@pytest.mark.parametrize("stored_pi_id", ["pi_lost", None])
+def test_an_attempt_stripe_settled_without_us_is_repaired_once_and_never_charged_again(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe, stored_pi_id: str | None
+) -> None:
+    """The worker died after Stripe charged (with or without the PaymentIntent id stored), and the
+    webhook never came: the PaymentIntent is found by id or by its metadata."""
+    connect(session_factory)
+    invoice_id, attempt_id = charged_invoice(
+        session_factory, status="unknown", payment_intent_id=stored_pi_id
+    )
+    stripe_fake.add(pi("pi_lost", metadata={"charge_attempt_id": attempt_id, "invoice_id": str(invoice_id)}))
+
+    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+
+    assert findings(session_factory) == [("", "pi_lost", "repaired")]
+    for report in (first.accounts[0], second.accounts[0]):
+        assert (report.listed, report.repaired, report.matched, report.orphans) == (1, 1, 0, 0)
+    with session_factory() as s:
+        attempt = s.get_one(ChargeAttempt, attempt_id)
+        assert (attempt.status, attempt.payment_intent_id) == ("succeeded", "pi_lost")
+        payments = s.scalars(select(Payment).where(Payment.invoice_id == invoice_id)).all()
+        assert [(p.amount, p.stripe_payment_intent_id) for p in payments] == [(10_000, "pi_lost")]
+        finding = s.scalars(select(ReconciliationFinding)).one()
+        assert (finding.invoice_id, finding.charge_attempt_id) == (invoice_id, attempt_id)
+        assert "unknown -> succeeded" in finding.detail
+
+
+def test_a_cancel_stripe_reports_is_repaired_without_a_payment(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory)
+    _, attempt_id = charged_invoice(session_factory, status="unknown", payment_intent_id="pi_no")
+    stripe_fake.add(pi("pi_no", status="canceled"))
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    assert report.accounts[0].repaired == 1
+    with session_factory() as s:
+        assert s.get_one(ChargeAttempt, attempt_id).status == "canceled"
+        assert s.scalar(select(func.count()).select_from(Payment)) == 0
+
+
+def test_a_ledger_card_payment_stripe_does_not_have_is_flagged_missing_once(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory)
+    invoice_id, _ = charged_invoice(
+        session_factory, status="succeeded", payment_intent_id="pi_gone", paid=True
+    )
+    # Another day's PaymentIntent that succeeded after midnight: on that day's list, not missing.
+    charged_invoice(session_factory, status="succeeded", payment_intent_id="pi_yesterday", paid=True)
+    stripe_fake.fresh["pi_yesterday"] = pi("pi_yesterday", created=NOON - timedelta(days=1))
+
+    for _ in range(2):
+        report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+        assert (report.accounts[0].listed, report.accounts[0].missing) == (0, 1)
+
+    assert findings(session_factory) == [("", "pi_gone", "missing")]
+    with session_factory() as s:
+        finding = s.scalars(select(ReconciliationFinding)).one()
+        assert (finding.invoice_id, finding.amount, finding.currency) == (invoice_id, 10_000, "usd")
+        assert finding.payment_id is not None
+        assert "no such PaymentIntent" in finding.detail
+
+
+def test_two_accounts_are_reconciled_apart(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    """Settings charges through acct_B now; a charge of the day went through acct_A before."""
+    connect(session_factory, "acct_B")
+    charged_invoice(
+        session_factory, status="succeeded", payment_intent_id="pi_a", account="acct_A", paid=True
+    )
+    stripe_fake.add(pi("pi_a"), "acct_A")
+    stripe_fake.add(pi("pi_stray_a"), "acct_A")
+    stripe_fake.add(pi("pi_stray_b"), "acct_B")
+    stripe_fake.add(pi("pi_platform"), "")  # not an account we charge through: not asked
+
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+
+    by_account = {a.stripe_account: (a.listed, a.matched, a.orphans) for a in report.accounts}
+    assert by_account == {"acct_A": (2, 1, 1), "acct_B": (1, 0, 1)}
+    assert sorted(findings(session_factory)) == [
+        ("acct_A", "pi_stray_a", "orphan"),
+        ("acct_B", "pi_stray_b", "orphan"),
+    ]
+    assert {call[0] for call in stripe_fake.list_calls} == {"acct_A", "acct_B"}
+
+
+def test_stripe_down_for_one_account_is_recorded_on_its_run_and_the_other_still_runs(
+    session_factory: sessionmaker[Session], stripe_fake: FakeStripe
+) -> None:
+    connect(session_factory, "acct_B")
+    charged_invoice(
+        session_factory, status="succeeded", payment_intent_id="pi_a", account="acct_A", paid=True
+    )
+    stripe_fake.list_errors["acct_A"] = TransientStripeError("connection refused")
+    stripe_fake.add(pi("pi_stray_b"), "acct_B")
+
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+
+    assert [a.stripe_account for a in report.failed] == ["acct_A"]
+    assert run_row(session_factory, "acct_A").error == "Stripe: connection refused"
+    assert run_row(session_factory, "acct_B").orphans == 1
+
+
+def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: FakeStripe) -> None:
+    assert parse_day("2026-11-20") == DAY
+    for bad in ("2026-13-01", "20261120", "yesterday", "2026-11-20T00:00"):
+        with pytest.raises(ReconciliationError, match="expected YYYY-MM-DD"):
+            parse_day(bad)
+    with pytest.raises(ReconciliationError, match="has not happened yet"):
+        reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=NOON - timedelta(days=1))  # type: ignore[arg-type]
+    assert yesterday_utc(datetime(2026, 11, 21, 2, 30, tzinfo=UTC)) == DAY
