@@ -6,6 +6,8 @@ duplicate delivery changes nothing and a lost one is re-published by the outbox 
 
 from __future__ import annotations
 
+from datetime import UTC, tzinfo
+
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -80,6 +82,19 @@ task_default_queue = "maintenance"
 # A plain `celery -A worker worker` consumes every queue listed here; `-Q charges` narrows it.
 task_queues = (Queue("charges"), Queue("webhooks"), Queue("maintenance"))
 
+
+class UTCCrontab(crontab):
+    """A crontab read in UTC whatever `timezone` (the batch's local zone) says: the daily reconciliation
+    covers a UTC day, so it runs at a fixed UTC time once that day is over."""
+
+    @property
+    def tz(self) -> tzinfo:
+        return UTC
+
+
+# 02:30 UTC: well after midnight, so what was still processing when the day ended has settled.
+RECONCILE_DAY_AT = {"hour": 2, "minute": 30}
+
 _minute, _hour, _day_of_month, _month, _day_of_week = _config.batch_cron.split()
 beat_schedule = {
     "relay-outbox": {"task": "offsession.relay_outbox", "schedule": 5.0},
@@ -96,4 +111,7 @@ beat_schedule = {
         ),
     },
     "open-due-retries": {"task": "offsession.open_due_retries", "schedule": 600.0},
+    # Yesterday (UTC) against Stripe; the task takes no day, so a late or repeated beat still means
+    # yesterday, and a re-run records nothing twice.
+    "reconcile-yesterday": {"task": "offsession.reconcile_day", "schedule": UTCCrontab(**RECONCILE_DAY_AT)},
 }

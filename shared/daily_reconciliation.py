@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -522,3 +522,42 @@ def _close_run(factory: sessionmaker[Session], report: AccountReport) -> None:
             run.missing = report.missing
         run.error = report.error
         run.finished_at = utcnow()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading (the report page and the command)
+# --------------------------------------------------------------------------------------------------
+
+
+def day_findings(session: Session, day: date) -> list[ReconciliationFinding]:
+    """Every finding of a day's runs, orphans first, then in the order they were found."""
+    kind_order = case({ORPHAN: 0, MISSING: 1, REPAIRED: 2}, value=ReconciliationFinding.kind, else_=3)
+    return list(
+        session.scalars(
+            select(ReconciliationFinding)
+            .join(ReconciliationRun, ReconciliationRun.id == ReconciliationFinding.run_id)
+            .where(ReconciliationRun.day == day)
+            .order_by(kind_order, ReconciliationFinding.id)
+        )
+    )
+
+
+def recent_runs(session: Session, *, limit: int = 100) -> list[ReconciliationRun]:
+    """The latest runs, newest day first."""
+    return list(
+        session.scalars(
+            select(ReconciliationRun)
+            .order_by(ReconciliationRun.day.desc(), ReconciliationRun.stripe_account)
+            .limit(limit)
+        )
+    )
+
+
+def day_runs(session: Session, day: date) -> list[ReconciliationRun]:
+    return list(
+        session.scalars(
+            select(ReconciliationRun)
+            .where(ReconciliationRun.day == day)
+            .order_by(ReconciliationRun.stripe_account)
+        )
+    )

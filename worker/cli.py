@@ -95,16 +95,66 @@ def seed_demo() -> None:
     click.echo(f"demo admin: {report.admin_email} / {report.admin_password}")
 
 
-@main.command("reconcile", help="Run the janitor once: settle stale charges, re-drive webhooks, relay.")
-def reconcile() -> None:
+@main.command(
+    "reconcile",
+    help="Run the janitor once: settle stale charges, re-drive webhooks, relay. With --day, reconcile "
+    "that UTC day's PaymentIntents against Stripe instead.",
+)
+@click.option("--day", "day_text", metavar="YYYY-MM-DD", help="A UTC day to reconcile against Stripe.")
+def reconcile(day_text: str | None) -> None:
     from shared.db import get_sessionmaker
     from shared.reconcile import run_janitor
     from worker.tasks import gateway, publish
 
+    if day_text is not None:
+        _reconcile_day(day_text)
+        return
     report = run_janitor(get_sessionmaker(), gateway(), publish)
     click.echo(report.summary())
     if report.still_unknown or report.flagged_for_operator:
         click.echo("some charges still need attention: see GET /api/charges?status=unknown", err=True)
+
+
+def _reconcile_day(day_text: str) -> None:
+    from shared.daily_reconciliation import ReconciliationError, day_findings, parse_day, reconcile_day
+    from shared.db import get_sessionmaker, session_scope
+    from shared.money import format_money
+    from worker.tasks import gateway
+
+    try:
+        day = parse_day(day_text)
+        report = reconcile_day(get_sessionmaker(), gateway(), day, trigger="cli")
+    except ReconciliationError as exc:
+        raise CommandError(str(exc)) from exc
+    click.echo(f"reconciliation of {day} (UTC) against Stripe")
+    if not report.accounts:
+        click.echo("no Stripe account to reconcile: Stripe is not connected and nothing was charged that day")
+        return
+    click.echo(
+        f"  {'account':<24} {'listed':>7} {'matched':>8} {'repaired':>9} {'orphans':>8} {'missing':>8}"
+    )
+    for account in report.accounts:
+        click.echo(
+            f"  {account.account_label:<24} {account.listed:>7} {account.matched:>8} {account.repaired:>9} "
+            f"{account.orphans:>8} {account.missing:>8}"
+            + (f"  error: {account.error}" if account.error else "")
+        )
+    with session_scope() as session:
+        for finding in day_findings(session, day):
+            amount = (
+                format_money(finding.amount, finding.currency) if finding.currency else str(finding.amount)
+            )
+            click.echo(
+                f"  {finding.kind:<9} {finding.payment_intent_id:<30} {amount:>14}"
+                f"  {finding.stripe_account or 'platform'}"
+            )
+    click.echo(f"new findings: {sum(a.new_findings for a in report.accounts)}")
+    if report.failed:
+        raise CommandError(
+            "could not reconcile "
+            + ", ".join(f"{a.account_label} ({a.error})" for a in report.failed)
+            + "; run it again later"
+        )
 
 
 @main.command("charge-due", help="Charge every due invoice set to auto-charge now (as the schedule does).")
