@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import audit
+from shared import audit, outbox
 from shared.charging import apply_payment_intent, lock_attempt, reported_status
 from shared.gateway import GatewayError, PaymentIntentView, PermanentStripeError, StripeGateway
 from shared.models import (
@@ -47,6 +47,7 @@ from shared.states import observe
 log = logging.getLogger(__name__)
 
 ACTOR = "reconciliation"
+TASK_RECONCILE_DAY = "offsession.reconcile_day"
 ORPHAN, REPAIRED, MISSING = "orphan", "repaired", "missing"
 # Charges opened shortly before midnight may have their PaymentIntent created after it: their account
 # counts for the day too.
@@ -108,6 +109,17 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 def yesterday_utc(now: datetime | None = None) -> date:
     return ((now or utcnow()).astimezone(UTC) - timedelta(days=1)).date()
+
+
+def request_reconciliation(session: Session, day: date, actor: str, *, now: datetime | None = None) -> int:
+    """Queue a run of `day` for the worker (the admin's "Reconcile now"): written to the outbox in the
+    caller's transaction, so the request is never lost to a broker that is down. Returns the message id."""
+    if day > (now or utcnow()).astimezone(UTC).date():
+        raise ReconciliationError(f"{day} has not happened yet")
+    audit.record(session, actor, "reconciliation.requested", day=day.isoformat())
+    message = outbox.enqueue(session, TASK_RECONCILE_DAY, {"day": day.isoformat(), "trigger": "admin"})
+    session.flush()
+    return message.id
 
 
 def accounts_for_day(session: Session, day: date) -> list[str]:
@@ -529,15 +541,17 @@ def _close_run(factory: sessionmaker[Session], report: AccountReport) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+_KIND_ORDER = case({ORPHAN: 0, MISSING: 1, REPAIRED: 2}, value=ReconciliationFinding.kind, else_=3)
+
+
 def day_findings(session: Session, day: date) -> list[ReconciliationFinding]:
     """Every finding of a day's runs, orphans first, then in the order they were found."""
-    kind_order = case({ORPHAN: 0, MISSING: 1, REPAIRED: 2}, value=ReconciliationFinding.kind, else_=3)
     return list(
         session.scalars(
             select(ReconciliationFinding)
             .join(ReconciliationRun, ReconciliationRun.id == ReconciliationFinding.run_id)
             .where(ReconciliationRun.day == day)
-            .order_by(kind_order, ReconciliationFinding.id)
+            .order_by(_KIND_ORDER, ReconciliationFinding.id)
         )
     )
 
@@ -553,11 +567,12 @@ def recent_runs(session: Session, *, limit: int = 100) -> list[ReconciliationRun
     )
 
 
-def day_runs(session: Session, day: date) -> list[ReconciliationRun]:
+def run_findings(session: Session, run_id: int) -> list[ReconciliationFinding]:
+    """A run's findings, orphans first, then in the order they were found."""
     return list(
         session.scalars(
-            select(ReconciliationRun)
-            .where(ReconciliationRun.day == day)
-            .order_by(ReconciliationRun.stripe_account)
+            select(ReconciliationFinding)
+            .where(ReconciliationFinding.run_id == run_id)
+            .order_by(_KIND_ORDER, ReconciliationFinding.id)
         )
     )

@@ -499,6 +499,8 @@ class ReconciliationFinding(Base):
     payment_intent_created_at: Mapped[datetime | None] = mapped_column()
     found_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    client: Mapped[Client | None] = relationship()
+
     __table_args__ = (
         UniqueConstraint(
             "stripe_account", "payment_intent_id", "kind", name="uq_reconciliation_finding_once"

@@ -33,12 +33,28 @@ from shared.charging import (
     load_invoice_for_charge,
     open_attempt,
 )
+from shared.daily_reconciliation import (
+    ReconciliationError,
+    parse_day,
+    recent_runs,
+    request_reconciliation,
+    run_findings,
+    yesterday_utc,
+)
 from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import charge_blockers, in_flight_attempt
 from shared.gateway import GatewayError
 from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.login_throttle import admin_sign_in_counters
-from shared.models import LEDGER_METHODS, AuditEvent, BatchRun, ChargeAttempt, DunningState, WebhookEvent
+from shared.models import (
+    LEDGER_METHODS,
+    AuditEvent,
+    BatchRun,
+    ChargeAttempt,
+    DunningState,
+    ReconciliationRun,
+    WebhookEvent,
+)
 from shared.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.reconcile import resolve_attempt
 from shared.settings import SettingsError, get_settings, update_settings
@@ -383,6 +399,45 @@ def batch_status(run_id: int) -> ResponseReturnValue:
         if run is None:
             abort(404)
         return jsonify(_batch_json(db, run))
+
+
+# ---- daily reconciliation against Stripe ----------------------------------------------------------------
+
+
+@bp.get("/reconciliation")
+@login_required_admin
+def reconciliation() -> ResponseReturnValue:
+    with session_scope() as db:
+        return render_template(
+            "admin/reconciliation.html", runs=recent_runs(db), yesterday=yesterday_utc().isoformat()
+        )
+
+
+@bp.get("/reconciliation/<int:run_id>")
+@login_required_admin
+def reconciliation_run(run_id: int) -> ResponseReturnValue:
+    with session_scope() as db:
+        run = db.get(ReconciliationRun, run_id)
+        if run is None:
+            abort(404)
+        return render_template("admin/reconciliation_run.html", run=run, findings=run_findings(db, run_id))
+
+
+@bp.post("/reconciliation/run")
+@login_required_admin
+def reconcile_now() -> ResponseReturnValue:
+    """Queue a reconciliation of one UTC day (yesterday unless given) for the worker: a day's listing
+    at Stripe can take longer than a web request should."""
+    try:
+        day = parse_day(request.form.get("day") or yesterday_utc().isoformat())
+        with session_scope() as db:
+            message_id = request_reconciliation(db, day, g.actor)
+    except ReconciliationError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.reconciliation")), 303
+    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
+    flash(f"Reconciliation of {day} queued: its results appear here within a minute or two.", "success")
+    return redirect(url_for("admin.reconciliation")), 303
 
 
 # ---- settings --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from shared import outbox
 from shared.batch import open_due_retries, run_batch, slot_for
 from shared.charging import RunResult, run_attempt
 from shared.config import get_config
-from shared.daily_reconciliation import parse_day, reconcile_day, yesterday_utc
+from shared.daily_reconciliation import TASK_RECONCILE_DAY, parse_day, reconcile_day, yesterday_utc
 from shared.db import get_sessionmaker
 from shared.gateway import StripeGateway, TransientStripeError
 from shared.notifications import deliver_charge_notification
@@ -123,12 +123,11 @@ def janitor() -> str:
     return report.summary()
 
 
-@shared_task(name="offsession.reconcile_day", acks_late=True)
-def reconcile_day_task(day: str | None = None) -> str:
-    """The daily reconciliation against Stripe: yesterday (UTC) from beat, or the YYYY-MM-DD given.
-    Safe to run twice: a day's findings are recorded once."""
+@shared_task(name=TASK_RECONCILE_DAY, acks_late=True)
+def reconcile_day_task(day: str | None = None, trigger: str = "schedule") -> str:
+    """The daily reconciliation against Stripe: yesterday (UTC) from beat, or the YYYY-MM-DD given (the
+    admin's "Reconcile now"). Safe to run twice: a day's findings are recorded once."""
     target = parse_day(day) if day else yesterday_utc()
-    trigger = "schedule" if day is None else "task"
     report = reconcile_day(get_sessionmaker(), gateway(), target, trigger=trigger)
     summary = "; ".join(
         f"{a.account_label}: {a.listed} listed, {a.matched} matched, {a.repaired} repaired, "
