@@ -36,6 +36,7 @@ from shared.gateway import (
     classify_payment_intent,
 )
 from shared.ledger import balance
+from shared.logs import bind_log_ids
 from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.money import STRIPE_MAXIMUM_AMOUNT, format_money
 from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable
@@ -303,6 +304,7 @@ def run_attempt(
             return claim
         attempt, invoice = claim
         request = charge_request_for(attempt, invoice)
+    bind_log_ids(invoice_id=invoice.id, payment_intent_id=attempt.payment_intent_id)
 
     try:
         outcome = gateway.create_offsession_payment_intent(request)
@@ -327,11 +329,13 @@ def run_attempt(
                 failure_message=exc.message,
                 payment_intent_id=exc.payment_intent_id,
             )
+            bind_log_ids(payment_intent_id=attempt.payment_intent_id)
             return RunReport(RunResult.APPLIED, attempt.status)
 
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         apply_outcome(session, attempt, outcome, actor="worker")
+        bind_log_ids(payment_intent_id=attempt.payment_intent_id)
         return RunReport(RunResult.APPLIED, attempt.status)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -65,6 +66,11 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _default_log_format() -> str:
+    # A person at a terminal reads text; anything else (a file, a container's log driver) gets JSON.
+    return "text" if sys.stderr.isatty() else "json"
+
+
 @dataclass(frozen=True)
 class Config:
     database_url: str
@@ -85,6 +91,24 @@ class Config:
     # When the due-invoice fan-out runs: a cron expression (minute hour day month weekday) and its zone.
     batch_cron: str = "0 6 * * *"
     batch_timezone: str = "UTC"
+    # json (one object per line, for collectors) or text (for a terminal); OFFSESSION_LOG_FORMAT.
+    log_format: str = "json"
+    # A token Prometheus may scrape /metrics with instead of the API token (which can move money).
+    metrics_token: str | None = None
+
+    def log_secrets(self) -> tuple[str, ...]:
+        """Values no log line may contain, whatever their shape."""
+        return tuple(
+            s
+            for s in (
+                self.stripe_api_key,
+                self.stripe_webhook_secret,
+                self.api_token,
+                self.secret_key,
+                self.metrics_token,
+            )
+            if s
+        )
 
     def batch_zone(self) -> ZoneInfo:
         return ZoneInfo(self.batch_timezone)
@@ -131,7 +155,11 @@ def load_config() -> Config:
         charge_transient_retries=int(_float_env("OFFSESSION_CHARGE_TRANSIENT_RETRIES", 6)),
         batch_cron=env.get("OFFSESSION_BATCH_CRON") or "0 6 * * *",
         batch_timezone=env.get("OFFSESSION_BATCH_TIMEZONE") or "UTC",
+        log_format=(env.get("OFFSESSION_LOG_FORMAT") or _default_log_format()).lower(),
+        metrics_token=env.get("OFFSESSION_METRICS_TOKEN") or None,
     )
+    if config.log_format not in ("json", "text"):
+        raise ConfigError(f"OFFSESSION_LOG_FORMAT must be json or text, got {config.log_format!r}")
     if len(config.batch_cron.split()) != 5:
         raise ConfigError(
             f"OFFSESSION_BATCH_CRON must have five fields (m h dom mon dow), got {config.batch_cron!r}"

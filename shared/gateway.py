@@ -12,6 +12,8 @@ Callers get plain dataclasses and domain exceptions back, never SDK objects or S
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +59,8 @@ LIST_PAGE_SIZE = 100  # Stripe's maximum page size for list endpoints
 
 # Called with the Stripe-Account a request is made for (None = the platform itself).
 AccountCallback = Callable[[str | None], None]
+# Told of every API call once it is over: (operation, outcome, seconds); shared.metrics records it.
+CallObserver = Callable[[str, str, float], None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,11 +557,13 @@ class StripeGateway:
         before_request: AccountCallback | None = None,
         on_rate_limited: AccountCallback | None = None,
         http_client: stripe.HTTPClient | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         """`max_network_retries`: the SDK's own retries (same key) on connection errors, 409 and 5xx;
         StripeClient's default is 0, so it is always explicit here. `before_request` runs before each API
         call (not each SDK retry) and may block to keep a shared rate budget; `on_rate_limited` is told of
-        every 429. `http_client` replaces the SDK's HTTP transport (tests record requests with it)."""
+        every 429. `http_client` replaces the SDK's HTTP transport (tests record requests with it). `on_call`
+        is told each call's operation, outcome and duration (metrics); it must not raise."""
         if not api_key:
             raise ConfigError("STRIPE_API_KEY is empty")
         base = api_base.rstrip("/") if api_base else None
@@ -574,6 +580,7 @@ class StripeGateway:
         self._webhook_secret = webhook_secret
         self._before_request = before_request
         self._on_rate_limited = on_rate_limited
+        self._on_call = on_call
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": base} if base else None,
@@ -589,14 +596,23 @@ class StripeGateway:
         """Run one API call and return the object as a plain dict; translate every SDK error."""
         if self._before_request is not None:
             self._before_request(stripe_account)
+        # The gateway method that called: a fixed, small set of names, fit for a metrics label.
+        operation_name = sys._getframe(1).f_code.co_name.lstrip("_")
+        started = time.monotonic()
+        outcome = "error"  # anything the SDK did not wrap
         try:
             result = operation()
+            outcome = "ok"
         except stripe.CardError as exc:
+            outcome = "card_error"
             if card_errors:
                 raise _CardErrorSignal(_error_fields(exc), exc.request_id) from exc
             raise _translate_error(exc) from exc
         except stripe.StripeError as exc:
             translated = _translate_error(exc)
+            outcome = "permanent"
+            if isinstance(translated, TransientStripeError):
+                outcome = "rate_limited" if translated.rate_limited else "transient"
             if (
                 isinstance(translated, TransientStripeError)
                 and translated.rate_limited
@@ -604,6 +620,9 @@ class StripeGateway:
             ):
                 self._on_rate_limited(stripe_account)
             raise translated from exc
+        finally:
+            if self._on_call is not None:
+                self._on_call(operation_name, outcome, time.monotonic() - started)
         return result.to_dict()
 
     # ---- customers and cards -----------------------------------------------------------------------
@@ -977,6 +996,7 @@ def gateway_from_config(
     max_network_retries: int = 2,
     before_request: AccountCallback | None = None,
     on_rate_limited: AccountCallback | None = None,
+    on_call: CallObserver | None = None,
 ) -> StripeGateway:
     """The gateway the processes use. Refuses a live key aimed anywhere but Stripe (ConfigError)."""
     config.check_safe()
@@ -987,4 +1007,5 @@ def gateway_from_config(
         max_network_retries=max_network_retries,
         before_request=before_request,
         on_rate_limited=on_rate_limited,
+        on_call=on_call,
     )

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Config
 from shared.db import get_sessionmaker, make_engine, session_scope
 from shared.gateway import StripeGateway, gateway_from_config
+from shared.metrics import MetricsRecorder, metrics_recorder_from_config
 from shared.models import RateLimitState
 
 __all__ = [
@@ -356,16 +357,24 @@ def gateway_hooks(
     *,
     timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT_SECONDS,
     slow_down_seconds: float = DEFAULT_SLOW_DOWN_SECONDS,
+    recorder: MetricsRecorder | None = None,
 ) -> tuple[AccountCallback, AccountCallback]:
     """(before_request, on_rate_limited) for StripeGateway: take a token before every API call; on a 429
-    pause the account for every process. before_request raises RateBudgetTimeout past `timeout`."""
+    pause the account for every process. before_request raises RateBudgetTimeout past `timeout`.
+    `recorder` is told how long each token took, and of each timeout (metrics)."""
 
     def before_request(stripe_account: str | None) -> None:
         try:
-            budget.acquire(stripe_account, timeout)
+            waited = budget.acquire(stripe_account, timeout)
+        except RateBudgetTimeout:
+            if recorder is not None:
+                recorder.count_rate_timeout()
+            raise
         except (redis.RedisError, OperationalError) as exc:
             # The budget's store is down: nothing was sent, so the caller may simply try again later.
             raise RateBudgetUnavailable(budget_account(stripe_account), exc) from exc
+        if recorder is not None:
+            recorder.observe_rate_wait(waited)
 
     def on_rate_limited(stripe_account: str | None) -> None:
         try:
@@ -379,6 +388,15 @@ def gateway_hooks(
 def rate_limited_gateway(
     config: Config, session_factory: sessionmaker[Session] | None = None
 ) -> StripeGateway:
-    """The gateway every process uses: each Stripe call takes a token from the account's shared budget."""
-    before_request, on_rate_limited = gateway_hooks(rate_budget_from_config(config, session_factory))
-    return gateway_from_config(config, before_request=before_request, on_rate_limited=on_rate_limited)
+    """The gateway every process uses: each Stripe call takes a token from the account's shared budget,
+    and its wait and the call's latency are recorded for /metrics."""
+    recorder = metrics_recorder_from_config(config)
+    before_request, on_rate_limited = gateway_hooks(
+        rate_budget_from_config(config, session_factory), recorder=recorder
+    )
+    return gateway_from_config(
+        config,
+        before_request=before_request,
+        on_rate_limited=on_rate_limited,
+        on_call=recorder.observe_stripe_call if recorder.enabled else None,
+    )

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import audit
 from shared.charging import apply_payment_intent, reported_status
 from shared.gateway import PaymentIntentView, StripeGateway, payment_intent_view
+from shared.logs import bind_log_ids
 from shared.models import ChargeAttempt, Payment, WebhookEvent, utcnow
 from shared.states import observe
 
@@ -113,6 +114,7 @@ def process_event(factory: sessionmaker[Session], gateway: StripeGateway, event_
         row.processing_attempts += 1
         event = dict(row.payload)
         event_type = row.type
+        bind_log_ids(event_id=row.stripe_event_id, payment_intent_id=row.payment_intent_id)
     try:
         outcome = _apply(factory, gateway, event_type, event)
     except Exception as exc:

@@ -8,6 +8,7 @@ from flask import Flask, Response, redirect, request, url_for
 from werkzeug.routing import IntegerConverter, Map
 
 from shared.config import Config, get_config
+from shared.logs import setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -16,6 +17,9 @@ MAX_REQUEST_BYTES = 1024 * 1024
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     cfg = config or get_config()
     cfg.check_safe()
+    # Under gunicorn nothing has configured logging yet: lines go to stderr as JSON (or text). Under
+    # pytest or a --log-config, logging is configured already and is left alone.
+    setup_logging(cfg.log_format, cfg.log_secrets())
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=cfg.secret_key,
@@ -29,16 +33,18 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     )
     app.config.update(overrides)
 
-    from web import admin, api, client_zone, errors, health, pages, webhooks
+    from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
 
     # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
     # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.
     app.url_map.converters["int"] = DatabaseIdConverter
+    request_log.register(app)
     errors.register(app)
     pages.register_template_helpers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(client_zone.bp)
     app.add_url_rule("/", "index", lambda: redirect(url_for("client.login")))

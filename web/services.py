@@ -6,15 +6,21 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 
 from shared.config import get_config
 from shared.gateway import StripeGateway
+from shared.logs import add_request_id_header
 from shared.ratelimit import rate_limited_gateway
 
 
 @lru_cache(maxsize=1)
 def gateway() -> StripeGateway:
     return rate_limited_gateway(get_config())
+
+
+# Every task a request publishes carries its request id, so the worker's lines carry it too.
+before_task_publish.connect(add_request_id_header, weak=False, dispatch_uid="offsession-request-id")
 
 
 @lru_cache(maxsize=1)

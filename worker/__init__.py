@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
-from worker import kombu_fixes
+from worker import kombu_fixes, log_setup  # noqa: F401  (log_setup connects the logging signals)
 
 kombu_fixes.install()
 app = Celery("offsession")

@@ -51,7 +51,15 @@ def charge_attempt(attempt_id: str) -> str:
     if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
         # A short wait rides on a countdown; a long one waits in the outbox for the relay.
         outbox.publish_messages(factory, _with_countdown(report.retry_countdown), [retry])
-    log.info("charge %s: %s (%s)", attempt_id, report.result.value, report.status)
+    # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
+    # request ids bound while the task ran (worker.log_setup, shared.charging).
+    log.info(
+        "charge %s: %s (%s)",
+        attempt_id,
+        report.result.value,
+        report.status,
+        extra={"result": report.result.value, "status": report.status},
+    )
     return report.status or report.result.value
 
 

@@ -1,0 +1,280 @@
+"""Structured logs (issue 9): one JSON object per line, carrying the ids of what is being worked on.
+
+The ids (invoice_id, charge_attempt_id, payment_intent_id, event_id, request_id, ...) live in a
+contextvar bound by `log_context`: the web app binds the request id for a request, the worker binds the
+task's ids for a task, and every line logged meanwhile carries them without being passed them.
+
+Nothing secret reaches a line: values under secret-looking keys are replaced, and the message and every
+value are scrubbed of API keys, webhook secrets, client secrets, bearer tokens, the configured secrets
+themselves and anything shaped like a card number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "JsonFormatter",
+    "SecretScrubber",
+    "TextFormatter",
+    "add_request_id_header",
+    "bind_log_ids",
+    "current_log_ids",
+    "incoming_request_id",
+    "install_formatter",
+    "log_context",
+    "new_request_id",
+    "request_id_from_task_request",
+    "scrub_text",
+    "setup_logging",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# The Celery message header carrying the request id from the web request to the tasks it caused.
+TASK_REQUEST_ID_HEADER = "offsession_request_id"
+MAX_REQUEST_ID_LENGTH = 64
+# Letters, digits and a few separators: a caller's id is echoed into headers and logs, so nothing else.
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+
+REDACTED = "[redacted]"
+# A key containing any of these words has its value replaced whatever the value looks like.
+_SECRET_KEY_WORDS = (
+    "secret",
+    "password",
+    "passwd",
+    "api_key",
+    "apikey",
+    "authorization",
+    "token",
+    "cookie",
+    "card_number",
+    "cvc",
+    "cvv",
+)
+_SECRET_PATTERNS = [
+    # Stripe keys (secret, restricted, publishable), webhook secrets, PaymentIntent/SetupIntent secrets.
+    re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_\-]+"),
+    re.compile(r"\bwhsec_[A-Za-z0-9_\-]+"),
+    re.compile(r"\b(?:pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"),
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"),
+]
+# 13 to 19 digits, optionally grouped by spaces or dashes: a card number if the Luhn check passes.
+_CARD_CANDIDATE = re.compile(r"(?<![\d])(?:\d[ \-]?){12,18}\d(?![\d])")
+
+# The standard LogRecord attributes: everything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+_log_ids: ContextVar[dict[str, Any] | None] = ContextVar("offsession_log_ids", default=None)
+
+
+# ---- the context -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def log_context(**ids: Any) -> Iterator[dict[str, Any]]:
+    """Bind ids to every line logged inside the block (nested blocks add to the outer ids)."""
+    bound = {**(_log_ids.get() or {}), **{k: v for k, v in ids.items() if v is not None}}
+    token = _log_ids.set(bound)
+    try:
+        yield bound
+    finally:
+        _log_ids.reset(token)
+
+
+def bind_log_ids(**ids: Any) -> None:
+    """Add ids to the innermost `log_context` as they become known (the invoice once the attempt is
+    loaded, the PaymentIntent once Stripe answered). Outside any block this does nothing, so a function
+    called directly (a test, a CLI) leaves no ids behind for unrelated lines."""
+    bound = _log_ids.get()
+    if bound is not None:
+        bound.update({k: v for k, v in ids.items() if v is not None})
+
+
+def current_log_ids() -> dict[str, Any]:
+    return dict(_log_ids.get() or {})
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def incoming_request_id(value: str | None) -> str:
+    """The caller's X-Request-ID when it is a plausible id, else a fresh one: it is echoed, so it is
+    never trusted to be short or clean."""
+    if value and _REQUEST_ID_PATTERN.match(value):
+        return value
+    return new_request_id()
+
+
+# ---- Celery propagation (plain functions: shared/ imports no Celery) --------------------------------
+
+
+def add_request_id_header(headers: MutableMapping[str, Any] | None = None, **_kwargs: Any) -> None:
+    """A `before_task_publish` receiver: the current request id travels with every task published."""
+    request_id = (_log_ids.get() or {}).get("request_id")
+    if headers is not None and request_id and TASK_REQUEST_ID_HEADER not in headers:
+        headers[TASK_REQUEST_ID_HEADER] = request_id
+
+
+def request_id_from_task_request(task_request: Any) -> str | None:
+    """The request id a task was published with (Celery keeps custom headers on the task's request)."""
+    value = getattr(task_request, TASK_REQUEST_ID_HEADER, None)
+    if value is None and isinstance(getattr(task_request, "headers", None), Mapping):
+        value = task_request.headers.get(TASK_REQUEST_ID_HEADER)
+    return value if isinstance(value, str) and _REQUEST_ID_PATTERN.match(value) else None
+
+
+# ---- scrubbing ---------------------------------------------------------------------------------------
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if index % 2 == 1:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def _redact_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ \-]", "", match.group(0))
+    return "[card number]" if 13 <= len(digits) <= 19 and _luhn_valid(digits) else match.group(0)
+
+
+def scrub_text(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: f"{m.group(1)} {REDACTED}" if m.lastindex else REDACTED, text)
+    return _CARD_CANDIDATE.sub(_redact_card, text)
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_KEY_WORDS)
+
+
+class SecretScrubber:
+    """Scrubs messages and values; knows the configured secrets (keys, tokens) by value as well."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is replaced whole; short ones would eat words.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        return scrub_text(value, self.secrets)
+
+    def value(self, key: str, value: Any) -> Any:
+        if _is_secret_key(key):
+            return REDACTED
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {str(k): self.value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [self.value(key, v) for v in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.text(str(value))
+
+
+# ---- formatters --------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the bound ids, the record's extras and, for
+    an exception, its traceback as one string."""
+
+    def __init__(self, scrubber: SecretScrubber | None = None) -> None:
+        super().__init__()
+        self.scrubber = scrubber or SecretScrubber()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": self.scrubber.text(record.getMessage()),
+        }
+        fields = {**current_log_ids(), **_extras(record)}
+        for key, value in fields.items():
+            if key not in entry:
+                entry[key] = self.scrubber.value(key, value)
+        if record.exc_info:
+            entry["exception"] = self.scrubber.text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exception"] = self.scrubber.text(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = self.scrubber.text(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """For a terminal: the classic line, with the bound ids appended as key=value, scrubbed alike."""
+
+    def __init__(self, scrubber: SecretScrubber | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.scrubber = scrubber or SecretScrubber()
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = {**current_log_ids(), **_extras(record)}
+        if fields:
+            line += " " + " ".join(f"{k}={self.scrubber.value(k, v)}" for k, v in fields.items())
+        return self.scrubber.text(line)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and not k.startswith("_")}
+
+
+# ---- setup -------------------------------------------------------------------------------------------
+
+# The Stripe SDK logs request parameters at DEBUG; nothing below WARNING from it reaches a handler.
+QUIET_LOGGERS = {"stripe": logging.WARNING, "urllib3": logging.WARNING}
+
+
+def make_formatter(log_format: str, secrets: Iterable[str] = ()) -> logging.Formatter:
+    scrubber = SecretScrubber(secrets)
+    return TextFormatter(scrubber) if log_format == "text" else JsonFormatter(scrubber)
+
+
+def install_formatter(logger: logging.Logger, formatter: logging.Formatter) -> None:
+    """Give every handler of `logger` the formatter (Celery and gunicorn create the handlers)."""
+    for handler in logger.handlers:
+        handler.setFormatter(formatter)
+    for name, level in QUIET_LOGGERS.items():
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET or quiet.level < level:
+            quiet.setLevel(level)
+
+
+def setup_logging(log_format: str, secrets: Iterable[str] = (), level: int = logging.INFO) -> bool:
+    """Log to stderr through the chosen formatter, unless logging is configured already (by pytest, a
+    --log-config, a host application): those keep theirs. Returns whether it installed a handler."""
+    root = logging.getLogger()
+    if root.handlers:
+        return False
+    handler = logging.StreamHandler(sys.stderr)
+    root.addHandler(handler)
+    root.setLevel(level)
+    install_formatter(root, make_formatter(log_format, secrets))
+    return True
