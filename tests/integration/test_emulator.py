@@ -866,3 +866,21 @@ def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_payment_intents_of_a_created_window_page_by_page(client: stripe.StripeClient) -> None:
+    """What the daily reconciliation asks: created[gte]/[lt], limit, starting_after and has_more."""
+    cus, pm = customer_with(client, "pm_card_visa")
+    made = [charge(client, cus, pm) for _ in range(5)]
+    start, end = made[0].created, made[-1].created + 1
+    window = {"created": {"gte": start, "lt": end}, "limit": 2}
+    first = client.v1.payment_intents.list(window)
+    assert [p.id for p in first.data] == [p.id for p in made[::-1][:2]] and first.has_more
+    rest = client.v1.payment_intents.list({**window, "starting_after": first.data[-1].id})
+    assert [p.id for p in rest.data] == [p.id for p in made[::-1][2:4]] and rest.has_more
+    assert [p.id for p in first.auto_paging_iter()] == [p.id for p in made[::-1]]
+    assert client.v1.payment_intents.list({"created": {"lt": start}}).data == []
+    assert client.v1.payment_intents.list({"created": {"gte": end}}).data == []
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.payment_intents.list({"created": {"lt": "soon"}})
+    assert info.value.param == "created[lt]"
