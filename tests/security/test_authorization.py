@@ -147,3 +147,25 @@ def test_the_api_token_alone_is_enough(env: Env, world: World) -> None:
     # The control for the test above: the same kind of request with the token is let in.
     answer = env.app.test_client().get(f"/api/invoices/{world.b.invoice_id}", headers=bearer())
     assert answer.status_code == 200 and answer.json["id"] == world.b.invoice_id
+
+
+# Outside /admin, /client and /api: what is open and why. The webhook proves itself with Stripe's
+# signature, /healthz says only ok/unavailable, / redirects to the sign-in page, /static is the CSS and JS.
+OTHER_OPEN = {"/", "/healthz", "/webhooks/stripe", "/static/<path:filename>"}
+# Prometheus scrapes with a bearer token: OFFSESSION_METRICS_TOKEN when set, or the API token.
+TOKEN_ONLY = {"/metrics"}
+
+
+def test_every_other_route_is_known_and_metrics_wants_the_token(env: Env, world: World) -> None:
+    others = {
+        r.rule for r in env.app.url_map.iter_rules() if not r.rule.startswith(("/admin", "/client", "/api/"))
+    }
+    # A new route outside the three areas must be added to one of the lists, with its reason.
+    assert others == OTHER_OPEN | TOKEN_ONLY
+    sessions = _sessions(env, world)
+    for what, http, headers in _api_attempts(sessions):
+        answer = http.get(f"/metrics?access_token={API_TOKEN}", headers=headers)
+        assert answer.status_code == 401, f"/metrics with {what}: {answer.status_code}"
+        assert b"offsession_" not in answer.data
+    answer = sessions["anonymous"].get("/metrics", headers=bearer())
+    assert answer.status_code == 200 and b"offsession_charge_attempts" in answer.data
