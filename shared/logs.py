@@ -61,12 +61,15 @@ _SECRET_KEY_WORDS = (
     "cvc",
     "cvv",
 )
+# (pattern, replacement): what is kept of a match is only what says what was there.
 _SECRET_PATTERNS = [
     # Stripe keys (secret, restricted, publishable), webhook secrets, PaymentIntent/SetupIntent secrets.
-    re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_\-]+"),
-    re.compile(r"\bwhsec_[A-Za-z0-9_\-]+"),
-    re.compile(r"\b(?:pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"),
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"),
+    (re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_\-]+"), REDACTED),
+    (re.compile(r"\bwhsec_[A-Za-z0-9_\-]+"), REDACTED),
+    (re.compile(r"\b(?:pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"), REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), rf"\1 {REDACTED}"),
+    # A Client Zone sign-in link's token is a credential (an access log line would show the path).
+    (re.compile(r"(/client/login/)[A-Za-z0-9_\-]+"), rf"\1{REDACTED}"),
 ]
 # 13 to 19 digits, optionally grouped by spaces or dashes: a card number if the Luhn check passes.
 _CARD_CANDIDATE = re.compile(r"(?<![\d])(?:\d[ \-]?){12,18}\d(?![\d])")
@@ -162,8 +165,8 @@ def scrub_text(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: f"{m.group(1)} {REDACTED}" if m.lastindex else REDACTED, text)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
     return _CARD_CANDIDATE.sub(_redact_card, text)
 
 
@@ -267,14 +270,24 @@ def install_formatter(logger: logging.Logger, formatter: logging.Formatter) -> N
             quiet.setLevel(level)
 
 
+# Loggers with handlers of their own (not propagating to the root): gunicorn's error and access logs.
+SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access")
+
+
 def setup_logging(log_format: str, secrets: Iterable[str] = (), level: int = logging.INFO) -> bool:
     """Log to stderr through the chosen formatter, unless logging is configured already (by pytest, a
-    --log-config, a host application): those keep theirs. Returns whether it installed a handler."""
+    --log-config, a host application): those keep theirs. Returns whether it installed a handler.
+
+    gunicorn's own loggers get the formatter too, from the moment the app loads in a worker (the
+    master's start-up lines before that stay in gunicorn's format)."""
     root = logging.getLogger()
     if root.handlers:
         return False
+    formatter = make_formatter(log_format, secrets)
     handler = logging.StreamHandler(sys.stderr)
     root.addHandler(handler)
     root.setLevel(level)
-    install_formatter(root, make_formatter(log_format, secrets))
+    install_formatter(root, formatter)
+    for name in SERVER_LOGGERS:
+        install_formatter(logging.getLogger(name), formatter)
     return True

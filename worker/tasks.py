@@ -13,7 +13,14 @@ from shared import outbox
 from shared.batch import open_due_retries, run_batch, slot_for
 from shared.charging import RunResult, run_attempt
 from shared.config import get_config
-from shared.daily_reconciliation import TASK_RECONCILE_DAY, parse_day, reconcile_day, yesterday_utc
+from shared.daily_reconciliation import (
+    TASK_RECONCILE_DAY,
+    DayReport,
+    days_to_retry,
+    parse_day,
+    reconcile_day,
+    yesterday_utc,
+)
 from shared.db import get_sessionmaker
 from shared.gateway import StripeGateway, TransientStripeError
 from shared.notifications import deliver_charge_notification
@@ -134,15 +141,24 @@ def janitor() -> str:
 @shared_task(name=TASK_RECONCILE_DAY, acks_late=True)
 def reconcile_day_task(day: str | None = None, trigger: str = "schedule") -> str:
     """The daily reconciliation against Stripe: yesterday (UTC) from beat, or the YYYY-MM-DD given (the
-    admin's "Reconcile now"). Safe to run twice: a day's findings are recorded once."""
-    target = parse_day(day) if day else yesterday_utc()
-    report = reconcile_day(get_sessionmaker(), gateway(), target, trigger=trigger)
+    admin's "Reconcile now"). From beat it also takes again the days of the past week whose run
+    stopped on an error. Safe to run twice: a day's findings are recorded once."""
+    factory = get_sessionmaker()
+    days = [parse_day(day)] if day else [yesterday_utc()]
+    if day is None:
+        with factory() as session:
+            days = days_to_retry(session, before=days[0]) + days
+    summaries = [_reconciliation_summary(reconcile_day(factory, gateway(), d, trigger=trigger)) for d in days]
+    return " | ".join(summaries)
+
+
+def _reconciliation_summary(report: DayReport) -> str:
     summary = "; ".join(
         f"{a.account_label}: {a.listed} listed, {a.matched} matched, {a.repaired} repaired, "
         f"{a.orphans} orphans, {a.missing} missing" + (f", error: {a.error}" if a.error else "")
         for a in report.accounts
     )
-    log.info("reconciliation of %s: %s", target, summary or "no Stripe account")
+    log.info("reconciliation of %s: %s", report.day, summary or "no Stripe account")
     if any(a.orphans or a.missing for a in report.accounts):
-        log.warning("reconciliation of %s found money out of step: see /admin/reconciliation", target)
-    return summary or "no Stripe account"
+        log.warning("reconciliation of %s found money out of step: see /admin/reconciliation", report.day)
+    return f"{report.day}: {summary or 'no Stripe account'}"

@@ -200,3 +200,11 @@ def test_setup_leaves_configured_logging_alone_and_quiets_the_stripe_sdk(
         stripe_logger.setLevel(saved_stripe)
     (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
     assert line["message"] == f"token {REDACTED}" and line["invoice_id"] == 1
+
+
+def test_a_sign_in_link_token_in_a_path_is_redacted() -> None:
+    line = '127.0.0.1 "GET /client/login/Zq8_-x1vN3xAbC HTTP/1.1" 302 "http://x/client/login/Q-1_a"'
+    scrubbed = scrub_text(line)
+    assert "Zq8_-x1vN3xAbC" not in scrubbed and "Q-1_a" not in scrubbed
+    assert "GET /client/login/[redacted] HTTP/1.1" in scrubbed
+    assert scrub_text("POST /client/login 200") == "POST /client/login 200"
