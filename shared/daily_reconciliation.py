@@ -52,6 +52,8 @@ ORPHAN, REPAIRED, MISSING = "orphan", "repaired", "missing"
 # Charges opened shortly before midnight may have their PaymentIntent created after it: their account
 # counts for the day too.
 ATTEMPT_LOOKBACK = timedelta(hours=1)
+# How far back the nightly run retries days whose run stopped on an error.
+RETRY_DAYS = 7
 
 
 class ReconciliationError(ValueError):
@@ -140,6 +142,23 @@ def accounts_for_day(session: Session, day: date) -> list[str]:
     return sorted(accounts)
 
 
+def days_to_retry(session: Session, *, before: date, days_back: int = RETRY_DAYS) -> list[date]:
+    """Days before `before` (within `days_back` days) whose last run stopped on an error: the nightly
+    run takes them again, so a night Stripe was down is not left unreconciled."""
+    return list(
+        session.scalars(
+            select(ReconciliationRun.day)
+            .where(
+                ReconciliationRun.error.is_not(None),
+                ReconciliationRun.day < before,
+                ReconciliationRun.day >= before - timedelta(days=days_back),
+            )
+            .distinct()
+            .order_by(ReconciliationRun.day)
+        )
+    )
+
+
 def reconcile_day(
     factory: sessionmaker[Session],
     gateway: StripeGateway,
@@ -178,7 +197,7 @@ def reconcile_account_day(
     except GatewayError as exc:
         report.error = f"Stripe: {exc}"
         log.warning("reconciliation of %s for %s stopped: %s", report.account_label, day, exc)
-    except Exception as exc:  # the rate budget, a database hiccup: recorded on the run, retried next time
+    except Exception as exc:  # the rate budget, a database hiccup: recorded on the run, retried next night
         report.error = f"{type(exc).__name__}: {exc}"
         log.exception("reconciliation of %s for %s failed", report.account_label, day)
     _close_run(factory, report)

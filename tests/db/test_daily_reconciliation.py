@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.daily_reconciliation import (
     ReconciliationError,
     day_bounds,
+    days_to_retry,
     parse_day,
     reconcile_day,
     yesterday_utc,
@@ -343,6 +344,16 @@ def test_stripe_down_for_one_account_is_recorded_on_its_run_and_the_other_still_
     assert [a.stripe_account for a in report.failed] == ["acct_A"]
     assert run_row(session_factory, "acct_A").error == "Stripe: connection refused"
     assert run_row(session_factory, "acct_B").orphans == 1
+    # The next night takes the day again, until a run of it goes through; a week later it gives up.
+    with session_factory() as s:
+        assert days_to_retry(s, before=DAY + timedelta(days=1)) == [DAY]
+        assert days_to_retry(s, before=DAY) == []
+        assert days_to_retry(s, before=DAY + timedelta(days=8)) == []
+    del stripe_fake.list_errors["acct_A"]
+    reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    assert run_row(session_factory, "acct_A").error is None
+    with session_factory() as s:
+        assert days_to_retry(s, before=DAY + timedelta(days=1)) == []
 
 
 def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: FakeStripe) -> None:
