@@ -1,8 +1,8 @@
 """The scheduled fan-out: charge every due invoice set to auto-charge, page by page, once per slot.
 
-Selection walks invoices by id in pages (never the whole table in memory); each page's attempts and
-their outbox messages are committed together, then published. A slot (the minute the schedule fired)
-is claimed by a unique BatchRun row, so a second beat firing the same slot charges nothing.
+Selection walks the unpaid due invoices by id in pages (never the whole table in memory); each page's
+attempts and their outbox messages are committed together, then published. A slot (the minute the
+schedule fired) is claimed by a unique BatchRun row, so a second beat firing the same slot charges nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from shared import audit, outbox
 from shared.charging import NotChargeable, load_invoice_for_charge, open_attempt
 from shared.eligibility import BlockerCode, charge_blockers
 from shared.ledger import balance
-from shared.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, utcnow
+from shared.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
 from shared.retries import blocks_automatic_charge, retries_due
 from shared.settings import get_settings
+from shared.states import IN_FLIGHT
 
 log = logging.getLogger(__name__)
 # Small pages: charging starts while the rest is still being queued, and memory stays flat.
@@ -31,6 +32,7 @@ PAGE_SIZE = 50
 RETRY_BLOCKED_DELAY = timedelta(hours=1)
 FINAL_BLOCKERS = frozenset({BlockerCode.NOTHING_DUE, BlockerCode.INVOICE_VOID})
 SKIP_WAITING_FOR_RETRY = "dunning"
+IN_FLIGHT_STATUSES = sorted(s.value for s in IN_FLIGHT)
 
 
 @dataclass
@@ -50,22 +52,39 @@ def slot_for(moment: datetime) -> str:
     return "schedule:" + moment.replace(second=0, microsecond=0).isoformat()
 
 
-def _due_page(session: Session, today: date, after_id: int, limit: int) -> list[Invoice]:
+def due_page(session: Session, today: date, after_id: int, limit: int) -> list[Invoice]:
+    """The next page (by id, after `after_id`) of invoices the batch charges: auto-charge, not void, due
+    today or before and not fully paid, with what charging them reads.
+
+    Paid invoices are left out in SQL: over a large book most invoices due by now are paid, and loading
+    them to drop them in Python made the walk read every past invoice. The ledger sums come from one
+    ordered pass over the payments of the same id range (a merge join on the invoice_id index), not
+    one lookup per invoice. Of the attempts only those in flight are loaded: they are all the charge
+    rules look at (the history of a page can be thousands).
+    """
+    paid = (
+        select(Payment.invoice_id, func.sum(Payment.amount).label("amount"))
+        .where(Payment.invoice_id > after_id)
+        .group_by(Payment.invoice_id)
+        .subquery()
+    )
     return list(
         session.scalars(
             select(Invoice)
+            .outerjoin(paid, paid.c.invoice_id == Invoice.id)
             .where(
                 Invoice.auto_charge.is_(True),
                 Invoice.is_void.is_(False),
                 Invoice.due_date <= today,
                 Invoice.id > after_id,
+                func.coalesce(paid.c.amount, 0) < Invoice.total,
             )
             .order_by(Invoice.id)
             .limit(limit)
             .options(
                 selectinload(Invoice.client).selectinload(Client.cards),
                 selectinload(Invoice.payments),
-                selectinload(Invoice.charge_attempts),
+                selectinload(Invoice.charge_attempts.and_(ChargeAttempt.status.in_(IN_FLIGHT_STATUSES))),
             )
         )
     )
@@ -96,7 +115,7 @@ def run_batch(
     while True:
         message_ids: list[int] = []
         with factory() as session, session.begin():
-            page = _due_page(session, today, after_id, page_size)
+            page = due_page(session, today, after_id, page_size)
             if not page:
                 break
             after_id = page[-1].id
@@ -236,7 +255,7 @@ def dry_run(
     after_id = 0
     with factory() as session:
         settings = get_settings(session)
-        while page := _due_page(session, today, after_id, page_size):
+        while page := due_page(session, today, after_id, page_size):
             after_id = page[-1].id
             states = {
                 s.invoice_id: s

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy import Select, case, func, select, text, union
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
 from shared import audit
@@ -85,16 +86,48 @@ class InvoiceRow:
         return 0 if self.status == "void" else max(self.invoice.total - self.amount_paid, 0)
 
 
+# Counting stops here: an exact count of a million filtered rows costs more than the page itself.
+COUNT_CAP = 1000
+# On PostgreSQL a count that takes longer is given up: a rare derived status (partially paid, say)
+# can need every invoice's ledger read before a thousand are found, and the page needs no count.
+COUNT_TIMEOUT_MS = 40
+QUERY_CANCELED = "57014"
+
+
 @dataclass(frozen=True)
 class InvoicePage:
     rows: list[InvoiceRow]
     page: int
     per_page: int
-    total_rows: int
+    # Rows matching the filters, counted up to COUNT_CAP (total_capped: there are more); None when
+    # counting took too long.
+    total_rows: int | None
+    has_next: bool = False
+    total_capped: bool = False
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.total_rows // self.per_page))
+        """The number of pages, or when the count is capped or unknown the number known so far."""
+        counted = -(-(self.total_rows or 0) // self.per_page)
+        return max(1, counted, self.page + (1 if self.has_next else 0))
+
+
+def _count_up_to_cap(session: Session, matching: Select) -> int | None:
+    """How many rows match, up to COUNT_CAP + 1; None when PostgreSQL needs over COUNT_TIMEOUT_MS."""
+    query = select(func.count()).select_from(matching.limit(COUNT_CAP + 1).subquery())
+    if session.get_bind().dialect.name != "postgresql":
+        return int(session.scalar(query) or 0)
+    # SET LOCAL inside a savepoint that is always rolled back: the time limit ends with the count.
+    savepoint = session.begin_nested()
+    try:
+        session.execute(text(f"SET LOCAL statement_timeout = {COUNT_TIMEOUT_MS}"))
+        return int(session.scalar(query) or 0)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
+            raise
+        return None
+    finally:
+        savepoint.rollback()
 
 
 def _status_expression(paid):  # type: ignore[no-untyped-def]
@@ -119,39 +152,58 @@ def list_invoices(
     page: int = 1,
     per_page: int = 25,
 ) -> InvoicePage:
-    """One page of invoices with their derived paid amount and status; filters run in the database."""
+    """One page of invoices with their derived paid amount and status; filters run in the database.
+
+    Built for a large book: the page's ids are found first (off the (due_date, id) index when only the
+    order matters), and only those rows are then read with their paid amount; the count stops at
+    COUNT_CAP; a search looks up matching numbers and client names (trigram indexes on PostgreSQL).
+    """
     paid = amount_paid_subquery()
     status_sql = _status_expression(paid)
-    query: Select = select(Invoice, paid.label("paid"), status_sql.label("status")).join(Invoice.client)
+    matching: Select = select(Invoice.id)
     if status in INVOICE_STATUSES:
-        query = query.where(status_sql == status)
+        matching = matching.where(status_sql == status)
     day = today or date.today()
     if due == "overdue":
-        query = query.where(Invoice.due_date < day, status_sql.in_(("open", "partially_paid")))
+        matching = matching.where(Invoice.due_date < day, status_sql.in_(("open", "partially_paid")))
     elif due == "today":
-        query = query.where(Invoice.due_date == day)
+        matching = matching.where(Invoice.due_date == day)
     elif due == "upcoming":
-        query = query.where(Invoice.due_date > day)
+        matching = matching.where(Invoice.due_date > day)
     if auto_charge is not None:
-        query = query.where(Invoice.auto_charge.is_(auto_charge))
+        matching = matching.where(Invoice.auto_charge.is_(auto_charge))
     if client_id is not None:
-        query = query.where(Invoice.client_id == client_id)
+        matching = matching.where(Invoice.client_id == client_id)
     if search and search.strip():
-        pattern = f"%{search.strip().lower()}%"
-        query = query.where(
-            or_(func.lower(Invoice.number).like(pattern), func.lower(Client.name).like(pattern))
+        pattern = f"%{search.strip()}%"
+        # Two lookups joined by UNION, not one OR across the join: each can use its own index.
+        found = union(
+            select(Invoice.id).where(Invoice.number.ilike(pattern)),
+            select(Invoice.id).join(Invoice.client).where(Client.name.ilike(pattern)),
         )
-    total_rows = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+        matching = matching.where(Invoice.id.in_(found))
+    counted = _count_up_to_cap(session, matching)
     page = max(1, page)
-    rows = session.execute(
-        query.options(selectinload(Invoice.client))
-        .order_by(Invoice.due_date.desc(), Invoice.id.desc())
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    ).all()
+    order = (Invoice.due_date.desc(), Invoice.id.desc())
+    # One row more than the page tells whether a next page exists without counting them all.
+    ids = list(session.scalars(matching.order_by(*order).limit(per_page + 1).offset((page - 1) * per_page)))
+    has_next = len(ids) > per_page
+    ids = ids[:per_page]
+    rows = (
+        session.execute(
+            select(Invoice, paid.label("paid"), status_sql.label("status"))
+            .where(Invoice.id.in_(ids))
+            .options(selectinload(Invoice.client))
+            .order_by(*order)
+        ).all()
+        if ids
+        else []
+    )
     return InvoicePage(
         rows=[InvoiceRow(inv, int(p or 0), str(st)) for inv, p, st in rows],
         page=page,
         per_page=per_page,
-        total_rows=int(total_rows),
+        total_rows=None if counted is None else min(counted, COUNT_CAP),
+        has_next=has_next,
+        total_capped=counted is not None and counted > COUNT_CAP,
     )

@@ -125,6 +125,11 @@ class Client(Base):
     )
     invoices: Mapped[list[Invoice]] = relationship(back_populates="client")
 
+    # Substring search by name (ILIKE '%...%') on PostgreSQL through trigrams (pg_trgm).
+    __table_args__ = (
+        Index("ix_client_name_trgm", "name", postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"}),
+    )
+
     @property
     def default_card(self) -> Card | None:
         return next((card for card in self.cards if card.is_default), None)
@@ -192,6 +197,24 @@ class Invoice(Base):
         CheckConstraint("currency = lower(currency) AND length(currency) = 3", name="currency_iso"),
         # The due-invoice selection of the batch (issue 6) walks this index page by page.
         Index("ix_invoice_auto_charge_due", "auto_charge", "due_date", "id"),
+        # The batch walks only what it may charge, by id; due date and total come from the index itself.
+        Index(
+            "ix_invoice_chargeable_id",
+            "id",
+            "due_date",
+            "total",
+            sqlite_where=text("auto_charge AND NOT is_void"),
+            postgresql_where=text("auto_charge AND NOT is_void"),
+        ),
+        # The admin list's order (newest due date first): a page is read off the index, not sorted.
+        Index("ix_invoice_due_date_id", "due_date", "id"),
+        # Substring search by number (ILIKE '%...%') on PostgreSQL through trigrams (pg_trgm).
+        Index(
+            "ix_invoice_number_trgm",
+            "number",
+            postgresql_using="gin",
+            postgresql_ops={"number": "gin_trgm_ops"},
+        ),
     )
 
 
@@ -201,7 +224,7 @@ class Payment(Base):
     __tablename__ = "payment"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"), index=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"))
     amount: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(20))
     received_at: Mapped[datetime] = mapped_column()
@@ -219,6 +242,8 @@ class Payment(Base):
     __table_args__ = (
         CheckConstraint("amount <> 0", name="amount_nonzero"),
         CheckConstraint(f"method IN ({_in_list(LEDGER_METHODS)})", name="method_known"),
+        # An invoice's payments, and with the amount beside the id its balance, off the index alone.
+        Index("ix_payment_invoice_id_amount", "invoice_id", "amount"),
     )
 
 
