@@ -208,3 +208,23 @@ def test_a_sign_in_link_token_in_a_path_is_redacted() -> None:
     assert "Zq8_-x1vN3xAbC" not in scrubbed and "Q-1_a" not in scrubbed
     assert "GET /client/login/[redacted] HTTP/1.1" in scrubbed
     assert scrub_text("POST /client/login 200") == "POST /client/login 200"
+
+
+def test_the_log_format_and_metrics_token_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from shared.config import ConfigError, load_config
+
+    monkeypatch.setenv("OFFSESSION_HOME", str(tmp_path))
+    monkeypatch.setenv("OFFSESSION_LOG_FORMAT", "TEXT")
+    monkeypatch.setenv("OFFSESSION_METRICS_TOKEN", "scrape-token-123")
+    config = load_config()
+    assert config.log_format == "text" and config.metrics_token == "scrape-token-123"
+    assert "scrape-token-123" in config.log_secrets() and config.api_token in config.log_secrets()
+    monkeypatch.delenv("OFFSESSION_LOG_FORMAT")
+    monkeypatch.delenv("OFFSESSION_METRICS_TOKEN")
+    # Not a terminal (pytest captures stderr): JSON by default.
+    assert load_config().log_format == "json" and load_config().metrics_token is None
+    monkeypatch.setenv("OFFSESSION_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="OFFSESSION_LOG_FORMAT"):
+        load_config()
