@@ -79,7 +79,10 @@ task_routes = {
     "offsession.*": {"queue": "maintenance"},
 }
 task_default_queue = "maintenance"
-# A plain `celery -A worker worker` consumes every queue listed here; `-Q charges` narrows it.
+# A plain `celery -A worker worker` consumes every queue listed here; `-Q charges` narrows it. In
+# production (Procfile) the charges queue has a worker of its own, `--pool threads --concurrency 64`:
+# a charge is ~300 ms of waiting on Stripe, so 100 charges/s need ~30 in flight, which threads give
+# without a process each; webhooks and maintenance stay on the prefork worker, out of the charges' way.
 task_queues = (Queue("charges"), Queue("webhooks"), Queue("maintenance"))
 
 

@@ -18,6 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import get_config
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A process that runs one thing at a time (a gunicorn sync worker, a prefork child) uses one connection;
+# the overflow covers the odd nested session. Threaded workers resize with size_pool_for_threads().
+DEFAULT_POOL_SIZE = 5
+DEFAULT_MAX_OVERFLOW = 10
+_pool_limits: dict[str, int] = {}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -26,8 +31,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _tune_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 5)
-    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_size", DEFAULT_POOL_SIZE)
+    kwargs.setdefault("max_overflow", DEFAULT_MAX_OVERFLOW)
     return create_engine(url, **kwargs)
 
 
@@ -48,9 +53,22 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def size_pool_for_threads(threads: int) -> None:
+    """Size the process's engine for `threads` threads running tasks at once (a threads-pool worker);
+    call before the first get_engine(). Every thread may keep a connection (pool_size = threads): past
+    pool_size the overflow connections are closed on return and reopened by the next transaction, a
+    PostgreSQL backend started per charge. Connections open on demand, so the count reaches `threads`
+    only when every thread is inside a transaction at once; count `threads` per such process against
+    max_connections all the same."""
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    _pool_limits.update(pool_size=threads, max_overflow=0)
+    reset_engine_cache()  # an engine built before this call would keep the default limits
+
+
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
-    return make_engine(get_config().database_url)
+    return make_engine(get_config().database_url, **_pool_limits)
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,8 @@ BIN = Path(sys.executable).parent
 TOKEN = "integration-token"
 WEBHOOK_SECRET = "whsec_integration"
 FINAL = ("succeeded", "failed", "requires_action", "canceled")
+# The queues of the Procfile's `worker` once a `worker-charges` process owns the charges queue.
+NON_CHARGE_QUEUES = "webhooks,maintenance"
 
 
 def http(
@@ -59,7 +61,13 @@ class Stack:
         beat: bool = False,
         lease_seconds: float = 4.0,
         extra_env: dict[str, str] | None = None,
+        charge_workers: int = 0,
+        charge_pool: str = "threads",
+        charge_concurrency: int = 64,
     ) -> None:
+        """`charge_workers` > 0 runs the production shape of the Procfile: that many `worker-charges`
+        processes (`-Q charges`, `charge_pool` x `charge_concurrency`) and `workers` prefork processes
+        on the other queues. With 0 (the default) every worker consumes every queue."""
         self.dir = Path(tempfile.mkdtemp(prefix="offsession-stack-"))
         self.web_port = free_port()
         self.emu_port = free_port()
@@ -86,6 +94,9 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_count = workers
         self.concurrency = concurrency
+        self.charge_worker_count = charge_workers
+        self.charge_pool = charge_pool
+        self.charge_concurrency = charge_concurrency
         try:
             self.cli("db", "upgrade")
             self.start_emulator()
@@ -104,6 +115,8 @@ class Stack:
             )
             for i in range(workers):
                 self.start_worker(i)
+            for i in range(charge_workers):
+                self.start_charge_worker(i)
             if beat:
                 self.start(
                     "beat",
@@ -155,6 +168,8 @@ class Stack:
         wait_for_port(self.emu_port, 30)
 
     def start_worker(self, index: int) -> None:
+        # Beside charge workers, the prefork workers leave the charges queue to them (as in the Procfile).
+        queues = ["-Q", NON_CHARGE_QUEUES] if self.charge_worker_count else []
         self.start(
             f"worker{index}",
             [
@@ -168,6 +183,31 @@ class Stack:
                 f"w{index}-{os.getpid()}@%h",
                 "-c",
                 str(self.concurrency),
+                *queues,
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+    def start_charge_worker(self, index: int) -> None:
+        """A `worker-charges` process of the Procfile: the charges queue only, on a threads pool."""
+        self.start(
+            f"charges{index}",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"charges{index}-{os.getpid()}@%h",
+                "-Q",
+                "charges",
+                "--pool",
+                self.charge_pool,
+                "-c",
+                str(self.charge_concurrency),
                 "--without-gossip",
                 "--without-mingle",
             ],
