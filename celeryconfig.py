@@ -52,6 +52,12 @@ visibility_timeout = VISIBILITY_TIMEOUT_SECONDS
 broker_connection_retry_on_startup = True
 task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
+if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ: a publish returns only once the broker has the message (publisher confirms), so the
+    # outbox row is marked sent only for a message that cannot be lost. RabbitMQ redelivers unacked
+    # messages when a consumer's connection drops: no visibility timeout to tune.
+    broker_transport_options = {"confirm_publish": True, "max_retries": 1}
+
 if _config.uses_embedded_broker:
     # kombu's filesystem transport: no server, works across the processes of one machine.
     _folder = var_dir() / "broker"

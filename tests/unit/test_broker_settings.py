@@ -1,0 +1,36 @@
+"""The Celery settings follow the broker: Redis gets its visibility timeout, RabbitMQ publisher confirms."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def transport_options(broker_url: str, tmp_path: Path) -> dict[str, object]:
+    # A fresh interpreter: celeryconfig reads the environment once, at import.
+    env = {**os.environ, "CELERY_BROKER_URL": broker_url, "OFFSESSION_HOME": str(tmp_path)}
+    code = "import json, celeryconfig; print(json.dumps(celeryconfig.broker_transport_options))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@rabbit:5672//", "pyamqp://rabbit//"])
+def test_rabbitmq_publishes_with_confirms(url: str, tmp_path: Path) -> None:
+    options = transport_options(url, tmp_path)
+    assert options["confirm_publish"] is True
+    assert "visibility_timeout" not in options  # a Redis notion
+
+
+def test_redis_keeps_unacked_messages_for_longer_than_any_countdown(tmp_path: Path) -> None:
+    options = transport_options("redis://127.0.0.1:6379/0", tmp_path)
+    assert options["visibility_timeout"] == 3600
+    assert "confirm_publish" not in options
