@@ -53,6 +53,23 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}: {_redact(get_config().database_url)}")
 
 
+# ignore_unknown_options: "-1" is a revision, not an option.
+@db.command(
+    "downgrade",
+    help="Undo migrations down to REVISION (e.g. 0006, or -1 for the last one).",
+    context_settings={"ignore_unknown_options": True},
+)
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    from shared.migrate import downgrade
+
+    try:
+        downgrade(get_config().database_url, revision)
+    except Exception as exc:  # one clear line instead of a traceback
+        raise CommandError(f"downgrade failed: {exc}") from exc
+    click.echo(f"database at {revision}: {_redact(get_config().database_url)}")
+
+
 @main.command("create-admin", help="Create an admin (or set a new password for an existing one).")
 @click.argument("email")
 @click.option("--password", help="Prompted for when omitted.")

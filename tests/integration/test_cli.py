@@ -113,3 +113,23 @@ def test_a_live_key_aimed_at_the_emulator_refuses_to_start(env: dict[str, str]) 
     result = run(env, "db", "upgrade")
     assert result.returncode == 2
     assert "live key may only talk to Stripe itself" in result.stderr
+
+
+def test_db_downgrade_one_step_then_upgrade_again(env: dict[str, str], database_url: str) -> None:
+    assert run(env, "db", "upgrade").returncode == 0
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(text("select version_num from alembic_version")).scalar_one()
+        down = run(env, "db", "downgrade", "-1")
+        assert down.returncode == 0, down.stderr
+        with engine.connect() as conn:
+            assert conn.execute(text("select version_num from alembic_version")).scalar_one() != head
+        assert run(env, "db", "upgrade").returncode == 0
+        with engine.connect() as conn:
+            assert conn.execute(text("select version_num from alembic_version")).scalar_one() == head
+    finally:
+        engine.dispose()
+    nowhere = run(env, "db", "downgrade", "no-such-revision")
+    assert nowhere.returncode == 2
+    assert nowhere.stderr.count("\n") == 1 and "downgrade failed" in nowhere.stderr
