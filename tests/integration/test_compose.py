@@ -38,7 +38,9 @@ def test_the_compose_file_validates() -> None:
     result = run("config", "-q")
     assert result.returncode == 0, result.stderr
     services = run("--profile", "dev", "config", "--services").stdout.split()
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat", "flower", "emulator"}
+    assert set(services) == {
+        "postgres", "redis", "migrate", "web", "worker", "worker-charges", "beat", "flower", "emulator"
+    }
     assert "emulator" not in run("config", "--services").stdout.split()  # dev profile only
 
 
@@ -61,7 +63,7 @@ def test_the_validator_does_catch_a_broken_file(tmp_path: Path) -> None:
     assert result.returncode != 0, "an invalid depends_on condition was accepted"
 
 
-@pytest.mark.parametrize("service", ["web", "worker", "beat"])
+@pytest.mark.parametrize("service", ["web", "worker", "worker-charges", "beat"])
 def test_every_app_service_waits_for_a_healthy_database_broker_and_migration(service: str) -> None:
     rendered = json.loads(run("config", "--format", "json").stdout)
     depends = rendered["services"][service]["depends_on"]
@@ -83,14 +85,15 @@ def rendered_services() -> dict[str, dict[str, object]]:
 def test_workers_scale_and_beat_stays_single() -> None:
     services = rendered_services()
     # A fixed container name or a published port would make `--scale worker=4` fail.
-    assert "container_name" not in services["worker"]
-    assert "ports" not in services["worker"]
+    for worker in ("worker", "worker-charges"):
+        assert "container_name" not in services[worker]
+        assert "ports" not in services[worker]
     assert services["beat"]["deploy"]["replicas"] == 1
 
 
 def test_every_long_running_service_has_a_health_check() -> None:
     services = rendered_services()
-    for name in ("postgres", "redis", "web", "worker", "beat", "flower"):
+    for name in ("postgres", "redis", "web", "worker", "worker-charges", "beat", "flower"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
     assert "healthcheck" not in services["migrate"]  # one-shot: its exit status is its health
 
@@ -109,3 +112,14 @@ def test_the_image_is_slim_runs_as_a_user_and_ships_no_build_tools() -> None:
     assert "USER offsession" in final
     # The final stage only copies the built venv: no compiler, no pip install.
     assert "pip install" not in final and "apt-get" not in final
+
+
+def test_every_queue_has_a_consumer_and_charges_run_on_threads() -> None:
+    services = rendered_services()
+    consumed: list[str] = []
+    for name in ("worker", "worker-charges"):
+        command = services[name]["command"]
+        consumed += command[command.index("-Q") + 1].split(",")
+    assert sorted(consumed) == ["charges", "maintenance", "webhooks"]
+    charges = services["worker-charges"]["command"]
+    assert charges[charges.index("--pool") + 1] == "threads"
