@@ -64,7 +64,7 @@ NUMBER_PREFIX = "BENCH-Q-"
 CARD_CLIENTS = 4
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Turned into an exception so that the `finally` blocks stop every process, as for Ctrl-C.
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.clients) < 1 or args.seconds <= 0 or args.warmup < 0 or args.invoices < 1:
         parser.error("--clients must be >= 1, --seconds > 0, --warmup >= 0, --invoices >= 1")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         result = run(args)
     except KeyboardInterrupt:
