@@ -88,6 +88,8 @@ class Result:
     due_expected: int = 0
     candidates: int = 0
     pages: Timing = field(default_factory=lambda: Timing("selection page"))
+    # Of each page, the time spent in the database (its queries' execute calls); the rest is Python.
+    page_db: Timing = field(default_factory=lambda: Timing("selection page, database"))
     selection_seconds: float = 0.0
     renders: list[Timing] = field(default_factory=list)
     plans: list[tuple[str, str, float]] = field(default_factory=list)  # what, plan text, execution ms
@@ -244,6 +246,27 @@ def expected_due_ids(engine: Engine, today: date) -> set[int]:
 
 
 @contextmanager
+def database_time(engine: Engine) -> Iterator[list[float]]:
+    """Seconds spent in cursor.execute (the server's work and the transfer), added up in [0]."""
+    spent = [0.0]
+    started: list[float] = []
+
+    def before(*args: Any) -> None:
+        started.append(time.perf_counter())
+
+    def after(*args: Any) -> None:
+        spent[0] += time.perf_counter() - started.pop()
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield spent
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+@contextmanager
 def captured(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
     statements: list[tuple[str, Any]] = []
 
@@ -309,12 +332,14 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
         # As run_batch does: one transaction per page.
         with factory() as session, session.begin():
             begun = time.perf_counter()
-            if after_id == 0:
-                with captured(engine) as first_statements:
+            with database_time(engine) as spent:
+                if after_id == 0:
+                    with captured(engine) as first_statements:
+                        page = due_page(session, today, after_id, page_size)
+                else:
                     page = due_page(session, today, after_id, page_size)
-            else:
-                page = due_page(session, today, after_id, page_size)
             result.pages.samples_ms.append((time.perf_counter() - begun) * 1000)
+            result.page_db.samples_ms.append(spent[0] * 1000)
             if not page:
                 break
             after_id = page[-1].id
@@ -405,6 +430,8 @@ def table(r: Result, show_plans: bool) -> str:
         f"{'selection, ' + str(len(r.pages.samples_ms)) + ' pages of <= 1,000':<44} "
         f"{r.pages.p50:8.1f} {max(r.pages.samples_ms, default=0):8.1f}  <= {GOAL_PAGE_MS:.0f} ms/page: "
         f"{verdict(max(r.pages.samples_ms, default=0), GOAL_PAGE_MS)}",
+        f"{'  of which in the database':<44} {r.page_db.p50:8.1f} "
+        f"{max(r.page_db.samples_ms, default=0):8.1f}",
         f"{'  (whole selection: ' + f'{r.selection_seconds:.2f}s, {r.candidates:,} rows read)':<44}",
     ]
     for timing in r.renders:
