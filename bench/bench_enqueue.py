@@ -8,7 +8,8 @@ broker afterwards. Every POST names a distinct eligible invoice, so each is a re
 
 The load generator runs one process per client, each a closed loop of POSTs on a fresh connection
 per request (gunicorn's sync workers close every connection, so real clients connect per request too;
-floor and enqueue are measured alike). Per level: a warm-up, then a fixed measuring window.
+floor and enqueue are measured alike). Per level: a warm-up, then a fixed measuring window. Both apps
+run with the gunicorn options of the Procfile's web command (--gunicorn tries others).
 
     .venv/bin/python bench/bench_enqueue.py                          # clients 1,4,20; 3 s warm-up, 10 s each
     .venv/bin/python bench/bench_enqueue.py --clients 1,4 --seconds 3 --warmup 1
@@ -25,6 +26,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import shlex
 import shutil
 import signal
 import sys
@@ -54,9 +56,31 @@ from shared.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.stack import BIN, TOKEN, Stack  # noqa: E402
 
-# The web command of the Procfile and of tests/support/stack.py (-w 2 on a 2-core machine); both apps
-# are served alike. --gunicorn overrides it to try other settings.
-GUNICORN_ARGS = ("-w", "2", "--timeout", "60")
+PROCFILE = ROOT / "Procfile"
+
+
+def production_gunicorn_args(procfile: Path = PROCFILE) -> tuple[str, ...]:
+    """The options of the Procfile's web command, without its bind address and app: both apps are served
+    as production serves the web app. --gunicorn overrides them to try other settings."""
+    for line in procfile.read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() != "web":
+            continue
+        words = shlex.split(command)
+        options = words[words.index("gunicorn") + 1 : -1]  # the last word is the app: "web:create_app()"
+        kept: list[str] = []
+        skip_next = False
+        for word in options:
+            if skip_next:
+                skip_next = False
+            elif word in ("-b", "--bind"):
+                skip_next = True
+            elif not word.startswith("--bind="):
+                kept.append(word)
+        return tuple(kept)
+    raise RuntimeError(f"no web command in {procfile}")
+
+
 GOAL_P99_MS_AT_4 = 15.0
 GOAL_SHARE_OF_FLOOR = 0.40
 CHARGES_QUEUE = "charges"  # celeryconfig.task_routes: where a charge's message waits for a worker
@@ -417,13 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         "--gunicorn",
         dest="gunicorn_args",
         type=lambda s: tuple(s.split()),
-        default=GUNICORN_ARGS,
-        help=f"gunicorn options for both apps (default: {' '.join(GUNICORN_ARGS)!r})",
+        default=None,
+        help="gunicorn options for both apps (default: those of the Procfile's web command)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
     if min(args.clients) < 1 or args.seconds <= 0 or args.warmup < 0 or args.invoices < 1:
         parser.error("--clients must be >= 1, --seconds > 0, --warmup >= 0, --invoices >= 1")
+    if args.gunicorn_args is None:
+        args.gunicorn_args = production_gunicorn_args()
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         result = run(args)

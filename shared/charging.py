@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from shared import audit, outbox, retries
 from shared.eligibility import Blocker, BlockerCode, charge_blockers
@@ -84,7 +84,9 @@ def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = F
         select(Invoice)
         .where(Invoice.id == invoice_id)
         .options(
-            selectinload(Invoice.client).selectinload(Client.cards),
+            # Client and cards joined to the invoice row: two round trips fewer on every click. Payments
+            # and attempts stay separate queries (joined, they would multiply each other's rows).
+            joinedload(Invoice.client, innerjoin=True).joinedload(Client.cards),
             selectinload(Invoice.payments),
             selectinload(Invoice.charge_attempts),
         )
@@ -92,8 +94,9 @@ def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = F
     if lock:
         # Concurrent clicks on one invoice queue up here (PostgreSQL); SQLite serialises writers anyway.
         # NO KEY UPDATE: inserts that reference the invoice (their FK check takes KEY SHARE) do not wait.
+        # OF invoice: only the invoice row is locked, not the joined client and cards.
         query = query.with_for_update(of=Invoice, key_share=True)
-    return session.scalars(query).one_or_none()
+    return session.scalars(query).unique().one_or_none()
 
 
 def open_attempt(
@@ -144,7 +147,7 @@ def open_attempt(
         stripe_account_id=settings.stripe_account_id,
     )
     session.add(attempt)
-    message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id})
+    message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, _charge_payload(attempt_id))
     try:
         session.flush()
     except IntegrityError as exc:
@@ -163,6 +166,15 @@ def open_attempt(
         source=source,
     )
     return attempt, message.id
+
+
+def _charge_payload(attempt_id: str) -> dict[str, str]:
+    return {"attempt_id": attempt_id}
+
+
+def charge_message(attempt: ChargeAttempt, message_id: int) -> outbox.PendingMessage:
+    """The message open_attempt wrote for `attempt`, to publish once committed without reading it back."""
+    return outbox.PendingMessage(message_id, outbox.TASK_CHARGE_ATTEMPT, _charge_payload(attempt.id))
 
 
 def charge_request_for(attempt: ChargeAttempt, invoice: Invoice) -> ChargeRequest:

@@ -21,6 +21,7 @@ from shared.charging import (
     ChargeRequestError,
     NotChargeable,
     cancel_charge,
+    charge_message,
     load_invoice_for_charge,
     open_attempt,
 )
@@ -412,6 +413,7 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
             attempt, message_id = open_attempt(
                 session, invoice, source="admin", requested_by=actor(), amount=amount
             )
+            message = charge_message(attempt, message_id)
             answer = charge_json(attempt)
             if key:
                 session.add(
@@ -438,7 +440,7 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
             ],
         ) from exc
     # After commit: publish now; if the broker is down the relay publishes it within seconds.
-    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
+    outbox.publish_committed(get_sessionmaker(), publish, [message])
     return jsonify(answer), 202
 
 
