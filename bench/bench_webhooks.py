@@ -32,6 +32,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -80,6 +81,7 @@ CARD_OUTCOMES = {
 EVENT_PREFIXES = ("payment_intent.", "charge.")
 NUMBER_PREFIX = "BENCH-W-"
 SETUP_THREADS = 8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -97,14 +99,36 @@ class StoringStack(Stack):
 
 
 @contextmanager
-def servers() -> Iterator[tuple[str, RedisServer]]:
-    """(PostgreSQL database URL, redis server), both thrown away on exit, also on errors and Ctrl-C."""
+def servers() -> Iterator[tuple[str, RedisServer, int]]:
+    """(PostgreSQL database URL, redis server, postmaster pid), thrown away on exit, also on errors and
+    Ctrl-C."""
     with ExitStack() as stack:
         redis_server = RedisServer()
         stack.callback(redis_server.close)
         pg = PostgresServer()
         stack.callback(pg.stop)
-        yield pg.create_database("bench"), redis_server
+        url = pg.create_database("bench")
+        postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
+        yield url, redis_server, postmaster
+
+
+def cpu_seconds(*, group: int | None = None, parent: int | None = None) -> float:
+    """CPU time (user + system) of the live processes of a process group, or of a parent and its
+    children. Wall-clock rates swing with whatever else the machine runs; CPU time per event does not
+    (much): it shows what each request or event costs, whatever the load."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, ppid, pgrp = int(entry.name), int(fields[1]), int(fields[2])
+        if pgrp == group or (parent is not None and parent in (pid, ppid)):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
 
 
 # ---- setup: attempts charged on the emulator, its events ---------------------------------------------
@@ -184,6 +208,8 @@ class Load:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     duplicates_answered: int = 0
+    # CPU seconds over every delivery (warm-up included): (the app's processes, PostgreSQL's).
+    cpu: tuple[float, float] = (0.0, 0.0)
 
     @property
     def requests_per_second(self) -> float:
@@ -281,6 +307,7 @@ class Result:
     attempts: int
     workers: int
     concurrency: int
+    pool: str
     distinct_events: int = 0
     duplicates_sent: int = 0
     setup_seconds: float = 0.0
@@ -289,6 +316,7 @@ class Result:
     stored: int = 0
     stored_distinct: int = 0
     processed: int = 0
+    stored_processed: int = 0
     errors: int = 0
     unprocessed: int = 0
     launch_to_done_seconds: float = 0.0
@@ -300,6 +328,9 @@ class Result:
     double_payments: int = 0
     missing_payments: int = 0
     log_dir: Path | None = None
+    # CPU seconds of the workers and of PostgreSQL from a tenth of the events processed on, and the
+    # events left to process at that point.
+    processing_cpu: tuple[float, float, int] = (0.0, 0.0, 0)
 
     @property
     def deliveries(self) -> int:
@@ -339,8 +370,8 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> Result:
-    result = Result(args.attempts, args.workers, args.concurrency)
-    with servers() as (database_url, redis_server):
+    result = Result(args.attempts, args.workers, args.concurrency, args.pool)
+    with servers() as (database_url, redis_server, postmaster):
         st = StoringStack(
             database_url,
             f"{redis_server.url}/1",
@@ -354,7 +385,7 @@ def run(args: argparse.Namespace) -> Result:
         engine = create_engine(database_url)
         interrupted = False
         try:
-            _bench(st, engine, result, args)
+            _bench(st, engine, postmaster, result, args)
         except Exception:
             print(f"stack logs are in {st.dir}", file=sys.stderr)
             raise
@@ -369,7 +400,7 @@ def run(args: argparse.Namespace) -> Result:
     return result
 
 
-def _bench(st: Stack, engine: Engine, result: Result, args: argparse.Namespace) -> None:
+def _bench(st: Stack, engine: Engine, postmaster: int, result: Result, args: argparse.Namespace) -> None:
     started = time.monotonic()
     expected = create_attempts(st, engine, args.attempts, args.unrecorded_share)
     bodies, result.distinct_events, result.duplicates_sent = deliveries(st, args.duplicate_share, args.seed)
@@ -381,9 +412,14 @@ def _bench(st: Stack, engine: Engine, result: Result, args: argparse.Namespace) 
     floor_argv = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{floor_port}", *GUNICORN_ARGS]
     st.start("floor", [*floor_argv, "bench.floor_app:app"])
     wait_for_port(floor_port, 30)
+    floor_group, web_group = st.procs["floor"].pid, st.procs["web"].pid
+    cpu = cpu_seconds(group=floor_group), cpu_seconds(parent=postmaster)
     result.floor = load("floor", floor_port, "/", bodies, args.clients, warmup)
+    result.floor.cpu = (cpu_seconds(group=floor_group) - cpu[0], cpu_seconds(parent=postmaster) - cpu[1])
     st.kill("floor", signal.SIGTERM)
+    cpu = cpu_seconds(group=web_group), cpu_seconds(parent=postmaster)
     result.webhooks = load("webhooks", st.web_port, "/webhooks/stripe", bodies, args.clients, warmup)
+    result.webhooks.cpu = (cpu_seconds(group=web_group) - cpu[0], cpu_seconds(parent=postmaster) - cpu[1])
 
     with engine.connect() as conn:
         result.stored = conn.execute(select(func.count()).select_from(WebhookEvent)).scalar_one()
@@ -392,16 +428,36 @@ def _bench(st: Stack, engine: Engine, result: Result, args: argparse.Namespace) 
         ).scalar_one()
     before = int(st.emulator_state()["requests"]["total"])
 
+    to_process = _open_events(engine)
     launched = datetime.now(UTC)
     launched_at = time.monotonic()
     for index in range(args.workers):
-        st.start_worker(index)
+        start_worker(st, index, args.pool, args.concurrency)
     deadline = launched_at + args.timeout
-    while time.monotonic() < deadline and _open_events(engine):
+    groups = [st.procs[f"worker{index}"].pid for index in range(args.workers)]
+    cpu_from: tuple[float, float, int] | None = None
+    while time.monotonic() < deadline and (left := _open_events(engine)):
+        if cpu_from is None and left <= to_process * 0.9:
+            # From a tenth processed on: the workers' start-up (imports, forks, each pool process's first
+            # connections) is not counted.
+            cpu_from = sum(cpu_seconds(group=g) for g in groups), cpu_seconds(parent=postmaster), left
         time.sleep(0.05)  # fine-grained: the poll's granularity adds to the measured seconds
     result.launch_to_done_seconds = time.monotonic() - launched_at
+    if cpu_from is not None:
+        workers_cpu = sum(cpu_seconds(group=g) for g in groups) - cpu_from[0]
+        result.processing_cpu = (workers_cpu, cpu_seconds(parent=postmaster) - cpu_from[1], cpu_from[2])
     result.stripe_requests = int(st.emulator_state()["requests"]["total"]) - before
     _check(engine, expected, result, launched)
+
+
+def start_worker(st: Stack, index: int, pool: str, concurrency: int) -> None:
+    """A worker of the Procfile's `worker` line: the webhooks and maintenance queues."""
+    name = f"worker{index}"
+    argv = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", "-Q", "webhooks,maintenance"]
+    pool_options = ["--pool", pool, "-c", str(concurrency)]
+    st.start(
+        name, [*argv, *pool_options, "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    )
 
 
 def _open_events(engine: Engine) -> int:
@@ -414,11 +470,26 @@ def _open_events(engine: Engine) -> int:
 
 def _check(engine: Engine, expected: dict[str, str], result: Result, launched: datetime) -> None:
     with Session(engine) as session:
-        rows = session.execute(select(WebhookEvent.type, WebhookEvent.processed_at, WebhookEvent.error)).all()
+        rows = session.execute(
+            select(
+                WebhookEvent.type,
+                WebhookEvent.processed_at,
+                WebhookEvent.processing_attempts,
+                WebhookEvent.error,
+            )
+        ).all()
         result.types = Counter(row.type for row in rows)
-        done = sorted(_aware(row.processed_at) for row in rows if row.processed_at is not None)
+        # A worker's claim counts an attempt; an event with nothing to apply is stored processed, none.
+        done = sorted(
+            _aware(row.processed_at)
+            for row in rows
+            if row.processed_at is not None and row.processing_attempts > 0
+        )
         result.processed = len(done)
-        result.unprocessed = len(rows) - len(done)
+        result.stored_processed = sum(
+            1 for row in rows if row.processed_at is not None and row.processing_attempts == 0
+        )
+        result.unprocessed = sum(1 for row in rows if row.processed_at is None)
         result.errors = sum(1 for row in rows if row.error)
         if len(done) > 1:
             result.first_to_last_seconds = (done[-1] - done[0]).total_seconds()
@@ -461,22 +532,40 @@ def table(r: Result) -> str:
         ("client processes", f"{r.webhooks.clients} (a connection per request)"),
         ("floor", f"{floor_rate:.0f} req/s, {_latencies(r.floor)}"),
         ("webhooks accepted", f"{accepted_rate:.0f} events/s, {_latencies(r.webhooks)}"),
+        (
+            "  CPU per request",
+            f"floor {_cpu(r.floor, r.deliveries)}; webhooks {_cpu(r.webhooks, r.deliveries)}",
+        ),
         ("  share of the floor", f"{share:.0%} (goal >= {GOAL_SHARE_OF_FLOOR:.0%}: {accepted_met})"),
         ("stored", f"{r.stored} events ({r.webhooks.duplicates_answered} answered as duplicates)"),
         ("  by type", types),
-        ("workers x concurrency", f"{r.workers} x {r.concurrency} (prefork), started after acceptance"),
+        ("workers x concurrency", f"{r.workers} x {r.concurrency} ({r.pool}), started after acceptance"),
         (
             "processed",
-            f"{r.processed} events in {r.launch_to_done_seconds:.1f} s from the workers' launch: "
+            f"{r.processed} events by the workers in {r.launch_to_done_seconds:.1f} s from their launch: "
             f"{r.processed_per_second:.0f}/s (goal >= {GOAL_PROCESSED_PER_SECOND:.0f}: {processed_met})",
         ),
+        ("  CPU per event", _processing_cpu(r)),
         ("  first to last", f"{r.first_to_last_seconds:.1f} s: {r.steady_per_second:.0f}/s (no start-up)"),
         ("Stripe requests", f"{r.stripe_requests} while processing (refetches of events with news)"),
+        ("stored as processed", f"{r.stored_processed} events with nothing to apply (no message, no task)"),
         ("unprocessed / errors", f"{r.unprocessed} / {r.errors}"),
         ("payments", f"{r.double_payments} recorded twice, {r.missing_payments} missing"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cpu(load_: Load, requests: int) -> str:
+    app, database = (1000 * seconds / requests for seconds in load_.cpu)
+    return f"{app:.2f} ms app + {database:.2f} ms PostgreSQL"
+
+
+def _processing_cpu(r: Result) -> str:
+    workers, database, events = r.processing_cpu
+    if not events:
+        return "-"
+    return f"{1000 * workers / events:.2f} ms workers + {1000 * database / events:.2f} ms PostgreSQL"
 
 
 def _latencies(load_: Load) -> str:
@@ -495,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="load generator processes")
     parser.add_argument("--warmup", type=int, default=100, help="deliveries posted first, not timed")
     parser.add_argument("--workers", type=int, default=1, help="celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=4, help="pool processes per worker")
+    parser.add_argument("--concurrency", type=int, default=4, help="pool processes or threads per worker")
+    parser.add_argument("--pool", choices=("prefork", "threads"), default="prefork", help="the workers' pool")
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs on success too")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the processing")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, Insert, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +37,8 @@ REFUND_EVENTS = frozenset({"charge.refunded", "refund.created", "refund.updated"
 class StoredEvent:
     id: int
     created: bool
+    # False for an event with nothing to apply: it is stored as processed, no worker needs to see it.
+    needs_processing: bool
 
 
 def _payment_intent_id_of(event: dict[str, Any]) -> str | None:
@@ -50,43 +53,69 @@ def _payment_intent_id_of(event: dict[str, Any]) -> str | None:
 
 def store_event(session: Session, event: dict[str, Any]) -> StoredEvent:
     """Insert the event unless this (account, id) is already stored. Safe under concurrent duplicates."""
+    return _store(session.connection(), event)
+
+
+def store_received_event(engine: Engine, event: dict[str, Any]) -> StoredEvent:
+    """store_event for the endpoint's hot path. On PostgreSQL the one INSERT ... ON CONFLICT is atomic by
+    itself, so it runs in autocommit: one round trip instead of three (BEGIN, INSERT, COMMIT)."""
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as connection:
+            return _store(connection, event)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return _store(connection, event)
+
+
+_EVENTS = WebhookEvent.__table__
+
+
+@lru_cache(maxsize=4)
+def _insert_once(dialect: str) -> Insert | None:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect: Core, not the ORM, and no
+    statement built per request (None: the dialect has no ON CONFLICT)."""
+    if dialect not in ("postgresql", "sqlite"):
+        return None
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        dialect_insert(_EVENTS)
+        .on_conflict_do_nothing(index_elements=[_EVENTS.c.account, _EVENTS.c.stripe_event_id])
+        .returning(_EVENTS.c.id)
+    )
+
+
+def _store(connection: Connection, event: dict[str, Any]) -> StoredEvent:
     account = event.get("account") or ""
+    event_type = str(event.get("type", ""))[:80]
+    received_at = utcnow()
+    needs_processing = has_work(event_type, event)
     values = {
         "account": account,
         "stripe_event_id": event["id"],
-        "type": str(event.get("type", ""))[:80],
+        "type": event_type,
         "payload": event,
         "payment_intent_id": _payment_intent_id_of(event),
-        "received_at": utcnow(),
+        "received_at": received_at,
+        # Processing would only set processed_at: set it now, and save the message and the task.
+        "processed_at": None if needs_processing else received_at,
         "processing_attempts": 0,
+        "error": None,
     }
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        statement = (
-            insert(WebhookEvent)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["account", "stripe_event_id"])
-            .returning(WebhookEvent.id)
-        )
-        new_id = session.execute(statement).scalar_one_or_none()
+    statement = _insert_once(connection.dialect.name)
+    if statement is not None:
+        new_id = connection.execute(statement, values).scalar_one_or_none()
         if new_id is not None:
-            return StoredEvent(new_id, True)
+            return StoredEvent(new_id, True, needs_processing)
     else:  # pragma: no cover - other databases are not supported targets
         try:
-            with session.begin_nested():
-                row = WebhookEvent(**values)
-                session.add(row)
-            return StoredEvent(row.id, True)
+            with connection.begin_nested():
+                new_id = connection.execute(insert(_EVENTS).returning(_EVENTS.c.id), values).scalar_one()
+            return StoredEvent(new_id, True, needs_processing)
         except IntegrityError:
             pass
-    existing = session.scalar(
-        select(WebhookEvent.id).where(
-            WebhookEvent.account == account, WebhookEvent.stripe_event_id == event["id"]
-        )
-    )
-    assert existing is not None
-    return StoredEvent(existing, False)
+    existing = connection.execute(
+        select(_EVENTS.c.id).where(_EVENTS.c.account == account, _EVENTS.c.stripe_event_id == event["id"])
+    ).scalar_one()
+    return StoredEvent(existing, False, needs_processing)
 
 
 def find_attempt(session: Session, payment_intent: PaymentIntentView) -> ChargeAttempt | None:
@@ -102,64 +131,111 @@ def find_attempt(session: Session, payment_intent: PaymentIntentView) -> ChargeA
 
 
 def process_event(factory: sessionmaker[Session], gateway: StripeGateway, event_row_id: int) -> str:
-    """Apply one stored event; returns what happened, in words. Idempotent."""
+    """Apply one stored event; returns what happened, in words. Idempotent.
+
+    The claim (one more processing attempt) commits before anything is applied, so that an event that
+    kills its worker every time is given up; the event is marked processed in the transaction of its
+    last step, so an event with nothing to apply costs one transaction.
+    """
     with factory() as session, session.begin():
-        row = session.get(WebhookEvent, event_row_id)
-        if row is None:
-            return "no such event"
-        if row.processed_at is not None:
-            return "already processed"
-        if row.processing_attempts >= MAX_PROCESSING_ATTEMPTS:
-            return "given up"
-        row.processing_attempts += 1
-        event = dict(row.payload)
-        event_type = row.type
-        bind_log_ids(event_id=row.stripe_event_id, payment_intent_id=row.payment_intent_id)
+        claimed = session.execute(
+            update(WebhookEvent)
+            .where(
+                WebhookEvent.id == event_row_id,
+                WebhookEvent.processed_at.is_(None),
+                WebhookEvent.processing_attempts < MAX_PROCESSING_ATTEMPTS,
+            )
+            .values(processing_attempts=WebhookEvent.processing_attempts + 1)
+            .returning(
+                WebhookEvent.type,
+                WebhookEvent.payload,
+                WebhookEvent.stripe_event_id,
+                WebhookEvent.payment_intent_id,
+            )
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if claimed is None:
+            return _why_not_claimed(session, event_row_id)
+        event_type, event = claimed.type, dict(claimed.payload)
+        bind_log_ids(event_id=claimed.stripe_event_id, payment_intent_id=claimed.payment_intent_id)
+        if not has_work(event_type, event):
+            _mark_processed(session, event_row_id)
+            if event_type == "payment_intent.created":
+                return "payment_intent.created: nothing to apply (the outcome comes in its own event)"
+            return f"{event_type}: stored, nothing to do"
     try:
-        outcome = _apply(factory, gateway, event_type, event)
+        return _apply(factory, gateway, event_row_id, event_type, event)
     except Exception as exc:
         log.exception("webhook event %s failed", event.get("id"))
         with factory() as session, session.begin():
-            row = session.get(WebhookEvent, event_row_id)
-            assert row is not None
-            row.error = f"{type(exc).__name__}: {exc}"[:2000]
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == event_row_id)
+                .values(error=f"{type(exc).__name__}: {exc}"[:2000])
+                .execution_options(synchronize_session=False)
+            )
         raise
-    with factory() as session, session.begin():
-        row = session.get(WebhookEvent, event_row_id)
-        assert row is not None
-        row.processed_at = utcnow()
-        row.error = None
-    return outcome
+
+
+def _why_not_claimed(session: Session, event_row_id: int) -> str:
+    row = session.get(WebhookEvent, event_row_id)
+    if row is None:
+        return "no such event"
+    if row.processed_at is not None:
+        return "already processed"
+    return "given up"
+
+
+def has_work(event_type: str, event: dict[str, Any]) -> bool:
+    """Whether processing may change anything: a PaymentIntent's outcome or a refund. The rest (created,
+    charge.succeeded beside its payment_intent.succeeded, customers, ...) is only kept."""
+    obj = (event.get("data") or {}).get("object") or {}
+    if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
+        return event_type != "payment_intent.created"
+    return event_type in REFUND_EVENTS
+
+
+def _mark_processed(session: Session, event_row_id: int) -> None:
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_row_id)
+        .values(processed_at=utcnow(), error=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _apply(
-    factory: sessionmaker[Session], gateway: StripeGateway, event_type: str, event: dict[str, Any]
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    event_row_id: int,
+    event_type: str,
+    event: dict[str, Any],
 ) -> str:
+    """A payment_intent.* or refund event (see has_work), marked processed in its last transaction."""
     obj = (event.get("data") or {}).get("object") or {}
     actor = f"webhook:{event.get('id')}"
-    if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
-        if event_type == "payment_intent.created":
-            return "payment_intent.created: nothing to apply (the outcome comes in its own event)"
-        snapshot = payment_intent_view(obj)
-        if snapshot.status != "succeeded":
-            with factory() as session:
-                attempt = find_attempt(session, snapshot)
-                news = attempt is not None and observe(attempt.status, reported_status(snapshot)) is not None
-                session.rollback()
-            if not news:
-                # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
-                return f"{snapshot.id}: no news"
-            # Order matters for anything but a success: ask Stripe where the PaymentIntent is now.
-            snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=event.get("account"))
+    if event_type in REFUND_EVENTS:
+        outcome = _apply_refunds(factory, gateway, event_type, obj, actor, event.get("account"))
+        with factory() as session, session.begin():
+            _mark_processed(session, event_row_id)
+        return outcome
+    snapshot = payment_intent_view(obj)
+    if snapshot.status != "succeeded":
         with factory() as session, session.begin():
             attempt = find_attempt(session, snapshot)
-            if attempt is None:
-                return f"no charge attempt for {snapshot.id}"
-            changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
-            return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
-    if event_type in REFUND_EVENTS:
-        return _apply_refunds(factory, gateway, event_type, obj, actor, event.get("account"))
-    return f"{event_type}: stored, nothing to do"
+            if attempt is None or observe(attempt.status, reported_status(snapshot)) is None:
+                # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
+                _mark_processed(session, event_row_id)
+                return f"{snapshot.id}: no news"
+        # Order matters for anything but a success: ask Stripe where the PaymentIntent is now.
+        snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=event.get("account"))
+    with factory() as session, session.begin():
+        attempt = find_attempt(session, snapshot)
+        _mark_processed(session, event_row_id)
+        if attempt is None:
+            return f"no charge attempt for {snapshot.id}"
+        changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
+        return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
 
 
 def _apply_refunds(

@@ -8,9 +8,9 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from shared import outbox
-from shared.db import session_scope
+from shared.db import get_engine
 from shared.gateway import WebhookPayloadError, WebhookSignatureError
-from shared.webhooks import store_event
+from shared.webhooks import store_received_event
 from web.errors import error_response
 from web.services import gateway, publish
 
@@ -27,9 +27,8 @@ def receive() -> ResponseReturnValue:
         return error_response(400, "invalid_signature", f"Stripe-Signature refused: {exc.message}")
     except WebhookPayloadError as exc:
         return error_response(400, "invalid_payload", exc.message)
-    with session_scope() as session:
-        stored = store_event(session, event)
-    if stored.created:
+    stored = store_received_event(get_engine(), event)
+    if stored.created and stored.needs_processing:
         try:
             publish(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": stored.id}, None)
         except Exception as exc:  # stored already: the janitor re-drives unprocessed events
