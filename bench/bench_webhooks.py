@@ -440,7 +440,7 @@ def _bench(st: Stack, engine: Engine, postmaster: int, result: Result, args: arg
     launched = datetime.now(UTC)
     launched_at = time.monotonic()
     for index in range(args.workers):
-        start_worker(st, index, args.pool, args.concurrency)
+        start_worker(st, index, args.pool, args.concurrency, args.prefetch_multiplier)
     deadline = launched_at + args.timeout
     groups = [st.procs[f"worker{index}"].pid for index in range(args.workers)]
     cpu_from: tuple[float, float, int] | None = None
@@ -458,11 +458,13 @@ def _bench(st: Stack, engine: Engine, postmaster: int, result: Result, args: arg
     _check(engine, expected, result, launched)
 
 
-def start_worker(st: Stack, index: int, pool: str, concurrency: int) -> None:
+def start_worker(st: Stack, index: int, pool: str, concurrency: int, prefetch: int | None) -> None:
     """A worker of the Procfile's `worker` line: the webhooks and maintenance queues."""
     name = f"worker{index}"
     argv = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", "-Q", "webhooks,maintenance"]
     pool_options = ["--pool", pool, "-c", str(concurrency)]
+    if prefetch is not None:
+        pool_options += ["--prefetch-multiplier", str(prefetch)]
     st.start(
         name, [*argv, *pool_options, "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     )
@@ -605,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         help="pool processes or threads per worker (default: celery's, one per CPU)",
     )
     parser.add_argument("--pool", choices=("prefork", "threads"), default="prefork", help="the workers' pool")
+    parser.add_argument(
+        "--prefetch-multiplier", type=int, default=None, help="the workers' (default: celeryconfig's, 1)"
+    )
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs on success too")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the processing")
