@@ -72,7 +72,12 @@ _SECRET_PATTERNS = [
     (re.compile(r"(/client/login/)[A-Za-z0-9_\-]+"), rf"\1{REDACTED}"),
 ]
 # 13 to 19 digits, optionally grouped by spaces or dashes: a card number if the Luhn check passes.
-_CARD_CANDIDATE = re.compile(r"(?<![\d])(?:\d[ \-]?){12,18}\d(?![\d])")
+# A UUID (every charge attempt's id) may hold a digits-only stretch that passes Luhn: the alternation
+# consumes whole UUIDs first so that their digits are never taken for a card.
+_CARD_CANDIDATE = re.compile(
+    r"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
+    r"|(?<![\d])(?:\d[ \-]?){12,18}\d(?![\d])"
+)
 
 # The standard LogRecord attributes: everything else on a record came from `extra=`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()) | {
@@ -157,6 +162,8 @@ def _luhn_valid(digits: str) -> bool:
 
 
 def _redact_card(match: re.Match[str]) -> str:
+    if match.group("uuid"):
+        return match.group(0)
     digits = re.sub(r"[ \-]", "", match.group(0))
     return "[card number]" if 13 <= len(digits) <= 19 and _luhn_valid(digits) else match.group(0)
 

@@ -228,3 +228,12 @@ def test_the_log_format_and_metrics_token_come_from_the_environment(
     monkeypatch.setenv("OFFSESSION_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="OFFSESSION_LOG_FORMAT"):
         load_config()
+
+
+def test_uuids_are_never_taken_for_card_numbers() -> None:
+    # Digits-only stretches of these UUIDs pass the Luhn check (the bench's worker logs showed
+    # "[card number]d85-b64a-..." in place of a charge attempt's id).
+    for attempt_id in ("40000000-0000-0000-0000-000000000000", "42424242-4242-4242-0000-4242b81c6acf"):
+        line = f"charge {attempt_id}: applied (succeeded)"
+        assert scrub_text(line) == line
+    assert scrub_text("pan 4242-4242-4242-4242 in a note") == "pan [card number] in a note"
