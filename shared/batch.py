@@ -68,19 +68,27 @@ def due_page(session: Session, today: date, after_id: int, limit: int) -> list[I
         .group_by(Payment.invoice_id)
         .subquery()
     )
+    # The ids first, off the partial index ix_invoice_chargeable_id alone (plain boolean tests, so the
+    # planner sees they imply its predicate); then those rows.
+    due_ids = (
+        select(Invoice.id)
+        .outerjoin(paid, paid.c.invoice_id == Invoice.id)
+        .where(
+            Invoice.auto_charge,
+            ~Invoice.is_void,
+            Invoice.due_date <= today,
+            Invoice.id > after_id,
+            func.coalesce(paid.c.amount, 0) < Invoice.total,
+        )
+        .order_by(Invoice.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
     return list(
         session.scalars(
             select(Invoice)
-            .outerjoin(paid, paid.c.invoice_id == Invoice.id)
-            .where(
-                Invoice.auto_charge.is_(True),
-                Invoice.is_void.is_(False),
-                Invoice.due_date <= today,
-                Invoice.id > after_id,
-                func.coalesce(paid.c.amount, 0) < Invoice.total,
-            )
+            .where(Invoice.id.in_(due_ids))
             .order_by(Invoice.id)
-            .limit(limit)
             .options(
                 selectinload(Invoice.client).selectinload(Client.cards),
                 selectinload(Invoice.payments),

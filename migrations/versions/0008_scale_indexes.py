@@ -6,7 +6,8 @@ Create Date: 2026-11-26
 
 The batch walks only chargeable invoices by id (a partial index) beside their payments' sums, read off
 (invoice_id, amount) alone, which replaces the index on invoice_id; the admin list reads its order off
-(due_date, id); searches by invoice number and client name use trigram indexes on PostgreSQL (pg_trgm,
+(due_date, id), a client's invoices off (client_id, due_date, id), which replaces the index on
+client_id; searches by invoice number and client name use trigram indexes on PostgreSQL (pg_trgm,
 a trusted extension since PostgreSQL 13: the database owner may create it). On SQLite the two search
 indexes are plain ones: SQLite has no trigrams, and small books need none.
 """
@@ -38,6 +39,8 @@ def upgrade() -> None:
             postgresql_where=sa.text(CHARGEABLE),
         )
         batch_op.create_index("ix_invoice_due_date_id", ["due_date", "id"], unique=False)
+        batch_op.create_index("ix_invoice_client_id_due_date", ["client_id", "due_date", "id"], unique=False)
+        batch_op.drop_index("ix_invoice_client_id")
         batch_op.create_index(
             "ix_invoice_number_trgm",
             ["number"],
@@ -66,6 +69,8 @@ def downgrade() -> None:
         batch_op.drop_index("ix_payment_invoice_id_amount")
     with op.batch_alter_table("invoice", schema=None) as batch_op:
         batch_op.drop_index("ix_invoice_number_trgm")
+        batch_op.create_index("ix_invoice_client_id", ["client_id"], unique=False)
+        batch_op.drop_index("ix_invoice_client_id_due_date")
         batch_op.drop_index("ix_invoice_due_date_id")
         batch_op.drop_index("ix_invoice_chargeable_id")
     # pg_trgm stays: other objects may use it, and dropping an extension is the operator's call.
