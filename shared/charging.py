@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from shared import audit, outbox, retries
 from shared.eligibility import Blocker, BlockerCode, charge_blockers
@@ -84,11 +84,11 @@ def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = F
         select(Invoice)
         .where(Invoice.id == invoice_id)
         .options(
-            # Client and cards joined to the invoice row: two round trips fewer on every click. Payments
-            # and attempts stay separate queries (joined, they would multiply each other's rows).
+            # One query for the invoice and all its rule needs: four round trips fewer on every click. The
+            # collections multiply each other's rows (cards x payments x attempts), a handful each.
             joinedload(Invoice.client, innerjoin=True).joinedload(Client.cards),
-            selectinload(Invoice.payments),
-            selectinload(Invoice.charge_attempts),
+            joinedload(Invoice.payments),
+            joinedload(Invoice.charge_attempts),
         )
     )
     if lock:
