@@ -8,12 +8,14 @@ is now before it is applied, so a late or reordered event cannot move an attempt
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, insert, select, update
+import redis
+from sqlalchemy import Connection, Engine, Insert, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -21,8 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit
 from shared.charging import apply_payment_intent, reported_status
+from shared.config import Config
 from shared.gateway import PaymentIntentView, StripeGateway, payment_intent_view
-from shared.logs import bind_log_ids
+from shared.logs import bind_log_ids, log_context
 from shared.models import ChargeAttempt, Payment, WebhookEvent, utcnow
 from shared.states import observe
 
@@ -31,6 +34,28 @@ log = logging.getLogger(__name__)
 # A poison event (one that crashes its worker every time) is given up after this many tries.
 MAX_PROCESSING_ATTEMPTS = 8
 REFUND_EVENTS = frozenset({"charge.refunded", "refund.created", "refund.updated", "charge.refund.updated"})
+# The event types a Stripe webhook endpoint for Offsession subscribes to (enabled_events): those has_work
+# acts on. Every payment_intent.* outcome but .created (the outcome comes in its own event); the rest
+# (customers, cards, charge.succeeded beside payment_intent.succeeded, ...) would only be stored.
+EVENTS_WITH_WORK = (
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.requires_action",
+    "payment_intent.processing",
+    "payment_intent.canceled",
+    "payment_intent.amount_capturable_updated",
+    "payment_intent.partially_funded",
+    *sorted(REFUND_EVENTS),
+)
+# The coalesced drain (drain_events): one task empties the table of events with work, instead of one
+# message per event. The flag says "a drain message is published and has not started yet".
+TASK_DRAIN_WEBHOOK_EVENTS = "offsession.drain_webhook_events"
+DRAIN_PENDING_KEY = "offsession:webhook-drain-pending"
+# Only a safety net: a flag whose message was lost stops holding back new drains after this long.
+DRAIN_PENDING_TTL_SECONDS = 5
+DRAIN_BATCH_SIZE = 50
+# pg_try_advisory_xact_lock(namespace, event row id): which drain is working on which event.
+_DRAIN_LOCK_NAMESPACE = 0x0FF5E551
 
 
 @dataclass(frozen=True)
@@ -311,6 +336,138 @@ def _record_refund(session: Session, refund: dict[str, Any], pi_id: str, actor: 
         amount=int(refund["amount"]),
     )
     return True
+
+
+class DrainRequests:
+    """The "a drain is pending" flag in Redis, so that a burst of events costs one drain message.
+
+    Why no event is left behind (the race): the endpoint sets the flag only after its event is
+    committed, and a drain clears the flag (clear()) before its first look at the table. So when the
+    endpoint finds the flag already set, a drain message is published that has not started yet: its
+    looks all come after this event's commit and will see it. When a drain is past its last look, it
+    cleared the flag long before, so the endpoint's SET NX succeeds and publishes another drain. The
+    flag expiring early (TTL) or being cleared by another drain only ever costs an extra, empty drain.
+    """
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self.client = client
+
+    @property
+    def coalescing(self) -> bool:
+        return self.client is not None
+
+    def request(self, publish_drain: Callable[[], None]) -> bool:
+        """Publish a drain unless one is pending; True when this call published it."""
+        assert self.client is not None, "no Redis: publish one message per event"
+        if not self.client.set(DRAIN_PENDING_KEY, 1, nx=True, ex=DRAIN_PENDING_TTL_SECONDS):
+            return False
+        try:
+            publish_drain()
+        except Exception:
+            # Not published: a flag left set would hold back the next events' drain for the TTL.
+            self.client.delete(DRAIN_PENDING_KEY)
+            raise
+        return True
+
+    def clear(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.delete(DRAIN_PENDING_KEY)
+        except redis.RedisError as exc:
+            # Drain all the same: a flag left set only delays the next events' drain by its TTL, and the
+            # janitor re-drives any event that waits longer.
+            log.warning("webhook drain flag not cleared: %s", exc)
+
+
+def drain_requests_from_config(config: Config) -> DrainRequests:
+    """The flag lives in the broker when it is Redis, else in REDIS_URL's Redis; with neither (the
+    embedded filesystem broker), no flag: one message per event."""
+    broker = config.celery_broker_url
+    url = broker if broker.startswith(("redis://", "rediss://")) else config.redis_url
+    if url is None:
+        return DrainRequests(None)
+    # Short timeouts: a slow flag falls back to a message of its own, it must not hold up the request.
+    return DrainRequests(redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+
+
+@dataclass
+class DrainReport:
+    outcomes: int = 0
+    # Events whose processing raised this round: not taken again by this drain (a poison event must not
+    # stall it); their processing attempt is counted, the next drain or the janitor tries them again.
+    failed: set[int] = field(default_factory=set)
+
+
+def drain_events(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    *,
+    on_full_batch: Callable[[], None] | None = None,
+    batch_size: int = DRAIN_BATCH_SIZE,
+) -> DrainReport:
+    """Process every stored event that has work, batch after batch, until none is left.
+
+    Each event goes through process_event: its own claim, transactions, failure and give-up accounting.
+    On PostgreSQL several drains run side by side: a batch is leased with transaction-scoped advisory
+    locks, skipping events another drain holds. Not FOR UPDATE SKIP LOCKED on the rows: process_event's
+    claim must commit (so a poison event is counted) and its UPDATE would wait on our own row lock. A
+    lock is only a lease: process_event's claim is conditional (unprocessed, attempts left), so an event
+    leased twice in a row is processed once. on_full_batch is called once, when the first batch is full:
+    there is enough backlog for another worker to help (the caller publishes a helper drain).
+    """
+    report = DrainReport()
+    recruited = on_full_batch is None
+    while True:
+        # Closing the session ends the lease transaction, and the advisory locks with it, even on error.
+        with factory() as lease:
+            event_ids = _lease_batch(lease, exclude=report.failed, limit=batch_size)
+            if not event_ids:
+                return report
+            if lease.get_bind().dialect.name != "postgresql":
+                # SQLite: the transaction began IMMEDIATE (the file's write lock); processing needs it.
+                lease.commit()
+            if not recruited and len(event_ids) == batch_size:
+                recruited = True
+                assert on_full_batch is not None
+                on_full_batch()
+            for event_id in event_ids:
+                # Each event's ids on its own line only (process_event binds them as it learns them).
+                with log_context(event_row_id=event_id):
+                    try:
+                        outcome = process_event(factory, gateway, event_id)
+                    except Exception:  # logged by process_event, error recorded on the row
+                        report.failed.add(event_id)
+                        continue
+                    log.info("webhook event row %s: %s", event_id, outcome)
+                    report.outcomes += 1
+            lease.commit()
+
+
+def _lease_batch(session: Session, *, exclude: Collection[int], limit: int) -> list[int]:
+    """The oldest pending events (received order), at most limit, that no other drain holds."""
+    pending = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.processed_at.is_(None),
+            WebhookEvent.processing_attempts < MAX_PROCESSING_ATTEMPTS,
+        )
+        .order_by(WebhookEvent.id)
+    )
+    if exclude:
+        pending = pending.where(WebhookEvent.id.not_in(list(exclude)))
+    if session.get_bind().dialect.name != "postgresql":
+        return list(session.scalars(pending.limit(limit)))
+    # The inner LIMIT bounds how many rows the lock function sees (PostgreSQL does not push a volatile
+    # condition into a subquery with a LIMIT); the outer one stops at the first `limit` taken.
+    candidates = pending.limit(limit * 4).subquery()
+    return list(
+        session.scalars(
+            select(candidates.c.id)
+            .where(text(f"pg_try_advisory_xact_lock({_DRAIN_LOCK_NAMESPACE}, CAST(id AS integer))"))
+            .limit(limit)
+        )
+    )
 
 
 def unprocessed_event_ids(session: Session, *, older_than: datetime, limit: int = 500) -> list[int]:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
+import redis
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from shared import outbox
+from shared.config import get_config
 from shared.db import get_engine
 from shared.gateway import WebhookPayloadError, WebhookSignatureError
-from shared.webhooks import store_received_event
+from shared.webhooks import (
+    TASK_DRAIN_WEBHOOK_EVENTS,
+    DrainRequests,
+    drain_requests_from_config,
+    store_received_event,
+)
 from web.errors import error_response
 from web.services import gateway, publish
 
@@ -30,7 +38,25 @@ def receive() -> ResponseReturnValue:
     stored = store_received_event(get_engine(), event)
     if stored.created and stored.needs_processing:
         try:
-            publish(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": stored.id}, None)
+            _request_processing(stored.id)
         except Exception as exc:  # stored already: the janitor re-drives unprocessed events
             log.warning("webhook event %s stored, not yet published: %s", event["id"], exc)
     return jsonify({"received": True, "duplicate": not stored.created}), 200
+
+
+@lru_cache(maxsize=1)
+def drain_requests() -> DrainRequests:
+    return drain_requests_from_config(get_config())
+
+
+def _request_processing(event_row_id: int) -> None:
+    """A drain, unless one is pending already (most requests publish nothing); one message per event
+    without Redis, or when Redis fails (the flag is only an optimisation)."""
+    requests = drain_requests()
+    if requests.coalescing:
+        try:
+            requests.request(lambda: publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, None))
+            return
+        except redis.RedisError as exc:
+            log.warning("webhook drain flag unavailable, one message for this event: %s", exc)
+    publish(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": event_row_id}, None)

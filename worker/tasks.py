@@ -27,7 +27,13 @@ from shared.notifications import deliver_charge_notification
 from shared.notify import Mailer, mailer_from_config
 from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
 from shared.reconcile import run_janitor
-from shared.webhooks import process_event
+from shared.webhooks import (
+    TASK_DRAIN_WEBHOOK_EVENTS,
+    DrainRequests,
+    drain_events,
+    drain_requests_from_config,
+    process_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,38 @@ def process_webhook_event(self: Any, event_id: int) -> str:
     outcome = process_event(get_sessionmaker(), gateway(), event_id)
     log.info("webhook event row %s: %s", event_id, outcome)
     return outcome
+
+
+# A drain that left events in error is followed by another after this long (transient Stripe errors,
+# an exhausted rate budget); a poison event is given up after MAX_PROCESSING_ATTEMPTS drains.
+DRAIN_RETRY_COUNTDOWN_SECONDS = 5.0
+
+
+@shared_task(name=TASK_DRAIN_WEBHOOK_EVENTS, acks_late=True)
+def drain_webhook_events() -> str:
+    """Every stored event with work, one message for a burst of them (shared.webhooks.drain_events)."""
+    requests = drain_requests()
+    requests.clear()  # before the first look at the table: see DrainRequests on the race
+
+    def recruit_helper() -> None:
+        try:
+            requests.request(lambda: publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, None))
+        except Exception as exc:  # a helper only speeds the drain up
+            log.warning("no helper drain published: %s", exc)
+
+    report = drain_events(
+        get_sessionmaker(), gateway(), on_full_batch=recruit_helper if requests.coalescing else None
+    )
+    if report.failed:
+        publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_RETRY_COUNTDOWN_SECONDS)
+    summary = f"{report.outcomes} event(s) processed, {len(report.failed)} failed"
+    log.info("webhook drain: %s", summary)
+    return summary
+
+
+@lru_cache(maxsize=1)
+def drain_requests() -> DrainRequests:
+    return drain_requests_from_config(get_config())
 
 
 @shared_task(name="offsession.charge_due", acks_late=True)

@@ -91,7 +91,7 @@ def test_a_charge_is_followed_by_its_ids_from_the_request_to_the_worker(stack: S
         stack,
         "worker0",
         lambda entry: (
-            entry.get("task") == "offsession.process_webhook_event"
+            entry.get("task") in ("offsession.process_webhook_event", "offsession.drain_webhook_events")
             and entry.get("payment_intent_id") == intent["id"]
             and "event_id" in entry
         ),
