@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .api import Config
+from .api import Config, parse_webhook_events
 from .faults import FaultError, Faults
 from .server import EmulatorServer
 
@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)
     parser.add_argument("--webhook-url", default=None, help="POST signed events here (none: only store them)")
+    parser.add_argument("--webhook-events", default="*",
+                        help="comma-separated event types the endpoint subscribes to (Stripe's "
+                             "enabled_events): '*' (default, every type) or exact names like "
+                             "payment_intent.succeeded")
     parser.add_argument("--webhook-secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_emulator"),
                         help="signing secret (default: $STRIPE_WEBHOOK_SECRET or whsec_emulator)")
     parser.add_argument("--state-file", type=Path, default=None,
@@ -49,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     try:
+        webhook_events = parse_webhook_events(args.webhook_events)
+    except ValueError as err:
+        raise SystemExit(f"stripe_emulator: {err}") from None
+    try:
         faults = Faults().merged({
             "latency_ms": args.latency_ms,
             "latency_jitter_ms": args.latency_jitter_ms,
@@ -63,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except FaultError as err:
         raise SystemExit(f"stripe_emulator: {err}") from None
     return Config(webhook_url=args.webhook_url, webhook_secret=args.webhook_secret,
-                  state_file=args.state_file, faults=faults)
+                  state_file=args.state_file, faults=faults, webhook_events=webhook_events)
 
 
 def main(argv: list[str] | None = None) -> int:

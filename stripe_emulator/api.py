@@ -56,6 +56,27 @@ class Config:
     webhook_base_delay_s: float = 0.5
     webhook_max_delay_s: float = 30.0
     save_interval_s: float = 2.0
+    # The endpoint's enabled_events: "*" (every type) or exact event type names. Events of the other
+    # types are still created (GET /v1/events lists them), they are only not delivered.
+    webhook_events: tuple[str, ...] = ("*",)
+
+    def subscribed(self, event_type: str) -> bool:
+        return "*" in self.webhook_events or event_type in self.webhook_events
+
+
+_EVENT_TYPE_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
+
+
+def parse_webhook_events(value: str) -> tuple[str, ...]:
+    """A comma-separated enabled_events list, as Stripe takes it: "*" or exact event type names."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise ValueError("webhook events: give '*' or at least one event type")
+    wrong = [name for name in names if name != "*" and not _EVENT_TYPE_RE.match(name)]
+    if wrong:
+        raise ValueError(f"webhook events: not an event type: {', '.join(wrong)} "
+                         "(e.g. payment_intent.succeeded)")
+    return names
 
 
 def _json(obj: Any) -> bytes:
@@ -133,7 +154,8 @@ class Emulator:
 
     def _emit(self, ctx: Ctx, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None) -> None:
         evt_id = new_id("evt_")
-        pending = 1 if self.dispatcher is not None else 0
+        delivered = self.dispatcher is not None and self.config.subscribed(type_)
+        pending = 1 if delivered else 0
         event: dict[str, Any] = {"id": evt_id, "object": "event"}
         if ctx.account:
             event["account"] = ctx.account
@@ -152,7 +174,8 @@ class Emulator:
         # Serialized now, under the store lock: the payload is a snapshot of the object at this moment.
         rec = EventRecord(evt_id, type_, ctx.now, ctx.account, json.dumps(event), pending)
         ctx.data.events[evt_id] = rec
-        if self.dispatcher is not None:
+        if delivered:
+            assert self.dispatcher is not None
             self.dispatcher.enqueue(rec)
 
     # ------------------------------------------------------------------ entry point
@@ -413,7 +436,8 @@ class Emulator:
                     out[table].extend({**obj, "account": acct} for obj in data.table(table).values())
                 out["events"].extend(rec.render() for rec in data.events.values())
             out["requests"] = dict(self.store.requests)
-        webhooks: dict[str, Any] = {"url": self.config.webhook_url}
+        webhooks: dict[str, Any] = {"url": self.config.webhook_url,
+                                    "events": list(self.config.webhook_events)}
         if self.dispatcher is not None:
             webhooks.update(self.dispatcher.stats.to_dict(), queued=self.dispatcher.pending())
         out["webhooks"] = webhooks

@@ -35,6 +35,7 @@ def running_emulator(
     state_file: Path | None = None,
     webhook_retry_base_s: float = 0.5,
     webhook_max_attempts: int = 10,
+    webhook_events: tuple[str, ...] = ("*",),
     **faults: Any,
 ) -> Iterator[str]:
     """Yield the base URL of a fresh emulator; ``faults`` are the /_emulator/faults keys."""
@@ -45,6 +46,7 @@ def running_emulator(
         faults=Faults().merged(faults),
         webhook_base_delay_s=webhook_retry_base_s,
         webhook_max_attempts=webhook_max_attempts,
+        webhook_events=webhook_events,
     )
     server = EmulatorServer(config, "127.0.0.1", 0)
     server.start()

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import stripe
 
+from shared.webhooks import EVENTS_WITH_WORK
+from stripe_emulator.__main__ import build_parser, config_from_args
 from tests.integration.emulator_fixture import (
     WEBHOOK_SECRET,
     admin,
@@ -473,6 +475,39 @@ def test_webhook_duplicates_delay_and_reorder(receiver: Receiver) -> None:
         delivered = [json.loads(d[3])["data"]["object"]["id"] for d in receiver.ok()]
         assert sorted(delivered) == sorted(created)
         assert delivered != created
+
+
+def test_webhook_endpoint_gets_only_its_enabled_events(receiver: Receiver) -> None:
+    # Offsession's list (shared.webhooks.EVENTS_WITH_WORK): a charge and its refund, without the
+    # customer, card, payment_intent.created and charge.succeeded events that would only be stored.
+    with running_emulator(webhook_url=receiver.url, webhook_events=EVENTS_WITH_WORK) as url:
+        client = sdk_client(url)
+        cus, pm = customer_with(client, "pm_card_visa")
+        pi = charge(client, cus, pm)
+        client.v1.refunds.create({"payment_intent": pi.id, "amount": 400})
+        wanted = ["payment_intent.succeeded", "refund.created", "charge.refunded"]
+        assert wait_until(lambda: len(receiver.ok()) == len(wanted))
+        time.sleep(0.2)  # nothing else follows
+        assert sorted(json.loads(d[3])["type"] for d in receiver.deliveries) == sorted(wanted)
+        state = emulator_state(url)
+        assert state["webhooks"]["events"] == list(EVENTS_WITH_WORK)
+        # The other events exist all the same (GET /v1/events), undelivered and not pending.
+        others = [e for e in state["events"] if e["type"] not in wanted]
+        stored_only = {"customer.created", "payment_intent.created", "charge.succeeded"}
+        assert stored_only <= {e["type"] for e in others}
+        assert all(e["pending_webhooks"] == 0 for e in others)
+
+
+def test_webhook_events_flag_takes_star_or_exact_names() -> None:
+    parser = build_parser()
+    assert config_from_args(parser.parse_args([])).webhook_events == ("*",)
+    flag = ["--webhook-events", "payment_intent.succeeded, charge.refunded"]
+    chosen = config_from_args(parser.parse_args(flag))
+    assert chosen.webhook_events == ("payment_intent.succeeded", "charge.refunded")
+    assert chosen.subscribed("charge.refunded") and not chosen.subscribed("charge.succeeded")
+    for wrong in ("refund.*", "", "succeeded"):
+        with pytest.raises(SystemExit, match="webhook events"):
+            config_from_args(parser.parse_args(["--webhook-events", wrong]))
 
 
 def test_unreachable_webhook_does_not_block_api() -> None:
