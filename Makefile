@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint system-test-deps vendor clean
+.PHONY: install run test lint system-test-deps vendor clean bench chaos
 
 install: $(STAMP)
 
@@ -32,6 +32,19 @@ lint: install
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest
+
+# Benchmarks (bench/*.py): each starts its own throwaway PostgreSQL, redis-server and processes and
+# prints its figures. `make bench-enqueue` runs bench/bench_enqueue.py, `make bench-batch-limit`
+# bench/bench_batch_limit.py, and so on; ARGS passes flags (make bench-scale ARGS="--invoices 100000").
+PERFORMANCE_BENCHES := enqueue click-to-final batch-limit webhooks scale
+bench-%: install system-test-deps
+	$(BIN)/python bench/bench_$(subst -,_,$*).py $(ARGS)
+
+# Issue 8's figures, one after the other (they would disturb each other side by side).
+bench: $(addprefix bench-,$(PERFORMANCE_BENCHES))
+
+chaos: install system-test-deps
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 # Front-end libraries, vendored at pinned versions (nothing loads from a CDN).
 PICO_VERSION := 2.1.1
