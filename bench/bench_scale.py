@@ -6,9 +6,10 @@ bulk-loads, server-side with INSERT ... SELECT generate_series, a realistic book
 (most paid, some in two instalments, a few partially paid, about 1% void), a succeeded charge attempt
 for most card payments, declined attempts and a few still in flight; then ANALYZE. It measures:
 
-  * the due-invoice selection exactly as the batch runs it (shared.batch.due_page: the auto-charge,
-    unvoided, unpaid invoices due today or before, with clients, cards, payments and attempts), page
-    by page at 1,000 rows a page until the last page: milliseconds per page, p50 and max;
+  * the due-invoice selection exactly as the batch runs it (shared.batch.due_invoice_ids: the ids of
+    the auto-charge, unvoided, unpaid invoices due today or before), page by page at 1,000 rows a page
+    until the last page: milliseconds per page, p50 and max; and apart, loading each page's invoices
+    with clients, cards, payments and attempts as ORM objects (shared.batch.load_for_charging);
   * the admin invoice list, /admin/invoices rendered by the real Flask app for a signed-in admin:
     default filters (page 1), a deep page, a search by client name, a search by invoice number and a
     status filter: milliseconds per render, p50 and p99;
@@ -91,6 +92,9 @@ class Result:
     pages: Timing = field(default_factory=lambda: Timing("selection page"))
     # Of each page, the time spent in the database (its queries' execute calls); the rest is Python.
     page_db: Timing = field(default_factory=lambda: Timing("selection page, database"))
+    # Then loading that page's invoices as ORM objects with clients, cards, payments and attempts in
+    # flight (run_batch loads pages of 50 in production; here 1,000 to match the selection).
+    loads: Timing = field(default_factory=lambda: Timing("loading a page for charging"))
     selection_seconds: float = 0.0
     renders: list[Timing] = field(default_factory=list)
     plans: list[tuple[str, str, float]] = field(default_factory=list)  # what, plan text, execution ms
@@ -330,7 +334,7 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
     from shared.ledger import balance
 
     factory = sessionmaker(bind=engine, expire_on_commit=False)
-    due_page: Callable[..., list[Any]] = batch.due_page
+    due_invoice_ids: Callable[..., list[int]] = batch.due_invoice_ids
     expected = expected_due_ids(engine, today)
     result.due_expected = len(expected)
     selected: list[int] = []
@@ -338,20 +342,24 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
     started = time.perf_counter()
     first_statements: list[tuple[str, Any]] = []
     while True:
-        # As run_batch does: one transaction per page.
+        # As run_batch does: one transaction per page; the selection (ids), then the ORM rows that
+        # charging reads, timed apart.
         with factory() as session, session.begin():
             begun = time.perf_counter()
             with database_time(engine) as spent:
                 if after_id == 0:
                     with captured(engine) as first_statements:
-                        page = due_page(session, today, after_id, page_size)
+                        ids = due_invoice_ids(session, today, after_id, page_size)
                 else:
-                    page = due_page(session, today, after_id, page_size)
+                    ids = due_invoice_ids(session, today, after_id, page_size)
             result.pages.samples_ms.append((time.perf_counter() - begun) * 1000)
             result.page_db.samples_ms.append(spent[0] * 1000)
-            if not page:
+            if not ids:
                 break
-            after_id = page[-1].id
+            begun = time.perf_counter()
+            page = batch.load_for_charging(session, ids)
+            result.loads.samples_ms.append((time.perf_counter() - begun) * 1000)
+            after_id = ids[-1]
             result.candidates += len(page)
             selected.extend(i.id for i in page if balance(i).amount_due > 0)
     result.selection_seconds = time.perf_counter() - started
@@ -441,6 +449,8 @@ def table(r: Result, show_plans: bool) -> str:
         f"{verdict(max(r.pages.samples_ms, default=0), GOAL_PAGE_MS)}",
         f"{'  of which in the database':<44} {r.page_db.p50:8.1f} "
         f"{max(r.page_db.samples_ms, default=0):8.1f}",
+        f"{'then loading the page for charging (ORM)':<44} {r.loads.p50:8.1f} "
+        f"{max(r.loads.samples_ms, default=0):8.1f}  (not part of the goal: run_batch loads 50 at a time)",
         f"{'  (whole selection: ' + f'{r.selection_seconds:.2f}s, {r.candidates:,} rows read)':<44}",
     ]
     for timing in r.renders:
