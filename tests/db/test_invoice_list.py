@@ -86,3 +86,13 @@ def test_due_page_loads_only_the_attempts_in_flight(session_factory: sessionmake
     with session_factory() as session:
         (loaded,) = due_page(session, TODAY, 0, 10)
         assert [a.status for a in loaded.charge_attempts] == ["queued"]
+
+
+def test_a_derived_status_filter_pages_without_counting(session: Session) -> None:
+    parts = [factories.invoice(total=1000, paid=(400,), due=TODAY - timedelta(days=n)) for n in (1, 2, 3)]
+    factories.persist(session, *parts)
+    for filters in ({"status": "partially_paid"}, {"due": "overdue"}):
+        first = list_invoices(session, per_page=2, page=1, today=TODAY, **filters)
+        assert first.total_rows is None  # no count: ledgers would be read to find it
+        assert (len(first.rows), first.has_next, first.pages) == (2, True, 2)
+        assert not list_invoices(session, per_page=2, page=2, today=TODAY, **filters).has_next
