@@ -18,7 +18,10 @@ webhook secret just before posting it.
    their launch until the webhook_event table has no unprocessed row. Events with nothing to apply
    (payment_intent.created, charge.*) are stored processed by the endpoint and never reach a worker:
    the table shows them apart, and the rate of the events the workers did process, from their launch
-   and from the first to the last (without their start-up), with the CPU each one cost.
+   and from the first to the last (without their start-up), with the CPU each one cost. The endpoint
+   publishes no message per event: a drain task when none is pending (a flag in the broker's Redis), and
+   each drain takes every pending event batch after batch, recruiting one more worker process while its
+   batches are full (shared/webhooks.py drain_events).
 
     .venv/bin/python bench/bench_webhooks.py                    # 1000 attempts (~3,300 deliveries), 8 clients
     .venv/bin/python bench/bench_webhooks.py --attempts 200 --clients 4 --pool threads --concurrency 16

@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -80,9 +81,17 @@ def idempotency_key_for(attempt_id: str) -> str:
 
 
 def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = False) -> Invoice | None:
+    query = _invoice_for_charge_query(lock)
+    return session.scalars(query, {"invoice_id": invoice_id}).unique().one_or_none()
+
+
+@lru_cache(maxsize=2)
+def _invoice_for_charge_query(lock: bool) -> Select[tuple[Invoice]]:
+    """Built once per process, the id a bound parameter: composing the statement was a tenth of a click's
+    CPU (every option and clause is coerced and validated again on each build)."""
     query = (
         select(Invoice)
-        .where(Invoice.id == invoice_id)
+        .where(Invoice.id == bindparam("invoice_id"))
         .options(
             # One query for the invoice and all its rule needs: four round trips fewer on every click. The
             # collections multiply each other's rows (cards x payments x attempts), a handful each.
@@ -96,7 +105,7 @@ def load_invoice_for_charge(session: Session, invoice_id: int, *, lock: bool = F
         # NO KEY UPDATE: inserts that reference the invoice (their FK check takes KEY SHARE) do not wait.
         # OF invoice: only the invoice row is locked, not the joined client and cards.
         query = query.with_for_update(of=Invoice, key_share=True)
-    return session.scalars(query).unique().one_or_none()
+    return query
 
 
 def open_attempt(
@@ -147,7 +156,6 @@ def open_attempt(
         stripe_account_id=settings.stripe_account_id,
     )
     session.add(attempt)
-    message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, _charge_payload(attempt_id))
     try:
         session.flush()
     except IntegrityError as exc:
@@ -155,7 +163,10 @@ def open_attempt(
         raise NotChargeable(
             [Blocker(BlockerCode.CHARGE_IN_PROGRESS, "A charge for this invoice is already in progress.")]
         ) from exc
-    audit.record(
+    # The outbox and audit rows are plain INSERTs, not ORM objects (nothing reads them back here): the
+    # unit of work flushes the attempt alone, and commit finds nothing left to flush.
+    message_id = outbox.enqueue_row(session, outbox.TASK_CHARGE_ATTEMPT, _charge_payload(attempt_id))
+    audit.record_row(
         session,
         requested_by,
         "charge.requested",
@@ -165,7 +176,7 @@ def open_attempt(
         currency=attempt.currency,
         source=source,
     )
-    return attempt, message.id
+    return attempt, message_id
 
 
 def _charge_payload(attempt_id: str) -> dict[str, str]:
