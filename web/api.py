@@ -25,7 +25,7 @@ from shared.charging import (
     load_invoice_for_charge,
     open_attempt,
 )
-from shared.db import get_sessionmaker, session_scope
+from shared.db import SessionFactory, get_sessionmaker, one_checkout, session_scope
 from shared.eligibility import in_flight_attempt
 from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError, PermanentStripeError
 from shared.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
@@ -402,8 +402,16 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
     if key is not None and not _storable(key):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain NUL characters.")
     fingerprint = _fingerprint(invoice_id, body)
+    # One pool checkout for the transaction and the published mark after it (one pre-ping, not two).
+    with one_checkout() as factory:
+        return _open_charge(factory, invoice_id, amount, key, fingerprint)
+
+
+def _open_charge(
+    factory: SessionFactory, invoice_id: int, amount: int | None, key: str | None, fingerprint: str
+) -> ResponseReturnValue:
     try:
-        with session_scope() as session:
+        with session_scope(factory) as session:
             if key and (replayed := _replay(session, key, fingerprint)) is not None:
                 return replayed
             invoice = _invoice(session, invoice_id, lock=True)
@@ -428,7 +436,7 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
     except IntegrityError as exc:
         # A concurrent request with the same Idempotency-Key won the race: answer as it did.
         if key:
-            with session_scope() as session:
+            with session_scope(factory) as session:
                 if (replayed := _replay(session, key, fingerprint)) is not None:
                     return replayed
         raise ApiError(
@@ -440,7 +448,7 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
             ],
         ) from exc
     # After commit: publish now; if the broker is down the relay publishes it within seconds.
-    outbox.publish_committed(get_sessionmaker(), publish, [message])
+    outbox.publish_committed(factory, publish, [message])
     return jsonify(answer), 202
 
 
