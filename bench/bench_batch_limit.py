@@ -24,10 +24,11 @@ Then, against the same emulator settings, the loop a user might write instead: o
 Figures: charges/s sustained (10th to 90th percentile of settle times) and overall, total time, Stripe
 requests the emulator saw, its 429s, double charges, outcomes, the naive loop's charges/s and the ratio,
 the charge worker's RSS (all its processes, from /proc) after the first and the last thousand settled
-charges, the peak of PostgreSQL connections. Goals: >= 95 charges/s sustained, 0 x 429, 0 double
-charges, no RSS growth between the first and the last thousand. Exits 1 on a 429, a double charge or a
-charge that did not settle (or settled in another state than its card dictates); timing and memory
-goals are reported, not enforced: they depend on the machine.
+charges, the peak of PostgreSQL connections, CPU ms per charge of each process of the stack, the machine's
+load average. Goals: >= 95 charges/s sustained, 0 x 429, 0 double charges, no RSS growth between the
+first and the last thousand. Exits 1 on a 429, a double charge or a charge that did not settle (or settled
+in another state than its card dictates); timing and memory goals are reported, not enforced: they depend
+on the machine.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class Result:
     rss_last_mb: float = 0.0
     # CPU seconds each process of the stack (and its children) spent from the launch to the last charge.
     cpu: dict[str, float] = field(default_factory=dict)
+    # The machine's 1- and 5-minute load averages when the batch had settled: CPU figures on a loaded
+    # machine (other work beside the stack) are higher than on a quiet one.
+    load_average: tuple[float, float] = (0.0, 0.0)
     naive_charges: int = 0
     naive_seconds: float = 0.0
     naive_outcomes: Counter[str] = field(default_factory=Counter)
@@ -260,6 +264,7 @@ def _batch(st: Stack, engine: Engine, result: Result, args: argparse.Namespace) 
     result.seconds = time.monotonic() - started
     result.rss_last_mb = sum(rss_mb(pid) for pid in charge_pids)
     result.cpu = {name: cpu_seconds(proc.pid) - cpu_before[name] for name, proc in st.procs.items()}
+    result.load_average = os.getloadavg()[:2]
     settled_at_monotonic = time.monotonic()
 
     # The webhooks of the last charges are still on their way: wait for every stored event to be processed
@@ -392,6 +397,10 @@ def table(r: Result, args: argparse.Namespace) -> str:
             + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
         ),
         ("peak PostgreSQL connections", f"{r.peak_db_connections}"),
+        (
+            "load average",
+            f"{r.load_average[0]:.2f} (1 min), {r.load_average[1]:.2f} (5 min) on {os.cpu_count()} CPUs",
+        ),
         (
             "CPU ms per charge",
             ", ".join(
