@@ -16,11 +16,15 @@ class SettingsError(ValueError):
     """A settings change that cannot be applied; the message is fit to show to a person."""
 
 
+# The one row of the settings table.
+SETTINGS_ROW_ID = 1
+
+
 def get_settings(session: Session) -> Settings:
-    settings = session.get(Settings, 1)
+    settings = session.get(Settings, SETTINGS_ROW_ID)
     if settings is None:
         # The migration inserts the row; this covers a database built from the models in tests.
-        settings = Settings(id=1, stripe_connected=False, online_card_payments_enabled=True)
+        settings = Settings(id=SETTINGS_ROW_ID, stripe_connected=False, online_card_payments_enabled=True)
         session.add(settings)
         session.flush()
     return settings
