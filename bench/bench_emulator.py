@@ -104,8 +104,10 @@ def emulator(webhook: str | None) -> Iterator[tuple[str, int]]:
         args += ["--webhook-url", "http://127.0.0.1:9/none"]  # what the outside smoke check passes
     if webhook == "receiver":
         hook_port = free_port()
-        with process([sys.executable, "-c", _RECEIVER, str(hook_port)], hook_port), \
-                process([*args, "--webhook-url", f"http://127.0.0.1:{hook_port}/hook"], port) as emu:
+        with (
+            process([sys.executable, "-c", _RECEIVER, str(hook_port)], hook_port),
+            process([*args, "--webhook-url", f"http://127.0.0.1:{hook_port}/hook"], port) as emu,
+        ):
             yield f"http://127.0.0.1:{port}", emu.pid
         return
     with process(args, port) as emu:
@@ -125,9 +127,16 @@ def run(scenario: str, base: str, pid: int | None, creations: int, threads: int)
         cus, pm = customers[i % threads]
         started = time.perf_counter()
         pi = client.v1.payment_intents.create(
-            {"amount": 1234, "currency": "usd", "customer": cus.id, "payment_method": pm.id,
-             "off_session": True, "confirm": True, "payment_method_types": ["card"],
-             "metadata": {"invoice_id": f"inv_{i}", "charge_attempt_id": f"att_{i}"}},
+            {
+                "amount": 1234,
+                "currency": "usd",
+                "customer": cus.id,
+                "payment_method": pm.id,
+                "off_session": True,
+                "confirm": True,
+                "payment_method_types": ["card"],
+                "metadata": {"invoice_id": f"inv_{i}", "charge_attempt_id": f"att_{i}"},
+            },
             options={"idempotency_key": str(uuid.uuid4())},
         )
         if pi.status != "succeeded":
@@ -146,21 +155,30 @@ def run(scenario: str, base: str, pid: int | None, creations: int, threads: int)
 
 
 def table(results: list[Result], threads: int) -> str:
-    head = (f"{'scenario':<28} {'PIs':>5} {'seconds':>8} {'PI/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
-            f"{'server ms/PI':>12}")
-    lines = [f"PaymentIntent create+confirm (off_session, pm_card_visa), {threads} SDK threads, "
-             f"{os.cpu_count()} CPUs, latency 0", head, "-" * len(head)]
+    head = (
+        f"{'scenario':<28} {'PIs':>5} {'seconds':>8} {'PI/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'server ms/PI':>12}"
+    )
+    lines = [
+        f"PaymentIntent create+confirm (off_session, pm_card_visa), {threads} SDK threads, "
+        f"{os.cpu_count()} CPUs, latency 0",
+        head,
+        "-" * len(head),
+    ]
     for r in results:
         p95 = statistics.quantiles(r.latencies_ms, n=20)[-1]
         server = f"{r.server_cpu_s / r.creations * 1000:.2f}" if r.server_cpu_s is not None else "-"
-        lines.append(f"{r.scenario:<28} {r.creations:>5} {r.seconds:>8.2f} {r.rate:>7.0f} "
-                     f"{statistics.median(r.latencies_ms):>7.1f} {p95:>7.1f} {server:>12}")
+        lines.append(
+            f"{r.scenario:<28} {r.creations:>5} {r.seconds:>8.2f} {r.rate:>7.0f} "
+            f"{statistics.median(r.latencies_ms):>7.1f} {p95:>7.1f} {server:>12}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", help="an emulator already running (else one is started per scenario)")
     parser.add_argument("-n", "--creations", type=int, default=1200)
     parser.add_argument("--threads", type=int, default=8)
@@ -170,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.base:
         results.append(run("given emulator", args.base.rstrip("/"), None, args.creations, args.threads))
     else:
-        for scenario, webhook in (("no webhook url", None),
-                                  ("webhook url unreachable", "unreachable"),
-                                  ("webhook to a 200 receiver", "receiver")):
+        for scenario, webhook in (
+            ("no webhook url", None),
+            ("webhook url unreachable", "unreachable"),
+            ("webhook to a 200 receiver", "receiver"),
+        ):
             with emulator(webhook) as (base, pid):
                 results.append(run(scenario, base, pid, args.creations, args.threads))
     print(table(results, args.threads))
