@@ -61,6 +61,7 @@ class Stack:
         beat: bool = False,
         lease_seconds: float = 4.0,
         extra_env: dict[str, str] | None = None,
+        emulator_flags: tuple[str, ...] = (),
         charge_workers: int = 0,
         charge_pool: str = "threads",
         charge_concurrency: int = 64,
@@ -99,7 +100,7 @@ class Stack:
         self.charge_concurrency = charge_concurrency
         try:
             self.cli("db", "upgrade")
-            self.start_emulator()
+            self.start_emulator(*emulator_flags)
             self.start(
                 "web",
                 [
