@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from shared.models import BatchRun, ChargeAttempt, Client, Invoice, OutboxMessage  # noqa: E402
 from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
-from tests.support.stack import FINAL, Stack  # noqa: E402
+from tests.support.stack import FINAL, Stack, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 20
 EMULATOR_RATE_LIMIT = 25
@@ -179,21 +179,8 @@ def run(args: argparse.Namespace) -> Result:
             extra_env={"STRIPE_RATE_LIMIT": str(STRIPE_RATE_LIMIT), "REDIS_URL": f"{redis.url}/2"},
         )
         result.log_dir = st.dir
-        engine = create_engine(database_url)
-        interrupted = False
-        try:
+        with measuring(st) as engine:
             _bench(st, engine, result, args.timeout)
-        except Exception:
-            print(f"stack logs are in {st.dir}", file=sys.stderr)
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            engine.dispose()
-            st.stop()
-            if interrupted:
-                shutil.rmtree(st.dir, ignore_errors=True)
     return result
 
 

@@ -55,13 +55,13 @@ for _path in (ROOT, ROOT / "bench"):
 
 import stripe  # noqa: E402
 from bench_batch import NUMBER_PREFIX, _aware, _raise_on_sigterm, create_invoices, servers  # noqa: E402
-from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from shared.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
 from shared.webhooks import EVENTS_WITH_WORK  # noqa: E402
-from tests.support.stack import FINAL, Stack  # noqa: E402
+from tests.support.stack import FINAL, Stack, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 95
 EMULATOR_RATE_LIMIT = 100
@@ -214,22 +214,9 @@ def run(args: argparse.Namespace) -> Result:
             else ("--webhook-events", ",".join(EVENTS_WITH_WORK)),
         )
         result.log_dir = st.dir
-        engine = create_engine(database_url)
-        interrupted = False
-        try:
+        with measuring(st) as engine:
             _batch(st, engine, result, args)
             _naive_loop(st, engine, result, args.naive_sample)
-        except Exception:
-            print(f"stack logs are in {st.dir}", file=sys.stderr)
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            engine.dispose()
-            st.stop()
-            if interrupted:
-                shutil.rmtree(st.dir, ignore_errors=True)
     return result
 
 

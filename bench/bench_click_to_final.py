@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, select  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.bench_enqueue import percentile, raise_on_sigterm, seed_invoices, servers  # noqa: E402
 from shared.models import AuditEvent, OutboxMessage  # noqa: E402
 from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
-from tests.support.stack import FINAL, TOKEN, Stack  # noqa: E402
+from tests.support.stack import FINAL, TOKEN, Stack, measuring  # noqa: E402
 
 GOAL_P50_MS = 150.0
 NUMBER_PREFIX = "BENCH-C-"
@@ -120,21 +120,8 @@ def run(args: argparse.Namespace) -> Result:
     with servers() as (database_url, redis_server):
         st = Stack(database_url, f"{redis_server.url}/1", workers=args.workers, concurrency=args.concurrency)
         result.log_dir = st.dir
-        engine = create_engine(database_url)
-        interrupted = False
-        try:
+        with measuring(st) as engine:
             _bench(st, engine, result, args)
-        except Exception:
-            print(f"stack logs are in {st.dir}", file=sys.stderr)
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            engine.dispose()
-            st.stop()
-            if interrupted:
-                shutil.rmtree(st.dir, ignore_errors=True)
     return result
 
 

@@ -47,14 +47,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.floor_app import create_scratch_table  # noqa: E402
 from shared.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
-from tests.support.stack import BIN, TOKEN, Stack  # noqa: E402
+from tests.support.stack import BIN, TOKEN, Stack, measuring  # noqa: E402
 
 PROCFILE = ROOT / "Procfile"
 
@@ -321,21 +321,8 @@ def run(args: argparse.Namespace) -> Result:
         # No Celery worker: the web path alone. Messages wait on the broker, where they are counted.
         st = Stack(database_url, broker_url, workers=0)
         result.log_dir = st.dir
-        engine = create_engine(database_url)
-        interrupted = False
-        try:
+        with measuring(st) as engine:
             _bench(st, engine, broker_url, result, args)
-        except Exception:
-            print(f"stack logs are in {st.dir}", file=sys.stderr)
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            engine.dispose()
-            st.stop()
-            if interrupted:
-                shutil.rmtree(st.dir, ignore_errors=True)
     return result
 
 

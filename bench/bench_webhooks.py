@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, select  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
@@ -70,7 +70,7 @@ from shared.gateway import StripeGateway  # noqa: E402
 from shared.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
-from tests.support.stack import BIN, WEBHOOK_SECRET, Stack  # noqa: E402
+from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, measuring  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
 GUNICORN_ARGS = ("-w", "2", "--timeout", "60")
@@ -393,21 +393,8 @@ def run(args: argparse.Namespace) -> Result:
             extra_env={"REDIS_URL": f"{redis_server.url}/2"},
         )
         result.log_dir = st.dir
-        engine = create_engine(database_url)
-        interrupted = False
-        try:
+        with measuring(st) as engine:
             _bench(st, engine, postmaster, result, args)
-        except Exception:
-            print(f"stack logs are in {st.dir}", file=sys.stderr)
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            engine.dispose()
-            st.stop()
-            if interrupted:
-                shutil.rmtree(st.dir, ignore_errors=True)
     return result
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +322,26 @@ class Stack:
     def faults(self, **faults: Any) -> None:
         status, body = http("POST", self.emu + "/_emulator/faults", faults)
         assert status == 200, body
+
+
+@contextlib.contextmanager
+def measuring(stack: Stack) -> Iterator[Any]:
+    """An engine on the stack's database for a bench to read and write through; the stack always stops.
+    On a failure its logs are kept and named; on Ctrl-C they are removed with it."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(stack.database_url)
+    interrupted = False
+    try:
+        yield engine
+    except Exception:
+        print(f"stack logs are in {stack.dir}", file=sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        engine.dispose()
+        stack.stop()
+        if interrupted:
+            shutil.rmtree(stack.dir, ignore_errors=True)
