@@ -35,7 +35,6 @@ from tests.support.services import RedisServer
 
 API_TOKEN = "os_metrics-test-api-token"
 METRICS_TOKEN = "metrics-scrape-token-Qx81"
-NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -84,6 +83,9 @@ def _reset() -> None:
 
 def _populate(session: Session) -> int:
     """Attempts in five states with known ages, two unprocessed webhook events, a batch run."""
+    # Ages count from now, not from when the module was imported: in the full suite the test runs
+    # minutes after collection, and a module-level clock made every age that much older.
+    now = datetime.now(UTC)
     owner = factories.client()
     invoices = [factories.invoice(owner=owner) for _ in range(7)]
     ages = {
@@ -96,15 +98,15 @@ def _populate(session: Session) -> int:
     attempts = []
     for inv, (status, age) in zip(invoices, ages.items(), strict=False):
         attempt = factories.attempt(inv, status)
-        attempt.updated_at = NOW - timedelta(seconds=age)
+        attempt.updated_at = now - timedelta(seconds=age)
         attempts.append(attempt)
     # A second, younger unknown: the oldest one's age is what counts.
     late = factories.attempt(invoices[5], "failed")
-    late.updated_at = NOW - timedelta(seconds=10)
+    late.updated_at = now - timedelta(seconds=10)
     attempts.append(late)
     run = BatchRun(slot="schedule:2026-11-26T06:00", trigger="schedule", due_on=date(2026, 11, 26))
     run.selected, run.queued, run.skipped = 4, 3, 1
-    run.selection_finished_at = NOW
+    run.selection_finished_at = now
     factories.persist(session, run)
     for attempt in attempts[:2]:
         attempt.batch_run_id = run.id
@@ -115,20 +117,20 @@ def _populate(session: Session) -> int:
                 stripe_event_id="evt_old",
                 type="payment_intent.succeeded",
                 payload={},
-                received_at=NOW - timedelta(seconds=120),
+                received_at=now - timedelta(seconds=120),
             ),
             WebhookEvent(
                 stripe_event_id="evt_new",
                 type="payment_intent.succeeded",
                 payload={},
-                received_at=NOW - timedelta(seconds=3),
+                received_at=now - timedelta(seconds=3),
             ),
             WebhookEvent(
                 stripe_event_id="evt_done",
                 type="payment_intent.succeeded",
                 payload={},
-                received_at=NOW - timedelta(days=3),
-                processed_at=NOW - timedelta(days=3),
+                received_at=now - timedelta(days=3),
+                processed_at=now - timedelta(days=3),
             ),
         ]
     )
