@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from types import FrameType
 
 # Run as a script from anywhere: the repo root must be importable for `shared` and `tests.support`.
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +41,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from shared.models import BatchRun, ChargeAttempt, Client, Invoice, OutboxMessage  # noqa: E402
 from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
-from tests.support.stack import FINAL, Stack, measuring  # noqa: E402
+from tests.support.stack import FINAL, Stack, bench_main, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 20
 EMULATOR_RATE_LIMIT = 25
@@ -103,11 +101,6 @@ class Result:
         if self.mismatched:
             found.append(f"{self.mismatched} charges ended in another state than their card dictates")
         return found
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turned into an exception so that the `finally` blocks stop every process, as for Ctrl-C.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextmanager
@@ -297,23 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.invoices < 1 or args.workers < 1 or args.concurrency < 1:
         parser.error("--invoices, --workers and --concurrency must be >= 1")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(table(result))
-    if result.violations:
-        print("FAIL: " + "; ".join(result.violations))
-        print(f"the stack's logs are kept in {result.log_dir}")
-        return 1
-    if args.keep_logs:
-        print(f"the stack's logs are kept in {result.log_dir}")
-    elif result.log_dir is not None:
-        shutil.rmtree(result.log_dir, ignore_errors=True)  # nothing to look into
-    print("OK: no 429, no double charge")
-    return 0
+    return bench_main(
+        lambda: run(args),
+        lambda result: print(table(result)),
+        ok="OK: no 429, no double charge",
+        keep_logs=args.keep_logs,
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -54,14 +52,14 @@ for _path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(_path))
 
 import stripe  # noqa: E402
-from bench_batch import NUMBER_PREFIX, _aware, _raise_on_sigterm, create_invoices, servers  # noqa: E402
+from bench_batch import NUMBER_PREFIX, _aware, create_invoices, servers  # noqa: E402
 from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from shared.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
 from shared.webhooks import EVENTS_WITH_WORK  # noqa: E402
-from tests.support.stack import FINAL, Stack, measuring  # noqa: E402
+from tests.support.stack import FINAL, Stack, bench_main, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 95
 EMULATOR_RATE_LIMIT = 100
@@ -451,23 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.invoices, args.workers, args.concurrency, args.charge_concurrency) < 1:
         parser.error("--invoices, --workers, --concurrency and --charge-concurrency must be >= 1")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(table(result, args))
-    if result.violations:
-        print("FAIL: " + "; ".join(result.violations))
-        print(f"the stack's logs are kept in {result.log_dir}")
-        return 1
-    if args.keep_logs:
-        print(f"the stack's logs are kept in {result.log_dir}")
-    elif result.log_dir is not None:
-        shutil.rmtree(result.log_dir, ignore_errors=True)
-    print("OK: no 429, no double charge, every charge settled as its card dictates")
-    return 0
+    return bench_main(
+        lambda: run(args),
+        lambda result: print(table(result, args)),
+        ok="OK: no 429, no double charge, every charge settled as its card dictates",
+        keep_logs=args.keep_logs,
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -38,10 +36,10 @@ from sqlalchemy import select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.bench_enqueue import percentile, raise_on_sigterm, seed_invoices, servers  # noqa: E402
+from bench.bench_enqueue import percentile, seed_invoices, servers  # noqa: E402
 from shared.models import AuditEvent, OutboxMessage  # noqa: E402
 from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
-from tests.support.stack import FINAL, TOKEN, Stack, measuring  # noqa: E402
+from tests.support.stack import FINAL, TOKEN, Stack, bench_main, measuring  # noqa: E402
 
 GOAL_P50_MS = 150.0
 NUMBER_PREFIX = "BENCH-C-"
@@ -222,21 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clicks < 1 or args.warmup < 0 or args.poll_ms < 0 or args.workers < 1 or args.concurrency < 1:
         parser.error("--clicks, --workers and --concurrency must be >= 1; --warmup, --poll-ms >= 0")
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(table(result, args))
-    if result.violations:
-        print("FAIL: " + "; ".join(result.violations))
-        print(f"the stack's logs are kept in {result.log_dir}")
-        return 1
-    if result.log_dir is not None:
-        shutil.rmtree(result.log_dir, ignore_errors=True)
-    print("OK: every click answered 202 and ended succeeded; no invoice charged twice")
-    return 0
+    return bench_main(
+        lambda: run(args),
+        lambda result: print(table(result, args)),
+        ok="OK: every click answered 202 and ended succeeded; no invoice charged twice",
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import http.client
 import json
 import multiprocessing
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -39,7 +38,6 @@ from datetime import date
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from types import FrameType
 
 # Run as a script from anywhere: the repo root must be importable for `shared`, `bench` and `tests.support`.
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +52,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from bench.floor_app import create_scratch_table  # noqa: E402
 from shared.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
-from tests.support.stack import BIN, TOKEN, Stack, measuring  # noqa: E402
+from tests.support.stack import BIN, TOKEN, Stack, bench_main, measuring  # noqa: E402
 
 PROCFILE = ROOT / "Procfile"
 
@@ -86,11 +84,6 @@ GOAL_SHARE_OF_FLOOR = 0.40
 CHARGES_QUEUE = "charges"  # celeryconfig.task_routes: where a charge's message waits for a worker
 NUMBER_PREFIX = "BENCH-Q-"
 CARD_CLIENTS = 4
-
-
-def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turned into an exception so that the `finally` blocks stop every process, as for Ctrl-C.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextmanager
@@ -437,34 +430,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients must be >= 1, --seconds > 0, --warmup >= 0, --invoices >= 1")
     if args.gunicorn_args is None:
         args.gunicorn_args = production_gunicorn_args()
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(table(result))
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    level.app + f"@{level.clients}": {
-                        "rps": round(level.requests_per_second, 1),
-                        "p50_ms": round(level.percentile(50), 2),
-                        "p99_ms": round(level.percentile(99), 2),
+
+    def report(result: Result) -> None:
+        print(table(result))
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        level.app + f"@{level.clients}": {
+                            "rps": round(level.requests_per_second, 1),
+                            "p50_ms": round(level.percentile(50), 2),
+                            "p99_ms": round(level.percentile(99), 2),
+                        }
+                        for level in result.floor + result.enqueue
                     }
-                    for level in result.floor + result.enqueue
-                }
+                )
             )
-        )
-    if result.violations:
-        print("FAIL: " + "; ".join(result.violations))
-        print(f"the stack's logs are kept in {result.log_dir}")
-        return 1
-    if result.log_dir is not None:
-        shutil.rmtree(result.log_dir, ignore_errors=True)
-    print("OK: every accepted charge has its attempt and its broker message; no invoice charged twice")
-    return 0
+
+    return bench_main(
+        lambda: run(args),
+        report,
+        ok="OK: every accepted charge has its attempt and its broker message; no invoice charged twice",
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -53,7 +52,6 @@ from datetime import UTC, date, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from types import FrameType
 
 # Run as a script from anywhere: the repo root must be importable for `shared`, `bench` and `tests.support`.
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +68,7 @@ from shared.gateway import StripeGateway  # noqa: E402
 from shared.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
-from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, measuring  # noqa: E402
+from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
 GUNICORN_ARGS = ("-w", "2", "--timeout", "60")
@@ -88,11 +86,6 @@ EVENT_PREFIXES = ("payment_intent.", "charge.")
 NUMBER_PREFIX = "BENCH-W-"
 SETUP_THREADS = 8
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turned into an exception so that the `finally` blocks stop every process, as for Ctrl-C.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class StoringStack(Stack):
@@ -608,23 +601,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--attempts, --clients, --workers and --concurrency must be >= 1")
     if not (0 <= args.duplicate_share <= 1 and 0 <= args.unrecorded_share <= 1):
         parser.error("--duplicate-share and --unrecorded-share are fractions from 0 to 1")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(table(result))
-    if result.violations:
-        print("FAIL: " + "; ".join(result.violations))
-        print(f"the stack's logs are kept in {result.log_dir}")
-        return 1
-    if args.keep_logs:
-        print(f"the stack's logs are kept in {result.log_dir}")
-    elif result.log_dir is not None:
-        shutil.rmtree(result.log_dir, ignore_errors=True)  # nothing to look into
-    print("OK: every event stored once and processed, no attempt off its card's outcome, no double payment")
-    return 0
+    return bench_main(
+        lambda: run(args),
+        lambda result: print(table(result)),
+        ok="OK: every event stored once and processed, no attempt off its card's outcome, no double payment",
+        keep_logs=args.keep_logs,
+    )
 
 
 if __name__ == "__main__":

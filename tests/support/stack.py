@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +345,33 @@ def measuring(stack: Stack) -> Iterator[Any]:
         stack.stop()
         if interrupted:
             shutil.rmtree(stack.dir, ignore_errors=True)
+
+
+def bench_main(
+    run: Callable[[], Any], report: Callable[[Any], None], *, ok: str, keep_logs: bool = False
+) -> int:
+    """A bench's exit: SIGTERM stops every process as Ctrl-C does; `report` prints the result's table;
+    then FAIL with the result's violations (exit 1, the stack's logs kept) or `ok` (exit 0, the logs
+    removed unless asked to keep them). The result has `violations` and `log_dir`."""
+
+    def raise_on_sigterm(signum: int, _frame: object) -> None:
+        # Turned into an exception so that the `finally` blocks stop every process, as for Ctrl-C.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        print("interrupted: every process was stopped", file=sys.stderr)
+        return 130
+    report(result)
+    if result.violations:
+        print("FAIL: " + "; ".join(result.violations))
+        print(f"the stack's logs are kept in {result.log_dir}")
+        return 1
+    if keep_logs:
+        print(f"the stack's logs are kept in {result.log_dir}")
+    elif result.log_dir is not None:
+        shutil.rmtree(result.log_dir, ignore_errors=True)  # nothing to look into
+    print(ok)
+    return 0
