@@ -91,6 +91,21 @@ class DayReport:
     def failed(self) -> list[AccountReport]:
         return [report for report in self.accounts if report.error]
 
+    @property
+    def out_of_step(self) -> bool:
+        """Money moved that we did not record, or the other way round: a person must look."""
+        return any(a.orphans or a.missing for a in self.accounts)
+
+    def summary(self) -> str:
+        return (
+            "; ".join(
+                f"{a.account_label}: {a.listed} listed, {a.matched} matched, {a.repaired} repaired, "
+                f"{a.orphans} orphans, {a.missing} missing" + (f", error: {a.error}" if a.error else "")
+                for a in self.accounts
+            )
+            or "no Stripe account"
+        )
+
 
 def parse_day(text: str) -> date:
     """A YYYY-MM-DD day, refused with a readable message otherwise."""

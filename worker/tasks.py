@@ -191,12 +191,7 @@ def reconcile_day_task(day: str | None = None, trigger: str = "schedule") -> str
 
 
 def _reconciliation_summary(report: DayReport) -> str:
-    summary = "; ".join(
-        f"{a.account_label}: {a.listed} listed, {a.matched} matched, {a.repaired} repaired, "
-        f"{a.orphans} orphans, {a.missing} missing" + (f", error: {a.error}" if a.error else "")
-        for a in report.accounts
-    )
-    log.info("reconciliation of %s: %s", report.day, summary or "no Stripe account")
-    if any(a.orphans or a.missing for a in report.accounts):
+    log.info("reconciliation of %s: %s", report.day, report.summary())
+    if report.out_of_step:
         log.warning("reconciliation of %s found money out of step: see /admin/reconciliation", report.day)
-    return f"{report.day}: {summary or 'no Stripe account'}"
+    return f"{report.day}: {report.summary()}"

@@ -364,3 +364,16 @@ def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: F
     with pytest.raises(ReconciliationError, match="has not happened yet"):
         reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=NOON - timedelta(days=1))  # type: ignore[arg-type]
     assert yesterday_utc(datetime(2026, 11, 21, 2, 30, tzinfo=UTC)) == DAY
+
+
+def test_a_day_report_sums_up_its_accounts_in_one_line() -> None:
+    from shared.daily_reconciliation import AccountReport, DayReport
+
+    day = date(2026, 11, 25)
+    quiet = DayReport(day, [AccountReport("", day, run_id=1, listed=3, matched=3)])
+    assert quiet.summary() == "platform: 3 listed, 3 matched, 0 repaired, 0 orphans, 0 missing"
+    assert not quiet.out_of_step
+    odd = DayReport(day, [AccountReport("acct_1", day, run_id=2, listed=1, orphans=1, error="timeout")])
+    assert odd.summary() == "acct_1: 1 listed, 0 matched, 0 repaired, 1 orphans, 0 missing, error: timeout"
+    assert odd.out_of_step
+    assert DayReport(day).summary() == "no Stripe account"
