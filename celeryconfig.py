@@ -105,9 +105,21 @@ class UTCCrontab(crontab):
 # 02:30 UTC: well after midnight, so what was still processing when the day ended has settled.
 RECONCILE_DAY_AT = {"hour": 2, "minute": 30}
 
+# With a 15 s lease (OFFSESSION_CHARGE_LEASE_SECONDS), a charge whose worker died is settled within
+# lease + this + one Stripe round trip of the kill, well inside a minute.
+RECOVER_CHARGES_EVERY_SECONDS = 10.0
+
 _minute, _hour, _day_of_month, _month, _day_of_week = _config.batch_cron.split()
 beat_schedule = {
     "relay-outbox": {"task": "offsession.relay_outbox", "schedule": 5.0},
+    # Charges whose worker died (their lease lapsed: shared.leases) and queued charges whose message was
+    # lost, in seconds rather than at the janitor's minute; two indexed queries when there is none. A
+    # sweep still waiting for a worker when the next is sent is dropped (`expires`).
+    "recover-charges": {
+        "task": "offsession.recover_charges",
+        "schedule": RECOVER_CHARGES_EVERY_SECONDS,
+        "options": {"expires": RECOVER_CHARGES_EVERY_SECONDS},
+    },
     "janitor": {"task": "offsession.janitor", "schedule": 60.0},
     "charge-due-invoices": {
         "task": "offsession.charge_due",

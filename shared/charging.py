@@ -1,8 +1,10 @@
 """Charging an invoice: open an attempt, run it against Stripe exactly once, apply what Stripe says.
 
 The attempt row, with its idempotency key, is committed before the first Stripe call; the outcome is
-recorded after it. A crash in between leaves a `processing` attempt whose lease runs out, and the
-janitor (shared.reconcile) asks Stripe what happened: nothing here ever charges with a new key.
+recorded after it. While the call runs, the worker keeps the attempt's lease alive (shared.leases). A
+crash in between leaves a `processing` attempt whose lease lapses within seconds: a redelivered message
+takes it over, or the recovery sweep (shared.reconcile) asks Stripe, both under the attempt's own key.
+Nothing here ever charges with a new key.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -37,6 +40,7 @@ from shared.gateway import (
     TransientStripeError,
     classify_payment_intent,
 )
+from shared.leases import LeaseKeeper, lease_lapsed, process_owner
 from shared.ledger import balance
 from shared.logs import bind_log_ids
 from shared.models import ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
@@ -224,6 +228,7 @@ def charge_request_for(attempt: ChargeAttempt, invoice: Invoice) -> ChargeReques
 
 class RunResult(StrEnum):
     NOT_CLAIMED = "not_claimed"  # another delivery has it, or it is final, or its retry is not due
+    HELD = "held"  # a live worker holds it: look again when its lease would lapse (retry_countdown)
     CANCELED_BY_LAST_LOOK = "canceled_by_last_look"
     APPLIED = "applied"
     RETRY_SCHEDULED = "retry_scheduled"
@@ -243,7 +248,11 @@ class RunReport:
 def claim_attempt(
     session: Session, attempt_id: str, *, now: datetime, lease_seconds: float
 ) -> tuple[ChargeAttempt, Invoice] | RunReport:
-    """queued → processing with a lease, in the caller's transaction; or why not.
+    """queued → processing with a lease held by this process, in the caller's transaction; or why not.
+
+    A `processing` attempt whose lease lapsed, or whose holder's process is gone, is taken over: its
+    holder's call may have reached Stripe, so it is only ever replayed under its key. One whose holder
+    is alive is HELD: the caller looks again once that lease would have lapsed.
 
     The worker's last look happens here: an attempt that never reached Stripe is canceled if the
     invoice can no longer be charged (paid meanwhile, Stripe disconnected, card removed, ...). One
@@ -252,16 +261,34 @@ def claim_attempt(
     attempt = session.scalars(
         select(ChargeAttempt).where(ChargeAttempt.id == attempt_id).with_for_update()
     ).one_or_none()
-    if attempt is None or attempt.status != S.QUEUED.value:
-        return RunReport(RunResult.NOT_CLAIMED, attempt.status if attempt else None)
-    if attempt.next_retry_at is not None and attempt.next_retry_at > now:
+    if attempt is None:
+        return RunReport(RunResult.NOT_CLAIMED, None)
+    taking_over = attempt.status == S.PROCESSING.value
+    if taking_over:
+        if not lease_lapsed(attempt.lease_owner, attempt.lease_expires_at, now):
+            assert attempt.lease_expires_at is not None
+            left = (attempt.lease_expires_at - now).total_seconds()
+            return RunReport(
+                RunResult.HELD,
+                attempt.status,
+                retry_countdown=min(max(left, 0.0) + 1.0, MAX_DIRECT_COUNTDOWN_SECONDS),
+                notes=[f"held by {attempt.lease_owner}"],
+            )
+    elif attempt.status != S.QUEUED.value:
+        return RunReport(RunResult.NOT_CLAIMED, attempt.status)
+    elif attempt.next_retry_at is not None and attempt.next_retry_at > now:
         return RunReport(RunResult.NOT_CLAIMED, attempt.status, notes=["retry not due yet"])
     invoice = load_invoice_for_charge(session, attempt.invoice_id)
     assert invoice is not None
-    if reached_stripe(attempt) and now - attempt.created_at >= KEY_REPLAY_WINDOW:
+    # A holder's try went unanswered as far as we know: it counts like a timeout, so from now on the
+    # attempt has reached Stripe (no last look, no cancel) and its replays are bounded like any others.
+    transient_failures = attempt.transient_failures + (1 if taking_over else 0)
+    may_have_reached_stripe = taking_over or reached_stripe(attempt)
+    if may_have_reached_stripe and now - attempt.created_at >= KEY_REPLAY_WINDOW:
         # Stripe may have forgotten the key: a replay could charge again. The janitor matches the
         # customer's PaymentIntents on metadata instead.
-        move_attempt(session, attempt, S.PROCESSING, "worker", now=now)
+        if not taking_over:
+            move_attempt(session, attempt, S.PROCESSING, "worker", now=now)
         move_attempt(
             session,
             attempt,
@@ -271,7 +298,7 @@ def claim_attempt(
             failure_message="Too old to replay under its key; checking with Stripe.",
         )
         return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
-    if not reached_stripe(attempt):
+    if not may_have_reached_stripe:
         blockers = charge_blockers(
             invoice, get_settings(session), amount=attempt.amount, ignore_attempt_id=attempt.id
         )
@@ -293,31 +320,57 @@ def claim_attempt(
             return RunReport(
                 RunResult.CANCELED_BY_LAST_LOOK, S.CANCELED.value, notes=[b.code.value for b in blockers]
             )
-    # The conditional update is the claim: of two deliveries racing here, one changes a row.
+    # The conditional update is the claim: of two deliveries racing here, one changes a row. A takeover
+    # changes it only if the lapsed holder still has it.
+    lease_owner = process_owner()
     lease_expires_at = now + timedelta(seconds=lease_seconds)
     claimed = session.execute(
         update(ChargeAttempt)
-        .where(ChargeAttempt.id == attempt_id, ChargeAttempt.status == S.QUEUED.value)
-        .values(status=S.PROCESSING.value, lease_expires_at=lease_expires_at, updated_at=now)
+        .where(
+            ChargeAttempt.id == attempt_id,
+            ChargeAttempt.status == attempt.status,
+            ChargeAttempt.lease_owner.is_not_distinct_from(attempt.lease_owner),
+        )
+        .values(
+            status=S.PROCESSING.value,
+            lease_owner=lease_owner,
+            lease_expires_at=lease_expires_at,
+            transient_failures=transient_failures,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:
         return RunReport(RunResult.NOT_CLAIMED, attempt.status)
+    previous_holder, previous_expiry = attempt.lease_owner, attempt.lease_expires_at
     # What the update wrote, without reading the row back (a round trip and an ORM load per charge).
     for name, value in (
         ("status", S.PROCESSING.value),
+        ("lease_owner", lease_owner),
         ("lease_expires_at", lease_expires_at),
+        ("transient_failures", transient_failures),
         ("updated_at", now),
     ):
         set_committed_value(attempt, name, value)
-    audit.record_row(
-        session,
-        "worker",
-        "charge.processing",
-        invoice_id=invoice.id,
-        charge_attempt_id=attempt.id,
-        **{"from": S.QUEUED.value, "to": S.PROCESSING.value},
-    )
+    if taking_over:
+        audit.record_row(
+            session,
+            "worker",
+            "charge.taken_over",
+            invoice_id=invoice.id,
+            charge_attempt_id=attempt.id,
+            previous_holder=previous_holder,
+            lease_expired_at=previous_expiry.isoformat() if previous_expiry else None,
+        )
+    else:
+        audit.record_row(
+            session,
+            "worker",
+            "charge.processing",
+            invoice_id=invoice.id,
+            charge_attempt_id=attempt.id,
+            **{"from": S.QUEUED.value, "to": S.PROCESSING.value},
+        )
     return attempt, invoice
 
 
@@ -334,8 +387,13 @@ def run_attempt(
     lease_seconds: float,
     max_transient_retries: int,
     now: datetime | None = None,
+    leases: LeaseKeeper | None = None,
 ) -> RunReport:
-    """Claim, charge under the attempt's key, record the outcome. Safe to run twice, or at once."""
+    """Claim, charge under the attempt's key, record the outcome. Safe to run twice, or at once.
+
+    With `leases`, the attempt's lease is renewed while Stripe is asked and the outcome recorded, for
+    at most as long as the call can take; without, it lasts `lease_seconds` from the claim.
+    """
     started = now or utcnow()
     with factory() as session, session.begin():
         claim = claim_attempt(session, attempt_id, now=started, lease_seconds=lease_seconds)
@@ -344,7 +402,22 @@ def run_attempt(
         attempt, invoice = claim
         request = charge_request_for(attempt, invoice)
     bind_log_ids(invoice_id=invoice.id, payment_intent_id=attempt.payment_intent_id)
+    held: AbstractContextManager[None] = (
+        leases.holding([attempt_id], at_most_seconds=gateway.longest_call_seconds)
+        if leases is not None
+        else nullcontext()
+    )
+    with held:
+        return _charge_claimed(factory, gateway, attempt_id, request, max_transient_retries)
 
+
+def _charge_claimed(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    attempt_id: str,
+    request: ChargeRequest,
+    max_transient_retries: int,
+) -> RunReport:
     try:
         outcome = gateway.create_offsession_payment_intent(request)
     except (RateBudgetTimeout, RateBudgetUnavailable):
@@ -357,8 +430,8 @@ def run_attempt(
         log.error("permanent Stripe error for charge %s: %s", attempt_id, exc, exc_info=exc)
         with factory() as session, session.begin():
             attempt = lock_attempt(session, attempt_id)
-            if attempt.status != S.PROCESSING.value:
-                return RunReport(RunResult.APPLIED, attempt.status)  # settled meanwhile: that stands
+            if not _still_ours(attempt):
+                return RunReport(RunResult.APPLIED, attempt.status)  # settled or taken over meanwhile
             move_attempt(
                 session,
                 attempt,
@@ -371,6 +444,7 @@ def run_attempt(
             bind_log_ids(payment_intent_id=attempt.payment_intent_id)
             return RunReport(RunResult.APPLIED, attempt.status)
 
+    # Stripe's word is applied whoever holds the lease now: it is the truth, and applying it is monotonic.
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         apply_outcome(session, attempt, outcome, actor="worker")
@@ -378,13 +452,19 @@ def run_attempt(
         return RunReport(RunResult.APPLIED, attempt.status)
 
 
+def _still_ours(attempt: ChargeAttempt) -> bool:
+    """Still processing under this process's lease: not settled by a webhook or the janitor, nor taken
+    over by another worker after our lease lapsed (that one decides what happens next)."""
+    return attempt.status == S.PROCESSING.value and attempt.lease_owner == process_owner()
+
+
 def _after_transient_error(
     factory: sessionmaker[Session], attempt_id: str, exc: TransientStripeError, max_retries: int
 ) -> RunReport:
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
-        if attempt.status != S.PROCESSING.value:
-            # A webhook or the janitor settled it while we waited for Stripe.
+        if not _still_ours(attempt):
+            # A webhook or the janitor settled it, or another worker took it over, while we waited.
             return RunReport(RunResult.APPLIED, attempt.status)
         attempt.transient_failures += 1
         if attempt.transient_failures > max_retries:
@@ -419,7 +499,7 @@ def _after_transient_error(
 def _requeue_unsent(factory: sessionmaker[Session], attempt_id: str) -> RunReport:
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
-        if attempt.status != S.PROCESSING.value:
+        if not _still_ours(attempt):
             return RunReport(RunResult.APPLIED, attempt.status)
         delay = random.uniform(1.0, 5.0)
         message_id = _requeue(
@@ -600,6 +680,7 @@ def move_attempt(
             continue
         setattr(attempt, name, value)
     if target is not S.PROCESSING:
+        attempt.lease_owner = None
         attempt.lease_expires_at = None
     if target is not S.QUEUED:
         attempt.next_retry_at = None

@@ -20,6 +20,11 @@ EMULATOR_API_KEY = "sk_test_emulator"
 EMULATOR_API_BASE = "http://127.0.0.1:12111"
 
 
+DEFAULT_CHARGE_LEASE_SECONDS = 15.0
+# Below this a renewal (every third of the lease) would come round faster than a busy database answers.
+MIN_CHARGE_LEASE_SECONDS = 3.0
+
+
 class ConfigError(Exception):
     """The configuration is unsafe or malformed; the process must not start."""
 
@@ -84,8 +89,9 @@ class Config:
     secret_key: str
     public_base_url: str
     mail_url: str | None
-    # How long a worker may hold a charge before the janitor asks Stripe what became of it.
-    charge_lease_seconds: float = 300.0
+    # How long a charge's lease lasts unless its holder renews it (every third of it, while it works):
+    # a worker that dies hands its charges to recovery this long after its last renewal (shared.leases).
+    charge_lease_seconds: float = DEFAULT_CHARGE_LEASE_SECONDS
     # Transient Stripe errors (5xx, timeouts, 429) retried with the same key before `unknown`.
     charge_transient_retries: int = 6
     # When the due-invoice fan-out runs: a cron expression (minute hour day month weekday) and its zone.
@@ -151,7 +157,7 @@ def load_config() -> Config:
         secret_key=env.get("SECRET_KEY") or _secret_key_from_var(),
         public_base_url=(env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
         mail_url=env.get("MAIL_URL") or None,
-        charge_lease_seconds=_float_env("OFFSESSION_CHARGE_LEASE_SECONDS", 300.0),
+        charge_lease_seconds=_float_env("OFFSESSION_CHARGE_LEASE_SECONDS", DEFAULT_CHARGE_LEASE_SECONDS),
         charge_transient_retries=int(_float_env("OFFSESSION_CHARGE_TRANSIENT_RETRIES", 6)),
         batch_cron=env.get("OFFSESSION_BATCH_CRON") or "0 6 * * *",
         batch_timezone=env.get("OFFSESSION_BATCH_TIMEZONE") or "UTC",
@@ -170,6 +176,11 @@ def load_config() -> Config:
         raise ConfigError(
             f"OFFSESSION_BATCH_TIMEZONE is not a known time zone: {config.batch_timezone!r}"
         ) from exc
+    if config.charge_lease_seconds < MIN_CHARGE_LEASE_SECONDS:
+        raise ConfigError(
+            f"OFFSESSION_CHARGE_LEASE_SECONDS must be at least {MIN_CHARGE_LEASE_SECONDS:g}, "
+            f"got {config.charge_lease_seconds:g}"
+        )
     if config.stripe_rate_limit <= 0:
         raise ConfigError("STRIPE_RATE_LIMIT must be a positive number of requests per second")
     config.check_safe()

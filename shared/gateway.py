@@ -59,6 +59,12 @@ REQUIRED_CHARGE_METADATA = ("invoice_id", "invoice_number", "charge_attempt_id")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255  # Stripe rejects longer keys
 LIST_PAGE_SIZE = 100  # Stripe's maximum page size for list endpoints
 
+# One request's HTTP timeout, and how many times the SDK sends it again (same key) after a connection
+# error, a 409 or a 5xx. Together they bound how long a call can take (StripeGateway.longest_call_seconds),
+# which bounds how long a worker may keep a charge's lease alive (shared.leases).
+STRIPE_TIMEOUT_SECONDS = 30.0
+STRIPE_NETWORK_RETRIES = 2
+
 # Called with the Stripe-Account a request is made for (None = the platform itself).
 AccountCallback = Callable[[str | None], None]
 # Told of every API call once it is over: (operation, outcome, seconds); shared.metrics records it.
@@ -577,16 +583,18 @@ class StripeGateway:
         api_base: str | None,
         webhook_secret: str,
         *,
-        max_network_retries: int = 2,
-        timeout_seconds: float = 30.0,
+        max_network_retries: int = STRIPE_NETWORK_RETRIES,
+        timeout_seconds: float = STRIPE_TIMEOUT_SECONDS,
         before_request: AccountCallback | None = None,
+        before_request_max_seconds: float = 0.0,
         on_rate_limited: AccountCallback | None = None,
         http_client: stripe.HTTPClient | None = None,
         on_call: CallObserver | None = None,
     ) -> None:
         """`max_network_retries`: the SDK's own retries (same key) on connection errors, 409 and 5xx;
         StripeClient's default is 0, so it is always explicit here. `before_request` runs before each API
-        call (not each SDK retry) and may block to keep a shared rate budget; `on_rate_limited` is told of
+        call (not each SDK retry) and may block, at most `before_request_max_seconds`, to keep a shared
+        rate budget; `on_rate_limited` is told of
         every 429. `http_client` replaces the SDK's HTTP transport (tests record requests with it). `on_call`
         is told each call's operation, outcome and duration (metrics); it must not raise."""
         if not api_key:
@@ -602,6 +610,8 @@ class StripeGateway:
         self.api_base = base
         self.livemode = _is_live_key(api_key)
         self.max_network_retries = max_network_retries
+        self.timeout_seconds = timeout_seconds
+        self.before_request_max_seconds = before_request_max_seconds
         self._webhook_secret = webhook_secret
         self._before_request = before_request
         self._on_rate_limited = on_rate_limited
@@ -612,6 +622,14 @@ class StripeGateway:
             max_network_retries=max_network_retries,
             http_client=http_client or _requests_client(timeout_seconds),
         )
+
+    @property
+    def longest_call_seconds(self) -> float:
+        """The longest one call can take before it returns or raises: the wait in `before_request`, then
+        every try the SDK makes (each bounded by the HTTP timeout) and the SDK's backoff between them."""
+        tries = self.max_network_retries + 1
+        backoff = self.max_network_retries * stripe.HTTPClient.MAX_DELAY
+        return self.before_request_max_seconds + tries * self.timeout_seconds + backoff
 
     # ---- plumbing ----------------------------------------------------------------------------------
 
@@ -1022,8 +1040,9 @@ class StripeGateway:
 def gateway_from_config(
     config: Config,
     *,
-    max_network_retries: int = 2,
+    max_network_retries: int = STRIPE_NETWORK_RETRIES,
     before_request: AccountCallback | None = None,
+    before_request_max_seconds: float = 0.0,
     on_rate_limited: AccountCallback | None = None,
     on_call: CallObserver | None = None,
 ) -> StripeGateway:
@@ -1035,6 +1054,7 @@ def gateway_from_config(
         config.stripe_webhook_secret,
         max_network_retries=max_network_retries,
         before_request=before_request,
+        before_request_max_seconds=before_request_max_seconds,
         on_rate_limited=on_rate_limited,
         on_call=on_call,
     )

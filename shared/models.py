@@ -274,6 +274,8 @@ class ChargeAttempt(Base):
     network_advice_code: Mapped[str | None] = mapped_column(String(8))
     batch_run_id: Mapped[int | None] = mapped_column(ForeignKey("batch_run.id"), index=True)
     transient_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker process holding a processing attempt, and until when unless it renews (shared.leases).
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     next_retry_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

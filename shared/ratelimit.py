@@ -392,11 +392,15 @@ def rate_limited_gateway(
     and its wait and the call's latency are recorded for /metrics."""
     recorder = metrics_recorder_from_config(config)
     before_request, on_rate_limited = gateway_hooks(
-        rate_budget_from_config(config, session_factory), recorder=recorder
+        rate_budget_from_config(config, session_factory),
+        timeout=DEFAULT_ACQUIRE_TIMEOUT_SECONDS,
+        recorder=recorder,
     )
     return gateway_from_config(
         config,
         before_request=before_request,
+        # A token is waited for inside the call: it counts in how long a call can take.
+        before_request_max_seconds=DEFAULT_ACQUIRE_TIMEOUT_SECONDS,
         on_rate_limited=on_rate_limited,
         on_call=recorder.observe_stripe_call if recorder.enabled else None,
     )

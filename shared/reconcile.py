@@ -1,20 +1,28 @@
 """The janitor: brings every charge attempt to its true final state, whatever crashed on the way.
 
-Runs every minute from beat and by hand (`offsession reconcile`). For each `unknown` attempt, and
-each `processing` attempt whose lease ran out (its worker died or hangs), it asks Stripe, in order:
-the PaymentIntent by its stored id; else a replay of the create under the attempt's own key while
-Stripe still keeps it (24 h); else the customer's PaymentIntents matched on metadata; else it flags
-the attempt for an operator. It never charges with a new key.
+Two sweeps from beat. `recover_charges`, every few seconds, is the quick one: charges whose worker
+stopped renewing their lease (it died, or its call outlived every timeout: shared.leases) and that
+it recently moved to `unknown`, and queued charges whose broker message was lost; when none is
+found it costs two indexed queries. `run_janitor`, every minute and by hand (`offsession
+reconcile`), does all of that for every `unknown` attempt, plus webhooks, authentications and the
+outbox.
+
+For each stale attempt it asks Stripe, in order: the PaymentIntent by its stored id; else a replay
+of the create under the attempt's own key while Stripe still keeps it (24 h); a replay that meets
+the original still in flight gets Stripe's 409 and is tried again by the next sweep; else the
+customer's PaymentIntents matched on metadata; else it flags the attempt for an operator. It never
+charges with a new key.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit, outbox
@@ -33,6 +41,7 @@ from shared.gateway import (
     StripeGateway,
     TransientStripeError,
 )
+from shared.leases import lease_lapsed
 from shared.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
 from shared.retries import retry_policy
 from shared.states import AttemptStatus
@@ -42,10 +51,21 @@ log = logging.getLogger(__name__)
 S = AttemptStatus
 
 REPLAY_WINDOW = KEY_REPLAY_WINDOW
-# A queued attempt whose message was published but never consumed (broker lost it) is re-published.
-STUCK_QUEUED_AFTER = timedelta(minutes=2)
+# A queued attempt whose message has not been taken this long after it went out may be stranded (a
+# broker that lost it, a worker killed holding it unacknowledged): see republish_stranded.
+STRANDED_AFTER = timedelta(seconds=10)
+# An attempt taken by a worker counts as overtaking a waiting one if it was opened this much later:
+# messages published at nearly the same moment reach the workers' processes in any order.
+OVERTAKING_MARGIN = timedelta(seconds=2)
+# The quick sweep retries the attempts that became `unknown` this recently (a replay that met the
+# original in flight, Stripe briefly away); older ones are the minute janitor's.
+RECENTLY_UNKNOWN = timedelta(minutes=5)
+# Stale attempts are settled this many at a time: each is a Stripe round trip or two.
+RESOLVE_THREADS = 8
 REQUIRES_ACTION_TTL = timedelta(days=7)
 NEEDS_OPERATOR = "needs_operator"
+# Statuses an attempt reaches only once a worker has taken its message.
+TAKEN_STATUSES = tuple(s.value for s in (S.PROCESSING, S.SUCCEEDED, S.FAILED, S.REQUIRES_ACTION, S.UNKNOWN))
 
 
 @dataclass
@@ -68,13 +88,20 @@ class JanitorReport:
         )
 
 
-def stale_attempt_ids(session: Session, now: datetime, limit: int = 200) -> list[str]:
+def stale_attempt_ids(
+    session: Session, now: datetime, limit: int = 200, *, unknown_since: datetime | None = None
+) -> list[str]:
+    """`processing` attempts whose lease ran out, and `unknown` ones (only those that became unknown
+    after `unknown_since`, when given)."""
+    unknown = ChargeAttempt.status == S.UNKNOWN.value
+    if unknown_since is not None:
+        unknown = and_(unknown, ChargeAttempt.updated_at >= unknown_since)
     return list(
         session.scalars(
             select(ChargeAttempt.id)
             .where(
                 or_(
-                    ChargeAttempt.status == S.UNKNOWN.value,
+                    unknown,
                     and_(ChargeAttempt.status == S.PROCESSING.value, ChargeAttempt.lease_expires_at < now),
                 )
             )
@@ -90,20 +117,30 @@ def reconcile_stale_attempts(
     *,
     now: datetime | None = None,
     report: JanitorReport | None = None,
+    unknown_since: datetime | None = None,
 ) -> JanitorReport:
     moment = now or utcnow()
     report = report or JanitorReport()
     with factory() as session:
-        ids = stale_attempt_ids(session, moment)
+        ids = stale_attempt_ids(session, moment, unknown_since=unknown_since)
         session.rollback()
-    for attempt_id in ids:
+    if not ids:
+        return report
+
+    def resolve(attempt_id: str) -> str | None:
         try:
-            status = resolve_attempt(factory, gateway, attempt_id, now=moment)
+            return resolve_attempt(factory, gateway, attempt_id, now=moment)
         except Exception as exc:  # one charge must not stop the sweep (Stripe down, rate budget, ...)
             log.warning("janitor could not resolve charge %s yet: %s", attempt_id, exc)
+            return None
+
+    # Side by side: the charges of a whole killed worker are settled in a few round trips, not dozens.
+    with ThreadPoolExecutor(max_workers=min(RESOLVE_THREADS, len(ids)), thread_name_prefix="janitor") as pool:
+        statuses = list(pool.map(resolve, ids))
+    for status in statuses:
+        if status is None:
             report.still_unknown += 1
-            continue
-        if status == NEEDS_OPERATOR:
+        elif status == NEEDS_OPERATOR:
             report.flagged_for_operator += 1
         elif status in (S.UNKNOWN.value, S.PROCESSING.value):
             report.still_unknown += 1
@@ -119,14 +156,14 @@ def resolve_attempt(
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         if attempt.status == S.PROCESSING.value:
-            if attempt.lease_expires_at is not None and attempt.lease_expires_at >= now:
-                return attempt.status  # its worker is still within its lease
+            if not lease_lapsed(attempt.lease_owner, attempt.lease_expires_at, now):
+                return attempt.status  # its worker is alive and renewing its lease
             move_attempt(
                 session,
                 attempt,
                 S.UNKNOWN,
                 "janitor",
-                failure_message="The worker's lease ran out; checking with Stripe.",
+                failure_message="The worker handling it stopped; checking with Stripe.",
             )
         elif attempt.status != S.UNKNOWN.value:
             return attempt.status
@@ -197,13 +234,20 @@ def _apply_view(factory: sessionmaker[Session], attempt_id: str, view: PaymentIn
         return attempt.status
 
 
-def requeue_stuck_queued(factory: sessionmaker[Session], *, now: datetime | None = None) -> list[int]:
-    """Queued attempts whose message went out but never ran (a broker that lost it) get a new message.
+def republish_stranded(factory: sessionmaker[Session], *, now: datetime | None = None) -> list[int]:
+    """Queued attempts whose message the broker seems to have lost (or a killed worker holds
+    unacknowledged, which Redis gives back only after its visibility timeout) get a new message.
 
-    Returns the new outbox message ids; the caller publishes them. A duplicate run is harmless.
+    A queue hands messages out in order, so a message not taken STRANDED_AFTER after it went out is
+    either behind a backlog or lost. Behind a backlog, the workers are busy with attempts opened before
+    it: it is left alone, or every waiting charge of a big batch would be sent again. Lost, either an
+    attempt opened after it has been taken already (it was overtaken) or nothing is being taken at all.
+    With no worker running, an attempt is sent again after waiting as long again as it had waited
+    (10 s, 20 s, 40 s, ...), not every sweep. A duplicate is harmless: the claim takes one of them.
+    Returns the new outbox message ids; the caller publishes them.
     """
     moment = now or utcnow()
-    cutoff = moment - STUCK_QUEUED_AFTER
+    cutoff = moment - STRANDED_AFTER
     with factory() as session, session.begin():
         attempts = session.scalars(
             select(ChargeAttempt)
@@ -212,19 +256,37 @@ def requeue_stuck_queued(factory: sessionmaker[Session], *, now: datetime | None
                 ChargeAttempt.updated_at < cutoff,
                 or_(ChargeAttempt.next_retry_at.is_(None), ChargeAttempt.next_retry_at < cutoff),
             )
+            .order_by(ChargeAttempt.updated_at)
             .limit(500)
         ).all()
-        ids = []
-        for attempt in attempts:
-            waiting = session.scalar(
-                select(OutboxMessage.id).where(
+        if not attempts:
+            return []
+        # What the workers took lately: how many, and the newest of them by when it was opened.
+        taken, newest_taken = session.execute(
+            select(func.count(), func.max(ChargeAttempt.created_at)).where(
+                ChargeAttempt.status.in_(TAKEN_STATUSES), ChargeAttempt.updated_at >= cutoff
+            )
+        ).one()
+        # A retry waiting in the outbox for its time (or for the broker to come back) has its message.
+        unpublished = set(
+            session.scalars(
+                select(OutboxMessage.payload["attempt_id"].as_string()).where(
                     OutboxMessage.published_at.is_(None),
                     OutboxMessage.task_name == outbox.TASK_CHARGE_ATTEMPT,
-                    OutboxMessage.payload["attempt_id"].as_string() == attempt.id,
                 )
             )
-            if waiting is not None:
-                continue  # the relay will publish it
+        )
+        ids = []
+        for attempt in attempts:
+            if attempt.id in unpublished:
+                continue
+            # Its message went out when it was queued, or when its retry came due, or when last re-sent.
+            sent_at = max(attempt.updated_at, attempt.next_retry_at or attempt.updated_at)
+            waited_before = sent_at - (attempt.next_retry_at or attempt.created_at)
+            if moment - sent_at < max(STRANDED_AFTER, waited_before):
+                continue
+            if taken and not (newest_taken is not None and newest_taken > sent_at + OVERTAKING_MARGIN):
+                continue  # the workers are busy with attempts queued before it: a backlog
             message = outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt.id})
             attempt.updated_at = moment
             session.flush()
@@ -284,8 +346,7 @@ def run_janitor(
     report.expired_authentications = expire_authentications(
         factory, gateway, now=moment, ttl=retry_policy().authentication_ttl
     )
-    requeued = requeue_stuck_queued(factory, now=moment)
-    report.requeued = len(requeued)
+    report.requeued = len(republish_stranded(factory, now=moment))
     with factory() as session:
         event_ids = unprocessed_event_ids(session, older_than=redrive_cutoff(moment))
         session.rollback()
@@ -297,4 +358,42 @@ def run_janitor(
             log.warning("cannot re-drive webhook events: %s", exc)
             break
     report.outbox_published = outbox.relay_outbox(factory, publish, now=moment)
+    return report
+
+
+@dataclass
+class RecoveryReport:
+    stale: JanitorReport = field(default_factory=JanitorReport)
+    republished: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.stale.resolved or self.stale.still_unknown or self.republished)
+
+    def summary(self) -> str:
+        resolved = ", ".join(f"{n} {status}" for status, n in sorted(self.stale.resolved.items())) or "none"
+        return (
+            f"resolved: {resolved}; still unknown: {self.stale.still_unknown}; queued charges whose "
+            f"message was lost, re-published: {self.republished}"
+        )
+
+
+def recover_charges(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    publish: outbox.Publisher,
+    *,
+    now: datetime | None = None,
+) -> RecoveryReport:
+    """The quick sweep (beat, every few seconds): charges whose worker stopped renewing its lease, those
+    that became `unknown` lately, and queued charges whose message was lost. Idle, two queries."""
+    moment = now or utcnow()
+    report = RecoveryReport()
+    reconcile_stale_attempts(
+        factory, gateway, now=moment, report=report.stale, unknown_since=moment - RECENTLY_UNKNOWN
+    )
+    message_ids = republish_stranded(factory, now=moment)
+    report.republished = len(message_ids)
+    # At once rather than at the relay's next round; what fails to go out stays for the relay.
+    outbox.publish_messages(factory, publish, message_ids, now=moment)
     return report

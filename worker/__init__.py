@@ -35,7 +35,9 @@ def _shared_clients_for_threads(sender: object, **_kwargs: object) -> None:
 
     threads = getattr(sender, "concurrency", None)
     # Without -c Celery settles on the CPU count later ('auto' is resolved after this signal too).
-    size_pool_for_threads(threads if isinstance(threads, int) and threads > 0 else os.cpu_count() or 1)
+    # One connection more than threads: the process's lease renewer (shared.leases) must not wait for
+    # a connection behind 64 busy charges while their leases run out.
+    size_pool_for_threads((threads if isinstance(threads, int) and threads > 0 else os.cpu_count() or 1) + 1)
     get_sessionmaker()
     tasks.gateway()
 

@@ -23,10 +23,11 @@ from shared.daily_reconciliation import (
 )
 from shared.db import get_sessionmaker
 from shared.gateway import StripeGateway, TransientStripeError
+from shared.leases import LeaseKeeper
 from shared.notifications import deliver_charge_notification
 from shared.notify import Mailer, mailer_from_config
 from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
-from shared.reconcile import run_janitor
+from shared.reconcile import recover_charges, run_janitor
 from shared.webhooks import (
     TASK_DRAIN_WEBHOOK_EVENTS,
     DrainRequests,
@@ -49,6 +50,13 @@ def publish(task_name: str, payload: dict[str, Any], countdown: float | None) ->
     app.send_task(task_name, kwargs=payload, countdown=countdown)
 
 
+@lru_cache(maxsize=1)
+def lease_keeper() -> LeaseKeeper:
+    """The process's one lease renewer, shared by its task threads (a forked pool process starts its own
+    renewal thread on its first charge: shared.leases)."""
+    return LeaseKeeper(get_sessionmaker, get_config().charge_lease_seconds)
+
+
 @shared_task(name=outbox.TASK_CHARGE_ATTEMPT, acks_late=True)
 def charge_attempt(attempt_id: str) -> str:
     config = get_config()
@@ -59,11 +67,19 @@ def charge_attempt(attempt_id: str) -> str:
         attempt_id,
         lease_seconds=config.charge_lease_seconds,
         max_transient_retries=config.charge_transient_retries,
+        leases=lease_keeper(),
     )
     retry = report.retry_message_id
     if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
         # A short wait rides on a countdown; a long one waits in the outbox for the relay.
         outbox.publish_messages(factory, _with_countdown(report.retry_countdown), [retry])
+    elif report.result is RunResult.HELD and report.retry_countdown:
+        # A redelivery (its worker process was lost) found the lease not yet lapsed: look again when it
+        # would have, and take over then if nobody renewed it. A lost look-again leaves it to the sweep.
+        try:
+            publish(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, report.retry_countdown)
+        except Exception as exc:
+            log.warning("charge %s: no look-again published (%s); the recovery sweep has it", attempt_id, exc)
     # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
     # request ids bound while the task ran (worker.log_setup, shared.charging).
     log.info(
@@ -167,6 +183,14 @@ def mailer() -> Mailer:
 @shared_task(name="offsession.relay_outbox", acks_late=True)
 def relay_outbox() -> int:
     return outbox.relay_outbox(get_sessionmaker(), publish)
+
+
+@shared_task(name="offsession.recover_charges", acks_late=True)
+def recover_charges_task() -> str:
+    report = recover_charges(get_sessionmaker(), gateway(), publish)
+    if report.anything:
+        log.info("charge recovery: %s", report.summary())
+    return report.summary()
 
 
 @shared_task(name="offsession.janitor", acks_late=True)
