@@ -28,8 +28,10 @@ worker_prefetch_multiplier = 1
 # than requeue forever. Every task is safe to run twice.
 task_retry_on_worker_lost = True
 task_reject_on_worker_lost = True
-task_default_retry_delay = 1
-task_annotations = {"*": {"max_retries": 5}}
+# The re-send comes after the task's default_retry_delay. Celery has no setting for it (a
+# `task_default_retry_delay` would be ignored without a word) and its own default is 180 s: set on every
+# task here, so a charge whose pool process died is taken over in a second (shared.charging).
+task_annotations = {"*": {"max_retries": 5, "default_retry_delay": 1}}
 # True would cancel running tasks on a lost broker, but it crashes the worker on reconnection
 # (celery#9250); a task that runs on is harmless, every task being safe to run twice.
 worker_cancel_long_running_tasks_on_connection_loss = False

@@ -61,7 +61,7 @@ class Stack:
         workers: int = 1,
         concurrency: int = 2,
         beat: bool = False,
-        lease_seconds: float = 4.0,
+        lease_seconds: float | None = None,
         extra_env: dict[str, str] | None = None,
         emulator_flags: tuple[str, ...] = (),
         charge_workers: int = 0,
@@ -70,7 +70,8 @@ class Stack:
     ) -> None:
         """`charge_workers` > 0 runs the production shape of the Procfile: that many `worker-charges`
         processes (`-Q charges`, `charge_pool` x `charge_concurrency`) and `workers` prefork processes
-        on the other queues. With 0 (the default) every worker consumes every queue."""
+        on the other queues. With 0 (the default) every worker consumes every queue. `lease_seconds`
+        None keeps the default charge lease (OFFSESSION_CHARGE_LEASE_SECONDS unset)."""
         self.dir = Path(tempfile.mkdtemp(prefix="offsession-stack-"))
         self.web_port = free_port()
         self.emu_port = free_port()
@@ -88,12 +89,15 @@ class Stack:
             "OFFSESSION_API_TOKEN": TOKEN,
             "SECRET_KEY": "integration-secret",
             "PUBLIC_BASE_URL": self.base,
-            "OFFSESSION_CHARGE_LEASE_SECONDS": str(lease_seconds),
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }
         if "REDIS_URL" not in (extra_env or {}):
             self.env.pop("REDIS_URL", None)
+        if lease_seconds is None:
+            self.env.pop("OFFSESSION_CHARGE_LEASE_SECONDS", None)
+        else:
+            self.env["OFFSESSION_CHARGE_LEASE_SECONDS"] = str(lease_seconds)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_count = workers
         self.concurrency = concurrency
@@ -215,6 +219,21 @@ class Stack:
                 "--without-mingle",
             ],
         )
+
+    def pids(self, name: str) -> set[int]:
+        """The process `name` and every process it started (a worker's pool processes): its process
+        group, read from /proc."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return set()
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The command may hold spaces and parentheses: the fields after its closing one are fixed.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == proc.pid:  # pgrp
+                    found.add(int(stat.parent.name))
+        return found
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)

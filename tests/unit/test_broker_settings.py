@@ -34,3 +34,17 @@ def test_redis_keeps_unacked_messages_for_longer_than_any_countdown(tmp_path: Pa
     options = transport_options("redis://127.0.0.1:6379/0", tmp_path)
     assert options["visibility_timeout"] == 3600
     assert "confirm_publish" not in options
+
+
+def test_a_charge_whose_pool_process_died_is_sent_again_within_a_second(tmp_path: Path) -> None:
+    """Celery re-sends the message of a task whose pool process died after the task's default_retry_delay
+    (180 s unless set on the task: Celery has no setting for it)."""
+    env = {**os.environ, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0", "OFFSESSION_HOME": str(tmp_path)}
+    code = (
+        "import json; from worker import app; t = app.tasks['offsession.charge_attempt']; "
+        "print(json.dumps([t.retry_on_worker_lost, t.default_retry_delay, t.max_retries]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, 1, 5]
