@@ -1,4 +1,5 @@
-"""Issue 7's chaos run, short variant: bench/chaos.py --short must print every violation count at 0.
+"""Issue 7's chaos run, short variant: bench/chaos.py --short must print every violation count at 0, and
+the charges its killed workers held must settle within a minute, on the default configuration.
 
 The script starts and stops its own processes (redis-server, PostgreSQL, emulator, web, two workers,
 beat); this test only runs it and reads its table.
@@ -46,3 +47,9 @@ def test_chaos_short_has_no_violation() -> None:
         assert re.match(r"0\b", row(out, label)), f"{label}: {row(out, label)}\n{out[-4000:]}"
     assert "VIOLATION" not in out
     assert re.match(r"\d+(\.\d+)?s$", row(out, "time to settle (faults off -> nothing open)"))
+    # On the default configuration, the charges a killed worker held were final within a minute.
+    after_kill = re.match(
+        r"(\d+\.\d)s / (\d+\.\d)s \((\d+) charges", row(out, "time to settle after a kill (p50 / max)")
+    )
+    assert after_kill, row(out, "time to settle after a kill (p50 / max)")
+    assert float(after_kill.group(2)) <= 60 and int(after_kill.group(3)) >= 1
