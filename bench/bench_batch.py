@@ -166,8 +166,6 @@ def run(args: argparse.Namespace) -> Result:
             f"{redis.url}/1",
             workers=args.workers,
             concurrency=args.concurrency,
-            # A lease long enough that the janitor never takes a charge from a worker waiting for a token.
-            lease_seconds=300,
             # Another db of the same server: the budget must be one for every worker process.
             extra_env={"STRIPE_RATE_LIMIT": str(STRIPE_RATE_LIMIT), "REDIS_URL": f"{redis.url}/2"},
         )

@@ -201,8 +201,6 @@ def run(args: argparse.Namespace) -> Result:
             charge_workers=args.charge_workers,
             charge_pool=args.charge_pool,
             charge_concurrency=args.charge_concurrency,
-            # A lease long enough that the janitor never takes a charge from a worker waiting for a token.
-            lease_seconds=300,
             # Another db of the same server: one budget for every worker process and thread.
             extra_env={"STRIPE_RATE_LIMIT": str(args.rate_limit), "REDIS_URL": f"{redis.url}/2"},
             # As the README's webhook endpoint is configured: only the events Offsession acts on
