@@ -169,13 +169,13 @@ def check_safe(config: Config) -> None:
             "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
         )
     if not config.uses_emulator_key:
-        secrets_ = _webhook_secrets(config)
-        if not secrets_:
+        configured = _webhook_secrets(config)
+        if not configured:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: with a Stripe key other than the emulator's, set it to "
                 "the webhook endpoint's signing secret (Stripe dashboard, whsec_...)."
             )
-        if EMULATOR_WEBHOOK_SECRET in secrets_:
+        if EMULATOR_WEBHOOK_SECRET in configured:
             raise ConfigError(
                 f"STRIPE_WEBHOOK_SECRET is the emulator's published secret ({EMULATOR_WEBHOOK_SECRET}): "
                 "anyone could sign events with it; set the webhook endpoint's signing secret."
