@@ -350,6 +350,10 @@ def charge_through(deployment: Deployment, web_port: int, emulator_port: int, sm
     assert health[1] == {"database": "ok", "broker": "ok"}
     status, metrics = http("GET", base + "/metrics", headers=auth)
     assert status == 200 and "offsession_charge_attempts" in metrics
+    # Templates and static files (the vendored CSS too) come from the wheel.
+    status, page = http("GET", base + "/admin/login")
+    assert status == 200 and "pico.min.css" in page
+    assert http("GET", base + "/static/vendor/pico/pico.min.css")[0] == 200
     deployment_ready = time.monotonic() - started
 
     # Connect, a client with a card, an invoice, and the charge.
