@@ -5,15 +5,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint system-test-deps vendor clean bench chaos
+# Exact versions, with their hashes: requirements.lock (what the image runs), requirements-dev.lock (that
+# plus the dev extra). pyproject.toml keeps the ranges they are compiled from.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+PIP := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: install run test lint system-test-deps vendor clean bench chaos lock lock-upgrade
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --upgrade pip
+	$(PIP) install --require-hashes --no-deps -r $(DEV_LOCK)
+	$(PIP) install --no-deps -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# After a change to pyproject.toml's dependencies: compile both lock files again, keeping every pin
+# that still fits; `make lock-upgrade` moves every pin to the newest version its range allows.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes $(UV_FLAGS)
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(PIP) install uv
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
+
+lock-upgrade:
+	$(MAKE) lock UV_FLAGS=--upgrade
 
 run: install
 	@mkdir -p var

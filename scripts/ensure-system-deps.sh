@@ -6,6 +6,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 # Browser tests drive Debian's Chromium through Playwright (never a downloaded browser build).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The deployment test installs the wheel into a fresh venv run by an unprivileged user, who cannot run a
+# Python kept under /root (pyenv): Debian's Python 3.11 with its venv module.
+/usr/bin/python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3.11-venv)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -1,6 +1,7 @@
-"""Configuration from the environment (design §2), with embedded defaults that need no server.
+"""Configuration from the environment, with embedded defaults that need no server.
 
-A `.env` file in the working directory is read first when present; real environment variables win.
+A `.env` file in OFFSESSION_HOME (default: the working directory) is read first when present; real
+environment variables win. `check_safe` refuses a configuration that must not run.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +19,12 @@ from dotenv import load_dotenv
 STRIPE_HOSTED_API_BASE = "https://api.stripe.com"
 EMULATOR_API_KEY = "sk_test_emulator"
 EMULATOR_API_BASE = "http://127.0.0.1:12111"
+# The emulator signs its events with this secret, and it is printed in the README: anyone can sign with it.
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator"
+# With a live key, SECRET_KEY and OFFSESSION_API_TOKEN are at least this long (secrets.token_urlsafe(32)
+# gives 43 characters).
+MIN_LIVE_SECRET_LENGTH = 32
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 
 
 DEFAULT_CHARGE_LEASE_SECONDS = 15.0
@@ -30,11 +37,12 @@ class ConfigError(Exception):
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("OFFSESSION_HOME", Path.cwd()))
+    return Path(os.environ.get("OFFSESSION_HOME") or Path.cwd())
 
 
 def var_dir() -> Path:
-    """Where the embedded defaults keep their files (SQLite, broker folders, outbox, secret key)."""
+    """Where the embedded defaults keep their files (SQLite, broker folders, outbox, generated secrets),
+    created on first use: only a process using one of those defaults calls this."""
     path = project_root() / "var"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -71,6 +79,16 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
 def _default_log_format() -> str:
     # A person at a terminal reads text; anything else (a file, a container's log driver) gets JSON.
     return "text" if sys.stderr.isatty() else "json"
@@ -101,6 +119,9 @@ class Config:
     log_format: str = "json"
     # A token Prometheus may scrape /metrics with instead of the API token (which can move money).
     metrics_token: str | None = None
+    # Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host/-Port are believed
+    # (werkzeug's ProxyFix); 0 = none, the socket's peer is the client.
+    trusted_proxies: int = 0
 
     def log_secrets(self) -> tuple[str, ...]:
         """Values no log line may contain, whatever their shape."""
@@ -121,40 +142,87 @@ class Config:
 
     @property
     def stripe_mode(self) -> str:
-        return "live" if self.stripe_api_key.startswith(("sk_live_", "rk_live_")) else "test"
+        return "live" if self.stripe_api_key.startswith(LIVE_KEY_PREFIXES) else "test"
 
     @property
     def uses_embedded_broker(self) -> bool:
         return self.celery_broker_url.startswith("filesystem://")
 
-    def check_safe(self) -> None:
-        """Refuse a live key pointed anywhere but Stripe: it would leak the key or fake real money."""
-        if self.stripe_mode == "live" and self.stripe_api_base not in (None, STRIPE_HOSTED_API_BASE):
+    @property
+    def uses_emulator_key(self) -> bool:
+        return self.stripe_api_key == EMULATOR_API_KEY
+
+
+def _webhook_secrets(config: Config) -> list[str]:
+    """Every signing secret configured for the webhook endpoint (a comma-separated list: old and new
+    while a secret is rolled)."""
+    return [part.strip() for part in config.stripe_webhook_secret.split(",") if part.strip()]
+
+
+def check_safe(config: Config) -> None:
+    """Refuse, naming the variable, a configuration that must not run: every process checks it at start.
+
+    - A live key aimed anywhere but Stripe would leak the key or fake real money.
+    - With any key but the emulator's, the webhook endpoint needs the endpoint's own signing secret:
+      without one, or with the emulator's (printed in the README), anyone could sign a
+      payment_intent.succeeded event and mark invoices paid.
+    - In live mode, links in emails go out over https, and the session key and API token are long.
+    """
+    live = config.stripe_mode == "live"
+    if live and config.stripe_api_base not in (None, STRIPE_HOSTED_API_BASE):
+        raise ConfigError(
+            f"STRIPE_API_BASE is {config.stripe_api_base!r} but STRIPE_API_KEY is a live key; "
+            "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
+        )
+    if not config.uses_emulator_key:
+        configured = _webhook_secrets(config)
+        if not configured:
             raise ConfigError(
-                f"STRIPE_API_KEY is a live key but STRIPE_API_BASE is {self.stripe_api_base!r}; "
-                "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
+                "STRIPE_WEBHOOK_SECRET is not set: with a Stripe key other than the emulator's, set it to "
+                "the webhook endpoint's signing secret (Stripe dashboard, whsec_...)."
+            )
+        if EMULATOR_WEBHOOK_SECRET in configured:
+            raise ConfigError(
+                f"STRIPE_WEBHOOK_SECRET is the emulator's published secret ({EMULATOR_WEBHOOK_SECRET}): "
+                "anyone could sign events with it; set the webhook endpoint's signing secret."
+            )
+    if not live:
+        return
+    if not config.public_base_url.startswith("https://"):
+        raise ConfigError(
+            f"PUBLIC_BASE_URL must be an https:// URL with a live Stripe key, got {config.public_base_url!r}."
+        )
+    for variable, value in (("SECRET_KEY", config.secret_key), ("OFFSESSION_API_TOKEN", config.api_token)):
+        if len(value) < MIN_LIVE_SECRET_LENGTH:
+            raise ConfigError(
+                f"{variable} must be at least {MIN_LIVE_SECRET_LENGTH} random characters with a live Stripe "
+                f"key ({'unset' if not value else f'it has {len(value)}'}); "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one."
             )
 
 
 def load_config() -> Config:
     load_dotenv(project_root() / ".env", override=False)
     env = os.environ
-    default_db = f"sqlite:///{var_dir() / 'offsession.db'}"
     api_key = env.get("STRIPE_API_KEY") or EMULATOR_API_KEY
     api_base = env.get("STRIPE_API_BASE")
     if api_base is None:
         # The embedded default key talks to the emulator; a real key with no base talks to Stripe.
         api_base = EMULATOR_API_BASE if api_key == EMULATOR_API_KEY else ""
+    # Only the emulator's key falls back to the emulator's signing secret (check_safe refuses the rest).
+    webhook_secret = env.get("STRIPE_WEBHOOK_SECRET") or (
+        EMULATOR_WEBHOOK_SECRET if api_key == EMULATOR_API_KEY else ""
+    )
     config = Config(
-        database_url=env.get("DATABASE_URL") or default_db,
+        database_url=env.get("DATABASE_URL") or f"sqlite:///{project_root() / 'var' / 'offsession.db'}",
         celery_broker_url=env.get("CELERY_BROKER_URL") or "filesystem://",
         redis_url=env.get("REDIS_URL") or None,
         stripe_api_key=api_key,
         stripe_api_base=api_base.rstrip("/") or None,
-        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or "whsec_emulator",
+        stripe_webhook_secret=webhook_secret,
         stripe_rate_limit=_float_env("STRIPE_RATE_LIMIT", 20.0),
-        api_token=env.get("OFFSESSION_API_TOKEN") or _api_token_from_var(),
-        secret_key=env.get("SECRET_KEY") or _secret_key_from_var(),
+        api_token=env.get("OFFSESSION_API_TOKEN") or "",
+        secret_key=env.get("SECRET_KEY") or "",
         public_base_url=(env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
         mail_url=env.get("MAIL_URL") or None,
         charge_lease_seconds=_float_env("OFFSESSION_CHARGE_LEASE_SECONDS", DEFAULT_CHARGE_LEASE_SECONDS),
@@ -163,6 +231,7 @@ def load_config() -> Config:
         batch_timezone=env.get("OFFSESSION_BATCH_TIMEZONE") or "UTC",
         log_format=(env.get("OFFSESSION_LOG_FORMAT") or _default_log_format()).lower(),
         metrics_token=env.get("OFFSESSION_METRICS_TOKEN") or None,
+        trusted_proxies=_int_env("OFFSESSION_TRUSTED_PROXIES", 0),
     )
     if config.log_format not in ("json", "text"):
         raise ConfigError(f"OFFSESSION_LOG_FORMAT must be json or text, got {config.log_format!r}")
@@ -183,11 +252,31 @@ def load_config() -> Config:
         )
     if config.stripe_rate_limit <= 0:
         raise ConfigError("STRIPE_RATE_LIMIT must be a positive number of requests per second")
-    config.check_safe()
-    return config
+    if config.trusted_proxies < 0:
+        raise ConfigError("OFFSESSION_TRUSTED_PROXIES must be a whole number of proxies, 0 or more")
+    # Live, the secrets must come from the environment: check_safe refuses them unset, before anything
+    # is written. In test mode, unset ones are generated once and kept under var/.
+    check_safe(config)
+    if not env.get("DATABASE_URL"):
+        var_dir()  # the embedded SQLite file's folder, created only when it is the database in use
+    return replace(
+        config,
+        api_token=config.api_token or _api_token_from_var(),
+        secret_key=config.secret_key or _secret_key_from_var(),
+    )
 
 
 @lru_cache(maxsize=1)
 def get_config() -> Config:
     """The process-wide configuration, read once."""
     return load_config()
+
+
+def config_or_exit() -> Config:
+    """get_config() for a process starting up: a configuration that must not run stops it with one line
+    on stderr naming the variable, and exit status 2."""
+    try:
+        return get_config()
+    except ConfigError as exc:
+        print(f"offsession: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import requests
 import stripe
 
-from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError
+from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError, check_safe
 
 __all__ = [
     "REQUIRED_CHARGE_METADATA",
@@ -1047,7 +1047,7 @@ def gateway_from_config(
     on_call: CallObserver | None = None,
 ) -> StripeGateway:
     """The gateway the processes use. Refuses a live key aimed anywhere but Stripe (ConfigError)."""
-    config.check_safe()
+    check_safe(config)
     return StripeGateway(
         config.stripe_api_key,
         config.stripe_api_base,

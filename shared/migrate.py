@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Inside the package (shared/adapters/migrations/), so an installed wheel has them wherever it runs.
+MIGRATIONS_DIR = Path(str(files("shared.adapters") / "migrations"))
 
 
 def alembic_config(database_url: str | None = None) -> AlembicConfig:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, redirect, request, url_for
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from shared.config import Config, get_config
+from shared.config import Config, check_safe, get_config
 from shared.logs import setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
@@ -16,7 +17,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     cfg = config or get_config()
-    cfg.check_safe()
+    check_safe(cfg)
+    https = cfg.public_base_url.startswith("https://")
     # Under gunicorn nothing has configured logging yet: lines go to stderr as JSON (or text). Under
     # pytest or a --log-config, logging is configured already and is left alone.
     setup_logging(cfg.log_format, cfg.log_secrets())
@@ -27,7 +29,10 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         JSON_SORT_KEYS=False,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=cfg.public_base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=https,
+        # On https the __Host- prefix makes browsers refuse the cookie unless it is Secure, for this exact
+        # host and path / (no Domain): a sibling subdomain cannot plant or overwrite a session.
+        SESSION_COOKIE_NAME="__Host-session" if https else "session",
         OFFSESSION=cfg,
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
@@ -49,6 +54,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(client_zone.bp)
     app.add_url_rule("/", "index", lambda: redirect(url_for("client.login")))
     app.after_request(_security_headers)
+    if https:
+        app.after_request(_strict_transport_security)
+    if cfg.trusted_proxies:
+        # Behind N reverse proxies (OFFSESSION_TRUSTED_PROXIES), believe the last N X-Forwarded-* hops
+        # only: request.remote_addr is then the real client (per-IP sign-in limits) and
+        # request.is_secure follows the client's scheme. Further hops are the client's to forge.
+        n = cfg.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
     return app
 
 
@@ -65,6 +78,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
+
+
+# A year, the value browsers' preload lists ask for; sent only when PUBLIC_BASE_URL is https.
+STRICT_TRANSPORT_SECURITY = "max-age=31536000; includeSubDomains"
+
+
+def _strict_transport_security(response: Response) -> Response:
+    response.headers.setdefault("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
+    return response
 
 
 def _security_headers(response: Response) -> Response:

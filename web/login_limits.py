@@ -11,9 +11,9 @@ from shared.login_throttle import ADMIN_FAILURES_PER_IP, Verdict
 
 
 def client_ip() -> str:
-    """The address the request came from. X-Forwarded-For is not read: anyone can send it. Behind a
-    reverse proxy, wrap the app in werkzeug's ProxyFix so that this is the client's address and not the
-    proxy's (else every client shares one per-IP count)."""
+    """The address the request came from. X-Forwarded-For is read only for the hops of the reverse
+    proxies OFFSESSION_TRUSTED_PROXIES counts (create_app's ProxyFix): behind them this is the client's
+    address, not the proxy's (else every client would share one per-IP count)."""
     return request.remote_addr or "unknown"
 
 

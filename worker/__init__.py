@@ -7,11 +7,11 @@ import os
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from worker import kombu_fixes, log_setup  # noqa: F401  (log_setup connects the logging signals)
+from worker import log_setup  # noqa: F401  (log_setup connects the logging signals)
 
-kombu_fixes.install()
 app = Celery("offsession")
-app.config_from_object("celeryconfig")
+# Read when the worker or beat starts: an unsafe configuration stops them there (config_or_exit).
+app.config_from_object("shared.adapters.celeryconfig")
 
 
 @worker_process_init.connect

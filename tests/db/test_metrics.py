@@ -78,7 +78,7 @@ def _reset() -> None:
     shared_db.reset_engine_cache()
     web.services.gateway.cache_clear()
     web.services.celery_producer.cache_clear()
-    sys.modules.pop("celeryconfig", None)
+    sys.modules.pop("shared.adapters.celeryconfig", None)
 
 
 def _populate(session: Session) -> int:

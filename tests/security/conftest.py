@@ -57,8 +57,8 @@ def reset_caches() -> None:
     shared_db.reset_engine_cache()
     web.services.gateway.cache_clear()
     web.services.celery_producer.cache_clear()
-    # celeryconfig reads the broker URL when first imported: import it afresh for memory://.
-    sys.modules.pop("celeryconfig", None)
+    # shared.adapters.celeryconfig reads the broker URL when first imported: import it afresh for memory://.
+    sys.modules.pop("shared.adapters.celeryconfig", None)
 
 
 @pytest.fixture(scope="session")

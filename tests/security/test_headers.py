@@ -100,8 +100,8 @@ def test_pages_need_no_inline_script(env: Env, world: World) -> None:
         assert "javascript:" not in html.lower()
 
 
-def _session_cookie(answer: TestResponse) -> SimpleCookie:
-    (header,) = [h for h in answer.headers.getlist("Set-Cookie") if h.startswith("session=")]
+def _session_cookie(answer: TestResponse, name: str = "session") -> SimpleCookie:
+    (header,) = [h for h in answer.headers.getlist("Set-Cookie") if h.startswith(f"{name}=")]
     cookie = SimpleCookie()
     cookie.load(header)
     return cookie
@@ -129,6 +129,8 @@ def test_the_session_cookie_is_secure_behind_https(
         "/admin/login", data={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrf_token": token}, **https
     )
     assert answer.status_code == 302
-    morsel = _session_cookie(answer)["session"]
+    # __Host-: the browser keeps it only if Secure, for this host alone and path / (no Domain).
+    morsel = _session_cookie(answer, "__Host-session")["__Host-session"]
     assert morsel["secure"] is True and morsel["httponly"] is True
+    assert morsel["path"] == "/" and not morsel["domain"]
     assert morsel["samesite"].lower() in ("lax", "strict")

@@ -3,8 +3,6 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-import socketserver
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +40,7 @@ from shared.notify import (
     update_card_link,
     verify_link_token,
 )
+from tests.support.smtp import SmtpServer, running_smtp_server
 
 SECRET = "test-secret-key"
 NOW = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -440,84 +439,13 @@ def test_default_sender_uses_the_public_host_when_it_is_a_domain() -> None:
     assert default_sender("http://localhost:8000") == "Offsession <billing@localhost>"
 
 
-@dataclass
-class ReceivedMail:
-    mail_from: str
-    rcpt_to: list[str]
-    data: bytes
-    auth: bytes | None
-
-
-class _SmtpHandler(socketserver.StreamRequestHandler):
-    """Just enough SMTP for smtplib: EHLO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT."""
-
-    server: _SmtpServer
-
-    def reply(self, line: str) -> None:
-        self.wfile.write(line.encode("ascii") + b"\r\n")
-        self.wfile.flush()
-
-    def handle(self) -> None:
-        self.reply("220 test.local ESMTP ready")
-        mail_from, rcpt_to, auth = "", [], None
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            command = line.decode("utf-8").rstrip("\r\n")
-            verb = command.split(" ", 1)[0].upper()
-            if verb == "EHLO":
-                self.reply("250-test.local")
-                self.reply("250-AUTH PLAIN")
-                self.reply("250 8BITMIME")
-            elif verb == "AUTH":
-                auth = base64.b64decode(command.split()[2])
-                self.reply("235 2.7.0 Authentication successful")
-            elif verb == "MAIL":
-                mail_from, rcpt_to = command[len("MAIL FROM:") :].split()[0].strip("<>"), []
-                self.reply("250 OK")
-            elif verb == "RCPT":
-                rcpt_to.append(command[len("RCPT TO:") :].strip().strip("<>"))
-                self.reply("250 OK")
-            elif verb == "DATA":
-                self.reply("354 End data with <CR><LF>.<CR><LF>")
-                lines: list[bytes] = []
-                while (data_line := self.rfile.readline()) not in (b".\r\n", b""):
-                    lines.append(data_line[1:] if data_line.startswith(b"..") else data_line)
-                self.server.received.append(ReceivedMail(mail_from, rcpt_to, b"".join(lines), auth))
-                self.reply("250 OK queued")
-            elif verb in ("RSET", "NOOP"):
-                self.reply("250 OK")
-            elif verb == "QUIT":
-                self.reply("221 Bye")
-                return
-            else:
-                self.reply("502 Command not implemented")
-
-
-class _SmtpServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _SmtpHandler)
-        self.received: list[ReceivedMail] = []
-
-
 @pytest.fixture
-def smtp_server() -> Iterator[_SmtpServer]:
-    server = _SmtpServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+def smtp_server() -> Iterator[SmtpServer]:
+    with running_smtp_server() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
-def test_smtp_mailer_delivers_the_message(smtp_server: _SmtpServer) -> None:
+def test_smtp_mailer_delivers_the_message(smtp_server: SmtpServer) -> None:
     port = smtp_server.server_address[1]
     mailer = SmtpMailer(f"smtp://127.0.0.1:{port}?from=billing%40example.com", timeout=5)
     notification = a_notification("authentication_needed")
@@ -533,7 +461,7 @@ def test_smtp_mailer_delivers_the_message(smtp_server: _SmtpServer) -> None:
     assert parts_of(parsed)["text/plain"] == notification.content.text
 
 
-def test_smtp_mailer_logs_in_with_the_url_credentials(smtp_server: _SmtpServer) -> None:
+def test_smtp_mailer_logs_in_with_the_url_credentials(smtp_server: SmtpServer) -> None:
     port = smtp_server.server_address[1]
     mailer = SmtpMailer(
         f"smtp://mailer:s%3Acret@127.0.0.1:{port}", sender="Offsession <b@example.com>", timeout=5

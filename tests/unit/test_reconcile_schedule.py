@@ -19,11 +19,11 @@ def celeryconfig_in_new_york(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("OFFSESSION_HOME", str(tmp_path))
     monkeypatch.setenv("OFFSESSION_BATCH_TIMEZONE", "America/New_York")
     get_config.cache_clear()
-    sys.modules.pop("celeryconfig", None)
+    sys.modules.pop("shared.adapters.celeryconfig", None)
     try:
-        yield importlib.import_module("celeryconfig")
+        yield importlib.import_module("shared.adapters.celeryconfig")
     finally:
-        sys.modules.pop("celeryconfig", None)
+        sys.modules.pop("shared.adapters.celeryconfig", None)
         get_config.cache_clear()
 
 

@@ -1,4 +1,5 @@
-"""Celery settings (design §1). Read by the worker, beat and the web app's publisher.
+"""Celery settings: `config_from_object("shared.adapters.celeryconfig")` in the worker, beat and the web
+app's publisher.
 
 Messages are hints, the database is the truth: every task claims its row before acting, so a
 duplicate delivery changes nothing and a lost one is re-published by the outbox relay or the janitor.
@@ -6,16 +7,28 @@ duplicate delivery changes nothing and a lost one is re-published by the outbox 
 
 from __future__ import annotations
 
+import ssl
 from datetime import UTC, tzinfo
 
 from celery.schedules import crontab
 from kombu import Queue
 
-from shared.config import get_config, var_dir
+from shared.config import config_or_exit, var_dir
 
-_config = get_config()
+# The first thing a starting worker or beat reads: an unsafe configuration stops it here, one line
+# naming the variable, exit status 2 (the web checked its own before it could publish).
+_config = config_or_exit()
 
 broker_url = _config.celery_broker_url
+if broker_url.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport with our two fixes, by import path: it applies to this app's connections
+    # only, and is imported only when one is made.
+    broker_transport = "shared.adapters.kombu_redis:Transport"
+if broker_url.startswith("rediss://"):
+    # Named by path, the transport no longer gets kombu's default for rediss:// (TLS without checking
+    # the certificate): check it, unless the URL's ssl_cert_reqs says otherwise.
+    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
 # Outcomes live in the database; Celery's own results would only be a second, weaker copy.
 task_ignore_result = True
 result_backend = None
@@ -61,7 +74,8 @@ if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
     broker_transport_options = {"confirm_publish": True, "max_retries": 1}
 
 if _config.uses_embedded_broker:
-    # kombu's filesystem transport: no server, works across the processes of one machine.
+    # kombu's filesystem transport: no server, works across the processes of one machine. Its folders
+    # (under OFFSESSION_HOME) exist only when it is the broker in use.
     _folder = var_dir() / "broker"
     for _sub in ("queue", "processed"):
         (_folder / _sub).mkdir(parents=True, exist_ok=True)
