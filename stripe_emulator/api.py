@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from .events import API_VERSION, EventRecord, WebhookDispatcher
+from .events import EventRecord, WebhookDispatcher
 from .faults import FaultError, Faults, FaultState
 from .idempotency import Claim, IdempotencyStore, fingerprint
 from .resources import Ctx, Resources
+from .schema import API_VERSION, check_version
 from .store import PLATFORM, TABLES, Persistence, Store, new_id
 from .wire import ApiError, Params, Response, invalid, nest, parse_pairs
 
@@ -240,6 +241,7 @@ class Emulator:
         out_headers = [("Request-Id", request_id), ("Stripe-Version", API_VERSION)]
         try:
             account = self._authenticate(headers)
+            check_version(headers.get("Stripe-Version"))
         except ApiError as err:
             return Response(err.status, err.body(), out_headers)
         faults = self.faults.current
@@ -262,11 +264,13 @@ class Emulator:
         route = self.resources.match(method, path)
         if route is None:
             return self._unrecognized(method, path, out_headers)
-        handler, allowed, args = route
+        handler, contract, args = route
         try:
             raw = body.decode("utf-8") if method == "POST" else query
             pairs = parse_pairs(raw)
-            params = Params(nest(pairs), allowed)
+            data = nest(pairs)
+            contract.check(data)
+            params = Params(data)
         except UnicodeDecodeError:
             return Response(400, invalid("Request body is not valid UTF-8").body(), out_headers)
         except ApiError as err:
