@@ -4,6 +4,8 @@ emulator serves."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,13 @@ def test_committed_schema_is_what_the_installed_sdk_generates() -> None:
     # Fails after an SDK upgrade that changes the contract: regenerate with
     # `python -m stripe_emulator.schema_gen` and commit it with the version bump.
     assert schema_gen.SCHEMA_PATH.read_bytes() == schema_gen.render()
+
+
+def test_the_schema_ships_with_the_package() -> None:
+    # Read at run time: a wheel without it would start no emulator.
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    assert schema_gen.SCHEMA_PATH.name in package_data["stripe_emulator"]
 
 
 def test_one_api_version_everywhere() -> None:
