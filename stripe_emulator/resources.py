@@ -277,7 +277,7 @@ class Resources:
         checked by the endpoint's contract (schema.py). Since 2026-09-30.endive the choice is
         `allowed_payment_method_types` or dynamic payment methods (`automatic_payment_methods`, on by
         default, with optional `excluded_payment_method_types`)."""
-        choice = {key: current[key] for key in _CHOICE_FIELDS} if current else {
+        choice = {key: current.get(key) for key in _CHOICE_FIELDS} if current else {
             "allowed_payment_method_types": None,
             "automatic_payment_methods": {"allow_redirects": "always", "enabled": True},
             "excluded_payment_method_types": None,
