@@ -1,9 +1,10 @@
 """The emulator application: one request in, one ``Response`` out, independent of the HTTP server.
 
 Order for /v1 requests, chosen to match what Stripe saves under an idempotency key:
-authentication -> rate limit (429, not executed) -> injected 5xx (not executed) -> routing and
-parameter parsing -> idempotency claim (replay / 409 / 400) -> latency -> execution under the store
-lock (validation errors release the key, everything else is saved) -> drop-after-commit.
+authentication and Stripe-Version -> rate limit (429, not executed) -> injected 5xx (not executed) ->
+routing, parameter parsing and the endpoint's parameter contract (schema.py; nothing saved) ->
+idempotency claim (replay / 409 / 400) -> latency -> execution under the store lock (validation errors
+release the key, everything else is saved) -> drop-after-commit.
 """
 
 from __future__ import annotations
@@ -398,7 +399,8 @@ class Emulator:
             account = self.store.find_owner(obj_id)
             obj = self.store.account(account).table(kind).get(obj_id) if account is not None else None
             action = (obj or {}).get("next_action") or {}
-            return_url = (action.get("redirect_to_url") or {}).get("return_url")
+            step = action.get("redirect_to_url") or action.get("use_stripe_sdk") or {}
+            return_url = step.get("return_url")
             resp = self._authenticate_intent(kind, obj_id, outcome, base_url)
             if resp.status != 200 or not return_url or obj is None:
                 return resp

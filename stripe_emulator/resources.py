@@ -380,11 +380,12 @@ class Resources:
         page = f"{ctx.base_url}/_emulator/3ds/{obj_id}"
         if return_url and not use_stripe_sdk:
             return {"type": "redirect_to_url", "redirect_to_url": {"return_url": return_url, "url": page}}
-        return {
-            "type": "use_stripe_sdk",
-            "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": page,
-                               "source": new_id("src_")},
-        }
+        sdk: dict[str, Any] = {"type": "three_d_secure_redirect", "stripe_js": page, "source": new_id("src_")}
+        if return_url:
+            # Stripe's contents here are opaque ("only intended to be used by Stripe.js"); the emulator
+            # keeps the confirm's return_url in them so its 3-D Secure page can send the browser back.
+            sdk["return_url"] = return_url
+        return {"type": "use_stripe_sdk", "use_stripe_sdk": sdk}
 
     @staticmethod
     def _request_log_url(ctx: Ctx) -> str:

@@ -3,8 +3,10 @@ announces: Stripe-Version honoured, every endpoint's parameters checked against 
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 import stripe
 
-from shared.gateway import STRIPE_API_VERSION
+from shared.gateway import STRIPE_API_VERSION, payment_intent_view
 from stripe_emulator import API_VERSION
 from stripe_emulator.resources import Resources
 from tests.integration.emulator_fixture import emulator_state, running_emulator, sdk_client
@@ -171,3 +173,33 @@ def test_known_parameters_it_does_not_model_are_accepted_as_stripe_accepts_them(
     customer = client.v1.customers.create({"email": "x@example.com", "validate": True,
                                            "invoice_prefix": "ABCD", "expand": ["invoice_settings"]})
     assert customer.email == "x@example.com"
+
+
+def test_the_bank_page_is_reached_whichever_next_action_the_confirm_answers(
+    client: stripe.StripeClient, base: str
+) -> None:
+    customer = client.v1.customers.create({})
+    pages = []
+    for sdk in (False, True):
+        intent = client.v1.payment_intents.create(
+            {"amount": 1500, "currency": "usd", "customer": customer.id,
+             "payment_method": "pm_card_authenticationRequired", "allowed_payment_method_types": ["card"],
+             "confirm": True, "return_url": "https://shop.example/back", "use_stripe_sdk": sdk}
+        )
+        view = payment_intent_view(intent.to_dict())
+        assert view.next_action_type == ("use_stripe_sdk" if sdk else "redirect_to_url")
+        assert view.next_action_redirect_url == f"{base}/_emulator/3ds/{intent.id}"
+        with urllib.request.urlopen(view.next_action_redirect_url, timeout=10) as page:
+            pages.append(page.status)
+        # Completing it sends the browser back to the return_url, as the Client Zone expects.
+        connection = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+        connection.request("GET", f"/_emulator/3ds/{intent.id}?outcome=succeed")
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        assert answer.status == 302
+        assert (answer.getheader("Location") or "").startswith(
+            f"https://shop.example/back?payment_intent={intent.id}&"
+        )
+        assert client.v1.payment_intents.retrieve(intent.id).status == "succeeded"
+    assert pages == [200, 200]
