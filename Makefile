@@ -11,7 +11,7 @@ LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: install run test lint system-test-deps vendor clean bench chaos lock lock-upgrade
+.PHONY: install run test test-stripe lint system-test-deps vendor clean bench chaos lock lock-upgrade
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ lint: install
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest
+
+# Before going live: the gateway contract suite against Stripe's own test mode, every call the product
+# makes. STRIPE_API_KEY=sk_test_... make test-stripe (without a test key it says it skipped).
+test-stripe: install
+	@bash scripts/test-stripe.sh
 
 # Benchmarks (bench/*.py): each starts its own throwaway PostgreSQL, redis-server and processes and
 # prints its figures. `make bench-enqueue` runs bench/bench_enqueue.py, `make bench-batch-limit`

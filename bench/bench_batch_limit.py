@@ -332,7 +332,7 @@ def _naive_loop(st: Stack, engine: Engine, result: Result, sample: int) -> None:
                 payment_method=payment_method,
                 confirm=True,
                 off_session=True,
-                payment_method_types=["card"],
+                allowed_payment_method_types=["card"],
                 metadata={"invoice_number": f"{NAIVE_PREFIX}{n:05d}"},
             )
             result.naive_outcomes[str(intent.status)] += 1

@@ -134,7 +134,7 @@ def run(scenario: str, base: str, pid: int | None, creations: int, threads: int)
                 "payment_method": pm.id,
                 "off_session": True,
                 "confirm": True,
-                "payment_method_types": ["card"],
+                "allowed_payment_method_types": ["card"],
                 "metadata": {"invoice_id": f"inv_{i}", "charge_attempt_id": f"att_{i}"},
             },
             options={"idempotency_key": str(uuid.uuid4())},

@@ -26,7 +26,9 @@ import stripe
 from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError, check_safe
 
 __all__ = [
+    "CARD_ONLY",
     "REQUIRED_CHARGE_METADATA",
+    "STRIPE_API_VERSION",
     "WEBHOOK_TOLERANCE_SECONDS",
     "AuthenticationRequired",
     "Canceled",
@@ -53,6 +55,18 @@ __all__ = [
     "payment_intent_create_params",
     "payment_intent_view",
 ]
+
+# The Stripe API version every request is made at (sent as Stripe-Version): the one the installed stripe
+# SDK is generated for, whose parameter types describe what this module sends. pyproject.toml bounds the
+# SDK to its major; moving either is one deliberate change, and tests/unit/test_gateway.py fails until
+# both agree. Changes that matter at this version: docs.stripe.com/changelog/endive/2026-09-30.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+# How a PaymentIntent or SetupIntent is restricted to cards at STRIPE_API_VERSION. payment_method_types
+# was removed in 2026-09-30.endive (400 payment_method_types_no_longer_supported); its replacement,
+# allowed_payment_method_types (added in 2026-07-29.dahlia), keeps the intent card-only whatever the
+# Dashboard enables, so no confirm ever needs a return_url for a redirecting method.
+CARD_ONLY: dict[str, Any] = {"allowed_payment_method_types": ["card"]}
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 REQUIRED_CHARGE_METADATA = ("invoice_id", "invoice_number", "charge_attempt_id")
@@ -348,7 +362,7 @@ def payment_intent_create_params(request: ChargeRequest) -> dict[str, Any]:
         "payment_method": request.payment_method_id,
         "off_session": True,
         "confirm": True,
-        "payment_method_types": ["card"],
+        **CARD_ONLY,
         "metadata": dict(request.metadata),  # a copy, already sorted by key
         "description": request.description,
     }
@@ -377,10 +391,30 @@ def _payment_error(error: Mapping[str, Any] | None) -> PaymentError | None:
     )
 
 
+def authentication_page(next_action: Mapping[str, Any] | None) -> str | None:
+    """The page a browser is sent to for 3-D Secure, from a PaymentIntent's `next_action`.
+
+    A server-side confirm with a `return_url` (and without `use_stripe_sdk`) answers `redirect_to_url`,
+    whose `url` is "The URL you must redirect your customer to in order to authenticate the payment"
+    (the PaymentIntent object's reference; the `use_stripe_sdk` confirm parameter is documented as the
+    opt-in for "confirming server-side and using Stripe.js, iOS, or Android client-side SDKs to handle the
+    next actions"). Should Stripe answer `use_stripe_sdk` all the same, its 3-D Secure redirect variant
+    carries Stripe's hosted authentication page in `stripe_js`, which a plain redirect can also reach."""
+    if not next_action:
+        return None
+    if next_action.get("type") == "redirect_to_url":
+        url = (next_action.get("redirect_to_url") or {}).get("url")
+        return url if isinstance(url, str) and url else None
+    if next_action.get("type") == "use_stripe_sdk":
+        sdk = next_action.get("use_stripe_sdk") or {}
+        url = sdk.get("stripe_js") if sdk.get("type") == "three_d_secure_redirect" else None
+        return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+    return None
+
+
 def payment_intent_view(data: Mapping[str, Any]) -> PaymentIntentView:
     """A PaymentIntent as the API renders it (a dict: `to_dict()` of the SDK object, or JSON)."""
     next_action = data.get("next_action") or {}
-    redirect = next_action.get("redirect_to_url") or {}
     return PaymentIntentView(
         id=data["id"],
         status=data["status"],
@@ -395,7 +429,7 @@ def payment_intent_view(data: Mapping[str, Any]) -> PaymentIntentView:
         created=int(data.get("created") or 0),
         client_secret=data.get("client_secret"),
         next_action_type=next_action.get("type"),
-        next_action_redirect_url=redirect.get("url"),
+        next_action_redirect_url=authentication_page(next_action),
         livemode=bool(data.get("livemode", False)),
     )
 
@@ -618,6 +652,7 @@ class StripeGateway:
         self._on_call = on_call
         self._client = stripe.StripeClient(
             api_key,
+            stripe_version=STRIPE_API_VERSION,
             base_addresses={"api": base} if base else None,
             max_network_retries=max_network_retries,
             http_client=http_client or _requests_client(timeout_seconds),
@@ -728,7 +763,7 @@ class StripeGateway:
                     {
                         "customer": customer_id,
                         "payment_method": payment_method_token,
-                        "payment_method_types": ["card"],
+                        **CARD_ONLY,
                         "usage": "off_session",
                         "confirm": True,
                     },
@@ -909,7 +944,9 @@ class StripeGateway:
         stripe_account: str | None = None,
     ) -> ChargeOutcome:
         """Confirm again with the client present (off_session=false): usually RequiresAction, whose view
-        carries the client_secret and the 3DS redirect URL that brings the client back to `return_url`."""
+        carries the client_secret and the bank's page (`next_action_redirect_url`, see
+        authentication_page) that brings the client back to `return_url`. A RequiresAction without such a
+        page (an action only Stripe.js can run) is a PermanentStripeError: this product has no Stripe.js."""
         try:
             data = self._call(
                 stripe_account,
@@ -922,7 +959,15 @@ class StripeGateway:
             )
         except _CardErrorSignal as signal:
             return _outcome_from_card_error(signal)
-        return classify_payment_intent(payment_intent_view(data))
+        outcome = classify_payment_intent(payment_intent_view(data))
+        if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url is None:
+            raise PermanentStripeError(
+                f"Stripe asked for an authentication step ({outcome.payment_intent.next_action_type}) that "
+                "only Stripe.js can run, and gave no page to send the client to",
+                kind="unexpected_response",
+                payment_intent_id=outcome.payment_intent_id,
+            )
+        return outcome
 
     def cancel_payment_intent(
         self,

@@ -7,8 +7,9 @@ Reached over HTTP only, like Stripe. Run it with ``python -m stripe_emulator`` o
 """
 
 from .api import Config, Emulator
-from .events import API_VERSION, sign
+from .events import sign
 from .faults import Faults
+from .schema import API_VERSION
 from .server import EmulatorServer
 
 __all__ = ["API_VERSION", "Config", "Emulator", "EmulatorServer", "Faults", "sign"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from .api import Config, parse_webhook_events
 from .faults import FaultError, Faults
+from .schema import API_VERSION
 from .server import EmulatorServer
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"stripe_emulator: cannot start: {err}", file=sys.stderr)
         return 1
-    print(f"stripe emulator listening on {server.base_url}"
+    print(f"stripe emulator listening on {server.base_url}, Stripe API version {API_VERSION}"
           f"{f', webhooks to {config.webhook_url}' if config.webhook_url else ''}", flush=True)
 
     previous: dict[int, Any] = {}

@@ -1,9 +1,10 @@
 """The emulator application: one request in, one ``Response`` out, independent of the HTTP server.
 
 Order for /v1 requests, chosen to match what Stripe saves under an idempotency key:
-authentication -> rate limit (429, not executed) -> injected 5xx (not executed) -> routing and
-parameter parsing -> idempotency claim (replay / 409 / 400) -> latency -> execution under the store
-lock (validation errors release the key, everything else is saved) -> drop-after-commit.
+authentication and Stripe-Version -> rate limit (429, not executed) -> injected 5xx (not executed) ->
+routing, parameter parsing and the endpoint's parameter contract (schema.py; nothing saved) ->
+idempotency claim (replay / 409 / 400) -> latency -> execution under the store lock (validation errors
+release the key, everything else is saved) -> drop-after-commit.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from .events import API_VERSION, EventRecord, WebhookDispatcher
+from .events import EventRecord, WebhookDispatcher
 from .faults import FaultError, Faults, FaultState
 from .idempotency import Claim, IdempotencyStore, fingerprint
 from .resources import Ctx, Resources
+from .schema import API_VERSION, check_version
 from .store import PLATFORM, TABLES, Persistence, Store, new_id
 from .wire import ApiError, Params, Response, invalid, nest, parse_pairs
 
@@ -240,6 +242,7 @@ class Emulator:
         out_headers = [("Request-Id", request_id), ("Stripe-Version", API_VERSION)]
         try:
             account = self._authenticate(headers)
+            check_version(headers.get("Stripe-Version"))
         except ApiError as err:
             return Response(err.status, err.body(), out_headers)
         faults = self.faults.current
@@ -262,11 +265,13 @@ class Emulator:
         route = self.resources.match(method, path)
         if route is None:
             return self._unrecognized(method, path, out_headers)
-        handler, allowed, args = route
+        handler, contract, args = route
         try:
             raw = body.decode("utf-8") if method == "POST" else query
             pairs = parse_pairs(raw)
-            params = Params(nest(pairs), allowed)
+            data = nest(pairs)
+            contract.check(data)
+            params = Params(data)
         except UnicodeDecodeError:
             return Response(400, invalid("Request body is not valid UTF-8").body(), out_headers)
         except ApiError as err:
@@ -394,7 +399,8 @@ class Emulator:
             account = self.store.find_owner(obj_id)
             obj = self.store.account(account).table(kind).get(obj_id) if account is not None else None
             action = (obj or {}).get("next_action") or {}
-            return_url = (action.get("redirect_to_url") or {}).get("return_url")
+            step = action.get("redirect_to_url") or action.get("use_stripe_sdk") or {}
+            return_url = step.get("return_url")
             resp = self._authenticate_intent(kind, obj_id, outcome, base_url)
             if resp.status != 200 or not return_url or obj is None:
                 return resp

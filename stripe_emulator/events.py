@@ -23,8 +23,6 @@ from urllib.parse import urlsplit
 
 from .faults import FaultState
 
-API_VERSION = "2026-10-28.endive"
-
 # Deliveries scheduled within this many seconds of each other may swap places under webhook_reorder.
 REORDER_WINDOW_S = 0.3
 # After the receiver refused a connection, attempts within this window fail without dialing again:

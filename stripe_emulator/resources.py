@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import cards
+from . import cards, schema
 from .cards import CardSpec, Decline
 from .store import PREFIX_TABLE, AccountData, new_id
 from .wire import ApiError, Params, apply_metadata, doc_url, invalid, no_such
@@ -40,13 +40,17 @@ PI_CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confir
                  "requires_action", "processing")
 SI_CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
 
+# Stripe's answer to a confirm that could need a redirect and has no return_url, as quoted in
+# github.com/Attendize/Attendize/issues/1115 ("Here's the error message provided by Stripe").
 _RETURN_URL_MESSAGE = (
-    "This PaymentIntent is configured to accept payment methods enabled in your Dashboard. Because some "
-    "of these payment methods might redirect your customer off of your page, you must provide a "
-    "`return_url`. If you don't want to accept redirect-based payment methods, set "
-    "`automatic_payment_methods[enabled]` to `true` and `automatic_payment_methods[allow_redirects]` "
-    "to `never` when creating Setup Intents and Payment Intents."
+    "A return_url must be specified because this {kind} is configured to automatically accept the "
+    "payment methods enabled in the Dashboard, some of which may require a full page redirect to succeed. "
+    "If you do not want to accept redirect-based payment methods, set automatic_payment_methods[enabled] "
+    "to true and automatic_payment_methods[allow_redirects] to never when creating Setup Intents and "
+    "Payment Intents."
 )
+_CHOICE_FIELDS = ("allowed_payment_method_types", "automatic_payment_methods",
+                  "excluded_payment_method_types", "payment_method_types")
 
 
 @dataclass
@@ -72,89 +76,57 @@ Emit = Callable[[Ctx, str, dict[str, Any], dict[str, Any] | None], None]
 Handler = Callable[[Ctx, Params, tuple[str, ...]], dict[str, Any]]
 
 
-def _fields(*names: str) -> frozenset[str]:
-    return frozenset(names)
-
-
-_PAGE = ("limit", "starting_after", "ending_before", "created")
-
-
 class Resources:
     def __init__(self, emit: Emit) -> None:
         self.emit = emit
         r = self._route
-        self.routes: list[tuple[str, re.Pattern[str], Handler, frozenset[str]]] = []
-        r("POST", "/v1/customers", self.customer_create,
-          _fields("address", "balance", "description", "email", "invoice_settings", "metadata", "name",
-                  "payment_method", "phone", "preferred_locales", "shipping", "tax_exempt"))
-        r("GET", "/v1/customers", self.customer_list, _fields("email", *_PAGE))
-        r("GET", "/v1/customers/search", self.customer_search, _fields("query", "limit", "page"))
-        r("GET", "/v1/customers/{id}", self.customer_retrieve, _fields())
-        r("POST", "/v1/customers/{id}", self.customer_update,
-          _fields("address", "balance", "description", "email", "invoice_settings", "metadata", "name",
-                  "phone", "preferred_locales", "shipping", "tax_exempt"))
-        r("DELETE", "/v1/customers/{id}", self.customer_delete, _fields())
-        r("GET", "/v1/customers/{id}/payment_methods", self.customer_pm_list,
-          _fields("type", "allow_redisplay", *_PAGE))
-        r("GET", "/v1/customers/{id}/payment_methods/{id}", self.customer_pm_retrieve, _fields())
-        r("GET", "/v1/payment_methods", self.pm_list, _fields("customer", "type", *_PAGE))
-        r("GET", "/v1/payment_methods/{id}", self.pm_retrieve, _fields())
-        r("POST", "/v1/payment_methods/{id}", self.pm_update,
-          _fields("metadata", "billing_details", "allow_redisplay"))
-        r("POST", "/v1/payment_methods/{id}/attach", self.pm_attach, _fields("customer"))
-        r("POST", "/v1/payment_methods/{id}/detach", self.pm_detach, _fields())
-        r("POST", "/v1/setup_intents", self.si_create,
-          _fields("customer", "payment_method", "usage", "confirm", "payment_method_types",
-                  "automatic_payment_methods", "metadata", "description", "return_url", "on_behalf_of",
-                  "mandate_data", "use_stripe_sdk", "payment_method_options", "flow_directions"))
-        r("GET", "/v1/setup_intents", self.si_list, _fields("customer", "payment_method", *_PAGE))
-        r("GET", "/v1/setup_intents/{id}", self.si_retrieve, _fields("client_secret"))
-        r("POST", "/v1/setup_intents/{id}", self.si_update,
-          _fields("customer", "description", "metadata", "payment_method", "payment_method_types"))
-        r("POST", "/v1/setup_intents/{id}/confirm", self.si_confirm,
-          _fields("payment_method", "return_url", "mandate_data", "use_stripe_sdk", "payment_method_options",
-                  "client_secret"))
-        r("POST", "/v1/setup_intents/{id}/cancel", self.si_cancel, _fields("cancellation_reason"))
-        r("POST", "/v1/payment_intents", self.pi_create,
-          _fields("amount", "currency", "customer", "payment_method", "confirm", "off_session", "metadata",
-                  "description", "statement_descriptor", "statement_descriptor_suffix",
-                  "error_on_requires_action", "return_url", "automatic_payment_methods",
-                  "payment_method_types", "on_behalf_of", "transfer_data", "transfer_group",
-                  "application_fee_amount", "setup_future_usage", "receipt_email", "capture_method",
-                  "confirmation_method", "payment_method_options", "mandate_data", "use_stripe_sdk",
-                  "shipping"))
-        r("GET", "/v1/payment_intents", self.pi_list, _fields("customer", *_PAGE))
-        r("GET", "/v1/payment_intents/search", self.pi_search, _fields("query", "limit", "page"))
-        r("GET", "/v1/payment_intents/{id}", self.pi_retrieve, _fields("client_secret"))
-        r("POST", "/v1/payment_intents/{id}", self.pi_update,
-          _fields("amount", "currency", "customer", "description", "metadata", "payment_method",
-                  "payment_method_types", "receipt_email", "setup_future_usage", "statement_descriptor",
-                  "statement_descriptor_suffix", "application_fee_amount", "transfer_data",
-                  "transfer_group", "payment_method_options", "shipping"))
-        r("POST", "/v1/payment_intents/{id}/confirm", self.pi_confirm,
-          _fields("payment_method", "off_session", "return_url", "error_on_requires_action",
-                  "setup_future_usage", "receipt_email", "payment_method_types", "mandate_data",
-                  "use_stripe_sdk", "payment_method_options", "client_secret", "shipping"))
-        r("POST", "/v1/payment_intents/{id}/cancel", self.pi_cancel, _fields("cancellation_reason"))
-        r("GET", "/v1/charges", self.charge_list, _fields("customer", "payment_intent", *_PAGE))
-        r("GET", "/v1/charges/{id}", self.charge_retrieve, _fields())
-        r("POST", "/v1/refunds", self.refund_create,
-          _fields("payment_intent", "charge", "amount", "reason", "metadata", "instructions_email"))
-        r("GET", "/v1/refunds", self.refund_list, _fields("payment_intent", "charge", *_PAGE))
-        r("GET", "/v1/refunds/{id}", self.refund_retrieve, _fields())
-        r("GET", "/v1/events", self.event_list, _fields("type", "types", "delivery_success", *_PAGE))
-        r("GET", "/v1/events/{id}", self.event_retrieve, _fields())
+        self.routes: list[tuple[str, re.Pattern[str], Handler, schema.Endpoint]] = []
+        r("POST", "/v1/customers", self.customer_create)
+        r("GET", "/v1/customers", self.customer_list)
+        r("GET", "/v1/customers/search", self.customer_search)
+        r("GET", "/v1/customers/{id}", self.customer_retrieve)
+        r("POST", "/v1/customers/{id}", self.customer_update)
+        r("DELETE", "/v1/customers/{id}", self.customer_delete)
+        r("GET", "/v1/customers/{id}/payment_methods", self.customer_pm_list)
+        r("GET", "/v1/customers/{id}/payment_methods/{id}", self.customer_pm_retrieve)
+        r("GET", "/v1/payment_methods", self.pm_list)
+        r("GET", "/v1/payment_methods/{id}", self.pm_retrieve)
+        r("POST", "/v1/payment_methods/{id}", self.pm_update)
+        r("POST", "/v1/payment_methods/{id}/attach", self.pm_attach)
+        r("POST", "/v1/payment_methods/{id}/detach", self.pm_detach)
+        r("POST", "/v1/setup_intents", self.si_create)
+        r("GET", "/v1/setup_intents", self.si_list)
+        r("GET", "/v1/setup_intents/{id}", self.si_retrieve)
+        r("POST", "/v1/setup_intents/{id}", self.si_update)
+        r("POST", "/v1/setup_intents/{id}/confirm", self.si_confirm)
+        r("POST", "/v1/setup_intents/{id}/cancel", self.si_cancel)
+        r("POST", "/v1/payment_intents", self.pi_create)
+        r("GET", "/v1/payment_intents", self.pi_list)
+        r("GET", "/v1/payment_intents/search", self.pi_search)
+        r("GET", "/v1/payment_intents/{id}", self.pi_retrieve)
+        r("POST", "/v1/payment_intents/{id}", self.pi_update)
+        r("POST", "/v1/payment_intents/{id}/confirm", self.pi_confirm)
+        r("POST", "/v1/payment_intents/{id}/cancel", self.pi_cancel)
+        r("GET", "/v1/charges", self.charge_list)
+        r("GET", "/v1/charges/{id}", self.charge_retrieve)
+        r("POST", "/v1/refunds", self.refund_create)
+        r("GET", "/v1/refunds", self.refund_list)
+        r("GET", "/v1/refunds/{id}", self.refund_retrieve)
+        r("GET", "/v1/events", self.event_list)
+        r("GET", "/v1/events/{id}", self.event_retrieve)
 
-    def _route(self, method: str, pattern: str, handler: Handler, allowed: frozenset[str]) -> None:
+    def _route(self, method: str, pattern: str, handler: Handler) -> None:
+        """Serve `pattern`; the parameters it takes are Stripe's (schema.py), so an endpoint the schema
+        does not describe cannot be served (KeyError at start-up)."""
         regex = re.compile("^" + pattern.replace("{id}", "([^/]+)") + "$")
-        self.routes.append((method, regex, handler, allowed))
+        self.routes.append((method, regex, handler, schema.endpoint(f"{method} {pattern}")))
 
-    def match(self, method: str, path: str) -> tuple[Handler, frozenset[str], tuple[str, ...]] | None:
-        for m, regex, handler, allowed in self.routes:
+    def match(self, method: str, path: str) -> tuple[Handler, schema.Endpoint, tuple[str, ...]] | None:
+        for m, regex, handler, contract in self.routes:
             if m == method:
                 hit = regex.match(path)
                 if hit:
-                    return handler, allowed, hit.groups()
+                    return handler, contract, hit.groups()
         return None
 
     # ------------------------------------------------------------------ shared helpers
@@ -299,35 +271,40 @@ class Resources:
         raise invalid(f"Invalid off_session: {value}", param="off_session")
 
     @staticmethod
-    def _pm_types(p: Params) -> tuple[list[str], dict[str, Any] | None]:
-        """payment_method_types and automatic_payment_methods, with the latest API's default."""
-        types = p.list("payment_method_types")
+    def _payment_method_choice(p: Params, current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The intent fields that say which payment method types it takes, from the request (and, on
+        update and confirm, the intent's `current` values). Mutual exclusion and value types were
+        checked by the endpoint's contract (schema.py). Since 2026-09-30.endive the choice is
+        `allowed_payment_method_types` or dynamic payment methods (`automatic_payment_methods`, on by
+        default, with optional `excluded_payment_method_types`)."""
+        choice = {key: current.get(key) for key in _CHOICE_FIELDS} if current else {
+            "allowed_payment_method_types": None,
+            "automatic_payment_methods": {"allow_redirects": "always", "enabled": True},
+            "excluded_payment_method_types": None,
+        }
+        allowed = p.list("allowed_payment_method_types")
+        if allowed is not None:
+            # Stripe keeps the compatible subset; the emulator's only payment method type is card.
+            if "card" not in allowed:
+                raise invalid("None of the allowed_payment_method_types can be used here: the emulator "
+                              "models card payment methods only.", param="allowed_payment_method_types")
+            choice.update(allowed_payment_method_types=allowed, automatic_payment_methods=None,
+                          excluded_payment_method_types=None)
         apm_raw = p.dict("automatic_payment_methods")
-        apm: dict[str, Any] | None = None
         if apm_raw is not None:
-            enabled = apm_raw.get("enabled")
-            if enabled not in ("true", "false"):
-                raise invalid("Missing required param: automatic_payment_methods[enabled].",
-                              param="automatic_payment_methods[enabled]", code="parameter_missing")
-            allow = apm_raw.get("allow_redirects", "always")
-            if allow not in ("always", "never"):
-                raise invalid(f"Invalid automatic_payment_methods[allow_redirects]: {allow}",
-                              param="automatic_payment_methods[allow_redirects]")
-            if enabled == "true":
-                apm = {"allow_redirects": allow, "enabled": True}
-        if types is not None:
-            if apm is not None:
-                raise invalid("You may only specify one of these parameters: automatic_payment_methods, "
-                              "payment_method_types.", param="payment_method_types")
-            for t in types:
-                if t != "card":
-                    raise invalid(f"The payment method type {t!r} is not supported by the emulator; "
-                                  "only 'card' is.", param="payment_method_types")
-            return ["card"], None
-        if apm is None and apm_raw is None:
-            # Since 2023-08-16 automatic payment methods are on unless types are given.
-            apm = {"allow_redirects": "always", "enabled": True}
-        return ["card"], apm
+            enabled = apm_raw["enabled"] == "true"
+            choice["automatic_payment_methods"] = (
+                {"allow_redirects": apm_raw.get("allow_redirects") or "always", "enabled": True}
+                if enabled else None
+            )
+        if p.has("excluded_payment_method_types"):
+            excluded = p.list("excluded_payment_method_types")
+            if excluded and "card" in excluded:
+                raise invalid("Excluding card leaves no payment method type: the emulator models card "
+                              "payment methods only.", param="excluded_payment_method_types")
+            choice["excluded_payment_method_types"] = excluded or None
+        choice["payment_method_types"] = ["card"]
+        return choice
 
     def _pm_ref(self, ctx: Ctx, pm_param: str | None, customer_id: str | None) -> str | dict[str, Any] | None:
         """Validate a payment_method parameter: a test token (str) or an existing pm (dict)."""
@@ -403,11 +380,12 @@ class Resources:
         page = f"{ctx.base_url}/_emulator/3ds/{obj_id}"
         if return_url and not use_stripe_sdk:
             return {"type": "redirect_to_url", "redirect_to_url": {"return_url": return_url, "url": page}}
-        return {
-            "type": "use_stripe_sdk",
-            "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": page,
-                               "source": new_id("src_")},
-        }
+        sdk: dict[str, Any] = {"type": "three_d_secure_redirect", "stripe_js": page, "source": new_id("src_")}
+        if return_url:
+            # Stripe's contents here are opaque ("only intended to be used by Stripe.js"); the emulator
+            # keeps the confirm's return_url in them so its 3-D Secure page can send the browser back.
+            sdk["return_url"] = return_url
+        return {"type": "use_stripe_sdk", "use_stripe_sdk": sdk}
 
     @staticmethod
     def _request_log_url(ctx: Ctx) -> str:
@@ -471,11 +449,6 @@ class Resources:
         raw = p.dict("invoice_settings")
         if raw is None:
             return None
-        allowed = {"default_payment_method", "footer", "custom_fields", "rendering_options"}
-        for key in raw:
-            if key not in allowed:
-                raise invalid(f"Received unknown parameter: invoice_settings[{key}]",
-                              param=f"invoice_settings[{key}]")
         out: dict[str, Any] = {}
         if "default_payment_method" in raw:
             pm_id = raw["default_payment_method"]
@@ -682,22 +655,27 @@ class Resources:
         confirm = p.bool("confirm") or False
         metadata = p.metadata() or {}
         description = p.str("description", max_len=1000)
-        types, apm = self._pm_types(p)
+        choice = self._payment_method_choice(p)
         if confirm and pm_ref is None:
             raise invalid("You cannot confirm this SetupIntent because it's missing a payment method. "
                           "Pass `payment_method`.", param="payment_method", code="parameter_missing")
+        return_url = p.str("return_url") or None
+        if confirm:
+            _require_return_url(choice, return_url, "Setup Intent")
         pm = self._materialize(ctx, pm_ref) if pm_ref is not None else None
         sid = new_id("seti_")
         si = {
             "id": sid,
             "object": "setup_intent",
+            "allowed_payment_method_types": choice["allowed_payment_method_types"],
             "application": None,
-            "automatic_payment_methods": apm,
+            "automatic_payment_methods": choice["automatic_payment_methods"],
             "cancellation_reason": None,
             "client_secret": f"{sid}_secret_{new_id('', 25)}",
             "created": ctx.now,
             "customer": cid,
             "description": description or None,
+            "excluded_payment_method_types": choice["excluded_payment_method_types"],
             "flow_directions": None,
             "last_setup_error": None,
             "latest_attempt": None,
@@ -710,7 +688,7 @@ class Resources:
             "payment_method_configuration_details": None,
             "payment_method_options": {"card": {"mandate_options": None, "network": None,
                                                 "request_three_d_secure": "automatic"}},
-            "payment_method_types": types,
+            "payment_method_types": choice["payment_method_types"],
             "single_use_mandate": None,
             "status": "requires_confirmation" if pm else "requires_payment_method",
             "usage": usage,
@@ -718,7 +696,7 @@ class Resources:
         ctx.data.setup_intents[sid] = si
         self.emit(ctx, "setup_intent.created", si, None)
         if confirm and pm is not None:
-            self._si_confirm(ctx, si, pm, p.str("return_url"), p.bool("use_stripe_sdk") or False)
+            self._si_confirm(ctx, si, pm, return_url, p.bool("use_stripe_sdk") or False)
         return self.render(ctx, si, p.expand())
 
     def _si(self, ctx: Ctx, sid: str) -> dict[str, Any]:
@@ -747,8 +725,8 @@ class Resources:
             self._customer_param(ctx, cid)
         pm_ref = self._pm_ref(ctx, p.str("payment_method"), cid)
         metadata = p.metadata()
-        if p.has("payment_method_types"):
-            self._pm_types(p)
+        choice = self._payment_method_choice(p, si)
+        si.update(choice)
         si["customer"] = cid
         self._apply_text(si, p, "description", 1000)
         si["metadata"] = apply_metadata(si["metadata"], metadata)
@@ -768,8 +746,11 @@ class Resources:
                           "Pass `payment_method`.", param="payment_method", code="parameter_missing")
         pm_ref = self._pm_ref(ctx, pm_param, si["customer"])
         assert pm_ref is not None
-        return_url, sdk = p.str("return_url"), p.bool("use_stripe_sdk") or False
+        return_url, sdk = p.str("return_url") or None, p.bool("use_stripe_sdk") or False
+        choice = self._payment_method_choice(p, si)
+        _require_return_url(choice, return_url, "Setup Intent")
         pm = self._materialize(ctx, pm_ref)
+        si.update(choice)
         self._si_confirm(ctx, si, pm, return_url, sdk)
         return self.render(ctx, si, p.expand())
 
@@ -846,14 +827,13 @@ class Resources:
     def _pi(self, ctx: Ctx, pi_id: str) -> dict[str, Any]:
         return self._get(ctx, "payment_intents", pi_id, "payment_intent")
 
-    def _confirm_args(self, p: Params, apm: dict[str, Any] | None) -> _Confirm:
+    def _confirm_args(self, p: Params, choice: dict[str, Any]) -> _Confirm:
         """How to confirm, from the request; checks the return_url that redirecting methods need."""
         args = _Confirm(off_session=bool(self._off_session(p)),
                         error_on_action=p.bool("error_on_requires_action") or False,
                         return_url=p.str("return_url") or None,
                         use_stripe_sdk=p.bool("use_stripe_sdk") or False)
-        if apm is not None and apm.get("allow_redirects") != "never" and not args.return_url:
-            raise invalid(_RETURN_URL_MESSAGE)
+        _require_return_url(choice, args.return_url, "Payment Intent")
         return args
 
     def pi_create(self, ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
@@ -869,7 +849,7 @@ class Resources:
                           param="off_session")
         pm_ref = self._pm_ref(ctx, p.str("payment_method"), cid)
         metadata = p.metadata() or {}
-        types, apm = self._pm_types(p)
+        choice = self._payment_method_choice(p)
         if p.str("statement_descriptor"):
             raise invalid("The `statement_descriptor` parameter is not supported for the `card` payment "
                           "method type. Use `statement_descriptor_suffix` instead.",
@@ -886,19 +866,20 @@ class Resources:
                 raise invalid("You cannot confirm this PaymentIntent because it's missing a payment method. "
                               "To confirm it, pass `payment_method`.", param="payment_method",
                               code="payment_intent_unexpected_state")
-            how = self._confirm_args(p, apm)
+            how = self._confirm_args(p, choice)
         pm = self._materialize(ctx, pm_ref) if pm_ref is not None else None
         pid = new_id("pi_")
         pi: dict[str, Any] = {
             "id": pid,
             "object": "payment_intent",
+            "allowed_payment_method_types": choice["allowed_payment_method_types"],
             "amount": amount,
             "amount_capturable": 0,
             "amount_details": {"tip": {}},
             "amount_received": 0,
             "application": None,
             "application_fee_amount": fee,
-            "automatic_payment_methods": apm,
+            "automatic_payment_methods": choice["automatic_payment_methods"],
             "canceled_at": None,
             "cancellation_reason": None,
             "capture_method": capture or "automatic_async",
@@ -908,6 +889,7 @@ class Resources:
             "currency": currency,
             "customer": cid,
             "description": p.str("description", max_len=1000) or None,
+            "excluded_payment_method_types": choice["excluded_payment_method_types"],
             "last_payment_error": None,
             "latest_charge": None,
             "livemode": False,
@@ -918,7 +900,7 @@ class Resources:
             "payment_method_configuration_details": None,
             "payment_method_options": {"card": {"installments": None, "mandate_options": None,
                                                 "network": None, "request_three_d_secure": "automatic"}},
-            "payment_method_types": types,
+            "payment_method_types": choice["payment_method_types"],
             "processing": None,
             "receipt_email": p.str("receipt_email") or None,
             "review": None,
@@ -1005,7 +987,7 @@ class Resources:
         suffix = p.str("statement_descriptor_suffix", max_len=22)
         sfu_given = p.has("setup_future_usage")
         sfu = p.str("setup_future_usage", choices=("off_session", "on_session"))
-        types = self._pm_types(p)[0] if p.has("payment_method_types") else None
+        choice = self._payment_method_choice(p, pi)
         transfer = self._transfer_data(p) if p.has("transfer_data") else pi["transfer_data"]
         fee = pi["application_fee_amount"]
         if p.has("application_fee_amount"):
@@ -1014,8 +996,7 @@ class Resources:
         for key in ("description", "receipt_email", "transfer_group"):
             p.str(key, max_len=1000)
         # Everything is valid: apply.
-        if types is not None:
-            pi["payment_method_types"], pi["automatic_payment_methods"] = types, None
+        pi.update(choice)
         if cid != pi["customer"]:
             if pi["customer"]:
                 ctx.data.pis_by_customer[pi["customer"]].remove(pi["id"])
@@ -1052,15 +1033,15 @@ class Resources:
         assert pm_ref is not None
         sfu_given = p.has("setup_future_usage")
         sfu = p.str("setup_future_usage", choices=("off_session", "on_session"))
-        if p.has("payment_method_types"):
-            self._pm_types(p)
-        how = self._confirm_args(p, pi["automatic_payment_methods"])
+        choice = self._payment_method_choice(p, pi)
+        how = self._confirm_args(p, choice)
         receipt = p.str("receipt_email")
         pm = self._materialize(ctx, pm_ref)
         if sfu_given:
             pi["setup_future_usage"] = sfu or None
         if receipt is not None:
             pi["receipt_email"] = receipt or None
+        pi.update(choice)
         self._pi_confirm(ctx, pi, pm, how)
         return self.render(ctx, pi, p.expand())
 
@@ -1336,7 +1317,7 @@ class Resources:
             recs = (r for r in recs if (r.pending_webhooks == 0) == delivery)
         # Filter on the cheap record fields, parse JSON only for the page being returned.
         light = ({"id": r.id, "created": r.created, "_rec": r} for r in recs)
-        page = self._page(ctx, Params({k: v for k, v in p.data.items() if k != "expand"}, _EVENT_PAGE),
+        page = self._page(ctx, Params({k: v for k, v in p.data.items() if k != "expand"}),
                           light, "/v1/events", "event")
         page["data"] = [row["_rec"].render() for row in page["data"]]
         return page
@@ -1362,11 +1343,17 @@ class Resources:
                 "has_more": more, "next_page": f"page_{offset + limit}" if more else None, "url": url}
 
 
+def _require_return_url(choice: dict[str, Any], return_url: str | None, kind: str) -> None:
+    """Dynamic payment methods that may redirect (allow_redirects other than never) need a return_url
+    to confirm; a card-only choice (allowed_payment_method_types) does not."""
+    apm = choice["automatic_payment_methods"]
+    if apm is not None and apm.get("allow_redirects") != "never" and not return_url:
+        raise invalid(_RETURN_URL_MESSAGE.format(kind=kind))
+
+
 def _prefix_matcher(prefix: str) -> Callable[[str], bool]:
     return lambda value: value.startswith(prefix)
 
-
-_EVENT_PAGE = _fields("type", "types", "delivery_success", *_PAGE)
 
 _CLAUSE = re.compile(
     r"""\s*(?P<neg>-)?(?P<field>metadata\[(?P<q>['"])(?P<key>.*?)(?P=q)\]|[a-z_]+)\s*"""

@@ -44,7 +44,7 @@ def test_an_orphan_made_directly_at_stripe_is_recorded_once_and_our_charge_match
             "currency": "usd",
             "customer": customer,
             "payment_method": card.id,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
             "confirm": True,
             "off_session": True,
         }

@@ -77,7 +77,7 @@ def charge(
             "payment_method": pm.id,
             "off_session": True,
             "confirm": True,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
             "metadata": metadata or {"charge_attempt_id": "att_1"},
         },
         options=options,
@@ -652,7 +652,7 @@ def test_on_session_authentication_flow(client: stripe.StripeClient, base: str) 
             "customer": cus.id,
             "payment_method": pm.id,
             "confirm": True,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
         }
     )
     assert second.status == "requires_action"
@@ -684,7 +684,7 @@ def test_return_url_redirects_through_emulator_3ds_page(client: stripe.StripeCli
             "confirm": True,
             "off_session": False,
             "return_url": "https://shop.example/pay/done?invoice=7",
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
         }
     )
     assert pi.status == "requires_action" and pi.next_action.type == "redirect_to_url"
@@ -715,7 +715,7 @@ def test_setup_intents(client: stripe.StripeClient, base: str) -> None:
             "payment_method": "pm_card_visa",
             "usage": "off_session",
             "confirm": True,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
         }
     )
     assert si.status == "succeeded" and si.usage == "off_session"
@@ -727,7 +727,7 @@ def test_setup_intents(client: stripe.StripeClient, base: str) -> None:
             "customer": cus.id,
             "payment_method": "pm_card_authenticationRequiredOnSetup",
             "confirm": True,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
         }
     )
     assert setup.status == "requires_action"
@@ -742,14 +742,18 @@ def test_setup_intents(client: stripe.StripeClient, base: str) -> None:
                 "customer": cus.id,
                 "payment_method": "pm_card_chargeDeclined",
                 "confirm": True,
-                "payment_method_types": ["card"],
+                "allowed_payment_method_types": ["card"],
             }
         )
     assert info.value.error.setup_intent.status == "requires_payment_method"
     assert info.value.error.decline_code == "generic_decline"
     # chargeCustomerFail passes setup and declines only when charged.
     ok = client.v1.setup_intents.create(
-        {"customer": cus.id, "payment_method": "pm_card_chargeCustomerFail", "payment_method_types": ["card"]}
+        {
+            "customer": cus.id,
+            "payment_method": "pm_card_chargeCustomerFail",
+            "allowed_payment_method_types": ["card"],
+        }
     )
     assert ok.status == "requires_confirmation"
     assert client.v1.setup_intents.confirm(ok.id).status == "succeeded"
@@ -781,12 +785,12 @@ def test_invalid_requests(client: stripe.StripeClient, base: str) -> None:
         "customer": cus.id,
         "payment_method": pm.id,
         "confirm": True,
-        "payment_method_types": ["card"],
+        "allowed_payment_method_types": ["card"],
     }
     cases: list[tuple[dict[str, Any], str | None, str | None]] = [
-        ({"idempotency_key": "oops"}, "idempotency_key", None),  # the options=/params gotcha
+        ({"idempotency_key": "oops"}, "idempotency_key", "parameter_unknown"),  # the options=/params gotcha
         ({"amount": 49}, "amount", "amount_too_small"),
-        ({"amount": "ten"}, "amount", None),
+        ({"amount": "ten"}, "amount", "parameter_invalid_integer"),
         ({"currency": "xxx"}, "currency", None),
         ({"customer": "cus_missing"}, "customer", "resource_missing"),
         ({"payment_method": "pm_missing"}, "payment_method", "resource_missing"),
@@ -803,11 +807,13 @@ def test_invalid_requests(client: stripe.StripeClient, base: str) -> None:
     assert (missing.value.http_status, missing.value.code) == (404, "resource_missing")
     # Without explicit card types the latest API enables redirecting methods, which need a return_url.
     with pytest.raises(stripe.InvalidRequestError) as redirect:
-        client.v1.payment_intents.create({k: v for k, v in params.items() if k != "payment_method_types"})
+        client.v1.payment_intents.create(
+            {k: v for k, v in params.items() if k != "allowed_payment_method_types"}
+        )
     assert "return_url" in str(redirect.value.user_message)
     never = client.v1.payment_intents.create(
         {
-            **{k: v for k, v in params.items() if k != "payment_method_types"},
+            **{k: v for k, v in params.items() if k != "allowed_payment_method_types"},
             "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
         }
     )

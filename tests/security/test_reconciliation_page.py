@@ -32,7 +32,7 @@ def test_an_orphan_shows_once_on_the_report_with_its_client(env: Env, world: Wor
             "payment_method": card.id,
             "confirm": True,
             "off_session": True,
-            "payment_method_types": ["card"],
+            "allowed_payment_method_types": ["card"],
         }
     )
     assert orphan.status == "succeeded"

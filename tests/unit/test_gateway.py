@@ -7,9 +7,12 @@ import hashlib
 import hmac
 import json
 import pickle
+import re
 import time
+import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,6 +22,7 @@ from requests.structures import CaseInsensitiveDict
 
 from shared.config import Config, ConfigError
 from shared.gateway import (
+    STRIPE_API_VERSION,
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -33,6 +37,7 @@ from shared.gateway import (
     TransientStripeError,
     WebhookPayloadError,
     WebhookSignatureError,
+    authentication_page,
     classify_payment_intent,
     gateway_from_config,
     payment_intent_create_params,
@@ -158,7 +163,7 @@ def test_create_params_are_exactly_design_section_4() -> None:
         "payment_method": "pm_1",
         "off_session": True,
         "confirm": True,
-        "payment_method_types": ["card"],
+        "allowed_payment_method_types": ["card"],
         "metadata": {"charge_attempt_id": "att-1", "invoice_id": "42", "invoice_number": "INV-0042"},
         "description": "Invoice INV-0042",
     }
@@ -184,7 +189,8 @@ def test_retries_of_one_charge_send_byte_identical_requests(http: RecordingHTTPC
     assert "idempotency_key" not in sent.body and "stripe_account" not in sent.body
     assert sent.method == "post" and sent.url == f"{API_BASE}/v1/payment_intents"
     assert sent.form["off_session"] == ["true"] and sent.form["confirm"] == ["true"]
-    assert sent.form["payment_method_types[0]"] == ["card"]
+    assert sent.form["allowed_payment_method_types[0]"] == ["card"]
+    assert not any(name.startswith("payment_method_types") for name in sent.form)
     assert sent.form["metadata[charge_attempt_id]"] == ["att-1"]
 
 
@@ -486,6 +492,79 @@ def test_on_session_confirm_sends_off_session_false_and_the_return_url(http: Rec
     }
 
 
+def test_on_session_confirm_answered_use_stripe_sdk_still_leads_to_the_bank_page(
+    http: RecordingHTTPClient,
+) -> None:
+    page = "https://hooks.stripe.com/redirect/authenticate/src_1"
+    http.queue(
+        200,
+        payment_intent(
+            "requires_action",
+            next_action={
+                "type": "use_stripe_sdk",
+                "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": page, "source": "src_1"},
+            },
+        ),
+    )
+    outcome = make_gateway(http).confirm_on_session("pi_1", "pm_1", "https://app.example/back")
+    assert isinstance(outcome, RequiresAction)
+    assert outcome.payment_intent.next_action_type == "use_stripe_sdk"
+    assert outcome.payment_intent.next_action_redirect_url == page
+
+
+def test_on_session_confirm_with_an_action_only_stripe_js_can_run_is_refused_clearly(
+    http: RecordingHTTPClient,
+) -> None:
+    fingerprint = {"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "stripe_3ds2_fingerprint"}}
+    http.queue(200, payment_intent("requires_action", next_action=fingerprint))
+    with pytest.raises(PermanentStripeError, match=r"only Stripe\.js") as caught:
+        make_gateway(http).confirm_on_session("pi_1", "pm_1", "https://app.example/back")
+    assert (caught.value.kind, caught.value.payment_intent_id) == ("unexpected_response", "pi_1")
+
+
+@pytest.mark.parametrize(
+    ("next_action", "page"),
+    [
+        (None, None),
+        ({"type": "redirect_to_url", "redirect_to_url": {"url": "https://bank.example/3ds"}},
+         "https://bank.example/3ds"),
+        ({"type": "redirect_to_url", "redirect_to_url": {"url": None}}, None),
+        ({"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect",
+                                                       "stripe_js": "https://hooks.stripe.com/x"}},
+         "https://hooks.stripe.com/x"),
+        ({"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect",
+                                                       "stripe_js": "javascript:alert(1)"}}, None),
+        ({"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "stripe_3ds2_fingerprint"}}, None),
+        ({"type": "verify_with_microdeposits"}, None),
+    ],
+)
+def test_authentication_page(next_action: dict[str, Any] | None, page: str | None) -> None:
+    assert authentication_page(next_action) == page
+
+
+# ---- the pinned API version ------------------------------------------------------------------------
+
+
+def test_api_version_is_pinned_to_the_installed_sdks(http: RecordingHTTPClient) -> None:
+    # An SDK upgrade that moves the API version fails here: pin the new version deliberately, with the
+    # emulator's regenerated schema (python -m stripe_emulator.schema_gen) and the contract suite's run.
+    assert STRIPE_API_VERSION == stripe._api_version._ApiVersion.CURRENT
+    http.queue(200, payment_intent())
+    make_gateway(http).retrieve_payment_intent("pi_1")
+    (sent,) = http.requests
+    assert sent.headers["Stripe-Version"] == STRIPE_API_VERSION
+
+
+def test_pyproject_bounds_the_sdk_to_the_pinned_versions_major() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    (requirement,) = [r for r in pyproject["project"]["dependencies"] if re.match(r"stripe\b", r)]
+    bounds = dict(re.findall(r"(>=|<)\s*([0-9.]+)", requirement))
+    major, minor = (int(part) for part in stripe.VERSION.split(".")[:2])
+    lower = tuple(int(part) for part in bounds[">="].split("."))
+    assert lower[0] == major and lower <= (major, minor)  # the installed SDK is inside the range
+    assert bounds["<"] == str(major + 1)  # and the next major, which may move the version, is not
+
+
 # ---- customers, cards, lists, refunds --------------------------------------------------------------
 
 
@@ -532,7 +611,7 @@ def test_attach_card_sets_up_off_session_then_makes_it_default(http: RecordingHT
     assert setup.form == {
         "customer": ["cus_1"],
         "payment_method": ["pm_card_visa"],
-        "payment_method_types[0]": ["card"],
+        "allowed_payment_method_types[0]": ["card"],
         "usage": ["off_session"],
         "confirm": ["true"],
     }
