@@ -20,7 +20,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from shared import audit, ledger, login_throttle, outbox
 from shared.admins import authenticate
@@ -70,6 +70,7 @@ protect_with_csrf(bp)
 
 MAX_PAGE = 100_000  # keeps OFFSET a number the database takes
 OPERATOR_STATUSES = ("queued", "processing", "unknown", "requires_action", "failed")
+FLAGGED_EVENTS_SHOWN = 50
 
 
 # ---- sign-in ---------------------------------------------------------------------------------------
@@ -350,12 +351,23 @@ def charges() -> ResponseReturnValue:
         counts = {s: 0 for s in OPERATOR_STATUSES}
         for attempt in db.scalars(select(ChargeAttempt).where(ChargeAttempt.status.in_(OPERATOR_STATUSES))):
             counts[attempt.status] += 1
+        flagged = db.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.flagged_reason.is_not(None))
+            .order_by(WebhookEvent.id.desc())
+            .limit(FLAGGED_EVENTS_SHOWN)
+        ).all()
+        flagged_total = db.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.flagged_reason.is_not(None))
+        )
         return render_template(
             "admin/charges.html",
             attempts=attempts,
             status=status,
             counts=counts,
             in_flight={s.value for s in IN_FLIGHT},
+            flagged=flagged,
+            flagged_total=flagged_total,
         )
 
 
