@@ -8,7 +8,7 @@ from flask import Flask, Response, redirect, request, url_for
 from werkzeug.routing import IntegerConverter, Map
 
 from shared.config import Config, get_config
-from shared.logs import setup_logging
+from shared.logs import scrub_server_logs, setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -20,6 +20,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # Under gunicorn nothing has configured logging yet: lines go to stderr as JSON (or text). Under
     # pytest or a --log-config, logging is configured already and is left alone.
     setup_logging(cfg.log_format, cfg.log_secrets())
+    scrub_server_logs(cfg.log_secrets())
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=cfg.secret_key,

@@ -23,7 +23,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from shared import audit, ledger, login_throttle, outbox
-from shared.admins import authenticate
+from shared.admins import AdminError, authenticate, change_password
 from shared.batch import outcome_counts
 from shared.charging import (
     ChargeNotCancelable,
@@ -48,6 +48,7 @@ from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.login_throttle import admin_sign_in_counters
 from shared.models import (
     LEDGER_METHODS,
+    AdminUser,
     AuditEvent,
     BatchRun,
     ChargeAttempt,
@@ -60,7 +61,7 @@ from shared.reconcile import resolve_attempt
 from shared.settings import SettingsError, get_settings, update_settings
 from shared.states import IN_FLIGHT, AttemptStatus
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
-from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
+from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
 from web.serializers import charge_json
 from web.services import gateway, publish
 
@@ -93,16 +94,14 @@ def login() -> ResponseReturnValue:
             admin = authenticate(db, email, request.form.get("password", ""))
             if admin is not None:
                 audit.record(db, f"admin:{admin.email}", "admin.signed_in", ip=ip)
-                admin_id = admin.id
+                admin_id, version = admin.id, admin.session_version
                 login_throttle.give_back(db, verdict)  # a right password is not a failure
                 login_throttle.reset(db, counters[0])
             else:
                 tried = email.strip().lower()[:254]
                 audit.record(db, "anonymous", "admin.sign_in_failed", email=tried, ip=ip)
         if admin is not None:
-            session.clear()  # a fresh session on sign-in: nothing carried over from before
-            session[ADMIN_KEY] = admin_id
-            session.permanent = True
+            begin_session(ADMIN_KEY, admin_id, version)  # nothing carried over from before
             target = request.args.get("next", "")
             return redirect(target if target.startswith("/admin/") else url_for("admin.invoices"))
         error = "That email and password do not match an admin."
@@ -111,8 +110,44 @@ def login() -> ResponseReturnValue:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    admin_id = session.get(ADMIN_KEY)
+    if isinstance(admin_id, int):
+        with session_scope() as db:
+            admin = db.get(AdminUser, admin_id)
+            if admin is not None and admin.session_version == session.get(VERSION_KEY):
+                # Every session of this admin ends, a copied cookie's too.
+                admin.session_version += 1
+                audit.record(db, f"admin:{admin.email}", "admin.signed_out")
     session.clear()
     return redirect(url_for("admin.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required_admin
+def password() -> ResponseReturnValue:
+    """Change one's own password; every other session of this admin ends, this one goes on."""
+    error = None
+    if request.method == "POST":
+        form = request.form
+        with session_scope() as db:
+            admin = db.get_one(AdminUser, g.admin_id)
+            try:
+                change_password(
+                    db,
+                    admin,
+                    form.get("current_password", ""),
+                    form.get("new_password", ""),
+                    form.get("confirm_password", ""),
+                )
+                version = admin.session_version
+            except AdminError as exc:
+                db.rollback()
+                error = str(exc)
+        if error is None:
+            begin_session(ADMIN_KEY, g.admin_id, version)
+            flash("Password changed. Every other session of yours is signed out.", "success")
+            return redirect(url_for("admin.invoices")), 303
+    return render_template("admin/password.html", error=error), 422 if error else 200
 
 
 @bp.get("/")
