@@ -231,12 +231,17 @@ def _message_id(notification: Notification, sender: str) -> str:
     return f"<{kind}.{digest}@{domain}>"
 
 
+_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
 def compose_message(notification: Notification, *, sender: str, now: datetime | None = None) -> EmailMessage:
     """The RFC 5322 message: plain text first, the HTML alternative second."""
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = sender
     message["To"] = notification.to
-    message["Subject"] = notification.content.subject
+    # One line whatever the subject holds (an invoice number written before such numbers were refused):
+    # a line break in a header would make the message fail.
+    message["Subject"] = _HEADER_BREAKS.sub(" ", notification.content.subject).strip()
     message["Date"] = format_datetime(now or datetime.now(UTC))
     message["Message-ID"] = _message_id(notification, sender)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders must not answer

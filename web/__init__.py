@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, current_app, redirect, request, url_for
 from werkzeug.routing import IntegerConverter, Map
 
-from shared.config import Config, get_config
+from shared.config import STRIPE_HOSTED_API_BASE, Config, get_config
 from shared.logs import scrub_server_logs, setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
@@ -31,6 +32,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         SESSION_COOKIE_SECURE=cfg.public_base_url.startswith("https://"),
         OFFSESSION=cfg,
         PERMANENT_SESSION_LIFETIME=12 * 3600,
+        CONTENT_SECURITY_POLICY=content_security_policy(cfg),
     )
     app.config.update(overrides)
 
@@ -61,15 +63,31 @@ class DatabaseIdConverter(IntegerConverter):
 
 MAX_DATABASE_ID = 2**31 - 1
 
-# Scripts and styles come from this origin only (no inline script), nothing may frame the pages.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+# Where a form of ours may lead (form-action also covers the redirect a form's answer makes): the bank's
+# authentication page after "Complete authentication" (hooks.stripe.com), Checkout in setup mode and
+# Connect OAuth; with STRIPE_API_BASE set (the emulator), that origin, which serves those pages.
+STRIPE_FORM_TARGETS = (
+    "https://hooks.stripe.com",
+    "https://checkout.stripe.com",
+    "https://connect.stripe.com",
 )
 
 
+def content_security_policy(config: Config) -> str:
+    """Scripts and styles come from this origin only (no inline script), nothing may frame the pages, and
+    forms lead only here or to the Stripe pages the flows need."""
+    targets = ["'self'", *STRIPE_FORM_TARGETS]
+    if config.stripe_api_base and config.stripe_api_base != STRIPE_HOSTED_API_BASE:
+        parts = urlsplit(config.stripe_api_base)
+        targets.append(f"{parts.scheme}://{parts.netloc}")
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"form-action {' '.join(targets)}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    )
+
+
 def _security_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")

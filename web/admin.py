@@ -13,6 +13,7 @@ from flask import (
     flash,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -323,7 +324,13 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 amount=payment.amount,
                 method=payment.method,
             )
-    except (MoneyError, ledger.LedgerError) as exc:
+    except MoneyError as exc:
+        # Not an amount at all: the form was filled in wrong, answered on the invoice page itself.
+        flash(f"Payment not recorded: {exc}", "error")
+        page = make_response(invoice(invoice_id))
+        page.status_code = 400
+        return page
+    except ledger.LedgerError as exc:
         flash(f"Payment not recorded: {exc}", "error")
         return redirect(url_for("admin.invoice", invoice_id=invoice_id) + "#payments"), 303
     flash("Payment recorded.", "success")
