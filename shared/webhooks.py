@@ -202,7 +202,7 @@ def find_attempt(
                 f"charge's PaymentIntent is {attempt.payment_intent_id}.",
                 attempt=attempt,
             )
-    if (account or None) != attempt.stripe_account_id:
+    if (account or None) != (attempt.stripe_account_id or None):
         raise Mismatch(
             MismatchReason.ACCOUNT,
             f"The event comes from account {account or 'platform'}; charge {attempt.id} was made on "
@@ -460,7 +460,7 @@ def _record_refund(
         raise Mismatch(
             MismatchReason.REFUND, f"Refund {refund['id']}: payment {pi_id} is not a charge of ours."
         )
-    if (account or None) != attempt.stripe_account_id:
+    if (account or None) != (attempt.stripe_account_id or None):
         raise Mismatch(
             MismatchReason.ACCOUNT,
             f"Refund {refund['id']} comes from account {account or 'platform'}; charge {attempt.id} was "

@@ -58,11 +58,11 @@ from shared.states import AttemptStatus
 from web.login_limits import client_ip
 from web.pages import (
     CLIENT_KEY,
-    SCOPE_KEY,
     VERSION_KEY,
     begin_session,
     login_required_client,
     protect_with_csrf,
+    signed_in_fully_as_client,
 )
 from web.serializers import client_charge_json
 from web.services import gateway, publish
@@ -166,7 +166,7 @@ def use_link() -> ResponseReturnValue:
                 raise LoginLinkError("This payment is no longer waiting for you.")
     except LoginLinkError as exc:
         return render_template("client/login.html", sent=False, error=str(exc)), 400
-    signed_in_fully = session.get(CLIENT_KEY) == grant.client_id and session.get(SCOPE_KEY) is None
+    signed_in_fully = signed_in_fully_as_client(grant.client_id, version)
     if grant.purpose == SIGN_IN:
         begin_session(CLIENT_KEY, grant.client_id, version)
         return redirect(url_for("client.invoices")), 303

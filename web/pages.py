@@ -53,6 +53,19 @@ def begin_session(key: str, user_id: int, version: int, scope: dict[str, Any] | 
     session.permanent = True
 
 
+def signed_in_fully_as_client(client_id: int, version: int) -> bool:
+    """This browser's session is a live, unscoped Client Zone session of this client (an emailed link of
+    another purpose then leaves it as it is rather than narrowing it)."""
+    seen = session.get(SEEN_KEY)
+    return (
+        session.get(CLIENT_KEY) == client_id
+        and session.get(VERSION_KEY) == version
+        and session.get(SCOPE_KEY) is None
+        and isinstance(seen, int)
+        and _now() - seen <= CLIENT_IDLE_SECONDS
+    )
+
+
 def _session_alive(idle_seconds: int) -> bool:
     """Not idle for too long; marks this request as activity (polling aside)."""
     seen = session.get(SEEN_KEY)
