@@ -33,6 +33,7 @@ from tests.security.conftest import (
     csrf_of,
     link_in,
     request_link,
+    sign_in_client,
     text_of,
     use_link,
 )
@@ -266,3 +267,22 @@ def test_the_emails_say_the_link_works_once(env: Env, world: World) -> None:
     request_link(env.app.test_client(), world.a.email)
     bodies = [text_of(m) for m in env.new_emails(before)]
     assert len(bodies) == 3 and all("works once" in body for body in bodies), bodies
+
+
+def test_a_scoped_link_keeps_a_live_full_session_and_never_revives_an_ended_one(
+    env: Env, world: World
+) -> None:
+    http = env.app.test_client()
+    sign_in_client(http, env, world.a.email)
+    _, token = _charge_email_token(env, world.a.charge_id, "card_update_needed")
+    assert use_link(http, token).status_code == 303
+    assert http.get("/client/invoices").status_code == 200  # still signed in fully
+    # The session ends (signed out elsewhere); the browser still holds its cookie.
+    name = env.app.config["SESSION_COOKIE_NAME"]
+    elsewhere = env.app.test_client()
+    elsewhere.set_cookie(name, http.get_cookie(name).value)  # type: ignore[union-attr]
+    assert elsewhere.post("/client/logout", data={"csrf_token": csrf_of(elsewhere)}).status_code == 302
+    _, newer = _charge_email_token(env, world.a.charge_id, "will_retry")
+    assert use_link(http, newer).status_code == 303
+    assert http.get("/client/cards").status_code == 200
+    assert http.get("/client/invoices").headers["Location"].endswith("/client/login")  # scoped, not full
