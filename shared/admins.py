@@ -39,10 +39,31 @@ def create_admin(session: Session, email: str, password: str, *, actor: str = "c
         session.add(admin)
         audit.record(session, actor, "admin.created", email=address)
     else:
-        admin.password_hash = _hasher.hash(password)
+        _set_password(admin, password)
         audit.record(session, actor, "admin.password_set", email=address)
     session.flush()
     return admin
+
+
+def _set_password(admin: AdminUser, password: str) -> None:
+    admin.password_hash = _hasher.hash(password)
+    # Every session signed in with the old password ends, a copied cookie's too (web.pages).
+    admin.session_version += 1
+
+
+def change_password(session: Session, admin: AdminUser, current: str, new: str, confirmation: str) -> None:
+    """An admin's own password change: the current one first. Raises AdminError with words to show."""
+    try:
+        _hasher.verify(admin.password_hash, current)
+    except (VerificationError, InvalidHashError):
+        raise AdminError("The current password is not right.") from None
+    if new != confirmation:
+        raise AdminError("The two new passwords differ.")
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise AdminError(f"The new password needs at least {MIN_PASSWORD_LENGTH} characters.")
+    _set_password(admin, new)
+    audit.record(session, f"admin:{admin.email}", "admin.password_changed", email=admin.email)
+    session.flush()
 
 
 def authenticate(session: Session, email: str, password: str) -> AdminUser | None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import audit, outbox, retries
+from shared.binding import Mismatch, MismatchReason, payment_intent_mismatch
 from shared.eligibility import Blocker, BlockerCode, charge_blockers
 from shared.gateway import (
     AuthenticationRequired,
@@ -555,6 +556,20 @@ def reported_status(view: PaymentIntentView) -> AttemptStatus:
     return S.PROCESSING
 
 
+def _outcome_mismatch(attempt: ChargeAttempt, outcome: ChargeOutcome) -> Mismatch | None:
+    view = outcome.payment_intent
+    if view is not None:
+        return payment_intent_mismatch(attempt, view)
+    pi_id = outcome.payment_intent_id  # a decline without its PaymentIntent: the id is all there is
+    if pi_id and attempt.payment_intent_id and pi_id != attempt.payment_intent_id:
+        return Mismatch(
+            MismatchReason.PAYMENT_INTENT,
+            f"PaymentIntent {pi_id} is not charge {attempt.id}'s ({attempt.payment_intent_id}).",
+            attempt=attempt,
+        )
+    return None
+
+
 def apply_payment_intent(
     session: Session, attempt: ChargeAttempt, view: PaymentIntentView, *, actor: str
 ) -> bool:
@@ -565,7 +580,12 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
     """Move the attempt monotonically to what Stripe reports; returns whether anything changed.
 
     Stale or repeated news changes nothing; a success always lands, and lands in the ledger once.
+    Raises Mismatch, having changed nothing, when the PaymentIntent is not the attempt's
+    (payment_intent_mismatch): every path that applies Stripe's word goes through here.
     """
+    mismatch = _outcome_mismatch(attempt, outcome)
+    if mismatch is not None:
+        raise mismatch
     if isinstance(outcome, Succeeded):
         # The ledger changes: take the invoice row lock that charge requests take, so a request
         # never reads the new payment beside the attempt's old status, or the other way round. Taken
@@ -701,7 +721,8 @@ def move_attempt(
 
 
 def _record_card_payment(session: Session, attempt: ChargeAttempt, view: PaymentIntentView) -> bool:
-    """One ledger row per succeeded PaymentIntent, whoever reports it first."""
+    """One ledger row per succeeded PaymentIntent, whoever reports it first: what Stripe received, which
+    apply_outcome has checked is the attempt's currency and no more than its amount."""
     exists = session.scalar(select(Payment.id).where(Payment.stripe_payment_intent_id == view.id))
     if exists is not None:
         return False
@@ -711,7 +732,7 @@ def _record_card_payment(session: Session, attempt: ChargeAttempt, view: Payment
             session.execute(
                 insert(Payment).values(
                     invoice_id=attempt.invoice_id,
-                    amount=view.amount_received or view.amount or attempt.amount,
+                    amount=view.amount_received or attempt.amount,
                     method="card",
                     received_at=utcnow(),
                     reference=view.id,

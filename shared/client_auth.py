@@ -1,80 +1,178 @@
-"""Client Zone sign-in by one-time link: single use, short-lived, stored only as a hash.
+"""Emailed Client Zone links: single use, short-lived, scoped to one action, stored only as a hash.
 
-Asking for a link never says whether the email belongs to a client, so the form cannot be used to
-find out who the business's clients are.
+Three kinds: sign in (the Client Zone), update the card (the card page) and authenticate a charge (that
+invoice's page). Opening a link (GET) changes nothing, so a mail scanner following it uses nothing up;
+the page it shows has a button whose POST, with the browser's CSRF token, uses the link (web.
+client_zone). The newest link of a kind (client, purpose, subject) revokes the older ones.
+
+Asking for a sign-in link never says whether the email belongs to a client, so the form cannot be used
+to find out who the business's clients are: the request only queues the email (shared.outbox), and a
+worker looks the address up (shared.notifications.deliver_login_link).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import quote, urlencode
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import audit
-from shared.models import Client, ClientLoginToken, utcnow
+from shared import audit, outbox
+from shared.models import ClientLoginToken, utcnow
 
-LINK_LIFETIME = timedelta(minutes=30)
+log = logging.getLogger(__name__)
+
+SIGN_IN = "sign_in"
+UPDATE_CARD = "update_card"
+AUTHENTICATE = "authenticate"
+# As short as each action allows: a sign-in link is asked for and used at once; the emails after a
+# decline and for authentication are read later, and the Client Zone's sign-in is there after that.
+LINK_LIFETIMES = {
+    SIGN_IN: timedelta(minutes=30),
+    UPDATE_CARD: timedelta(hours=72),
+    AUTHENTICATE: timedelta(hours=72),
+}
+LINK_LIFETIME = LINK_LIFETIMES[SIGN_IN]
+# Where each kind of link lands (a GET that only shows the button).
+_LANDINGS = {
+    SIGN_IN: "/client/login/{token}",
+    UPDATE_CARD: "/client/cards",
+    AUTHENTICATE: "/client/authenticate",
+}
 
 
 class LoginLinkError(Exception):
-    """The link is unknown, used or expired; the message is fit to show."""
+    """The link is unknown, used, replaced or expired; the message is fit to show."""
 
 
 @dataclass(frozen=True)
-class LoginLink:
+class IssuedLink:
     client_id: int
-    email: str
-    name: str
+    purpose: str
+    subject_id: str | None
     token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkGrant:
+    """What a link lets its holder do: sign in as the client, for one purpose (and subject)."""
+
+    client_id: int
+    purpose: str
+    subject_id: str | None
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_login_link(session: Session, email: str, *, now: datetime | None = None) -> LoginLink | None:
-    """A new link for the client with this email, or None when there is no such client."""
-    address = (email or "").strip().lower()
-    client = session.scalars(
-        select(Client).where(func.lower(Client.email) == address).order_by(Client.id)
-    ).first()
-    if client is None:
-        return None
-    token = secrets.token_urlsafe(32)
+def link_url(public_base_url: str, link: IssuedLink) -> str:
+    base = public_base_url.rstrip("/")
+    landing = _LANDINGS[link.purpose]
+    if "{token}" in landing:
+        return base + landing.format(token=quote(link.token, safe=""))
+    return f"{base}{landing}?{urlencode({'token': link.token})}"
+
+
+def issue_link(
+    session: Session,
+    client_id: int,
+    purpose: str,
+    *,
+    subject_id: str | None = None,
+    expires_at: datetime | None = None,
+    now: datetime | None = None,
+) -> IssuedLink:
+    """A new link of this kind for the client, revoking the older ones of the same kind. It expires
+    after the purpose's lifetime, or at `expires_at` when that comes first."""
+    if purpose not in LINK_LIFETIMES:
+        raise ValueError(f"unknown link purpose {purpose!r}")
     moment = now or utcnow()
+    expiry = moment + LINK_LIFETIMES[purpose]
+    if expires_at is not None:
+        expiry = min(expiry, expires_at)
+    session.execute(
+        update(ClientLoginToken)
+        .where(
+            ClientLoginToken.client_id == client_id,
+            ClientLoginToken.purpose == purpose,
+            ClientLoginToken.subject_id.is_(None)
+            if subject_id is None
+            else ClientLoginToken.subject_id == subject_id,
+            ClientLoginToken.used_at.is_(None),
+            ClientLoginToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=moment)
+        .execution_options(synchronize_session=False)
+    )
+    token = secrets.token_urlsafe(32)
     session.add(
         ClientLoginToken(
             token_hash=_digest(token),
-            client_id=client.id,
+            client_id=client_id,
+            purpose=purpose,
+            subject_id=subject_id,
             created_at=moment,
-            expires_at=moment + LINK_LIFETIME,
+            expires_at=expiry,
         )
     )
-    audit.record(session, f"client:{client.id}", "client.login_link_sent")
     session.flush()
-    return LoginLink(client.id, client.email, client.name, token)
+    return IssuedLink(client_id, purpose, subject_id, token, expiry)
 
 
-def consume_login_link(session: Session, token: str, *, now: datetime | None = None) -> int:
-    """The client id the link signs in; the link cannot be used again."""
-    moment = now or utcnow()
+def _usable(session: Session, token: str, moment: datetime) -> ClientLoginToken:
     row = session.scalar(select(ClientLoginToken).where(ClientLoginToken.token_hash == _digest(token or "")))
     if row is None:
-        raise LoginLinkError("This sign-in link is not valid. Ask for a new one.")
-    if row.expires_at < moment:
-        raise LoginLinkError("This sign-in link has expired. Ask for a new one.")
-    # The conditional update makes the link single-use even when two tabs open it at once.
+        raise LoginLinkError("This link is not valid. Ask for a new one.")
+    if row.used_at is not None:
+        raise LoginLinkError("This link was already used. Ask for a new one.")
+    if row.revoked_at is not None:
+        raise LoginLinkError("A newer link replaced this one: use the one in the latest email.")
+    if row.expires_at <= moment:
+        raise LoginLinkError("This link has expired. Ask for a new one.")
+    return row
+
+
+def peek_link(session: Session, token: str, *, now: datetime | None = None) -> LinkGrant:
+    """What the link would grant, without using it (the page a GET shows). Raises LoginLinkError."""
+    row = _usable(session, token, now or utcnow())
+    return LinkGrant(row.client_id, row.purpose, row.subject_id)
+
+
+def consume_link(session: Session, token: str, *, now: datetime | None = None) -> LinkGrant:
+    """Use the link: what it grants; it cannot be used again. Raises LoginLinkError."""
+    moment = now or utcnow()
+    row = _usable(session, token, moment)
+    # The conditional update makes the link single-use even when two tabs post it at once.
     used = session.execute(
         update(ClientLoginToken)
-        .where(ClientLoginToken.id == row.id, ClientLoginToken.used_at.is_(None))
+        .where(
+            ClientLoginToken.id == row.id,
+            ClientLoginToken.used_at.is_(None),
+            ClientLoginToken.revoked_at.is_(None),
+        )
         .values(used_at=moment)
         .execution_options(synchronize_session=False)
     ).rowcount
     if used != 1:
-        raise LoginLinkError("This sign-in link was already used. Ask for a new one.")
-    audit.record(session, f"client:{row.client_id}", "client.signed_in")
-    return row.client_id
+        raise LoginLinkError("This link was already used. Ask for a new one.")
+    audit.record(session, f"client:{row.client_id}", "client.link_used", purpose=row.purpose)
+    return LinkGrant(row.client_id, row.purpose, row.subject_id)
+
+
+# ---- sign-in links by email ---------------------------------------------------------------------------
+
+
+def request_login_link(session: Session, email: str) -> int:
+    """Queue the sign-in email for this address, whoever it belongs to, in the caller's transaction;
+    returns the outbox message id to publish after commit. The same work for every address: the answer
+    and its timing say nothing about who is a client, and no mail server is waited for."""
+    payload = {"email": (email or "").strip().lower()[:254], "request_id": uuid.uuid4().hex}
+    return outbox.enqueue_row(session, outbox.TASK_SEND_LOGIN_LINK, payload)

@@ -123,6 +123,12 @@ class Config:
     # (werkzeug's ProxyFix); 0 = none, the socket's peer is the client.
     trusted_proxies: int = 0
 
+    @property
+    def stripe_webhook_secrets(self) -> tuple[str, ...]:
+        """STRIPE_WEBHOOK_SECRET as a comma-separated list: an event signed with any of them is Stripe's
+        (the account's endpoint and a Connect endpoint each have one; rotating means two for a while)."""
+        return tuple(part.strip() for part in self.stripe_webhook_secret.split(",") if part.strip())
+
     def log_secrets(self) -> tuple[str, ...]:
         """Values no log line may contain, whatever their shape."""
         return tuple(
@@ -130,6 +136,7 @@ class Config:
             for s in (
                 self.stripe_api_key,
                 self.stripe_webhook_secret,
+                *self.stripe_webhook_secrets,
                 self.api_token,
                 self.secret_key,
                 self.metrics_token,

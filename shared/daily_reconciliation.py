@@ -30,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit, outbox
+from shared.binding import Mismatch, payment_intent_mismatch
 from shared.charging import apply_payment_intent, lock_attempt, reported_status
 from shared.gateway import GatewayError, PaymentIntentView, PermanentStripeError, StripeGateway
 from shared.models import (
@@ -225,11 +226,16 @@ def reconcile_account_day(
 
 
 def _find_attempt(session: Session, view: PaymentIntentView) -> ChargeAttempt | None:
+    """The attempt whose PaymentIntent this is: by id, or by metadata while that attempt has none yet,
+    and only when it matches (account aside: the day is listed per account). A PaymentIntent that names
+    an attempt it does not match is nobody's: if money moved, it is an orphan for a person to look at."""
     attempt = session.scalars(
         select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == view.id)
     ).one_or_none()
     if attempt is None and (attempt_id := view.metadata.get("charge_attempt_id")):
         attempt = session.get(ChargeAttempt, attempt_id)
+    if attempt is None or payment_intent_mismatch(attempt, view) is not None:
+        return None
     return attempt
 
 
@@ -293,7 +299,11 @@ def _repair(
         attempt = lock_attempt(session, attempt_id)
         before = attempt.status
         had_payment = _ledger_has(session, fresh.id)
-        if not apply_payment_intent(session, attempt, fresh, actor=ACTOR):
+        try:
+            if not apply_payment_intent(session, attempt, fresh, actor=ACTOR):
+                return False
+        except Mismatch as mismatch:  # Stripe's fresh copy disagrees with the listed one: leave it
+            log.error("reconciliation: %s", mismatch.message)
             return False
         what = f"charge {before} -> {attempt.status}"
         if fresh.status == "succeeded" and not had_payment:

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -615,7 +615,7 @@ class StripeGateway:
         self,
         api_key: str,
         api_base: str | None,
-        webhook_secret: str,
+        webhook_secret: str | Sequence[str],
         *,
         max_network_retries: int = STRIPE_NETWORK_RETRIES,
         timeout_seconds: float = STRIPE_TIMEOUT_SECONDS,
@@ -646,7 +646,10 @@ class StripeGateway:
         self.max_network_retries = max_network_retries
         self.timeout_seconds = timeout_seconds
         self.before_request_max_seconds = before_request_max_seconds
-        self._webhook_secret = webhook_secret
+        # Every secret an endpoint of ours signs with (several while one is being rotated).
+        self._webhook_secrets = (
+            (webhook_secret,) if isinstance(webhook_secret, str) else tuple(webhook_secret)
+        )
         self._before_request = before_request
         self._on_rate_limited = on_rate_limited
         self._on_call = on_call
@@ -1068,11 +1071,18 @@ class StripeGateway:
             body = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WebhookPayloadError("the webhook body is not UTF-8 text") from exc
-        try:
-            # Tolerance passed explicitly: verify_header's own default (None) skips the replay check.
-            stripe.WebhookSignature.verify_header(body, sig_header, self._webhook_secret, tolerance)
-        except stripe.SignatureVerificationError as exc:
-            raise WebhookSignatureError(exc.user_message or "invalid Stripe-Signature") from exc
+        refusal: stripe.SignatureVerificationError | None = None
+        for secret in self._webhook_secrets:
+            try:
+                # Tolerance passed explicitly: verify_header's own default (None) skips the replay check.
+                stripe.WebhookSignature.verify_header(body, sig_header, secret, tolerance)
+            except stripe.SignatureVerificationError as exc:
+                refusal = exc
+                continue
+            break
+        else:
+            message = refusal.user_message if refusal is not None else None
+            raise WebhookSignatureError(message or "invalid Stripe-Signature") from refusal
         try:
             event = json.loads(body)
         except json.JSONDecodeError as exc:
@@ -1096,7 +1106,7 @@ def gateway_from_config(
     return StripeGateway(
         config.stripe_api_key,
         config.stripe_api_base,
-        config.stripe_webhook_secret,
+        config.stripe_webhook_secrets,
         max_network_retries=max_network_retries,
         before_request=before_request,
         before_request_max_seconds=before_request_max_seconds,

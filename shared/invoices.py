@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
@@ -13,6 +14,9 @@ from shared import audit
 from shared.ledger import amount_paid_subquery
 from shared.models import INVOICE_PAYMENT_METHODS, Client, Invoice
 from shared.money import STRIPE_MAXIMUM_AMOUNT, MoneyError, normalize_currency
+
+# Control characters (CR, LF, tab, NUL, ...) and the Unicode line and paragraph separators.
+LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 
 class InvoiceError(ValueError):
@@ -35,6 +39,9 @@ def create_invoice(
     clean_number = (number or "").strip()
     if not clean_number or len(clean_number) > 64:
         raise InvoiceError("An invoice needs a number of 1 to 64 characters.")
+    if any(unicodedata.category(char) in LINE_BREAKING for char in clean_number):
+        # The number goes into email subjects, where a line break would make every email fail.
+        raise InvoiceError("An invoice number is one line: no line breaks, tabs or control characters.")
     try:
         code = normalize_currency(currency)
     except MoneyError as exc:

@@ -6,8 +6,9 @@ What is counted (the limits below):
 - Admin sign-in: each *failed* password, per (email, client IP) and per client IP over all emails. An
   attempt takes its place in both counts before the password is checked, so parallel guesses cannot all
   slip in under the limit while Argon2 runs, and gives it back when the password was right.
-- Client Zone "email me a link": every request, per email (whoever asks: it caps the emails one inbox
-  receives) and per client IP. Whether the email belongs to a client plays no part.
+- Client Zone "email me a link": every request, per (email, client IP) and per client IP. Whether the
+  email belongs to a client plays no part. Not per email alone: anyone could then keep a client from
+  ever getting a link by asking for theirs five times every quarter of an hour, from anywhere.
 
 Each event is a `login_attempt` row (key, at); a key's count is its rows younger than the window, so the
 window slides and the wait announced (Retry-After) is exact. Every write prunes the rows older than the
@@ -52,9 +53,14 @@ ADMIN_FAILURES_PER_EMAIL_AND_IP = Limit("admin-email-ip", 5, timedelta(minutes=1
 # Higher than the per-email limit (an office behind one address has several admins), low enough that
 # one address cannot try many emails.
 ADMIN_FAILURES_PER_IP = Limit("admin-ip", 20, timedelta(minutes=15))
-LOGIN_LINKS_PER_EMAIL = Limit("link-email", 5, timedelta(minutes=15))
+LOGIN_LINKS_PER_EMAIL_AND_IP = Limit("link-email-ip", 5, timedelta(minutes=15))
 LOGIN_LINKS_PER_IP = Limit("link-ip", 20, timedelta(minutes=15))
-LIMITS = (ADMIN_FAILURES_PER_EMAIL_AND_IP, ADMIN_FAILURES_PER_IP, LOGIN_LINKS_PER_EMAIL, LOGIN_LINKS_PER_IP)
+LIMITS = (
+    ADMIN_FAILURES_PER_EMAIL_AND_IP,
+    ADMIN_FAILURES_PER_IP,
+    LOGIN_LINKS_PER_EMAIL_AND_IP,
+    LOGIN_LINKS_PER_IP,
+)
 RETENTION = max(limit.window for limit in LIMITS)
 
 
@@ -94,7 +100,8 @@ def admin_sign_in_counters(email: str, ip: str) -> tuple[Counter, Counter]:
 
 
 def login_link_counters(email: str, ip: str) -> tuple[Counter, Counter]:
-    return LOGIN_LINKS_PER_EMAIL.counter(_email(email)), LOGIN_LINKS_PER_IP.counter(_origin(ip))
+    origin = _origin(ip)
+    return LOGIN_LINKS_PER_EMAIL_AND_IP.counter(_email(email), origin), LOGIN_LINKS_PER_IP.counter(origin)
 
 
 def _lock(session: Session, counters: Sequence[Counter]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "log_context",
     "new_request_id",
     "request_id_from_task_request",
+    "scrub_server_logs",
     "scrub_text",
     "setup_logging",
 ]
@@ -68,8 +69,10 @@ _SECRET_PATTERNS = [
     (re.compile(r"\bwhsec_[A-Za-z0-9_\-]+"), REDACTED),
     (re.compile(r"\b(?:pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]+"), REDACTED),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), rf"\1 {REDACTED}"),
-    # A Client Zone sign-in link's token is a credential (an access log line would show the path).
-    (re.compile(r"(/client/login/)[A-Za-z0-9_\-]+"), rf"\1{REDACTED}"),
+    # An emailed link's token is a credential: in a sign-in link's path, in the query string of the
+    # others (an access log line shows both, and the Referer of the next request too).
+    (re.compile(r"(/client/login/)[A-Za-z0-9_\-%]+"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)(\btoken=)[^&;#\s\"']+"), rf"\1{REDACTED}"),
 ]
 # 13 to 19 digits, optionally grouped by spaces or dashes: a card number if the Luhn check passes.
 # A UUID (every charge attempt's id) may hold a digits-only stretch that passes Luhn: the alternation
@@ -279,6 +282,38 @@ def install_formatter(logger: logging.Logger, formatter: logging.Formatter) -> N
 
 # Loggers with handlers of their own (not propagating to the root): gunicorn's error and access logs.
 SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access")
+
+
+class ScrubbingFilter(logging.Filter):
+    """Scrubs a record's message template and arguments before any handler formats it, whatever the
+    formatter: gunicorn's access log passes the request line, the Referer and every header as
+    arguments, and its own format (or a --log-config one) would print them as they came."""
+
+    def __init__(self, scrubber: SecretScrubber) -> None:
+        super().__init__()
+        self.scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self.scrubber.text(record.msg)
+        args = record.args
+        if isinstance(args, Mapping):
+            for key, value in list(args.items()):
+                if isinstance(value, str):
+                    args[key] = self.scrubber.text(value)  # type: ignore[index]
+        elif isinstance(args, tuple):
+            record.args = tuple(self.scrubber.text(a) if isinstance(a, str) else a for a in args)
+        return True
+
+
+def scrub_server_logs(secrets: Iterable[str] = ()) -> None:
+    """Put a ScrubbingFilter on gunicorn's loggers (once per process), configured or not: the access
+    log must never show an emailed link's token (the Procfile turns it on)."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        for existing in [f for f in logger.filters if isinstance(f, ScrubbingFilter)]:
+            logger.removeFilter(existing)
+        logger.addFilter(ScrubbingFilter(SecretScrubber(secrets)))
 
 
 def setup_logging(log_format: str, secrets: Iterable[str] = (), level: int = logging.INFO) -> bool:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.binding import MismatchReason
 from shared.config import Config
 from shared.models import BatchRun, ChargeAttempt, WebhookEvent, utcnow
 from shared.states import AttemptStatus
@@ -270,6 +271,13 @@ class OffsessionCollector(Collector):
                     WebhookEvent.processed_at.is_(None)
                 )
             ).one()
+            flagged = dict(
+                session.execute(
+                    select(WebhookEvent.flagged_reason, func.count())
+                    .where(WebhookEvent.flagged_reason.is_not(None))
+                    .group_by(WebhookEvent.flagged_reason)
+                ).all()
+            )
             latest_run = session.execute(
                 select(
                     BatchRun.id,
@@ -327,6 +335,15 @@ class OffsessionCollector(Collector):
                 value=_seconds_since(oldest_received, now),
             )
         )
+        flagged_events = GaugeMetricFamily(
+            "offsession_webhook_events_flagged",
+            "Stripe events kept but not applied because they did not match the charge they would change "
+            "(mode, account, PaymentIntent, customer, currency, amount), by reason: see /admin/charges.",
+            labels=["reason"],
+        )
+        for reason in MismatchReason:
+            flagged_events.add_metric([reason.value], int(flagged.get(reason.value, 0)))
+        families.append(flagged_events)
         families.extend(self._batch_families(latest_run, run_outcomes))
         return families
 

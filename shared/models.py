@@ -109,6 +109,9 @@ class AdminUser(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # In every session cookie of this admin: signing out or a new password moves it on, and every
+    # cookie carrying an older one (a copy included) stops working (web.pages).
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Client(Base):
@@ -116,9 +119,12 @@ class Client(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    email: Mapped[str] = mapped_column(String(254), index=True)
+    # Stored normalized (shared.admins.normalize_email) and unique: the sign-in link finds one client.
+    email: Mapped[str] = mapped_column(String(254), index=True, unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # As AdminUser.session_version: signing out ends every Client Zone session of this client.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     cards: Mapped[list[Card]] = relationship(
         back_populates="client", order_by="Card.id", cascade="all, delete-orphan"
@@ -322,10 +328,22 @@ class WebhookEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
     processing_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Set when the event did not match what it would change (shared.webhooks, EventFlag): it changed
+    # nothing, and the Charges page and /metrics show it.
+    flagged_reason: Mapped[str | None] = mapped_column(String(40))
+    flagged_message: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("account", "stripe_event_id"),
         Index("ix_webhook_event_unprocessed", "processed_at", "received_at"),
+        # The few flagged events, newest first, without reading the many others.
+        Index(
+            "ix_webhook_event_flagged",
+            "flagged_reason",
+            "id",
+            sqlite_where=text("flagged_reason IS NOT NULL"),
+            postgresql_where=text("flagged_reason IS NOT NULL"),
+        ),
     )
 
 
@@ -386,17 +404,27 @@ class RateLimitState(Base):
     tat: Mapped[float] = mapped_column()
 
 
+LINK_PURPOSES = ("sign_in", "update_card", "authenticate")
+
+
 class ClientLoginToken(Base):
-    """A one-time Client Zone sign-in link, kept as a hash: single use, short-lived."""
+    """An emailed Client Zone link, kept as a hash: single use, short-lived, scoped to its purpose
+    (shared.client_auth). The newest link of a kind (client, purpose, subject) revokes the older ones."""
 
     __tablename__ = "client_login_token"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(20), default="sign_in", server_default=text("'sign_in'"))
+    # What the link is for beyond its client: the charge attempt to authenticate.
+    subject_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (CheckConstraint(f"purpose IN ({_in_list(LINK_PURPOSES)})", name="purpose_known"),)
 
 
 class NotificationLog(Base):

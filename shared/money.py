@@ -59,6 +59,9 @@ STRIPE_MINIMUM_CHARGE: dict[str, int] = {
 DEFAULT_MINIMUM_CHARGE = 50
 # Stripe accepts at most eight digits of minor units.
 STRIPE_MAXIMUM_AMOUNT = 99_999_999
+# What a person may type for an amount ('-99,999,999.99 USD' and some spaces, with room to spare): longer
+# is not one, and is refused before any arithmetic or formatting (and before a message repeats it).
+MAX_AMOUNT_TEXT = 40
 
 SYMBOLS: dict[str, str] = {
     "usd": "$",
@@ -163,6 +166,8 @@ def parse_amount(text: str, currency: str) -> int:
     Too many decimals for the currency ('12.345' USD, '10.5' JPY) is an error, never a rounding.
     """
     digits = exponent(currency)
+    if len(text or "") > MAX_AMOUNT_TEXT:
+        raise MoneyError("That is not an amount: it has far too many digits.")
     cleaned = (text or "").strip().replace(",", "").replace("_", "").replace(" ", "")
     # What format_money prints must parse back: symbols and the currency's own code are dropped.
     cleaned = re.sub(rf"(?i)^(-?)(?:{re.escape(currency.strip())}|[A-Z]{{0,2}}[$€£¥₩₹])", r"\1", cleaned)

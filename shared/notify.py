@@ -2,19 +2,16 @@
 
 - Builders (`receipt_email`, `failure_email`, `authentication_email`) are pure: they return the subject,
   a plain-text body and an HTML body.
-- Links in emails carry a signed, expiring token (`sign_link_token` / `verify_link_token`) and start at
-  `config.public_base_url`.
+- Links in emails are single-use tokens stored by shared.client_auth, starting at `config.public_base_url`.
 - Mailers deliver an `email.message.EmailMessage`: `FileMailer` writes `.eml` files under var/outbox/
   (the default, no server needed), `SmtpMailer` speaks to the server in `MAIL_URL`.
-- `send_once` sends a `Notification` only if the caller's `claim` (an insert into a table with a unique
-  key on `Notification.dedupe_key`'s parts) says this event was not mailed before.
+- `send_claimed` sends a `Notification` whose event the caller claimed (an insert into a table with a
+  unique key on `Notification.dedupe_key`), and gives the claim back when sending fails.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import html
 import ipaddress
 import os
@@ -22,7 +19,6 @@ import re
 import smtplib
 import ssl
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,27 +27,19 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from shared.config import Config, ConfigError, var_dir
 from shared.money import format_money
 
 __all__ = [
-    "LINK_PATHS",
-    "PURPOSE_AUTHENTICATE_CHARGE",
-    "PURPOSE_CLIENT_LOGIN",
-    "PURPOSE_UPDATE_CARD",
     "EmailContent",
     "FileMailer",
-    "LinkTokenError",
-    "LinkTokenExpired",
-    "LinkTokenInvalid",
     "Mailer",
     "Notification",
     "NotificationKind",
     "SmtpMailer",
     "SmtpSettings",
-    "authenticate_link",
     "authentication_email",
     "compose_message",
     "default_sender",
@@ -59,139 +47,8 @@ __all__ = [
     "mailer_from_config",
     "parse_mail_url",
     "receipt_email",
-    "send_once",
-    "sign_link_token",
-    "signed_link",
-    "update_card_link",
-    "verify_link_token",
+    "send_claimed",
 ]
-
-# --------------------------------------------------------------------------------------------------
-# Signed links
-# --------------------------------------------------------------------------------------------------
-
-PURPOSE_AUTHENTICATE_CHARGE = "authenticate-charge"
-PURPOSE_CLIENT_LOGIN = "client-login"
-PURPOSE_UPDATE_CARD = "update-card"
-
-# Where each emailed link lands (GET, the token in ?token=). Client sign-in links are not here: they
-# are single-use tokens stored by shared.client_auth, served at /client/login/<token>.
-LINK_PATHS: dict[str, str] = {
-    PURPOSE_AUTHENTICATE_CHARGE: "/client/authenticate",
-    PURPOSE_UPDATE_CARD: "/client/cards",
-}
-
-_PURPOSE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-# Link tokens get their own key derived from SECRET_KEY, so a MAC made here can never be confused with
-# one the web layer makes from the same secret for another use (sessions, CSRF).
-_LINK_KEY_LABEL = b"offsession link token v1"
-
-
-class LinkTokenError(ValueError):
-    """The link cannot be used; the message is safe to log, not meant for the client."""
-
-
-class LinkTokenInvalid(LinkTokenError):
-    """Malformed, tampered with, signed with another key, or made for another purpose."""
-
-
-class LinkTokenExpired(LinkTokenError):
-    """Genuine, but past its expiry time."""
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        raise LinkTokenInvalid("the token is not urlsafe base64")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError as exc:
-        raise LinkTokenInvalid("the token is not urlsafe base64") from exc
-
-
-def _link_mac(secret_key: str, purpose: str, subject_id: str, expires_unix: int) -> bytes:
-    if not secret_key:
-        raise ValueError("secret_key is empty")
-    key = hmac.new(secret_key.encode("utf-8"), _LINK_KEY_LABEL, hashlib.sha256).digest()
-    # purpose has no "|" and the expiry is digits, so "purpose|subject|expiry" splits one way only.
-    signed = f"{purpose}|{subject_id}|{expires_unix}".encode()
-    return hmac.new(key, signed, hashlib.sha256).digest()
-
-
-def _check_purpose(purpose: str) -> None:
-    if not _PURPOSE_PATTERN.fullmatch(purpose):
-        raise ValueError(f"purpose must be lowercase letters, digits and dashes, got {purpose!r}")
-
-
-def _require_aware(moment: datetime, name: str) -> None:
-    if moment.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware")
-
-
-def sign_link_token(secret_key: str, purpose: str, subject_id: str | int, expires_at: datetime) -> str:
-    """A urlsafe token `<subject>.<expiry>.<mac>` that proves we issued a link for subject and purpose."""
-    _check_purpose(purpose)
-    _require_aware(expires_at, "expires_at")
-    subject = str(subject_id)
-    if not subject:
-        raise ValueError("subject_id is empty")
-    expires_unix = int(expires_at.timestamp())
-    mac = _link_mac(secret_key, purpose, subject, expires_unix)
-    return f"{_b64encode(subject.encode('utf-8'))}.{expires_unix}.{_b64encode(mac)}"
-
-
-def verify_link_token(secret_key: str, token: str, purpose: str, now: datetime) -> str:
-    """The subject id the token was issued for. Raises LinkTokenInvalid or LinkTokenExpired."""
-    _check_purpose(purpose)
-    _require_aware(now, "now")
-    parts = (token or "").strip().split(".")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
-        raise LinkTokenInvalid("the token is malformed")
-    subject_part, expiry_part, mac_part = parts
-    try:
-        subject = _b64decode(subject_part).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LinkTokenInvalid("the token is malformed") from exc
-    expires_unix = int(expiry_part)
-    expected = _link_mac(secret_key, purpose, subject, expires_unix)
-    if not hmac.compare_digest(expected, _b64decode(mac_part)):
-        raise LinkTokenInvalid("the token's signature does not match (tampered, other key or other purpose)")
-    # Checked only after the signature: a forger learns nothing from the expiry answer.
-    if now.timestamp() >= expires_unix:
-        expired_at = datetime.fromtimestamp(expires_unix, UTC).isoformat()
-        raise LinkTokenExpired(f"the link expired at {expired_at}")
-    return subject
-
-
-class _LinkSettings(Protocol):
-    """What links need from shared.config.Config."""
-
-    @property
-    def public_base_url(self) -> str: ...
-
-    @property
-    def secret_key(self) -> str: ...
-
-
-def signed_link(config: _LinkSettings, purpose: str, subject_id: str | int, expires_at: datetime) -> str:
-    if purpose not in LINK_PATHS:
-        raise ValueError(f"no page takes {purpose!r} links; known: {', '.join(sorted(LINK_PATHS))}")
-    token = sign_link_token(config.secret_key, purpose, subject_id, expires_at)
-    base = config.public_base_url.rstrip("/")
-    return f"{base}{LINK_PATHS[purpose]}?{urlencode({'token': token})}"
-
-
-def authenticate_link(config: _LinkSettings, charge_attempt_id: str, expires_at: datetime) -> str:
-    """Where the client confirms a charge that needs authentication (3-D Secure) on-session."""
-    return signed_link(config, PURPOSE_AUTHENTICATE_CHARGE, charge_attempt_id, expires_at)
-
-
-def update_card_link(config: _LinkSettings, client_id: int | str, expires_at: datetime) -> str:
-    return signed_link(config, PURPOSE_UPDATE_CARD, client_id, expires_at)
-
 
 # --------------------------------------------------------------------------------------------------
 # Message builders (pure)
@@ -272,10 +129,12 @@ def failure_email(
     update_card_url: str,
     next_retry_at: datetime | None,
     card_last4: str | None = None,
+    link_expires_at: datetime | None = None,
 ) -> EmailContent:
     """Sent once per declined charge: the reason in words, what happens next, and the update-card link.
 
     `next_retry_at` is the retry policy's next attempt (None: we will not try this card again).
+    `link_expires_at`: when the link stops working (it works once).
     """
     money = format_money(amount, currency)
     card = f"your card ending in {card_last4}" if card_last4 else "your card"
@@ -296,6 +155,10 @@ def failure_email(
         reason,
         next_step,
     ]
+    if link_expires_at is not None:
+        lines.append(
+            f"The link works once, until {_moment(link_expires_at)}; after that, sign in to the Client Zone."
+        )
     text = "\n\n".join([*lines, f"{label}: {update_card_url}"]) + "\n"
     return EmailContent(
         subject, text, _html_document([html.escape(line) for line in lines], (label, update_card_url))
@@ -318,7 +181,7 @@ def authentication_email(
         _greeting(client_name),
         f"Your bank asks you to confirm the payment of {money} for invoice {invoice_number}. "
         "It takes a moment, for example with a code or your banking app.",
-        f"The link works until {_moment(expires_at)}.",
+        f"The link works once, until {_moment(expires_at)}.",
         "If you did not expect this email, do not use the link.",
     ]
     label = "Confirm the payment"
@@ -368,12 +231,17 @@ def _message_id(notification: Notification, sender: str) -> str:
     return f"<{kind}.{digest}@{domain}>"
 
 
+_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
 def compose_message(notification: Notification, *, sender: str, now: datetime | None = None) -> EmailMessage:
     """The RFC 5322 message: plain text first, the HTML alternative second."""
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = sender
     message["To"] = notification.to
-    message["Subject"] = notification.content.subject
+    # One line whatever the subject holds (an invoice number written before such numbers were refused):
+    # a line break in a header would make the message fail.
+    message["Subject"] = _HEADER_BREAKS.sub(" ", notification.content.subject).strip()
     message["Date"] = format_datetime(now or datetime.now(UTC))
     message["Message-ID"] = _message_id(notification, sender)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders must not answer
@@ -392,31 +260,25 @@ class Mailer(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
 
-def send_once(
+def send_claimed(
     notification: Notification,
     mailer: Mailer,
     *,
-    claim: Callable[[Notification], bool],
     release: Callable[[Notification], None] | None = None,
     now: datetime | None = None,
-) -> bool:
-    """Send the notification unless its event was already mailed; True when this call sent it.
-
-    `claim` records `notification.dedupe_key` durably (insert a NotificationLog row with a unique
-    (kind, charge_attempt_id) key and commit) and returns False when the row already existed. Claiming
-    before sending means a crash between the two loses the email rather than sending it twice.
+) -> None:
+    """Send a notification whose event the caller has claimed: recorded `notification.dedupe_key`
+    durably (a NotificationLog row with a unique key, committed), so that no other delivery sends it.
+    Claiming before sending means a crash between the two loses the email rather than sending it twice.
     `release` (delete the row) is called when sending raises, so a later retry can send it; leave it
     out where even that is too risky (a timeout after DATA may hide a delivered message).
     """
-    if not claim(notification):
-        return False
     try:
         mailer.send(compose_message(notification, sender=mailer.sender, now=now))
     except Exception:
         if release is not None:
             release(notification)
         raise
-    return True
 
 
 def login_link_email(*, client_name: str, url: str, valid_minutes: int) -> EmailContent:
@@ -431,13 +293,6 @@ def login_link_email(*, client_name: str, url: str, valid_minutes: int) -> Email
     text = "\n\n".join(lines) + "\n"
     paragraphs = [html.escape(line) for line in (lines[0], lines[3])]
     return EmailContent(subject, text, _html_document(paragraphs, link=("Sign in", url)))
-
-
-def send_login_link(config: Config, to: str, client_name: str, url: str, *, valid_minutes: int = 30) -> None:
-    content = login_link_email(client_name=client_name, url=url, valid_minutes=valid_minutes)
-    notification = Notification("login_link", uuid.uuid4().hex, to, content)
-    mailer = mailer_from_config(config)
-    mailer.send(compose_message(notification, sender=mailer.sender))
 
 
 # --------------------------------------------------------------------------------------------------

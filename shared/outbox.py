@@ -21,6 +21,7 @@ from shared.models import OutboxMessage, utcnow
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
 TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
 TASK_NOTIFY_CHARGE = "offsession.notify_charge"
+TASK_SEND_LOGIN_LINK = "offsession.send_login_link"
 
 # publish(task_name, payload, countdown_seconds) raises on failure.
 Publisher = Callable[[str, dict[str, Any], float | None], None]

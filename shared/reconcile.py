@@ -26,6 +26,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit, outbox
+from shared.binding import Mismatch
 from shared.charging import (
     KEY_REPLAY_WINDOW,
     apply_outcome,
@@ -36,6 +37,7 @@ from shared.charging import (
     move_attempt,
 )
 from shared.gateway import (
+    ChargeRequest,
     PaymentIntentView,
     PermanentStripeError,
     StripeGateway,
@@ -175,6 +177,30 @@ def resolve_attempt(
         account = attempt.stripe_account_id
         customer = attempt.stripe_customer_id
 
+    try:
+        return _resolve_from_stripe(
+            factory, gateway, attempt_id, pi_id, request, created_at, customer, account, now
+        )
+    except Mismatch as mismatch:
+        # Stripe's answer is not this charge's (another amount, currency, customer): applying it would
+        # credit what was never asked for, and asking again next minute would not change it.
+        log.error("charge %s: Stripe's PaymentIntent does not match it: %s", attempt_id, mismatch.message)
+        return _flag_for_operator(
+            factory, attempt_id, f"Stripe's PaymentIntent does not match this charge: {mismatch.message}"
+        )
+
+
+def _resolve_from_stripe(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    attempt_id: str,
+    pi_id: str | None,
+    request: ChargeRequest | None,
+    created_at: datetime,
+    customer: str | None,
+    account: str | None,
+    now: datetime,
+) -> str:
     # 1. The PaymentIntent we know of.
     if pi_id:
         view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
@@ -209,14 +235,20 @@ def resolve_attempt(
                 )
             return _apply_view(factory, attempt_id, found[0])
     # 4. Nothing to go on: a person must look.
+    return _flag_for_operator(
+        factory,
+        attempt_id,
+        "Stripe has no record of this charge and its key is too old to "
+        "replay safely: check the Stripe dashboard, then cancel or record it.",
+    )
+
+
+def _flag_for_operator(factory: sessionmaker[Session], attempt_id: str, message: str) -> str:
     with factory() as session, session.begin():
         attempt = lock_attempt(session, attempt_id)
         if attempt.failure_code != NEEDS_OPERATOR:
             attempt.failure_code = NEEDS_OPERATOR
-            attempt.failure_message = (
-                "Stripe has no record of this charge and its key is too old to "
-                "replay safely: check the Stripe dashboard, then cancel or record it."
-            )
+            attempt.failure_message = message
             audit.record(
                 session,
                 "janitor",

@@ -23,6 +23,10 @@ ACTOR = "seed-demo"
 DEMO_ADMIN_EMAIL = "admin@demo.offsession.test"
 
 
+class SeedRefused(Exception):
+    """Demo data is not for this deployment; the message says why."""
+
+
 @dataclass(frozen=True)
 class DemoClient:
     name: str
@@ -138,6 +142,12 @@ def demo_admin_password(var_dir: Path) -> str:
 def seed_demo(
     factory: sessionmaker[Session], gateway: StripeGateway, var_dir: Path, today: date | None = None
 ) -> SeedReport:
+    if gateway.livemode:
+        # Demo customers, cards and an admin with a printed password in a live account: never.
+        raise SeedRefused(
+            "STRIPE_API_KEY is a live key: demo data (customers, test cards, a demo admin) is for test "
+            "mode only. Use a test key (sk_test_...) or the emulator."
+        )
     report = SeedReport()
     today = today or date.today()
     with factory() as session, session.begin():

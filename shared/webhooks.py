@@ -15,13 +15,14 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine, Insert, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, Insert, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import audit
+from shared.binding import Mismatch, MismatchReason
 from shared.charging import apply_payment_intent, reported_status
 from shared.config import Config
 from shared.gateway import PaymentIntentView, StripeGateway, payment_intent_view
@@ -175,13 +176,39 @@ _MARK_PROCESSED = (
 )
 
 
-def find_attempt(session: Session, payment_intent: PaymentIntentView) -> ChargeAttempt | None:
-    """By PaymentIntent id, or by metadata: the event may arrive before the worker stored the id."""
+def find_attempt(
+    session: Session, payment_intent: PaymentIntentView, account: str | None
+) -> ChargeAttempt | None:
+    """The attempt this PaymentIntent belongs to (locked), or None when no attempt claims it.
+
+    By PaymentIntent id; or by metadata.charge_attempt_id while that attempt has no PaymentIntent yet
+    (the event may arrive before the worker stored the id). Raises Mismatch when the attempt it names
+    has another PaymentIntent already, or charges through another account (None: the platform).
+    """
     attempt = session.scalars(
         _ATTEMPT_BY_PAYMENT_INTENT, {"payment_intent_id": payment_intent.id}
     ).one_or_none()
-    if attempt is None and (attempt_id := payment_intent.metadata.get("charge_attempt_id")):
+    if attempt is None:
+        attempt_id = payment_intent.metadata.get("charge_attempt_id")
+        if not attempt_id:
+            return None
         attempt = session.scalars(_ATTEMPT_BY_ID, {"attempt_id": attempt_id}).one_or_none()
+        if attempt is None:
+            return None
+        if attempt.payment_intent_id is not None:
+            raise Mismatch(
+                MismatchReason.PAYMENT_INTENT,
+                f"PaymentIntent {payment_intent.id} names charge {attempt.id} in its metadata, but that "
+                f"charge's PaymentIntent is {attempt.payment_intent_id}.",
+                attempt=attempt,
+            )
+    if (account or None) != (attempt.stripe_account_id or None):
+        raise Mismatch(
+            MismatchReason.ACCOUNT,
+            f"The event comes from account {account or 'platform'}; charge {attempt.id} was made on "
+            f"{attempt.stripe_account_id or 'the platform account'}.",
+            attempt=attempt,
+        )
     return attempt
 
 
@@ -269,31 +296,109 @@ def _apply(
     event_type: str,
     event: dict[str, Any],
 ) -> str:
-    """A payment_intent.* or refund event (see has_work), marked processed in its last transaction."""
+    """A payment_intent.* or refund event (see has_work), marked processed in its last transaction.
+
+    An event that does not match what it would change (mode, account, PaymentIntent, customer,
+    currency, amount) changes nothing: it is marked processed and flagged (_flag)."""
     obj = (event.get("data") or {}).get("object") or {}
     actor = f"webhook:{event.get('id')}"
-    if event_type in REFUND_EVENTS:
-        outcome = _apply_refunds(factory, gateway, event_type, obj, actor, event.get("account"))
-        with factory() as session, session.begin():
-            _mark_processed(session, event_row_id)
-        return outcome
-    snapshot = payment_intent_view(obj)
-    if snapshot.status != "succeeded":
-        with factory() as session, session.begin():
-            attempt = find_attempt(session, snapshot)
-            if attempt is None or observe(attempt.status, reported_status(snapshot)) is None:
-                # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
+    account = event.get("account") or None
+    try:
+        _check_livemode(gateway, event, obj)
+        if event_type in REFUND_EVENTS:
+            outcome = _apply_refunds(factory, gateway, event_type, obj, actor, account)
+            with factory() as session, session.begin():
                 _mark_processed(session, event_row_id)
-                return f"{snapshot.id}: no news"
-        # Order matters for anything but a success: ask Stripe where the PaymentIntent is now.
-        snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=event.get("account"))
+            return outcome
+        return _apply_payment_intent_event(factory, gateway, event_row_id, obj, actor, account)
+    except Mismatch as mismatch:
+        _flag(factory, event_row_id, event, mismatch)
+        return f"flagged ({mismatch.reason.value}): {mismatch.message}"
+
+
+def _check_livemode(gateway: StripeGateway, event: dict[str, Any], obj: dict[str, Any]) -> None:
+    """Test-mode events never change what a live key charged, nor the other way round."""
+    expected = "live" if gateway.livemode else "test"
+    for what, livemode in (("event", event.get("livemode", False)), ("object", obj.get("livemode"))):
+        if livemode is not None and bool(livemode) != gateway.livemode:
+            raise Mismatch(
+                MismatchReason.LIVEMODE,
+                f"A {'live' if livemode else 'test'}-mode {what}; this deployment's API key is {expected}.",
+            )
+
+
+def _apply_payment_intent_event(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    event_row_id: int,
+    obj: dict[str, Any],
+    actor: str,
+    account: str | None,
+) -> str:
+    snapshot = payment_intent_view(obj)
+    named_attempt_id = snapshot.metadata.get("charge_attempt_id")
     with factory() as session, session.begin():
-        attempt = find_attempt(session, snapshot)
+        attempt = find_attempt(session, snapshot, account)
+        matched_by_metadata = attempt is not None and attempt.payment_intent_id is None
+        if snapshot.status != "succeeded" and (
+            attempt is None or observe(attempt.status, reported_status(snapshot)) is None
+        ):
+            # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
+            _mark_processed(session, event_row_id)
+            return f"{snapshot.id}: no news"
+    if snapshot.status != "succeeded" or matched_by_metadata:
+        # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
+        # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
+        snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=account)
+    with factory() as session, session.begin():
+        attempt = find_attempt(session, snapshot, account)
+        if named_attempt_id and matched_by_metadata and (attempt is None or attempt.id != named_attempt_id):
+            raise Mismatch(
+                MismatchReason.PAYMENT_INTENT,
+                f"The event's PaymentIntent {snapshot.id} names charge {named_attempt_id} in its metadata; "
+                "Stripe's copy of it does not.",
+            )
         _mark_processed(session, event_row_id)
         if attempt is None:
             return f"no charge attempt for {snapshot.id}"
         changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
         return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
+
+
+def _flag(
+    factory: sessionmaker[Session], event_row_id: int, event: dict[str, Any], mismatch: Mismatch
+) -> None:
+    """Keep the event, processed and flagged, for a person (Charges page, /metrics); nothing else."""
+    log.warning(
+        "webhook event %s flagged, nothing applied: %s: %s",
+        event.get("id"),
+        mismatch.reason.value,
+        mismatch.message,
+        extra={"flagged_reason": mismatch.reason.value},
+    )
+    with factory() as session, session.begin():
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == event_row_id)
+            .values(
+                processed_at=utcnow(),
+                error=None,
+                flagged_reason=mismatch.reason.value,
+                flagged_message=mismatch.message[:2000],
+            )
+            .execution_options(synchronize_session=False)
+        )
+        audit.record(
+            session,
+            "stripe",
+            "webhook.flagged",
+            invoice_id=mismatch.invoice_id,
+            charge_attempt_id=mismatch.charge_attempt_id,
+            event_id=event.get("id"),
+            account=event.get("account"),
+            reason=mismatch.reason.value,
+            message=mismatch.message,
+        )
 
 
 def _apply_refunds(
@@ -304,11 +409,12 @@ def _apply_refunds(
     actor: str,
     account: str | None,
 ) -> str:
+    """Record the event's succeeded refunds, all of them or (Mismatch) none."""
     if obj.get("object") == "refund":
         refunds = [obj]
     else:  # a Charge: its refunds list, when the API version includes it
         refunds = list(((obj.get("refunds") or {}).get("data")) or [])
-    recorded = 0
+    ours: list[tuple[dict[str, Any], str]] = []
     for refund in refunds:
         if refund.get("status") != "succeeded":
             continue
@@ -316,18 +422,20 @@ def _apply_refunds(
         if pi_id is None:
             continue
         with factory() as session, session.begin():
-            original = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id))
+            original = session.scalar(select(Payment.id).where(Payment.stripe_payment_intent_id == pi_id))
         if original is None:
             # The refund overtook the success it refunds: record the success first, from Stripe.
             view = gateway.retrieve_payment_intent(pi_id, stripe_account=account)
             with factory() as session, session.begin():
-                attempt = find_attempt(session, view)
+                attempt = find_attempt(session, view, account)
                 if attempt is None:
                     continue  # not one of our charges
                 apply_payment_intent(session, attempt, view, actor=actor)
-        with factory() as session, session.begin():
-            if _record_refund(session, refund, pi_id, actor):
-                recorded += 1
+        ours.append((refund, pi_id))
+    recorded = 0
+    with factory() as session, session.begin():
+        for refund, pi_id in ours:
+            recorded += _record_refund(session, refund, pi_id, actor, account)
     return f"{event_type}: {recorded} refund(s) recorded"
 
 
@@ -337,18 +445,63 @@ def _id(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _record_refund(session: Session, refund: dict[str, Any], pi_id: str, actor: str) -> bool:
+def _record_refund(
+    session: Session, refund: dict[str, Any], pi_id: str, actor: str, account: str | None
+) -> bool:
+    """A refund of one of our card payments, as a negative ledger entry, once. Raises Mismatch unless it
+    refunds a payment of ours on the same account, in its currency, and no more than is left of it."""
     original = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id))
     if original is None:
         return False
     if session.scalar(select(Payment.id).where(Payment.stripe_refund_id == refund["id"])) is not None:
         return False
+    attempt = session.get(ChargeAttempt, original.charge_attempt_id) if original.charge_attempt_id else None
+    if attempt is None:
+        raise Mismatch(
+            MismatchReason.REFUND, f"Refund {refund['id']}: payment {pi_id} is not a charge of ours."
+        )
+    if (account or None) != (attempt.stripe_account_id or None):
+        raise Mismatch(
+            MismatchReason.ACCOUNT,
+            f"Refund {refund['id']} comes from account {account or 'platform'}; charge {attempt.id} was "
+            f"made on {attempt.stripe_account_id or 'the platform account'}.",
+            attempt=attempt,
+        )
+    currency = str(refund.get("currency") or "").lower()
+    if currency != attempt.currency:
+        raise Mismatch(
+            MismatchReason.CURRENCY,
+            f"Refund {refund['id']} is in {currency.upper() or 'no currency'}; charge {attempt.id} is in "
+            f"{attempt.currency.upper()}.",
+            attempt=attempt,
+        )
+    amount = refund.get("amount")
+    refunded = -(
+        session.scalar(
+            select(func.coalesce(func.sum(Payment.amount), 0)).where(
+                Payment.charge_attempt_id == attempt.id, Payment.stripe_refund_id.is_not(None)
+            )
+        )
+        or 0
+    )
+    if (
+        isinstance(amount, bool)
+        or not isinstance(amount, int)
+        or amount <= 0
+        or refunded + amount > original.amount
+    ):
+        raise Mismatch(
+            MismatchReason.AMOUNT,
+            f"Refund {refund['id']} of {amount!r} would take back more than the {original.amount - refunded} "
+            f"{attempt.currency.upper()} left of payment {pi_id}.",
+            attempt=attempt,
+        )
     try:
         with session.begin_nested():
             session.add(
                 Payment(
                     invoice_id=original.invoice_id,
-                    amount=-int(refund["amount"]),
+                    amount=-amount,
                     method="card",
                     received_at=utcnow(),
                     reference=f"Refund {refund['id']} of {pi_id}",
@@ -366,7 +519,7 @@ def _record_refund(session: Session, refund: dict[str, Any], pi_id: str, actor: 
         invoice_id=original.invoice_id,
         charge_attempt_id=original.charge_attempt_id,
         refund_id=refund["id"],
-        amount=int(refund["amount"]),
+        amount=amount,
     )
     return True
 

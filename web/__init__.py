@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, current_app, redirect, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from shared.config import Config, check_safe, get_config
-from shared.logs import setup_logging
+from shared.config import STRIPE_HOSTED_API_BASE, Config, check_safe, get_config
+from shared.logs import scrub_server_logs, setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -22,6 +23,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # Under gunicorn nothing has configured logging yet: lines go to stderr as JSON (or text). Under
     # pytest or a --log-config, logging is configured already and is left alone.
     setup_logging(cfg.log_format, cfg.log_secrets())
+    scrub_server_logs(cfg.log_secrets())
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=cfg.secret_key,
@@ -35,6 +37,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         SESSION_COOKIE_NAME="__Host-session" if https else "session",
         OFFSESSION=cfg,
         PERMANENT_SESSION_LIFETIME=12 * 3600,
+        CONTENT_SECURITY_POLICY=content_security_policy(cfg),
     )
     app.config.update(overrides)
 
@@ -73,10 +76,13 @@ class DatabaseIdConverter(IntegerConverter):
 
 MAX_DATABASE_ID = 2**31 - 1
 
-# Scripts and styles come from this origin only (no inline script), nothing may frame the pages.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+# Where a form of ours may lead (form-action also covers the redirect a form's answer makes): the bank's
+# authentication page after "Complete authentication" (hooks.stripe.com), Checkout in setup mode and
+# Connect OAuth; with STRIPE_API_BASE set (the emulator), that origin, which serves those pages.
+STRIPE_FORM_TARGETS = (
+    "https://hooks.stripe.com",
+    "https://checkout.stripe.com",
+    "https://connect.stripe.com",
 )
 
 
@@ -89,8 +95,21 @@ def _strict_transport_security(response: Response) -> Response:
     return response
 
 
+def content_security_policy(config: Config) -> str:
+    """Scripts and styles come from this origin only (no inline script), nothing may frame the pages, and
+    forms lead only here or to the Stripe pages the flows need."""
+    targets = ["'self'", *STRIPE_FORM_TARGETS]
+    if config.stripe_api_base and config.stripe_api_base != STRIPE_HOSTED_API_BASE:
+        parts = urlsplit(config.stripe_api_base)
+        targets.append(f"{parts.scheme}://{parts.netloc}")
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"form-action {' '.join(targets)}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    )
+
+
 def _security_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -13,6 +13,7 @@ from flask import (
     flash,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -20,10 +21,10 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from shared import audit, ledger, login_throttle, outbox
-from shared.admins import authenticate
+from shared.admins import AdminError, authenticate, change_password
 from shared.batch import outcome_counts
 from shared.charging import (
     ChargeNotCancelable,
@@ -48,6 +49,7 @@ from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.login_throttle import admin_sign_in_counters
 from shared.models import (
     LEDGER_METHODS,
+    AdminUser,
     AuditEvent,
     BatchRun,
     ChargeAttempt,
@@ -60,7 +62,7 @@ from shared.reconcile import resolve_attempt
 from shared.settings import SettingsError, get_settings, update_settings
 from shared.states import IN_FLIGHT, AttemptStatus
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
-from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
+from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
 from web.serializers import charge_json
 from web.services import gateway, publish
 
@@ -70,6 +72,7 @@ protect_with_csrf(bp)
 
 MAX_PAGE = 100_000  # keeps OFFSET a number the database takes
 OPERATOR_STATUSES = ("queued", "processing", "unknown", "requires_action", "failed")
+FLAGGED_EVENTS_SHOWN = 50
 
 
 # ---- sign-in ---------------------------------------------------------------------------------------
@@ -92,16 +95,14 @@ def login() -> ResponseReturnValue:
             admin = authenticate(db, email, request.form.get("password", ""))
             if admin is not None:
                 audit.record(db, f"admin:{admin.email}", "admin.signed_in", ip=ip)
-                admin_id = admin.id
+                admin_id, version = admin.id, admin.session_version
                 login_throttle.give_back(db, verdict)  # a right password is not a failure
                 login_throttle.reset(db, counters[0])
             else:
                 tried = email.strip().lower()[:254]
                 audit.record(db, "anonymous", "admin.sign_in_failed", email=tried, ip=ip)
         if admin is not None:
-            session.clear()  # a fresh session on sign-in: nothing carried over from before
-            session[ADMIN_KEY] = admin_id
-            session.permanent = True
+            begin_session(ADMIN_KEY, admin_id, version)  # nothing carried over from before
             target = request.args.get("next", "")
             return redirect(target if target.startswith("/admin/") else url_for("admin.invoices"))
         error = "That email and password do not match an admin."
@@ -110,8 +111,44 @@ def login() -> ResponseReturnValue:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    admin_id = session.get(ADMIN_KEY)
+    if isinstance(admin_id, int):
+        with session_scope() as db:
+            admin = db.get(AdminUser, admin_id)
+            if admin is not None and admin.session_version == session.get(VERSION_KEY):
+                # Every session of this admin ends, a copied cookie's too.
+                admin.session_version += 1
+                audit.record(db, f"admin:{admin.email}", "admin.signed_out")
     session.clear()
     return redirect(url_for("admin.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required_admin
+def password() -> ResponseReturnValue:
+    """Change one's own password; every other session of this admin ends, this one goes on."""
+    error = None
+    if request.method == "POST":
+        form = request.form
+        with session_scope() as db:
+            admin = db.get_one(AdminUser, g.admin_id)
+            try:
+                change_password(
+                    db,
+                    admin,
+                    form.get("current_password", ""),
+                    form.get("new_password", ""),
+                    form.get("confirm_password", ""),
+                )
+                version = admin.session_version
+            except AdminError as exc:
+                db.rollback()
+                error = str(exc)
+        if error is None:
+            begin_session(ADMIN_KEY, g.admin_id, version)
+            flash("Password changed. Every other session of yours is signed out.", "success")
+            return redirect(url_for("admin.invoices")), 303
+    return render_template("admin/password.html", error=error), 422 if error else 200
 
 
 @bp.get("/")
@@ -287,7 +324,13 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 amount=payment.amount,
                 method=payment.method,
             )
-    except (MoneyError, ledger.LedgerError) as exc:
+    except MoneyError as exc:
+        # Not an amount at all: the form was filled in wrong, answered on the invoice page itself.
+        flash(f"Payment not recorded: {exc}", "error")
+        page = make_response(invoice(invoice_id))
+        page.status_code = 400
+        return page
+    except ledger.LedgerError as exc:
         flash(f"Payment not recorded: {exc}", "error")
         return redirect(url_for("admin.invoice", invoice_id=invoice_id) + "#payments"), 303
     flash("Payment recorded.", "success")
@@ -350,12 +393,23 @@ def charges() -> ResponseReturnValue:
         counts = {s: 0 for s in OPERATOR_STATUSES}
         for attempt in db.scalars(select(ChargeAttempt).where(ChargeAttempt.status.in_(OPERATOR_STATUSES))):
             counts[attempt.status] += 1
+        flagged = db.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.flagged_reason.is_not(None))
+            .order_by(WebhookEvent.id.desc())
+            .limit(FLAGGED_EVENTS_SHOWN)
+        ).all()
+        flagged_total = db.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.flagged_reason.is_not(None))
+        )
         return render_template(
             "admin/charges.html",
             attempts=attempts,
             status=status,
             counts=counts,
             in_flight={s.value for s in IN_FLIGHT},
+            flagged=flagged,
+            flagged_total=flagged_total,
         )
 
 

@@ -223,6 +223,8 @@ def create_client() -> ResponseReturnValue:
         client_id = clients.create_client(
             get_sessionmaker(), gateway(), name=name, email=email, actor=actor()
         )
+    except clients.ClientExists as exc:
+        raise ApiError(409, "client_exists", str(exc), field="email") from exc
     except clients.ClientError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except GatewayError as exc:

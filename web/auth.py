@@ -18,7 +18,12 @@ def require_api_token(view: Callable[..., Any]) -> Callable[..., Any]:
         expected = current_app.config["OFFSESSION"].api_token
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), expected):
+        # Compared as bytes: compare_digest refuses str with anything but ASCII (a 500, not a 401).
+        if (
+            scheme.lower() != "bearer"
+            or not token
+            or not hmac.compare_digest(token.strip().encode(errors="replace"), expected.encode())
+        ):
             raise ApiError(401, "unauthorized", "Send Authorization: Bearer <OFFSESSION_API_TOKEN>.")
         g.actor = "api"
         return view(*args, **kwargs)

@@ -4,7 +4,6 @@ complete authentication. A client sees their own things only: anything else answ
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -14,6 +13,7 @@ from flask import (
     flash,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -33,7 +33,15 @@ from shared.charging import (
     settle_from_stripe,
     start_on_session_authentication,
 )
-from shared.client_auth import LoginLinkError, consume_login_link, issue_login_link
+from shared.client_auth import (
+    AUTHENTICATE,
+    SIGN_IN,
+    UPDATE_CARD,
+    LoginLinkError,
+    consume_link,
+    peek_link,
+    request_login_link,
+)
 from shared.db import get_sessionmaker, session_scope
 from shared.eligibility import charge_blockers, in_flight_attempt
 from shared.gateway import (
@@ -45,18 +53,18 @@ from shared.invoices import list_invoices
 from shared.ledger import balance
 from shared.login_throttle import login_link_counters
 from shared.models import Card, ChargeAttempt, Client
-from shared.notify import (
-    PURPOSE_AUTHENTICATE_CHARGE,
-    PURPOSE_UPDATE_CARD,
-    LinkTokenError,
-    send_login_link,
-    verify_link_token,
-)
 from shared.settings import get_settings
 from shared.states import AttemptStatus
 from web.login_limits import client_ip
-from web.pages import CLIENT_KEY, login_required_client, protect_with_csrf
-from web.serializers import charge_json
+from web.pages import (
+    CLIENT_KEY,
+    VERSION_KEY,
+    begin_session,
+    login_required_client,
+    protect_with_csrf,
+    signed_in_fully_as_client,
+)
+from web.serializers import client_charge_json
 from web.services import gateway, publish
 
 log = logging.getLogger(__name__)
@@ -73,7 +81,7 @@ TEST_CARDS = (
 )
 
 
-# ---- sign-in -----------------------------------------------------------------------------------------
+# ---- sign-in ---------------------------------------------------------------------------------------------
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -83,74 +91,112 @@ def login() -> ResponseReturnValue:
         email, ip = request.form.get("email", ""), client_ip()
         with session_scope() as db:
             # Every request counts, known email or not; past the limit the page stays the same (it
-            # must not tell whether the email is a client's) but no email goes out.
+            # must not tell whether the email is a client's) but no email goes out. Known or not, the
+            # request queues the same message: a worker looks the address up and sends the link.
             verdict = login_throttle.take(db, login_link_counters(email, ip))
-            link = issue_login_link(db, email) if verdict.allowed else None
-        if not verdict.allowed:
+            message_id = request_login_link(db, email) if verdict.allowed else None
+        if message_id is None:
             log.warning("sign-in link request from %s not sent: %s", ip, verdict.refused_by)
-        if link is not None:
-            config = current_app.config["OFFSESSION"]
-            send_login_link(
-                config,
-                link.email,
-                link.name,
-                f"{config.public_base_url}{url_for('client.open_link', token=link.token)}",
-            )
+        else:
+            outbox.publish_messages(get_sessionmaker(), publish, [message_id])
         sent = True
     return render_template("client/login.html", sent=sent)
 
 
+# What each emailed link's page says, and where using it leads.
+LINK_ACTIONS = {
+    SIGN_IN: ("Sign in to your Client Zone", "Sign in"),
+    UPDATE_CARD: ("Update your card", "Continue to my cards"),
+    AUTHENTICATE: ("Confirm your payment", "Continue to the payment"),
+}
+
+
+def _masked(address: str) -> str:
+    """Enough of the address for its owner to recognise it: al***@example.com."""
+    local, _, domain = address.partition("@")
+    return f"{local[:2]}***@{domain}"
+
+
+def _link_page(token: str | None, purpose: str) -> ResponseReturnValue:
+    """An emailed link's landing (GET): a page with a button, and nothing used up. Mail scanners follow
+    links; a link that signed in on GET would be spent, or would let a page sign a visitor into the
+    sender's account (login CSRF). The button's POST, with this browser's CSRF token, uses it."""
+    grant = None
+    error = None
+    try:
+        with session_scope() as db:
+            grant = peek_link(db, token or "")
+            if grant.purpose != purpose:
+                raise LoginLinkError("This link is not valid here. Ask for a new one.")
+            client = db.get(Client, grant.client_id)
+            masked = _masked(client.email) if client is not None else ""
+    except LoginLinkError as exc:
+        error = str(exc)
+    if error is not None:
+        answer = make_response(render_template("client/login.html", sent=False, error=error), 400)
+    else:
+        title, button = LINK_ACTIONS[purpose]
+        answer = make_response(
+            render_template("client/link.html", token=token, title=title, button=button, email=masked)
+        )
+    # The token is in this page's address: never in a Referer to anyone, ourselves included.
+    answer.headers["Referrer-Policy"] = "no-referrer"
+    return answer
+
+
 @bp.get("/login/<token>")
 def open_link(token: str) -> ResponseReturnValue:
+    """The sign-in email's link."""
+    return _link_page(token, SIGN_IN)
+
+
+@bp.post("/link")
+def use_link() -> ResponseReturnValue:
+    """The button of an emailed link's page: use the link (once) and open what it is for."""
     try:
         with session_scope() as db:
-            client_id = consume_login_link(db, token)
+            grant = consume_link(db, request.form.get("token", ""))
+            client = db.get(Client, grant.client_id)
+            if client is None:
+                raise LoginLinkError("This link is not valid. Ask for a new one.")
+            version = client.session_version
+            attempt = db.get(ChargeAttempt, grant.subject_id) if grant.purpose == AUTHENTICATE else None
+            invoice_id = attempt.invoice_id if attempt is not None else None
+            if grant.purpose == AUTHENTICATE and (attempt is None or attempt.invoice.client_id != client.id):
+                raise LoginLinkError("This payment is no longer waiting for you.")
     except LoginLinkError as exc:
         return render_template("client/login.html", sent=False, error=str(exc)), 400
-    session.clear()
-    session[CLIENT_KEY] = client_id
-    session.permanent = True
-    return redirect(url_for("client.invoices"))
-
-
-def _sign_in_by_link(purpose: str) -> str | None:
-    """An emailed link (authenticate a charge, update the card) signs its client in; returns the subject."""
-    token = request.args.get("token")
-    if not token:
-        return None
-    config = current_app.config["OFFSESSION"]
-    try:
-        subject = verify_link_token(config.secret_key, token, purpose, datetime.now(UTC))
-    except LinkTokenError as exc:
-        abort(400, description=f"This link cannot be used: {exc}. Sign in to the Client Zone instead.")
-    if purpose == PURPOSE_UPDATE_CARD:
-        client_id = int(subject)
-    else:
-        with session_scope() as db:
-            attempt = db.get(ChargeAttempt, subject)
-            if attempt is None:
-                abort(404)
-            client_id = attempt.invoice.client_id
-    if session.get(CLIENT_KEY) != client_id:
-        session.clear()
-        session[CLIENT_KEY] = client_id
-    return subject
+    signed_in_fully = signed_in_fully_as_client(grant.client_id, version)
+    if grant.purpose == SIGN_IN:
+        begin_session(CLIENT_KEY, grant.client_id, version)
+        return redirect(url_for("client.invoices")), 303
+    if grant.purpose == UPDATE_CARD:
+        if not signed_in_fully:
+            begin_session(CLIENT_KEY, grant.client_id, version, scope={"purpose": UPDATE_CARD})
+        return redirect(url_for("client.cards")), 303
+    if not signed_in_fully:
+        scope = {"purpose": AUTHENTICATE, "invoice_id": invoice_id, "charge_id": grant.subject_id}
+        begin_session(CLIENT_KEY, grant.client_id, version, scope=scope)
+    return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
 
 
 @bp.get("/authenticate")
 def authenticate_from_email() -> ResponseReturnValue:
-    """The emailed link for a charge that needs the client's bank: sign in, show the charge."""
-    attempt_id = _sign_in_by_link(PURPOSE_AUTHENTICATE_CHARGE)
-    if attempt_id is None:
+    """The emailed link for a charge that needs the client's bank."""
+    if not request.args.get("token"):
         return redirect(url_for("client.login"))
-    with session_scope() as db:
-        attempt = db.get(ChargeAttempt, attempt_id)
-        assert attempt is not None
-        return redirect(url_for("client.invoice", invoice_id=attempt.invoice_id))
+    return _link_page(request.args.get("token"), AUTHENTICATE)
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    client_id = session.get(CLIENT_KEY)
+    if isinstance(client_id, int):
+        with session_scope() as db:
+            client = db.get(Client, client_id)
+            if client is not None and client.session_version == session.get(VERSION_KEY):
+                # Every session of this client ends, a copied cookie's too.
+                client.session_version += 1
     session.clear()
     return redirect(url_for("client.login"))
 
@@ -217,7 +263,7 @@ def charge_status(charge_id: str) -> ResponseReturnValue:
         bal = balance(attempt.invoice)
         return jsonify(
             {
-                "charge": charge_json(attempt),
+                "charge": client_charge_json(attempt),
                 "invoice": {"status": bal.status.value, "status_label": bal.status.label},
             }
         )
@@ -285,7 +331,8 @@ def _own_card(client: Client, card_id: int) -> Card:
 
 @bp.get("/cards")
 def cards() -> ResponseReturnValue:
-    _sign_in_by_link(PURPOSE_UPDATE_CARD)  # the "update your card" email's link
+    if request.args.get("token"):
+        return _link_page(request.args.get("token"), UPDATE_CARD)  # the "update your card" email's link
     return _cards_page()
 
 

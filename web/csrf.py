@@ -28,7 +28,12 @@ def check_csrf() -> None:
         return
     expected = session.get(FIELD)
     sent = request.form.get(FIELD) or request.headers.get(HEADER)
-    if not expected or not sent or not hmac.compare_digest(str(expected), str(sent)):
+    # Compared as bytes: compare_digest refuses str with anything but ASCII (a 500, not a 400).
+    if (
+        not expected
+        or not sent
+        or not hmac.compare_digest(str(expected).encode(), str(sent).encode(errors="replace"))
+    ):
         abort(
             400, description="The form expired or did not come from this site; reload the page and try again."
         )

@@ -450,7 +450,12 @@ def _paths() -> dict[str, Schema]:
         "/api/clients": {
             "post": _operation(
                 "Create a client (and its Stripe customer)",
-                {"201": _json(_ref("Client"), "The client."), "422": INVALID, "502": STRIPE_ERROR},
+                {
+                    "201": _json(_ref("Client"), "The client."),
+                    "409": _error("Another client has this email (`client_exists`): emails are unique."),
+                    "422": INVALID,
+                    "502": STRIPE_ERROR,
+                },
                 tags=["clients"],
                 body=_body(_ref("ClientCreate")),
             )

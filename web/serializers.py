@@ -89,6 +89,13 @@ def charge_json(attempt: ChargeAttempt) -> dict[str, Any]:
     }
 
 
+def client_charge_json(attempt: ChargeAttempt) -> dict[str, Any]:
+    """A charge as the Client Zone shows it: not who at the business asked for it (an admin's email)."""
+    body = charge_json(attempt)
+    del body["requested_by"]
+    return body
+
+
 def invoice_json(invoice: Invoice, settings: Settings, *, detail: bool = True) -> dict[str, Any]:
     b = balance(invoice)
     blockers = charge_blockers(invoice, settings)

@@ -96,16 +96,38 @@ def create_admin(email: str, password: str | None) -> None:
     click.echo(f"admin {address} can sign in at {get_config().public_base_url}/admin/login")
 
 
+@main.command(
+    "set-client-email",
+    help="Give client CLIENT_ID the email EMAIL. Emails are unique (the Client Zone signs in by email): "
+    "this is how to part two clients that share one, before or after `db upgrade`.",
+)
+@click.argument("client_id", type=int)
+@click.argument("email")
+def set_client_email(client_id: int, email: str) -> None:
+    from shared.clients import ClientError, NotFound, change_email
+    from shared.db import session_scope
+
+    try:
+        with session_scope() as session:
+            address = change_email(session, client_id, email, actor="cli")
+    except (ClientError, NotFound) as exc:
+        raise CommandError(str(exc)) from exc
+    click.echo(f"client {client_id} now has the email {address}")
+
+
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
     from shared.db import get_sessionmaker
     from shared.gateway import GatewayError, gateway_from_config
+    from shared.seed import SeedRefused
     from shared.seed import seed_demo as seed
 
     config = get_config()
     try:
         with _emulator_for_seeding():
             report = seed(get_sessionmaker(), gateway_from_config(config), var_dir())
+    except SeedRefused as exc:
+        raise CommandError(str(exc)) from exc
     except GatewayError as exc:
         raise CommandError(f"Stripe refused the demo data: {exc}") from exc
     click.echo(

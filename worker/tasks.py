@@ -24,7 +24,7 @@ from shared.daily_reconciliation import (
 from shared.db import get_sessionmaker
 from shared.gateway import StripeGateway, TransientStripeError
 from shared.leases import LeaseKeeper
-from shared.notifications import deliver_charge_notification
+from shared.notifications import deliver_charge_notification, deliver_login_link
 from shared.notify import Mailer, mailer_from_config
 from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
 from shared.reconcile import recover_charges, run_janitor
@@ -173,6 +173,22 @@ def open_due_retries_task() -> int:
 @shared_task(name=outbox.TASK_NOTIFY_CHARGE, acks_late=True)
 def notify_charge(attempt_id: str, kind: str) -> bool:
     return deliver_charge_notification(get_sessionmaker(), get_config(), mailer(), attempt_id, kind)
+
+
+@shared_task(
+    name=outbox.TASK_SEND_LOGIN_LINK,
+    acks_late=True,
+    # The mail server down or refusing (smtplib's errors are OSErrors): again later, with a new link.
+    autoretry_for=(OSError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=6,
+)
+def send_login_link(email: str, request_id: str) -> bool:
+    """A Client Zone sign-in email (shared.client_auth.request_login_link). Its result says only whether
+    an email went out: the link's token is never in a task's arguments, result or log line."""
+    return deliver_login_link(get_sessionmaker(), get_config(), mailer(), email=email, request_id=request_id)
 
 
 @lru_cache(maxsize=1)

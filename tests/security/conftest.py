@@ -32,7 +32,10 @@ from shared import config as shared_config
 from shared import db as shared_db
 from shared.admins import create_admin
 from shared.migrate import upgrade
-from shared.models import Base
+from shared.models import Base, OutboxMessage
+from shared.notifications import deliver_login_link
+from shared.notify import mailer_from_config
+from shared.outbox import TASK_SEND_LOGIN_LINK
 from tests.integration.emulator_fixture import running_emulator
 
 API_TOKEN = "os_sec-api-token-Zq81vN3x"
@@ -171,29 +174,65 @@ def sign_in_admin(
     return client.post("/admin/login", data=data, **kwargs)
 
 
+def send_queued_emails() -> int:
+    """What the worker does with the sign-in emails the web queued (outbox): send each, once."""
+    sent = 0
+    with shared_db.get_sessionmaker()() as s:
+        payloads = [
+            dict(m.payload)
+            for m in s.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.task_name == TASK_SEND_LOGIN_LINK)
+                .order_by(OutboxMessage.id)
+            )
+        ]
+    config = shared_config.get_config()
+    for payload in payloads:
+        sent += deliver_login_link(
+            shared_db.get_sessionmaker(), config, mailer_from_config(config), **payload
+        )
+    return sent
+
+
 def request_link(client: FlaskClient, email_: str, **kwargs: Any) -> TestResponse:
-    return client.post("/client/login", data={"email": email_, "csrf_token": csrf_of(client)}, **kwargs)
+    """Ask for a sign-in link, then let the worker's task send it."""
+    answer = client.post("/client/login", data={"email": email_, "csrf_token": csrf_of(client)}, **kwargs)
+    send_queued_emails()
+    return answer
+
+
+def text_of(message: email.message.Message) -> str:
+    return str(
+        next(
+            part.get_payload(decode=True).decode()
+            for part in message.walk()
+            if part.get_content_type() == "text/plain"
+        )
+    )
 
 
 def link_in(message: email.message.Message) -> str:
-    body = next(
-        part.get_payload(decode=True).decode()
-        for part in message.walk()
-        if part.get_content_type() == "text/plain"
-    )
+    body = text_of(message)
     match = re.search(r"https?://\S+/client/login/(\S+)", body)
     assert match, body
     return match.group(1)
 
 
+def use_link(client: FlaskClient, token: str, **kwargs: Any) -> TestResponse:
+    """The button of an emailed link's page: POST the token with this browser's CSRF token."""
+    return client.post("/client/link", data={"token": token, "csrf_token": csrf_of(client)}, **kwargs)
+
+
 def sign_in_client(client: FlaskClient, e: Env, address: str) -> None:
-    """The real way in: ask for the link, read it from the .eml under var/outbox, open it."""
+    """The real way in: ask for the link, read it from the .eml under var/outbox, open it, press Sign in."""
     before = e.email_files()
     assert request_link(client, address).status_code == 200
     (message,) = e.new_emails(before)
     assert message["To"] == address
-    answer = client.get(f"/client/login/{link_in(message)}")
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("/client/invoices")
+    token = link_in(message)
+    assert client.get(f"/client/login/{token}").status_code == 200
+    answer = use_link(client, token)
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("/client/invoices")
 
 
 # ---- the world: an admin, clients A and B with cards, invoices and a charge each -----------------------

@@ -23,8 +23,8 @@ from tests.security.conftest import (
 
 # Signing in and out is open to all; everything else under /admin needs an admin.
 ADMIN_OPEN = {"admin.login", "admin.logout"}
-# The sign-in pages and the emailed-link landing (its token is the credential) are open.
-CLIENT_OPEN = {"client.login", "client.open_link", "client.logout"}
+# The sign-in pages, the emailed-link landing and its button (the token is the credential) are open.
+CLIENT_OPEN = {"client.login", "client.open_link", "client.use_link", "client.logout"}
 API_OPEN = {"/api/openapi.json"}
 
 # A body that would be valid for most routes: only the missing credential may be why they refuse.

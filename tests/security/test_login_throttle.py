@@ -15,7 +15,7 @@ from shared.admins import create_admin
 from shared.login_throttle import (
     ADMIN_FAILURES_PER_EMAIL_AND_IP,
     ADMIN_FAILURES_PER_IP,
-    LOGIN_LINKS_PER_EMAIL,
+    LOGIN_LINKS_PER_EMAIL_AND_IP,
     LOGIN_LINKS_PER_IP,
     admin_sign_in_counters,
 )
@@ -142,17 +142,32 @@ def test_refused_attempts_do_not_extend_the_lockout(env: Env, world: World) -> N
 # ---- Client Zone sign-in links --------------------------------------------------------------------------
 
 
-def test_links_per_email_stop_after_the_limit_with_the_same_neutral_page(env: Env, world: World) -> None:
+def test_links_per_email_and_address_stop_after_the_limit_with_the_same_neutral_page(
+    env: Env, world: World
+) -> None:
     http = env.app.test_client()
     before = env.email_files()
-    pages = [request_link(http, world.a.email) for _ in range(LOGIN_LINKS_PER_EMAIL.max_events + 2)]
+    pages = [request_link(http, world.a.email) for _ in range(LOGIN_LINKS_PER_EMAIL_AND_IP.max_events + 2)]
     assert {p.status_code for p in pages} == {200}
     assert len({p.data for p in pages}) == 1  # past the limit the answer is the very same page
-    assert len(env.new_emails(before)) == LOGIN_LINKS_PER_EMAIL.max_events
+    assert len(env.new_emails(before)) == LOGIN_LINKS_PER_EMAIL_AND_IP.max_events
     # Another client's email still gets its link, from the same address.
     before = env.email_files()
     request_link(http, world.b.email)
     assert [m["To"] for m in env.new_emails(before)] == [world.b.email]
+
+
+def test_someone_asking_for_a_clients_links_elsewhere_does_not_lock_the_client_out(
+    env: Env, world: World
+) -> None:
+    # Someone keeps asking for Alice's link from their own address, over and over.
+    pester = env.app.test_client()
+    for _ in range(3 * LOGIN_LINKS_PER_EMAIL_AND_IP.max_events):
+        request_link(pester, world.a.email, **_from("198.51.100.66"))
+    # Alice, from her own address, still gets hers.
+    before = env.email_files()
+    assert request_link(env.app.test_client(), world.a.email, **_from("203.0.113.5")).status_code == 200
+    assert [m["To"] for m in env.new_emails(before)] == [world.a.email]
 
 
 def test_links_per_address_stop_after_the_limit(env: Env, world: World) -> None:

@@ -4,8 +4,10 @@ Celery workers and, when asked, beat; configured only through the documented env
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar as http_cookiejar
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,11 +70,13 @@ class Stack:
         charge_workers: int = 0,
         charge_pool: str = "threads",
         charge_concurrency: int = 64,
+        access_log: bool = False,
     ) -> None:
         """`charge_workers` > 0 runs the production shape of the Procfile: that many `worker-charges`
         processes (`-Q charges`, `charge_pool` x `charge_concurrency`) and `workers` prefork processes
         on the other queues. With 0 (the default) every worker consumes every queue. `lease_seconds`
-        None keeps the default charge lease (OFFSESSION_CHARGE_LEASE_SECONDS unset)."""
+        None keeps the default charge lease (OFFSESSION_CHARGE_LEASE_SECONDS unset). `access_log`: gunicorn
+        writes its access log into web.log, as the Procfile has it."""
         self.dir = Path(tempfile.mkdtemp(prefix="offsession-stack-"))
         self.web_port = free_port()
         self.emu_port = free_port()
@@ -117,6 +122,7 @@ class Stack:
                     "2",
                     "--timeout",
                     "60",
+                    *(["--access-logfile", "-"] if access_log else []),
                     "web:create_app()",
                 ],
             )
@@ -341,6 +347,48 @@ class Stack:
     def faults(self, **faults: Any) -> None:
         status, body = http("POST", self.emu + "/_emulator/faults", faults)
         assert status == 200, body
+
+
+class LinkBrowser:
+    """A browser for an emailed Client Zone link: cookies kept, the link opened, its button pressed."""
+
+    def __init__(self) -> None:
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http_cookiejar.CookieJar())
+        )
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """(status, final URL, page)."""
+        try:
+            with self.opener.open(urllib.request.Request(url, headers=headers or {}), timeout=15) as page:
+                return page.status, page.url, page.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, url, exc.read().decode(errors="replace")
+
+    def csrf_token(self, page: str) -> str:
+        match = re.search(r'name="csrf-token" content="([^"]+)"', page)
+        assert match, page[:500]
+        return match.group(1)
+
+    def post_form(self, url: str, fields: dict[str, str]) -> tuple[int, str, str]:
+        data = urllib.parse.urlencode(fields).encode()
+        request = urllib.request.Request(url, data=data, method="POST")
+        try:
+            with self.opener.open(request, timeout=15) as page:
+                return page.status, page.url, page.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, url, exc.read().decode(errors="replace")
+
+    def use_link(self, link: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """Open the link (its page, nothing used) and press its button; (status, final URL, page)."""
+        status, _, page = self.get(link, headers)
+        assert status == 200, page[:500]
+        token = re.search(r'name="token" value="([^"]+)"', page)
+        assert token, page[:500]
+        base = link.split("/client/")[0]
+        return self.post_form(
+            f"{base}/client/link", {"token": token.group(1), "csrf_token": self.csrf_token(page)}
+        )
 
 
 @contextlib.contextmanager

@@ -210,6 +210,15 @@ def test_a_sign_in_link_token_in_a_path_is_redacted() -> None:
     assert scrub_text("POST /client/login 200") == "POST /client/login 200"
 
 
+def test_a_link_token_in_a_query_string_is_redacted() -> None:
+    line = '"GET /client/cards?token=Ab-9_x&y=1 HTTP/1.1" 200 "http://x/client/authenticate?a=b&TOKEN=Zz_8"'
+    scrubbed = scrub_text(line)
+    assert "Ab-9_x" not in scrubbed and "Zz_8" not in scrubbed
+    assert "/client/cards?token=[redacted]&y=1 HTTP/1.1" in scrubbed
+    assert scrub_text("token=Qq1 only") == "token=[redacted] only"  # a query string logged alone (%(q)s)
+    assert scrub_text("csrf_token=kept") == "csrf_token=kept"  # another field, not a link token
+
+
 def test_the_log_format_and_metrics_token_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
