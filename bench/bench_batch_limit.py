@@ -57,8 +57,8 @@ from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from shared.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
-from shared.webhooks import EVENTS_WITH_WORK  # noqa: E402
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
+from shared.services.webhooks import EVENTS_WITH_WORK  # noqa: E402
 from tests.support.stack import FINAL, Stack, bench_main, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 95

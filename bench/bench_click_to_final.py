@@ -37,8 +37,8 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.bench_enqueue import percentile, seed_invoices, servers  # noqa: E402
-from shared.models import AuditEvent, OutboxMessage  # noqa: E402
-from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
+from shared.domain.models import AuditEvent, OutboxMessage  # noqa: E402
+from shared.services.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
 from tests.support.stack import FINAL, TOKEN, Stack, bench_main, measuring  # noqa: E402
 
 GOAL_P50_MS = 150.0

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.floor_app import create_scratch_table  # noqa: E402
-from shared.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
+from shared.domain.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.stack import BIN, TOKEN, Stack, bench_main, measuring  # noqa: E402
 

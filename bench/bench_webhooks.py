@@ -3,7 +3,7 @@ second by the Celery workers (issue 8).
 
 Starts a throwaway redis-server (broker, and the Stripe rate budget) and PostgreSQL 15, then the real
 stack (emulator, gunicorn with the Procfile's settings) without workers. Setup charges N attempts
-through the emulator the way a worker does (shared.charging.run_attempt); a share of them "die" after
+through the emulator the way a worker does (shared.services.charging.run_attempt); a share of them "die" after
 Stripe answered and before recording anything, so their events carry news. The emulator only stores
 its events (no webhook URL): the bench takes Stripe's own payment_intent.* and charge.* events, adds
 duplicates (same event id), shuffles them (Stripe's delivery is unordered) and signs each one with the
@@ -21,7 +21,7 @@ webhook secret just before posting it.
    and from the first to the last (without their start-up), with the CPU each one cost. The endpoint
    publishes no message per event: a drain task when none is pending (a flag in the broker's Redis), and
    each drain takes every pending event batch after batch, recruiting one more worker process while its
-   batches are full (shared/webhooks.py drain_events).
+   batches are full (shared/services/webhooks.py drain_events).
 
     .venv/bin/python bench/bench_webhooks.py                    # 1000 attempts (~3,300 deliveries), 8 clients
     .venv/bin/python bench/bench_webhooks.py --attempts 200 --clients 4 --pool threads --concurrency 16
@@ -63,9 +63,9 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from bench.floor_app import create_scratch_table  # noqa: E402
-from shared.charging import charge_request_for, claim_attempt, open_attempt, run_attempt  # noqa: E402
-from shared.gateway import StripeGateway  # noqa: E402
-from shared.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
+from shared.adapters.stripe_gateway import StripeGateway  # noqa: E402
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
+from shared.services.charging import charge_request_for, claim_attempt, open_attempt, run_attempt  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402

@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import Engine, bindparam, create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from shared.models import Invoice  # noqa: E402
+from shared.domain.models import Invoice  # noqa: E402
 from tests.support.services import PG_BIN, PostgresServer, RedisServer  # noqa: E402
 from tests.support.signing import signed, stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, http  # noqa: E402

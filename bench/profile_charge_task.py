@@ -67,12 +67,12 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shared.charging import load_invoice_for_charge, open_attempt
+    from shared.adapters.database import get_engine, get_sessionmaker, size_pool_for_threads
+    from shared.adapters.logs import install_formatter, make_formatter
+    from shared.adapters.migrate import upgrade
     from shared.config import get_config
-    from shared.db import get_engine, get_sessionmaker, size_pool_for_threads
-    from shared.logs import install_formatter, make_formatter
-    from shared.migrate import upgrade
-    from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+    from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+    from shared.services.charging import load_invoice_for_charge, open_attempt
     from worker import tasks
 
     config = get_config()

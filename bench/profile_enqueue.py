@@ -66,9 +66,9 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
         SECRET_KEY="profile-enqueue-secret",
         OFFSESSION_LOG_FORMAT="json",
     )
-    from shared.db import get_engine
-    from shared.migrate import upgrade
-    from shared.models import ChargeAttempt, OutboxMessage
+    from shared.adapters.database import get_engine
+    from shared.adapters.migrate import upgrade
+    from shared.domain.models import ChargeAttempt, OutboxMessage
 
     upgrade(database_url)
     engine = get_engine()
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
 
 def seed_invoices(engine: Any, count: int) -> list[int]:
     """`count` chargeable invoices over a few clients with a saved default card; returns their ids."""
-    from shared.models import Card, Client, Invoice
-    from shared.settings import update_settings
+    from shared.domain.models import Card, Client, Invoice
+    from shared.services.settings import update_settings
 
     with Session(engine) as session, session.begin():
         update_settings(session, "bench", stripe_connected=True)

@@ -108,7 +108,8 @@ class Config:
     public_base_url: str
     mail_url: str | None
     # How long a charge's lease lasts unless its holder renews it (every third of it, while it works):
-    # a worker that dies hands its charges to recovery this long after its last renewal (shared.leases).
+    # a worker that dies hands its charges to recovery this long after its last renewal
+    # (shared.services.leases).
     charge_lease_seconds: float = DEFAULT_CHARGE_LEASE_SECONDS
     # Transient Stripe errors (5xx, timeouts, 429) retried with the same key before `unknown`.
     charge_transient_retries: int = 6

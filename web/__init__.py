@@ -9,8 +9,8 @@ from flask import Flask, Response, current_app, redirect, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
+from shared.adapters.logs import scrub_server_logs, setup_logging
 from shared.config import STRIPE_HOSTED_API_BASE, Config, check_safe, get_config
-from shared.logs import scrub_server_logs, setup_logging
 
 # Bigger bodies are refused with 413 before any view runs.
 MAX_REQUEST_BYTES = 1024 * 1024

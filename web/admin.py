@@ -23,31 +23,11 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from shared import audit, ledger, login_throttle, outbox
-from shared.admins import AdminError, authenticate, change_password
-from shared.batch import outcome_counts
-from shared.charging import (
-    ChargeNotCancelable,
-    ChargeRequestError,
-    NotChargeable,
-    cancel_charge,
-    load_invoice_for_charge,
-    open_attempt,
-)
-from shared.daily_reconciliation import (
-    ReconciliationError,
-    parse_day,
-    recent_runs,
-    request_reconciliation,
-    run_findings,
-    yesterday_utc,
-)
-from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers, in_flight_attempt
-from shared.gateway import GatewayError
-from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
-from shared.login_throttle import admin_sign_in_counters
-from shared.models import (
+from shared.adapters.database import get_sessionmaker, session_scope
+from shared.adapters.stripe_gateway import GatewayError
+from shared.domain import ledger
+from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.models import (
     LEDGER_METHODS,
     AdminUser,
     AuditEvent,
@@ -57,10 +37,31 @@ from shared.models import (
     ReconciliationRun,
     WebhookEvent,
 )
-from shared.money import MoneyError, format_money, parse_amount, to_major_string
-from shared.reconcile import resolve_attempt
-from shared.settings import SettingsError, get_settings, update_settings
-from shared.states import IN_FLIGHT, AttemptStatus
+from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
+from shared.domain.states import IN_FLIGHT, AttemptStatus
+from shared.services import audit, login_throttle, outbox
+from shared.services.admins import AdminError, authenticate, change_password
+from shared.services.batch import outcome_counts
+from shared.services.charging import (
+    ChargeNotCancelable,
+    ChargeRequestError,
+    NotChargeable,
+    cancel_charge,
+    load_invoice_for_charge,
+    open_attempt,
+)
+from shared.services.daily_reconciliation import (
+    ReconciliationError,
+    parse_day,
+    recent_runs,
+    request_reconciliation,
+    run_findings,
+    yesterday_utc,
+)
+from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
+from shared.services.janitor import resolve_attempt
+from shared.services.login_throttle import admin_sign_in_counters
+from shared.services.settings import SettingsError, get_settings, update_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
 from web.serializers import charge_json

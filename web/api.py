@@ -15,8 +15,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from shared import audit, clients, invoices, ledger, outbox
-from shared.charging import (
+from shared.adapters.database import SessionFactory, get_sessionmaker, one_checkout, session_scope
+from shared.adapters.stripe_gateway import (
+    CardSetupDeclined,
+    CardSetupRequiresAction,
+    GatewayError,
+    PermanentStripeError,
+)
+from shared.domain import ledger
+from shared.domain.eligibility import in_flight_attempt
+from shared.domain.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
+from shared.domain.states import AttemptStatus
+from shared.services import audit, clients, invoices, outbox
+from shared.services.charging import (
     ChargeNotCancelable,
     ChargeRequestError,
     NotChargeable,
@@ -25,12 +36,7 @@ from shared.charging import (
     load_invoice_for_charge,
     open_attempt,
 )
-from shared.db import SessionFactory, get_sessionmaker, one_checkout, session_scope
-from shared.eligibility import in_flight_attempt
-from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError, PermanentStripeError
-from shared.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
-from shared.settings import SettingsError, get_settings, update_settings
-from shared.states import AttemptStatus
+from shared.services.settings import SettingsError, get_settings, update_settings
 from web import openapi
 from web.auth import require_api_token
 from web.errors import ApiError
@@ -40,7 +46,7 @@ from web.services import gateway, publish
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-# Charge ids are lowercase UUIDs (shared.models.new_uuid); anything else names no charge.
+# Charge ids are lowercase UUIDs (shared.domain.models.new_uuid); anything else names no charge.
 CHARGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -173,7 +179,7 @@ def put_settings() -> ResponseReturnValue:
     body = json_body()
     account = field(body, "stripe_account_id", str, required=False)
     if account is not None and len(account.strip()) > openapi.MAX_ACCOUNT_ID_LENGTH:
-        # The pattern in shared.settings allows one character more than the column holds.
+        # The pattern in shared.services.settings allows one character more than the column holds.
         raise ApiError(
             422,
             "invalid",
@@ -214,7 +220,7 @@ def _client(session: Session, client_id: int) -> Client:
 def create_client() -> ResponseReturnValue:
     body = json_body()
     name, email = field(body, "name", str), field(body, "email", str)
-    # The column holds 254 characters, and shared.admins.normalize_email checks no length.
+    # The column holds 254 characters, and shared.services.admins.normalize_email checks no length.
     if max(len(email), len(email.strip().lower())) > openapi.MAX_EMAIL_LENGTH:
         raise ApiError(
             422, "invalid", f"email may be at most {openapi.MAX_EMAIL_LENGTH} characters.", field="email"
@@ -241,7 +247,7 @@ def get_client(client_id: int) -> ResponseReturnValue:
 
 
 def _card_call(call, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run a card operation of shared.clients, answering its errors in the API's shape."""
+    """Run a card operation of shared.services.clients, answering its errors in the API's shape."""
     try:
         return call(get_sessionmaker(), gateway(), *args, actor=actor(), **kwargs)
     except clients.NotFound as exc:

@@ -24,8 +24,18 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from shared import clients, login_throttle, outbox
-from shared.charging import (
+from shared.adapters.database import get_sessionmaker, session_scope
+from shared.adapters.stripe_gateway import (
+    CardSetupDeclined,
+    CardSetupRequiresAction,
+    GatewayError,
+)
+from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.ledger import balance
+from shared.domain.models import Card, ChargeAttempt, Client
+from shared.domain.states import AttemptStatus
+from shared.services import clients, login_throttle, outbox
+from shared.services.charging import (
     NotAwaitingAuthentication,
     NotChargeable,
     load_invoice_for_charge,
@@ -33,7 +43,7 @@ from shared.charging import (
     settle_from_stripe,
     start_on_session_authentication,
 )
-from shared.client_auth import (
+from shared.services.client_links import (
     AUTHENTICATE,
     SIGN_IN,
     UPDATE_CARD,
@@ -42,19 +52,9 @@ from shared.client_auth import (
     peek_link,
     request_login_link,
 )
-from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers, in_flight_attempt
-from shared.gateway import (
-    CardSetupDeclined,
-    CardSetupRequiresAction,
-    GatewayError,
-)
-from shared.invoices import list_invoices
-from shared.ledger import balance
-from shared.login_throttle import login_link_counters
-from shared.models import Card, ChargeAttempt, Client
-from shared.settings import get_settings
-from shared.states import AttemptStatus
+from shared.services.invoices import list_invoices
+from shared.services.login_throttle import login_link_counters
+from shared.services.settings import get_settings
 from web.login_limits import client_ip
 from web.pages import (
     CLIENT_KEY,

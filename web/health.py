@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from shared.db import get_engine
+from shared.adapters.database import get_engine
 from web.services import celery_producer
 
 bp = Blueprint("health", __name__)

@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus text exposition of shared.metrics, computed at scrape time.
+"""GET /metrics: the Prometheus text exposition of shared.adapters.metrics, computed at scrape time.
 
 Who may scrape: `Authorization: Bearer <OFFSESSION_METRICS_TOKEN>` when that is set (give Prometheus
 this one: it reads numbers and cannot move money), or the API token. Nothing is open by address: behind
@@ -14,9 +14,9 @@ from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.metrics import OffsessionCollector, broker_redis_from_config, metrics_redis_from_config
 from shared.config import Config
-from shared.db import get_sessionmaker
-from shared.metrics import OffsessionCollector, broker_redis_from_config, metrics_redis_from_config
 from web.errors import ApiError
 
 bp = Blueprint("metrics", __name__)

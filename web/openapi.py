@@ -14,11 +14,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from shared.eligibility import BlockerCode
-from shared.ledger import InvoiceStatus
-from shared.models import ATTEMPT_SOURCES, INVOICE_PAYMENT_METHODS, LEDGER_METHODS
-from shared.money import STRIPE_MAXIMUM_AMOUNT, THREE_DECIMAL
-from shared.states import AttemptStatus
+from shared.domain.eligibility import BlockerCode
+from shared.domain.ledger import InvoiceStatus
+from shared.domain.models import ATTEMPT_SOURCES, INVOICE_PAYMENT_METHODS, LEDGER_METHODS
+from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, THREE_DECIMAL
+from shared.domain.states import AttemptStatus
 from web import MAX_DATABASE_ID
 
 # Row ids are 32-bit integer columns on PostgreSQL; a larger id can name no row (answered 404 / 422).

@@ -8,10 +8,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import before_task_publish
 
+from shared.adapters.logs import add_request_id_header
+from shared.adapters.rate_budget import rate_limited_gateway
+from shared.adapters.stripe_gateway import StripeGateway
 from shared.config import get_config
-from shared.gateway import StripeGateway
-from shared.logs import add_request_id_header
-from shared.ratelimit import rate_limited_gateway
 
 
 @lru_cache(maxsize=1)

@@ -9,11 +9,11 @@ import redis
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import outbox
+from shared.adapters.database import get_engine
+from shared.adapters.stripe_gateway import WebhookPayloadError, WebhookSignatureError
 from shared.config import get_config
-from shared.db import get_engine
-from shared.gateway import WebhookPayloadError, WebhookSignatureError
-from shared.webhooks import (
+from shared.services import outbox
+from shared.services.webhooks import (
     TASK_DRAIN_WEBHOOK_EVENTS,
     DrainRequests,
     drain_requests_from_config,

@@ -17,7 +17,7 @@ app.config_from_object("shared.adapters.celeryconfig")
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_kwargs: object) -> None:
     # Database connections must not cross a fork: each pool process opens its own.
-    from shared.db import reset_engine_cache
+    from shared.adapters.database import reset_engine_cache
 
     reset_engine_cache()
 
@@ -31,11 +31,11 @@ def _shared_clients_for_threads(sender: object, **_kwargs: object) -> None:
     pool_name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
     if not any(kind in pool_name for kind in ("thread", "gevent", "eventlet")):
         return  # prefork: each child opens its own after the fork (above)
-    from shared.db import get_sessionmaker, size_pool_for_threads
+    from shared.adapters.database import get_sessionmaker, size_pool_for_threads
 
     threads = getattr(sender, "concurrency", None)
     # Without -c Celery settles on the CPU count later ('auto' is resolved after this signal too).
-    # One connection more than threads: the process's lease renewer (shared.leases) must not wait for
+    # One connection more than threads: the process's lease renewer (shared.services.leases) must not wait for
     # a connection behind 64 busy charges while their leases run out.
     size_pool_for_threads((threads if isinstance(threads, int) and threads > 0 else os.cpu_count() or 1) + 1)
     get_sessionmaker()

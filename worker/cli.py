@@ -47,7 +47,7 @@ def db() -> None:
 @db.command("upgrade", help="Apply every migration (creates the database when missing).")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
-    from shared.migrate import upgrade
+    from shared.adapters.migrate import upgrade
 
     try:
         upgrade(get_config().database_url, revision)
@@ -64,7 +64,7 @@ def db_upgrade(revision: str) -> None:
 )
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
-    from shared.migrate import downgrade
+    from shared.adapters.migrate import downgrade
 
     try:
         downgrade(get_config().database_url, revision)
@@ -77,9 +77,9 @@ def db_downgrade(revision: str) -> None:
 @click.argument("email")
 @click.option("--password", help="Prompted for when omitted.")
 def create_admin(email: str, password: str | None) -> None:
-    from shared.admins import AdminError
-    from shared.admins import create_admin as create
-    from shared.db import session_scope
+    from shared.adapters.database import session_scope
+    from shared.services.admins import AdminError
+    from shared.services.admins import create_admin as create
 
     if password is None:
         if not sys.stdin.isatty():
@@ -104,8 +104,8 @@ def create_admin(email: str, password: str | None) -> None:
 @click.argument("client_id", type=int)
 @click.argument("email")
 def set_client_email(client_id: int, email: str) -> None:
-    from shared.clients import ClientError, NotFound, change_email
-    from shared.db import session_scope
+    from shared.adapters.database import session_scope
+    from shared.services.clients import ClientError, NotFound, change_email
 
     try:
         with session_scope() as session:
@@ -117,10 +117,10 @@ def set_client_email(client_id: int, email: str) -> None:
 
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
-    from shared.db import get_sessionmaker
-    from shared.gateway import GatewayError, gateway_from_config
-    from shared.seed import SeedRefused
-    from shared.seed import seed_demo as seed
+    from shared.adapters.database import get_sessionmaker
+    from shared.adapters.stripe_gateway import GatewayError, gateway_from_config
+    from shared.services.seed import SeedRefused
+    from shared.services.seed import seed_demo as seed
 
     config = get_config()
     try:
@@ -144,8 +144,8 @@ def seed_demo() -> None:
 )
 @click.option("--day", "day_text", metavar="YYYY-MM-DD", help="A UTC day to reconcile against Stripe.")
 def reconcile(day_text: str | None) -> None:
-    from shared.db import get_sessionmaker
-    from shared.reconcile import run_janitor
+    from shared.adapters.database import get_sessionmaker
+    from shared.services.janitor import run_janitor
     from worker.tasks import gateway, publish
 
     if day_text is not None:
@@ -158,9 +158,14 @@ def reconcile(day_text: str | None) -> None:
 
 
 def _reconcile_day(day_text: str) -> None:
-    from shared.daily_reconciliation import ReconciliationError, day_findings, parse_day, reconcile_day
-    from shared.db import get_sessionmaker, session_scope
-    from shared.money import format_money
+    from shared.adapters.database import get_sessionmaker, session_scope
+    from shared.domain.money import format_money
+    from shared.services.daily_reconciliation import (
+        ReconciliationError,
+        day_findings,
+        parse_day,
+        reconcile_day,
+    )
     from worker.tasks import gateway
 
     try:
@@ -207,10 +212,10 @@ def _reconcile_day(day_text: str) -> None:
 def charge_due(dry_run: bool, wait: bool) -> None:
     from datetime import UTC, datetime
 
-    from shared.batch import dry_run as preview
-    from shared.batch import outcome_counts, run_batch
-    from shared.db import get_sessionmaker, session_scope
-    from shared.money import format_money
+    from shared.adapters.database import get_sessionmaker, session_scope
+    from shared.domain.money import format_money
+    from shared.services.batch import dry_run as preview
+    from shared.services.batch import outcome_counts, run_batch
     from worker.tasks import publish
 
     config = get_config()

@@ -15,14 +15,14 @@ from celery.signals import (
     task_prerun,
 )
 
-from shared.config import get_config
-from shared.logs import (
+from shared.adapters.logs import (
     add_request_id_header,
     install_formatter,
     log_context,
     make_formatter,
     request_id_from_task_request,
 )
+from shared.config import get_config
 
 # Task keyword arguments that are ids, and the name each id has in a log line.
 TASK_ARGUMENT_IDS = {

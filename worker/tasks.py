@@ -9,11 +9,15 @@ from typing import Any
 
 from celery import shared_task
 
-from shared import outbox
-from shared.batch import open_due_retries, run_batch, slot_for
-from shared.charging import RunResult, run_attempt
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.mail import Mailer, mailer_from_config
+from shared.adapters.rate_budget import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
+from shared.adapters.stripe_gateway import StripeGateway, TransientStripeError
 from shared.config import get_config
-from shared.daily_reconciliation import (
+from shared.services import outbox
+from shared.services.batch import open_due_retries, run_batch, slot_for
+from shared.services.charging import RunResult, run_attempt
+from shared.services.daily_reconciliation import (
     TASK_RECONCILE_DAY,
     DayReport,
     days_to_retry,
@@ -21,14 +25,10 @@ from shared.daily_reconciliation import (
     reconcile_day,
     yesterday_utc,
 )
-from shared.db import get_sessionmaker
-from shared.gateway import StripeGateway, TransientStripeError
-from shared.leases import LeaseKeeper
-from shared.notifications import deliver_charge_notification, deliver_login_link
-from shared.notify import Mailer, mailer_from_config
-from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
-from shared.reconcile import recover_charges, run_janitor
-from shared.webhooks import (
+from shared.services.janitor import recover_charges, run_janitor
+from shared.services.leases import LeaseKeeper
+from shared.services.notifications import deliver_charge_notification, deliver_login_link
+from shared.services.webhooks import (
     TASK_DRAIN_WEBHOOK_EVENTS,
     DrainRequests,
     drain_events,
@@ -53,7 +53,7 @@ def publish(task_name: str, payload: dict[str, Any], countdown: float | None) ->
 @lru_cache(maxsize=1)
 def lease_keeper() -> LeaseKeeper:
     """The process's one lease renewer, shared by its task threads (a forked pool process starts its own
-    renewal thread on its first charge: shared.leases)."""
+    renewal thread on its first charge: shared.services.leases)."""
     return LeaseKeeper(get_sessionmaker, get_config().charge_lease_seconds)
 
 
@@ -81,7 +81,7 @@ def charge_attempt(attempt_id: str) -> str:
         except Exception as exc:
             log.warning("charge %s: no look-again published (%s); the recovery sweep has it", attempt_id, exc)
     # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
-    # request ids bound while the task ran (worker.log_setup, shared.charging).
+    # request ids bound while the task ran (worker.log_setup, shared.services.charging).
     log.info(
         "charge %s: %s (%s)",
         attempt_id,
@@ -122,7 +122,8 @@ DRAIN_RETRY_COUNTDOWN_SECONDS = 5.0
 
 @shared_task(name=TASK_DRAIN_WEBHOOK_EVENTS, acks_late=True)
 def drain_webhook_events() -> str:
-    """Every stored event with work, one message for a burst of them (shared.webhooks.drain_events)."""
+    """Every stored event with work, one message for a burst of them
+    (shared.services.webhooks.drain_events)."""
     requests = drain_requests()
     requests.clear()  # before the first look at the table: see DrainRequests on the race
 
@@ -186,7 +187,8 @@ def notify_charge(attempt_id: str, kind: str) -> bool:
     max_retries=6,
 )
 def send_login_link(email: str, request_id: str) -> bool:
-    """A Client Zone sign-in email (shared.client_auth.request_login_link). Its result says only whether
+    """A Client Zone sign-in email (shared.services.client_links.request_login_link). Its result says only
+    whether
     an email went out: the link's token is never in a task's arguments, result or log line."""
     return deliver_login_link(get_sessionmaker(), get_config(), mailer(), email=email, request_id=request_id)
 

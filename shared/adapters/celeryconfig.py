@@ -43,7 +43,7 @@ task_retry_on_worker_lost = True
 task_reject_on_worker_lost = True
 # The re-send comes after the task's default_retry_delay. Celery has no setting for it (a
 # `task_default_retry_delay` would be ignored without a word) and its own default is 180 s: set on every
-# task here, so a charge whose pool process died is taken over in a second (shared.charging).
+# task here, so a charge whose pool process died is taken over in a second (shared.services.charging).
 task_annotations = {"*": {"max_retries": 5, "default_retry_delay": 1}}
 # True would cancel running tasks on a lost broker, but it crashes the worker on reconnection
 # (celery#9250); a task that runs on is harmless, every task being safe to run twice.
@@ -128,7 +128,8 @@ RECOVER_CHARGES_EVERY_SECONDS = 10.0
 _minute, _hour, _day_of_month, _month, _day_of_week = _config.batch_cron.split()
 beat_schedule = {
     "relay-outbox": {"task": "offsession.relay_outbox", "schedule": 5.0},
-    # Charges whose worker died (their lease lapsed: shared.leases) and queued charges whose message was
+    # Charges whose worker died (their lease lapsed: shared.services.leases) and queued charges whose message
+    # was
     # lost, in seconds rather than at the janitor's minute; two indexed queries when there is none. A
     # sweep still waiting for a worker when the next is sent is dropped (`expires`).
     "recover-charges": {

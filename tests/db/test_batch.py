@@ -11,12 +11,21 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import batch, retries
-from shared.charging import apply_outcome, lock_attempt, move_attempt
-from shared.gateway import AuthenticationRequired, CardDeclined
-from shared.models import BatchRun, Card, ChargeAttempt, Client, DunningState, Invoice, OutboxMessage, Payment
-from shared.settings import update_settings
-from shared.states import AttemptStatus
+from shared.adapters.stripe_gateway import AuthenticationRequired, CardDeclined
+from shared.domain.models import (
+    BatchRun,
+    Card,
+    ChargeAttempt,
+    Client,
+    DunningState,
+    Invoice,
+    OutboxMessage,
+    Payment,
+)
+from shared.domain.states import AttemptStatus
+from shared.services import batch, dunning
+from shared.services.charging import apply_outcome, lock_attempt, move_attempt
+from shared.services.settings import update_settings
 
 TODAY = date(2026, 11, 26)
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
@@ -191,7 +200,7 @@ def test_soft_decline_is_retried_on_day_1_3_and_7_then_stops(
     session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = {"now": NOW}
-    monkeypatch.setattr(retries, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(dunning, "utcnow", lambda: clock["now"])
     invoice_id, attempt_id = _one_scheduled_attempt(session_factory)
     opened_on: list[int] = []
     for day in range(0, 12):
@@ -232,7 +241,7 @@ def test_soft_decline_is_retried_on_day_1_3_and_7_then_stops(
     assert report.queued == 0 and report.skipped[batch.SKIP_WAITING_FOR_RETRY] == 1
     # ...until the client changes the card.
     with session_factory() as s, s.begin():
-        retries.clear_for_client(s, s.get(Invoice, invoice_id).client_id, actor="client:1")  # type: ignore[union-attr]
+        dunning.clear_for_client(s, s.get(Invoice, invoice_id).client_id, actor="client:1")  # type: ignore[union-attr]
     report = batch.run_batch(
         session_factory,
         publish,

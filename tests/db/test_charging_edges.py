@@ -9,14 +9,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import batch
-from shared.charging import RunResult, apply_outcome, lock_attempt, move_attempt, open_attempt, run_attempt
-from shared.gateway import CardDeclined, PermanentStripeError
-from shared.models import ChargeAttempt, Client, DunningState, Invoice
-from shared.ratelimit import RateBudgetTimeout
-from shared.reconcile import reconcile_stale_attempts
-from shared.settings import update_settings
-from shared.states import AttemptStatus
+from shared.adapters.rate_budget import RateBudgetTimeout
+from shared.adapters.stripe_gateway import CardDeclined, PermanentStripeError
+from shared.domain.models import ChargeAttempt, Client, DunningState, Invoice
+from shared.domain.states import AttemptStatus
+from shared.services import batch
+from shared.services.charging import (
+    RunResult,
+    apply_outcome,
+    lock_attempt,
+    move_attempt,
+    open_attempt,
+    run_attempt,
+)
+from shared.services.janitor import reconcile_stale_attempts
+from shared.services.settings import update_settings
 from tests.db.test_batch import TODAY, make_client, make_invoice
 
 S = AttemptStatus
@@ -184,7 +191,7 @@ def test_client_customers_never_share_an_idempotency_key_even_when_row_ids_repea
 ) -> None:
     """SQLite hands a rolled-back row id out again; a key built from it would replay another client's
     customer creation (Stripe: idempotency_error) for a day. Keys are per request instead."""
-    from shared import clients
+    from shared.services import clients
 
     keys: list[str] = []
 

@@ -1,4 +1,4 @@
-"""The daily reconciliation's comparison (shared.daily_reconciliation), on SQLite and PostgreSQL.
+"""The daily reconciliation's comparison (shared.services.daily_reconciliation), on SQLite and PostgreSQL.
 
 A fake gateway stands in for Stripe with a fixed set of PaymentIntents per account: these tests are
 about what the comparison decides and what the database records, once.
@@ -14,7 +14,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.daily_reconciliation import (
+from shared.adapters.stripe_gateway import PaymentIntentView, PermanentStripeError, TransientStripeError
+from shared.domain.models import (
+    AuditEvent,
+    ChargeAttempt,
+    Payment,
+    ReconciliationFinding,
+    ReconciliationRun,
+)
+from shared.services.daily_reconciliation import (
     ReconciliationError,
     day_bounds,
     days_to_retry,
@@ -22,15 +30,7 @@ from shared.daily_reconciliation import (
     reconcile_day,
     yesterday_utc,
 )
-from shared.gateway import PaymentIntentView, PermanentStripeError, TransientStripeError
-from shared.models import (
-    AuditEvent,
-    ChargeAttempt,
-    Payment,
-    ReconciliationFinding,
-    ReconciliationRun,
-)
-from shared.settings import update_settings
+from shared.services.settings import update_settings
 from tests.support import factories
 
 DAY = date(2026, 11, 20)
@@ -368,7 +368,7 @@ def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: F
 
 
 def test_a_day_report_sums_up_its_accounts_in_one_line() -> None:
-    from shared.daily_reconciliation import AccountReport, DayReport
+    from shared.services.daily_reconciliation import AccountReport, DayReport
 
     day = date(2026, 11, 25)
     quiet = DayReport(day, [AccountReport("", day, run_id=1, listed=3, matched=3)])

@@ -9,9 +9,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import invoices as invoice_list
-from shared.batch import due_page
-from shared.invoices import list_invoices
+from shared.services import invoices as invoice_list
+from shared.services.batch import due_page
+from shared.services.invoices import list_invoices
 from tests.support import factories
 
 TODAY = date(2026, 11, 26)

@@ -1,4 +1,5 @@
-"""Charge leases and recovery (shared.leases, shared.charging's claim, shared.reconcile's quick sweep): a
+"""Charge leases and recovery (shared.services.leases, shared.services.charging's claim,
+shared.services.janitor's quick sweep): a
 holder that renews keeps its charge, a dead or silent one loses it within seconds, and whoever takes it
 over replays it under the same key. A fake gateway stands in for Stripe."""
 
@@ -14,18 +15,18 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import outbox
-from shared.charging import RunResult, claim_attempt, lock_attempt, open_attempt, run_attempt
-from shared.gateway import (
+from shared.adapters.stripe_gateway import (
     ChargeRequest,
     PaymentIntentView,
     Succeeded,
     TransientStripeError,
 )
-from shared.leases import LeaseKeeper, holder_is_gone, lease_lapsed, process_owner
-from shared.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
-from shared.reconcile import STRANDED_AFTER, recover_charges, republish_stranded
-from shared.settings import update_settings
+from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
+from shared.services import outbox
+from shared.services.charging import RunResult, claim_attempt, lock_attempt, open_attempt, run_attempt
+from shared.services.janitor import STRANDED_AFTER, recover_charges, republish_stranded
+from shared.services.leases import LeaseKeeper, holder_is_gone, lease_lapsed, process_owner
+from shared.services.settings import update_settings
 from tests.db.test_batch import make_client, make_invoice
 
 LEASE = 15.0

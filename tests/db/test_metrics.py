@@ -19,17 +19,17 @@ from sqlalchemy.orm import Session, sessionmaker
 import web
 import web.services
 from shared import config as shared_config
-from shared import db as shared_db
-from shared.db import make_engine
-from shared.metrics import (
+from shared.adapters import database as shared_db
+from shared.adapters.database import make_engine
+from shared.adapters.metrics import (
     COUNTERS_KEY,
     RATE_WAITS_KEY,
     STRIPE_CALLS_KEY,
     MetricsRecorder,
     OffsessionCollector,
 )
-from shared.migrate import upgrade
-from shared.models import BatchRun, WebhookEvent
+from shared.adapters.migrate import upgrade
+from shared.domain.models import BatchRun, WebhookEvent
 from tests.support import factories
 from tests.support.services import RedisServer
 

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import outbox
-from shared.charging import charge_message, open_attempt
-from shared.models import OutboxMessage
-from shared.settings import update_settings
+from shared.domain.models import OutboxMessage
+from shared.services import outbox
+from shared.services.charging import charge_message, open_attempt
+from shared.services.settings import update_settings
 from tests.db.test_batch import make_client, make_invoice, published
 
 

@@ -13,10 +13,10 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine
-from shared.migrate import downgrade, upgrade
-from shared.models import Base, Card, ChargeAttempt, Client, Invoice, Payment, Settings
-from shared.states import AttemptStatus
+from shared.adapters.database import make_engine
+from shared.adapters.migrate import downgrade, upgrade
+from shared.domain.models import Base, Card, ChargeAttempt, Client, Invoice, Payment, Settings
+from shared.domain.states import AttemptStatus
 
 
 def test_migrations_leave_nothing_for_autogenerate(migrated_engine: Engine) -> None:
@@ -160,7 +160,7 @@ def test_one_default_card_per_client(session: Session) -> None:
 
 
 def test_a_payment_intent_enters_the_ledger_once(session: Session) -> None:
-    from shared.models import utcnow
+    from shared.domain.models import utcnow
 
     invoice = _invoice(session)
     for _ in range(2):

@@ -11,9 +11,9 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.gateway import PaymentIntentView, StripeGateway
-from shared.models import WebhookEvent
-from shared.webhooks import (
+from shared.adapters.stripe_gateway import PaymentIntentView, StripeGateway
+from shared.domain.models import WebhookEvent
+from shared.services.webhooks import (
     _DRAIN_LOCK_NAMESPACE,
     DRAIN_PENDING_KEY,
     DrainRequests,

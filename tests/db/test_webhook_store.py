@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.gateway import StripeGateway
-from shared.models import AuditEvent, WebhookEvent
-from shared.webhooks import MAX_PROCESSING_ATTEMPTS, process_event, store_event, store_received_event
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.domain.models import AuditEvent, WebhookEvent
+from shared.services.webhooks import MAX_PROCESSING_ATTEMPTS, process_event, store_event, store_received_event
 
 # Never called: none of these events asks Stripe anything (a success is final, no attempt means no news).
 OFFLINE_GATEWAY = StripeGateway("sk_test_offline", "http://127.0.0.1:9", "whsec_offline")

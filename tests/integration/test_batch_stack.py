@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from shared.models import Client, Invoice
+from shared.domain.models import Client, Invoice
 from tests.integration.conftest import broker_url
 from tests.support.services import PostgresServer, RedisServer
 from tests.support.stack import LinkBrowser, Stack

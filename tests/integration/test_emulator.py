@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import stripe
-
 from shared.webhooks import EVENTS_WITH_WORK
+
 from stripe_emulator.__main__ import build_parser, config_from_args
 from tests.integration.emulator_fixture import (
     WEBHOOK_SECRET,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import stripe
-
 from shared.gateway import STRIPE_API_VERSION, payment_intent_view
+
 from stripe_emulator import API_VERSION
 from stripe_emulator.resources import Resources
 from tests.integration.emulator_fixture import emulator_state, running_emulator, sdk_client

@@ -1,4 +1,5 @@
-"""Contract suite: shared/gateway.py through the real stripe SDK, over HTTP, against a Stripe backend.
+"""Contract suite: shared/adapters/stripe_gateway.py through the real stripe SDK, over HTTP, against a Stripe
+backend.
 
 By default the backend is the emulator (stripe_emulator/, started here on a free port). With
 STRIPE_API_KEY=sk_test_... (not the emulator's key) and STRIPE_API_BASE unset, the same tests run against
@@ -26,8 +27,7 @@ import pytest
 import requests
 import stripe
 
-from shared.config import EMULATOR_API_KEY
-from shared.gateway import (
+from shared.adapters.stripe_gateway import (
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -43,6 +43,7 @@ from shared.gateway import (
     WebhookSignatureError,
     classify_payment_intent,
 )
+from shared.config import EMULATOR_API_KEY
 from tests.integration.emulator_fixture import running_emulator
 
 pytestmark = pytest.mark.integration
@@ -467,7 +468,7 @@ def test_authentication_required_off_session_then_on_session(
     assert isinstance(on_session, RequiresAction)
     assert on_session.payment_intent.client_secret
     # A server-side confirm with a return_url is documented to answer redirect_to_url; whichever Stripe
-    # answers, the product needs a page to send the client's browser to (shared/gateway.py
+    # answers, the product needs a page to send the client's browser to (shared/adapters/stripe_gateway.py
     # authentication_page), or confirm_on_session raises.
     assert on_session.payment_intent.next_action_type in ("redirect_to_url", "use_stripe_sdk")
     bank_page = on_session.payment_intent.next_action_redirect_url

@@ -31,9 +31,9 @@ from sqlalchemy import select, update
 import web
 import web.services
 from shared import config as shared_config
-from shared import db as shared_db
-from shared.migrate import upgrade
-from shared.models import Card, Settings
+from shared.adapters import database as shared_db
+from shared.adapters.migrate import upgrade
+from shared.domain.models import Card, Settings
 from tests.integration.emulator_fixture import running_emulator
 from web.openapi import document
 

@@ -10,7 +10,7 @@ from multiprocessing.queues import Queue
 import pytest
 import redis
 
-from shared.ratelimit import RateBudgetTimeout, RedisRateBudget
+from shared.adapters.rate_budget import RateBudgetTimeout, RedisRateBudget
 from tests.support.services import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import clients, invoices
-from shared.charging import charge_request_for, claim_attempt, open_attempt
-from shared.db import make_engine
-from shared.gateway import StripeGateway
-from shared.migrate import upgrade
-from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
-from shared.settings import update_settings
-from shared.webhooks import process_event, store_event
+from shared.adapters.database import make_engine
+from shared.adapters.migrate import upgrade
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, utcnow
+from shared.services import clients, invoices
+from shared.services.charging import charge_request_for, claim_attempt, open_attempt
+from shared.services.settings import update_settings
+from shared.services.webhooks import process_event, store_event
 from tests.integration.emulator_fixture import admin, emulator_state, running_emulator
 
 pytestmark = pytest.mark.integration

@@ -25,17 +25,17 @@ from sqlalchemy.orm import Session
 from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
-import shared.admins
+import shared.services.admins
 import web
 import web.services
 from shared import config as shared_config
-from shared import db as shared_db
-from shared.admins import create_admin
-from shared.migrate import upgrade
-from shared.models import Base, OutboxMessage
-from shared.notifications import deliver_login_link
-from shared.notify import mailer_from_config
-from shared.outbox import TASK_SEND_LOGIN_LINK
+from shared.adapters import database as shared_db
+from shared.adapters.mail import mailer_from_config
+from shared.adapters.migrate import upgrade
+from shared.domain.models import Base, OutboxMessage
+from shared.services.admins import create_admin
+from shared.services.notifications import deliver_login_link
+from shared.services.outbox import TASK_SEND_LOGIN_LINK
 from tests.integration.emulator_fixture import running_emulator
 
 API_TOKEN = "os_sec-api-token-Zq81vN3x"
@@ -131,7 +131,7 @@ def env(
         monkeypatch.setenv(name, value)
     # Argon2 at its production cost takes ~0.1 s a hash; the throttle tests hash dozens of passwords.
     monkeypatch.setattr(
-        shared.admins, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+        shared.services.admins, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
     reset_caches()
     app = web.create_app()

@@ -9,8 +9,8 @@ from flask import Flask, request
 from sqlalchemy import select
 
 import web
-from shared.login_throttle import ADMIN_FAILURES_PER_EMAIL_AND_IP
-from shared.models import AuditEvent
+from shared.domain.models import AuditEvent
+from shared.services.login_throttle import ADMIN_FAILURES_PER_EMAIL_AND_IP
 from tests.security.conftest import Env, World, reset_caches, sign_in_admin
 
 CLIENT_A, CLIENT_B, FORGED = "203.0.113.5", "203.0.113.6", "198.51.100.77"

@@ -14,10 +14,10 @@ import pytest
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.glogging import Logger as GunicornLogger
 
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.mail import mailer_from_config
 from shared.config import get_config
-from shared.db import get_sessionmaker
-from shared.notifications import deliver_charge_notification
-from shared.notify import mailer_from_config
+from shared.services.notifications import deliver_charge_notification
 from tests.security.conftest import Env, World, request_link, text_of, use_link
 
 TOKEN = "Q1w2E3r4T5y6U7i8O9p0AaSsDdFfGgHhJjKkLlZzXxC"

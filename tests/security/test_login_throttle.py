@@ -1,4 +1,5 @@
-"""Sign-in attempts are rate-limited (shared.login_throttle): admin passwords per email and IP and per
+"""Sign-in attempts are rate-limited (shared.services.login_throttle): admin passwords per email and IP and
+per
 IP, emailed sign-in links per email and per IP; counted in the database, so every process shares them."""
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import login_throttle
-from shared.admins import create_admin
-from shared.login_throttle import (
+from shared.domain.models import AuditEvent, LoginAttempt, utcnow
+from shared.services import login_throttle
+from shared.services.admins import create_admin
+from shared.services.login_throttle import (
     ADMIN_FAILURES_PER_EMAIL_AND_IP,
     ADMIN_FAILURES_PER_IP,
     LOGIN_LINKS_PER_EMAIL_AND_IP,
     LOGIN_LINKS_PER_IP,
     admin_sign_in_counters,
 )
-from shared.models import AuditEvent, LoginAttempt, utcnow
 from tests.security.conftest import ADMIN_EMAIL, Env, World, request_link, sign_in_admin
 
 WRONG = "not-the-password"

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 import web.services
-from shared.daily_reconciliation import TASK_RECONCILE_DAY, reconcile_day
-from shared.db import get_sessionmaker
-from shared.models import Client, OutboxMessage, ReconciliationFinding, ReconciliationRun
+from shared.adapters.database import get_sessionmaker
+from shared.domain.models import Client, OutboxMessage, ReconciliationFinding, ReconciliationRun
+from shared.services.daily_reconciliation import TASK_RECONCILE_DAY, reconcile_day
 from tests.integration.emulator_fixture import sdk_client
 from tests.security.conftest import Env, World, csrf_of, sign_in_admin
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
-from shared.models import Client, Invoice
-from shared.notify import Notification, compose_message, receipt_email
+from shared.adapters.mail import Notification, compose_message, receipt_email
+from shared.domain.models import Client, Invoice
 from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     ADMIN_EMAIL,

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from shared.charging import run_attempt
-from shared.db import get_sessionmaker
-from shared.models import ChargeAttempt, WebhookEvent
-from shared.webhooks import process_event
+from shared.adapters.database import get_sessionmaker
+from shared.domain.models import ChargeAttempt, WebhookEvent
+from shared.services.charging import run_attempt
+from shared.services.webhooks import process_event
 from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     SECRETS,

@@ -8,7 +8,7 @@ import time
 
 from flask.testing import FlaskClient
 
-from shared.admins import create_admin
+from shared.services.admins import create_admin
 from tests.security.conftest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, select
 
 import web
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.mail import FileMailer, mailer_from_config
 from shared.config import get_config
-from shared.db import get_sessionmaker
-from shared.models import NotificationLog, OutboxMessage
-from shared.notifications import deliver_login_link
-from shared.notify import FileMailer, mailer_from_config
-from shared.outbox import TASK_SEND_LOGIN_LINK
+from shared.domain.models import NotificationLog, OutboxMessage
+from shared.services.notifications import deliver_login_link
+from shared.services.outbox import TASK_SEND_LOGIN_LINK
 from tests.security.conftest import Env, World, csrf_of, reset_caches
 
 ROUNDS = 25

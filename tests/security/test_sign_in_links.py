@@ -14,7 +14,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared.client_auth import (
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.mail import mailer_from_config
+from shared.config import get_config
+from shared.domain.models import ClientLoginToken, utcnow
+from shared.services.client_links import (
     AUTHENTICATE,
     LINK_LIFETIMES,
     SIGN_IN,
@@ -22,11 +26,7 @@ from shared.client_auth import (
     consume_link,
     issue_link,
 )
-from shared.config import get_config
-from shared.db import get_sessionmaker
-from shared.models import ClientLoginToken, utcnow
-from shared.notifications import deliver_charge_notification
-from shared.notify import mailer_from_config
+from shared.services.notifications import deliver_charge_notification
 from tests.security.conftest import (
     Env,
     World,

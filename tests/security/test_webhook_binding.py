@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared.charging import run_attempt
-from shared.db import get_sessionmaker
-from shared.gateway import ChargeRequest
-from shared.models import ChargeAttempt, Client, Payment, WebhookEvent, utcnow
-from shared.reconcile import NEEDS_OPERATOR, resolve_attempt
-from shared.webhooks import process_event
+from shared.adapters.database import get_sessionmaker
+from shared.adapters.stripe_gateway import ChargeRequest
+from shared.domain.models import ChargeAttempt, Client, Payment, WebhookEvent, utcnow
+from shared.services.charging import run_attempt
+from shared.services.janitor import NEEDS_OPERATOR, resolve_attempt
+from shared.services.webhooks import process_event
 from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     WEBHOOK_SECRET,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 import web
 from shared.config import get_config
-from shared.models import WebhookEvent
+from shared.domain.models import WebhookEvent
 from tests.security.conftest import Env, reset_caches
 from tests.support.signing import signed
 

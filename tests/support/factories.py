@@ -7,7 +7,7 @@ from datetime import date
 
 from sqlalchemy.orm import Session
 
-from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
 
 _numbers = itertools.count(1)
 

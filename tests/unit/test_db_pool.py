@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import config, db
+from shared import config
+from shared.adapters import database as db
 
 
 def test_a_threads_worker_keeps_a_connection_per_thread(

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.adapters.stripe_gateway import CardDeclined
 from shared.config import ConfigError
-from shared.dunning import (
+from shared.domain.dunning import (
     DECLINE_RULES,
     DEVIATIONS_FROM_DECLINES_MD,
     NETWORK_ADVICE_RULES,
@@ -22,7 +23,6 @@ from shared.dunning import (
     policy_from_env,
     policy_table_markdown,
 )
-from shared.gateway import CardDeclined
 
 FIRST = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -331,7 +331,7 @@ def test_every_code_in_declines_md_is_in_the_table_with_its_class() -> None:
     assert len(card_table) >= 47  # the parse found the table (50 rows in the 2026 copy)
 
     missing = sorted(set(card_table) - set(DECLINE_RULES))
-    assert not missing, f"codes in declines.md but not in shared.dunning: {missing}"
+    assert not missing, f"codes in declines.md but not in shared.domain.dunning: {missing}"
     differing = {
         code: (expected, DECLINE_RULES[code].decline_class.name)
         for code, expected in card_table.items()

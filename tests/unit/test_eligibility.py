@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.eligibility import BlockerCode, charge_blockers
-from shared.models import Client
+from shared.domain.eligibility import BlockerCode, charge_blockers
+from shared.domain.models import Client
 from tests.support import factories
 
 B = BlockerCode

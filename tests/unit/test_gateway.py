@@ -1,4 +1,5 @@
-"""Unit tests of shared/gateway.py: the real stripe SDK, with its HTTP transport replaced by a recorder
+"""Unit tests of shared/adapters/stripe_gateway.py: the real stripe SDK, with its HTTP transport replaced by
+a recorder
 that answers canned Stripe responses (no server, no network)."""
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import pytest
 import stripe
 from requests.structures import CaseInsensitiveDict
 
-from shared.config import Config, ConfigError
-from shared.gateway import (
+from shared.adapters.stripe_gateway import (
     STRIPE_API_VERSION,
     AuthenticationRequired,
     Canceled,
@@ -43,6 +43,7 @@ from shared.gateway import (
     payment_intent_create_params,
     payment_intent_view,
 )
+from shared.config import Config, ConfigError
 
 API_BASE = "http://127.0.0.1:12111"
 WEBHOOK_SECRET = "whsec_unit"

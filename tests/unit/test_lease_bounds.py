@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import stripe
 
+from shared.adapters.rate_budget import DEFAULT_ACQUIRE_TIMEOUT_SECONDS, rate_limited_gateway
+from shared.adapters.stripe_gateway import STRIPE_NETWORK_RETRIES, STRIPE_TIMEOUT_SECONDS, StripeGateway
 from shared.config import ConfigError, load_config
-from shared.gateway import STRIPE_NETWORK_RETRIES, STRIPE_TIMEOUT_SECONDS, StripeGateway
-from shared.ratelimit import DEFAULT_ACQUIRE_TIMEOUT_SECONDS, rate_limited_gateway
 
 
 def test_the_longest_call_is_every_try_at_its_timeout_plus_the_sdk_backoff() -> None:

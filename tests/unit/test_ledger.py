@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from shared.ledger import InvoiceStatus, LedgerError, balance, record_payment
+from shared.domain.ledger import InvoiceStatus, LedgerError, balance, record_payment
 from tests.support import factories
 
 

@@ -1,4 +1,4 @@
-"""shared.logs: one JSON object per line, ids from the context and from extra=, nothing secret."""
+"""shared.adapters.logs: one JSON object per line, ids from the context and from extra=, nothing secret."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.logs import (
+from shared.adapters.logs import (
     REDACTED,
     TASK_REQUEST_ID_HEADER,
     JsonFormatter,
@@ -178,7 +178,7 @@ def test_the_request_id_travels_in_task_headers_and_is_read_back() -> None:
 def test_setup_leaves_configured_logging_alone_and_quiets_the_stripe_sdk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared.logs import setup_logging
+    from shared.adapters.logs import setup_logging
 
     root = logging.getLogger()
     assert root.handlers  # pytest's capture handler: logging is configured, so setup keeps out

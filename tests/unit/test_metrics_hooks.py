@@ -12,15 +12,20 @@ import pytest
 import redis
 import stripe
 
-from shared.gateway import ChargeRequest, PermanentStripeError, StripeGateway, TransientStripeError
-from shared.metrics import (
+from shared.adapters.metrics import (
     COUNTERS_KEY,
     RATE_TIMEOUTS_FIELD,
     RATE_WAITS_KEY,
     STRIPE_CALLS_KEY,
     MetricsRecorder,
 )
-from shared.ratelimit import RateBudgetTimeout, RedisRateBudget, gateway_hooks
+from shared.adapters.rate_budget import RateBudgetTimeout, RedisRateBudget, gateway_hooks
+from shared.adapters.stripe_gateway import (
+    ChargeRequest,
+    PermanentStripeError,
+    StripeGateway,
+    TransientStripeError,
+)
 
 
 class Answers(stripe.HTTPClient):

@@ -11,9 +11,7 @@ from typing import get_args
 
 import pytest
 
-from shared.config import Config, ConfigError
-from shared.dunning import NotifyKind
-from shared.notify import (
+from shared.adapters.mail import (
     EmailContent,
     FileMailer,
     Notification,
@@ -28,6 +26,8 @@ from shared.notify import (
     receipt_email,
     send_claimed,
 )
+from shared.config import Config, ConfigError
+from shared.domain.dunning import NotifyKind
 from tests.support.smtp import SmtpServer, running_smtp_server
 
 SECRET = "test-secret-key"

@@ -116,7 +116,7 @@ def test_the_dev_lock_runs_the_same_versions_as_the_image() -> None:
 
 
 def test_the_migrations_ship_inside_the_package() -> None:
-    from shared.migrate import MIGRATIONS_DIR
+    from shared.adapters.migrate import MIGRATIONS_DIR
 
     assert MIGRATIONS_DIR == ROOT / "shared" / "adapters" / "migrations"
     assert (MIGRATIONS_DIR / "env.py").is_file() and (MIGRATIONS_DIR / "script.py.mako").is_file()

@@ -1,4 +1,5 @@
-"""The shared Stripe rate budget (shared/ratelimit.py): the Redis backend through fakeredis and its Lua
+"""The shared Stripe rate budget (shared/adapters/rate_budget.py): the Redis backend through fakeredis and
+its Lua
 support, the database backend on SQLite and PostgreSQL. The same behaviour tests run on both, on a fake
 clock (no real sleeping); a few use the real clock to show the server-side time and the locking."""
 
@@ -16,10 +17,7 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Config, load_config
-from shared.gateway import StripeGateway, TransientStripeError
-from shared.models import RateLimitState
-from shared.ratelimit import (
+from shared.adapters.rate_budget import (
     PLATFORM_ACCOUNT,
     DatabaseRateBudget,
     RateBudget,
@@ -30,6 +28,9 @@ from shared.ratelimit import (
     gateway_hooks,
     rate_budget_from_config,
 )
+from shared.adapters.stripe_gateway import StripeGateway, TransientStripeError
+from shared.config import Config, load_config
+from shared.domain.models import RateLimitState
 
 RATE = 20.0
 BURST = 2.0
@@ -363,7 +364,7 @@ def test_a_budget_store_that_is_down_means_not_sent_not_a_crash() -> None:
     """Redis down while a charge asks for a token: the charge is requeued, never counted as sent."""
     import redis as redis_lib
 
-    from shared.ratelimit import RateBudgetUnavailable, gateway_hooks
+    from shared.adapters.rate_budget import RateBudgetUnavailable, gateway_hooks
 
     class DownBudget:
         def acquire(self, account: str | None, timeout: float | None = None) -> float:

@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.states import ALLOWED, IN_FLIGHT, TERMINAL, AttemptStatus, IllegalTransition, observe, transition
+from shared.domain.states import (
+    ALLOWED,
+    IN_FLIGHT,
+    TERMINAL,
+    AttemptStatus,
+    IllegalTransition,
+    observe,
+    transition,
+)
 
 S = AttemptStatus
 

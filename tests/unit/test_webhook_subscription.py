@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.webhooks import EVENTS_WITH_WORK, has_work
+from shared.services.webhooks import EVENTS_WITH_WORK, has_work
 
 
 def _event_of(event_type: str) -> dict[str, Any]:

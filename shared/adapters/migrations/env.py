@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.adapters.database import make_engine
+from shared.domain.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -2,7 +2,8 @@
 
 An event, a PaymentIntent or a refund changes a charge attempt only when it is the attempt's own: its
 mode and account, its PaymentIntent, customer, currency and amount. What does not match raises Mismatch
-and changes nothing (shared.charging.apply_outcome, shared.webhooks), so that a leaked signing secret,
+and changes nothing (shared.services.charging.apply_outcome, shared.services.webhooks), so that a leaked
+signing secret,
 another account's event or a PaymentIntent that merely copies our metadata can never credit the ledger.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from shared.gateway import PaymentIntentView
-from shared.models import ChargeAttempt
+from shared.adapters.stripe_gateway import PaymentIntentView
+from shared.domain.models import ChargeAttempt
 
 
 class MismatchReason(StrEnum):

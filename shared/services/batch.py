@@ -16,14 +16,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shared import audit, outbox
-from shared.charging import NotChargeable, load_invoice_for_charge, open_attempt
-from shared.eligibility import BlockerCode, charge_blockers
-from shared.ledger import balance
-from shared.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
-from shared.retries import blocks_automatic_charge, retries_due
-from shared.settings import get_settings
-from shared.states import IN_FLIGHT
+from shared.domain.eligibility import BlockerCode, charge_blockers
+from shared.domain.ledger import balance
+from shared.domain.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
+from shared.domain.states import IN_FLIGHT
+from shared.services import audit, outbox
+from shared.services.charging import NotChargeable, load_invoice_for_charge, open_attempt
+from shared.services.dunning import blocks_automatic_charge, retries_due
+from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
 # Small pages: charging starts while the rest is still being queued, and memory stays flat.

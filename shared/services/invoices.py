@@ -10,10 +10,10 @@ from sqlalchemy import Select, case, func, select, text, union
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
-from shared import audit
-from shared.ledger import amount_paid_subquery
-from shared.models import INVOICE_PAYMENT_METHODS, Client, Invoice
-from shared.money import STRIPE_MAXIMUM_AMOUNT, MoneyError, normalize_currency
+from shared.domain.ledger import amount_paid_subquery
+from shared.domain.models import INVOICE_PAYMENT_METHODS, Client, Invoice
+from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, MoneyError, normalize_currency
+from shared.services import audit
 
 # Control characters (CR, LF, tab, NUL, ...) and the Unicode line and paragraph separators.
 LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})

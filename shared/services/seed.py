@@ -14,10 +14,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import admins, clients, invoices, ledger
-from shared.gateway import StripeGateway
-from shared.models import AdminUser, Client, Invoice
-from shared.settings import get_settings, update_settings
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.domain import ledger
+from shared.domain.models import AdminUser, Client, Invoice
+from shared.services import admins, clients, invoices
+from shared.services.settings import get_settings, update_settings
 
 ACTOR = "seed-demo"
 DEMO_ADMIN_EMAIL = "admin@demo.offsession.test"

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import SessionFactory
-from shared.models import OutboxMessage, utcnow
+from shared.adapters.database import SessionFactory
+from shared.domain.models import OutboxMessage, utcnow
 
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.ledger import balance
-from shared.models import ChargeAttempt, Invoice, Settings
-from shared.money import format_money, minimum_charge
-from shared.states import AttemptStatus
+from shared.domain.ledger import balance
+from shared.domain.models import ChargeAttempt, Invoice, Settings
+from shared.domain.money import format_money, minimum_charge
+from shared.domain.states import AttemptStatus
 
 
 class BlockerCode(StrEnum):

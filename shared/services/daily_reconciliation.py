@@ -29,11 +29,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import audit, outbox
-from shared.binding import Mismatch, payment_intent_mismatch
-from shared.charging import apply_payment_intent, lock_attempt, reported_status
-from shared.gateway import GatewayError, PaymentIntentView, PermanentStripeError, StripeGateway
-from shared.models import (
+from shared.adapters.stripe_gateway import (
+    GatewayError,
+    PaymentIntentView,
+    PermanentStripeError,
+    StripeGateway,
+)
+from shared.domain.binding import Mismatch, payment_intent_mismatch
+from shared.domain.models import (
     ChargeAttempt,
     Client,
     Invoice,
@@ -42,8 +45,10 @@ from shared.models import (
     ReconciliationRun,
     utcnow,
 )
-from shared.settings import get_settings
-from shared.states import observe
+from shared.domain.states import observe
+from shared.services import audit, outbox
+from shared.services.charging import apply_payment_intent, lock_attempt, reported_status
+from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
 

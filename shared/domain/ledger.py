@@ -12,8 +12,8 @@ from enum import StrEnum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import LEDGER_METHODS, ChargeAttempt, Invoice, Payment, utcnow
-from shared.money import format_money
+from shared.domain.models import LEDGER_METHODS, ChargeAttempt, Invoice, Payment, utcnow
+from shared.domain.money import format_money
 
 
 class InvoiceStatus(StrEnum):

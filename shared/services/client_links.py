@@ -6,8 +6,8 @@ the page it shows has a button whose POST, with the browser's CSRF token, uses t
 client_zone). The newest link of a kind (client, purpose, subject) revokes the older ones.
 
 Asking for a sign-in link never says whether the email belongs to a client, so the form cannot be used
-to find out who the business's clients are: the request only queues the email (shared.outbox), and a
-worker looks the address up (shared.notifications.deliver_login_link).
+to find out who the business's clients are: the request only queues the email (shared.services.outbox), and a
+worker looks the address up (shared.services.notifications.deliver_login_link).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from urllib.parse import quote, urlencode
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import audit, outbox
-from shared.models import ClientLoginToken, utcnow
+from shared.domain.models import ClientLoginToken, utcnow
+from shared.services import audit, outbox
 
 log = logging.getLogger(__name__)
 

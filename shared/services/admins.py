@@ -9,8 +9,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import audit
-from shared.models import AdminUser
+from shared.domain.models import AdminUser
+from shared.services import audit
 
 _hasher = PasswordHasher()
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")

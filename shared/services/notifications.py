@@ -3,7 +3,7 @@ before the message goes out, so a retry or a duplicate task never sends a second
 
 The links they carry (sign in, update the card, authenticate the charge) are issued in the claim's
 transaction: a duplicate task that finds the claim taken issues none, so it cannot revoke the link
-already sent (shared.client_auth: the newest link of a kind revokes the older ones)."""
+already sent (shared.services.client_links: the newest link of a kind revokes the older ones)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import audit
-from shared.admins import AdminError, normalize_email
-from shared.client_auth import AUTHENTICATE, LINK_LIFETIMES, SIGN_IN, UPDATE_CARD, issue_link, link_url
-from shared.config import Config
-from shared.models import ChargeAttempt, Client, DunningState, NotificationLog, utcnow
-from shared.notify import (
+from shared.adapters.mail import (
     EmailContent,
     Mailer,
     Notification,
@@ -29,7 +24,19 @@ from shared.notify import (
     receipt_email,
     send_claimed,
 )
-from shared.retries import retry_policy
+from shared.config import Config
+from shared.domain.models import ChargeAttempt, Client, DunningState, NotificationLog, utcnow
+from shared.services import audit
+from shared.services.admins import AdminError, normalize_email
+from shared.services.client_links import (
+    AUTHENTICATE,
+    LINK_LIFETIMES,
+    SIGN_IN,
+    UPDATE_CARD,
+    issue_link,
+    link_url,
+)
+from shared.services.dunning import retry_policy
 
 log = logging.getLogger(__name__)
 CHARGE_KINDS = ("receipt", "will_retry", "card_update_needed", "authentication_needed")
@@ -145,7 +152,7 @@ def deliver_charge_notification(
 def deliver_login_link(
     factory: sessionmaker[Session], config: Config, mailer: Mailer, *, email: str, request_id: str
 ) -> bool:
-    """The worker's half of shared.client_auth.request_login_link: email a new sign-in link when the
+    """The worker's half of shared.services.client_links.request_login_link: email a new sign-in link when the
     address is a client's, once per request; True when sent now. Raises when the mail server fails,
     having given the request back, so that a retry sends it."""
     try:

@@ -28,10 +28,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.binding import MismatchReason
 from shared.config import Config
-from shared.models import BatchRun, ChargeAttempt, WebhookEvent, utcnow
-from shared.states import AttemptStatus
+from shared.domain.binding import MismatchReason
+from shared.domain.models import BatchRun, ChargeAttempt, WebhookEvent, utcnow
+from shared.domain.states import AttemptStatus
 
 __all__ = [
     "CELERY_QUEUES",

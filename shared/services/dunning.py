@@ -1,4 +1,4 @@
-"""Automatic retries of declined scheduled charges (dunning), as the policy in shared.dunning says.
+"""Automatic retries of declined scheduled charges (dunning), as the policy in shared.domain.dunning says.
 
 Only charges the schedule made are retried automatically: an admin who clicked sees the decline and
 decides; a client paying on the spot is there. A hard decline or a needed authentication stops the
@@ -12,9 +12,9 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from shared import audit
-from shared.dunning import DeclineFacts, RetryDecision, RetryPolicy, decide, policy_from_env
-from shared.models import ChargeAttempt, DunningState, Invoice, utcnow
+from shared.domain.dunning import DeclineFacts, RetryDecision, RetryPolicy, decide, policy_from_env
+from shared.domain.models import ChargeAttempt, DunningState, Invoice, utcnow
+from shared.services import audit
 
 
 def retry_policy() -> RetryPolicy:

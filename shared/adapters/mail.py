@@ -2,7 +2,8 @@
 
 - Builders (`receipt_email`, `failure_email`, `authentication_email`) are pure: they return the subject,
   a plain-text body and an HTML body.
-- Links in emails are single-use tokens stored by shared.client_auth, starting at `config.public_base_url`.
+- Links in emails are single-use tokens stored by shared.services.client_links, starting at
+`config.public_base_url`.
 - Mailers deliver an `email.message.EmailMessage`: `FileMailer` writes `.eml` files under var/outbox/
   (the default, no server needed), `SmtpMailer` speaks to the server in `MAIL_URL`.
 - `send_claimed` sends a `Notification` whose event the caller claimed (an insert into a table with a
@@ -30,7 +31,7 @@ from typing import Literal, NamedTuple, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shared.config import Config, ConfigError, var_dir
-from shared.money import format_money
+from shared.domain.money import format_money
 
 __all__ = [
     "EmailContent",

@@ -34,11 +34,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.adapters.database import get_sessionmaker, make_engine, session_scope
+from shared.adapters.metrics import MetricsRecorder, metrics_recorder_from_config
+from shared.adapters.stripe_gateway import StripeGateway, gateway_from_config
 from shared.config import Config
-from shared.db import get_sessionmaker, make_engine, session_scope
-from shared.gateway import StripeGateway, gateway_from_config
-from shared.metrics import MetricsRecorder, metrics_recorder_from_config
-from shared.models import RateLimitState
+from shared.domain.models import RateLimitState
 
 __all__ = [
     "DEFAULT_SLOW_DOWN_SECONDS",

@@ -1,7 +1,7 @@
 """The janitor: brings every charge attempt to its true final state, whatever crashed on the way.
 
 Two sweeps from beat. `recover_charges`, every few seconds, is the quick one: charges whose worker
-stopped renewing their lease (it died, or its call outlived every timeout: shared.leases) and that
+stopped renewing their lease (it died, or its call outlived every timeout: shared.services.leases) and that
 it recently moved to `unknown`, and queued charges whose broker message was lost; when none is
 found it costs two indexed queries. `run_janitor`, every minute and by hand (`offsession
 reconcile`), does all of that for every `unknown` attempt, plus webhooks, authentications and the
@@ -25,9 +25,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import audit, outbox
-from shared.binding import Mismatch
-from shared.charging import (
+from shared.adapters.stripe_gateway import (
+    ChargeRequest,
+    PaymentIntentView,
+    PermanentStripeError,
+    StripeGateway,
+    TransientStripeError,
+)
+from shared.domain.binding import Mismatch
+from shared.domain.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
+from shared.domain.states import AttemptStatus
+from shared.services import audit, outbox
+from shared.services.charging import (
     KEY_REPLAY_WINDOW,
     apply_outcome,
     apply_payment_intent,
@@ -36,18 +45,9 @@ from shared.charging import (
     lock_attempt,
     move_attempt,
 )
-from shared.gateway import (
-    ChargeRequest,
-    PaymentIntentView,
-    PermanentStripeError,
-    StripeGateway,
-    TransientStripeError,
-)
-from shared.leases import lease_lapsed
-from shared.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
-from shared.retries import retry_policy
-from shared.states import AttemptStatus
-from shared.webhooks import redrive_cutoff, unprocessed_event_ids
+from shared.services.dunning import retry_policy
+from shared.services.leases import lease_lapsed
+from shared.services.webhooks import redrive_cutoff, unprocessed_event_ids
 
 log = logging.getLogger(__name__)
 S = AttemptStatus

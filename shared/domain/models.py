@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models for every entity of design §3.
 
 Amounts are integers in minor units; times are UTC. Derived values (amount paid, amount due, the
-invoice status) are computed from the ledger in shared.ledger, never stored twice.
+invoice status) are computed from the ledger in shared.domain.ledger, never stored twice.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.states import IN_FLIGHT, AttemptStatus
+from shared.domain.states import IN_FLIGHT, AttemptStatus
 
 # Constraint names are fixed so that migrations on SQLite (batch mode) and PostgreSQL agree.
 NAMING_CONVENTION = {
@@ -119,7 +119,8 @@ class Client(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    # Stored normalized (shared.admins.normalize_email) and unique: the sign-in link finds one client.
+    # Stored normalized (shared.services.admins.normalize_email) and unique: the sign-in link finds one
+    # client.
     email: Mapped[str] = mapped_column(String(254), index=True, unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -280,7 +281,8 @@ class ChargeAttempt(Base):
     network_advice_code: Mapped[str | None] = mapped_column(String(8))
     batch_run_id: Mapped[int | None] = mapped_column(ForeignKey("batch_run.id"), index=True)
     transient_failures: Mapped[int] = mapped_column(Integer, default=0)
-    # The worker process holding a processing attempt, and until when unless it renews (shared.leases).
+    # The worker process holding a processing attempt, and until when unless it renews
+    # (shared.services.leases).
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     next_retry_at: Mapped[datetime | None] = mapped_column()
@@ -328,7 +330,7 @@ class WebhookEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
     processing_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    # Set when the event did not match what it would change (shared.webhooks, EventFlag): it changed
+    # Set when the event did not match what it would change (shared.services.webhooks, EventFlag): it changed
     # nothing, and the Charges page and /metrics show it.
     flagged_reason: Mapped[str | None] = mapped_column(String(40))
     flagged_message: Mapped[str | None] = mapped_column(Text)
@@ -394,7 +396,7 @@ class ApiIdempotencyRecord(Base):
 
 
 class RateLimitState(Base):
-    """The shared Stripe rate budget of one account when REDIS_URL is unset (shared.ratelimit)."""
+    """The shared Stripe rate budget of one account when REDIS_URL is unset (shared.adapters.rate_budget)."""
 
     __tablename__ = "rate_limit_state"
 
@@ -409,7 +411,8 @@ LINK_PURPOSES = ("sign_in", "update_card", "authenticate")
 
 class ClientLoginToken(Base):
     """An emailed Client Zone link, kept as a hash: single use, short-lived, scoped to its purpose
-    (shared.client_auth). The newest link of a kind (client, purpose, subject) revokes the older ones."""
+    (shared.services.client_links). The newest link of a kind (client, purpose, subject) revokes the older
+    ones."""
 
     __tablename__ = "client_login_token"
 
@@ -466,7 +469,7 @@ class BatchRun(Base):
 
 
 class DunningState(Base):
-    """Where an invoice stands after automatic charges were declined (shared.retries)."""
+    """Where an invoice stands after automatic charges were declined (shared.services.dunning)."""
 
     __tablename__ = "dunning_state"
 
@@ -484,8 +487,8 @@ class DunningState(Base):
 
 class LoginAttempt(Base):
     """One counted sign-in event (a failed admin password, an emailed sign-in link) of the login
-    throttle (shared.login_throttle). `key` is a hash of the limit and who it counts (email, IP), so no
-    address is kept here; rows older than the longest window are pruned as new ones come in."""
+    throttle (shared.services.login_throttle). `key` is a hash of the limit and who it counts (email,
+    IP), so no address is kept here; rows older than the longest window are pruned as new ones come in."""
 
     __tablename__ = "login_attempt"
 
@@ -500,7 +503,7 @@ RECONCILIATION_FINDING_KINDS = ("orphan", "repaired", "missing")
 
 
 class ReconciliationRun(Base):
-    """The daily reconciliation of one Stripe account's day (shared.daily_reconciliation).
+    """The daily reconciliation of one Stripe account's day (shared.services.daily_reconciliation).
 
     One row per (account, day): a re-run updates its counts and times, and its findings are never
     recorded twice (see ReconciliationFinding).

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from shared.models import AuditEvent
+from shared.domain.models import AuditEvent
 
 
 def record(

@@ -6,8 +6,8 @@ import re
 
 from sqlalchemy.orm import Session
 
-from shared import audit
-from shared.models import Settings
+from shared.domain.models import Settings
+from shared.services import audit
 
 ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,59}")  # the column holds 64 characters
 

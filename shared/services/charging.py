@@ -1,9 +1,9 @@
 """Charging an invoice: open an attempt, run it against Stripe exactly once, apply what Stripe says.
 
 The attempt row, with its idempotency key, is committed before the first Stripe call; the outcome is
-recorded after it. While the call runs, the worker keeps the attempt's lease alive (shared.leases). A
+recorded after it. While the call runs, the worker keeps the attempt's lease alive (shared.services.leases). A
 crash in between leaves a `processing` attempt whose lease lapses within seconds: a redelivered message
-takes it over, or the recovery sweep (shared.reconcile) asks Stripe, both under the attempt's own key.
+takes it over, or the recovery sweep (shared.services.janitor) asks Stripe, both under the attempt's own key.
 Nothing here ever charges with a new key.
 """
 
@@ -23,10 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared import audit, outbox, retries
-from shared.binding import Mismatch, MismatchReason, payment_intent_mismatch
-from shared.eligibility import Blocker, BlockerCode, charge_blockers
-from shared.gateway import (
+from shared.adapters.logs import bind_log_ids
+from shared.adapters.rate_budget import RateBudgetTimeout, RateBudgetUnavailable
+from shared.adapters.stripe_gateway import (
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -41,14 +40,15 @@ from shared.gateway import (
     TransientStripeError,
     classify_payment_intent,
 )
-from shared.leases import LeaseKeeper, lease_lapsed, process_owner
-from shared.ledger import balance
-from shared.logs import bind_log_ids
-from shared.models import ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
-from shared.money import STRIPE_MAXIMUM_AMOUNT, format_money
-from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable
-from shared.settings import SETTINGS_ROW_ID, get_settings
-from shared.states import AttemptStatus, observe, transition
+from shared.domain.binding import Mismatch, MismatchReason, payment_intent_mismatch
+from shared.domain.eligibility import Blocker, BlockerCode, charge_blockers
+from shared.domain.ledger import balance
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
+from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, format_money
+from shared.domain.states import AttemptStatus, observe, transition
+from shared.services import audit, dunning, outbox
+from shared.services.leases import LeaseKeeper, lease_lapsed, process_owner
+from shared.services.settings import SETTINGS_ROW_ID, get_settings
 
 log = logging.getLogger(__name__)
 S = AttemptStatus
@@ -609,7 +609,7 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
             )
             recorded = _record_card_payment(session, attempt, view)
             if changed:
-                retries.clear_for_invoice(session, attempt.invoice_id)
+                dunning.clear_for_invoice(session, attempt.invoice_id)
                 _notify(session, attempt, "receipt")
             return changed or recorded
         case CardDeclined():
@@ -625,7 +625,7 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
                 network_advice_code=outcome.network_advice_code,
             )
             if changed:
-                decision = retries.record_decline(session, attempt)
+                decision = dunning.record_decline(session, attempt)
                 _notify(
                     session,
                     attempt,
@@ -645,7 +645,7 @@ def apply_outcome(session: Session, attempt: ChargeAttempt, outcome: ChargeOutco
                 failure_message=outcome.message,
             )
             if changed:
-                retries.record_decline(session, attempt)
+                dunning.record_decline(session, attempt)
                 _notify(session, attempt, "authentication_needed")
             return changed
         case RequiresAction():

@@ -659,7 +659,8 @@ class DeclineFacts:
         outcome_reason: str | None = None,
         card_brand: str | None = None,
     ) -> DeclineFacts:
-        """From shared.gateway.CardDeclined or PaymentError (anything with the four code fields)."""
+        """From shared.adapters.stripe_gateway.CardDeclined or PaymentError (anything with the four code
+        fields)."""
         return cls(
             code=declined.code,
             decline_code=declined.decline_code,

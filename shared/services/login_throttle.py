@@ -13,7 +13,8 @@ What is counted (the limits below):
 Each event is a `login_attempt` row (key, at); a key's count is its rows younger than the window, so the
 window slides and the wait announced (Retry-After) is exact. Every write prunes the rows older than the
 longest window. Counting and writing are serialized per key: on PostgreSQL by a transaction-scoped
-advisory lock, on SQLite by BEGIN IMMEDIATE (shared.db), which holds the file's write lock throughout.
+advisory lock, on SQLite by BEGIN IMMEDIATE (shared.adapters.database), which holds the file's write lock
+throughout.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from shared.models import LoginAttempt, utcnow
+from shared.domain.models import LoginAttempt, utcnow
 
 
 @dataclass(frozen=True)

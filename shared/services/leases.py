@@ -4,7 +4,8 @@ A claimed attempt names its holder (`lease_owner`: this process's host, pid and 
 `lease_expires_at` a short while ahead. While the process works on the charge, one thread per process
 renews the lease of every charge the process holds, in one UPDATE, every third of the lease. A holder
 that dies stops renewing: its leases lapse within one lease length, and whoever finds a lapsed lease
-(a redelivered message in shared.charging, the recovery sweep in shared.reconcile) replays the charge
+(a redelivered message in shared.services.charging, the recovery sweep in shared.services.janitor) replays
+the charge
 under its idempotency key, which is always safe.
 
 A lease is renewed for at most as long as the holder's Stripe call can take
@@ -27,8 +28,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import ChargeAttempt, utcnow
-from shared.states import AttemptStatus
+from shared.domain.models import ChargeAttempt, utcnow
+from shared.domain.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shared import audit, retries
-from shared.admins import AdminError, normalize_email
-from shared.models import Card, Client
-from shared.settings import get_settings
+from shared.domain.models import Card, Client
+from shared.services import audit, dunning
+from shared.services.admins import AdminError, normalize_email
+from shared.services.settings import get_settings
 
 if TYPE_CHECKING:
-    from shared.gateway import StripeGateway
+    from shared.adapters.stripe_gateway import StripeGateway
 
 
 class ClientError(ValueError):
@@ -197,7 +197,7 @@ def add_card(
         session.flush()
         audit.record(session, actor, "card.added", client_id=client_id, card_id=card.id, last4=card.last4)
         if card.is_default:
-            retries.clear_for_client(session, client_id, actor=actor)  # a new card: charging may resume
+            dunning.clear_for_client(session, client_id, actor=actor)  # a new card: charging may resume
         return SavedCard.of(card)
 
 
@@ -219,7 +219,7 @@ def set_default_card(
         card = _card(client, card_id)
         _make_default(session, client, card)
         audit.record(session, actor, "card.default_set", client_id=client_id, card_id=card_id)
-        retries.clear_for_client(session, client_id, actor=actor)  # another card: charging may resume
+        dunning.clear_for_client(session, client_id, actor=actor)  # another card: charging may resume
         return SavedCard.of(card)
 
 

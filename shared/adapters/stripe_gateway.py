@@ -1,0 +1,1115 @@
+"""The one place in the product that talks to Stripe (design §4, issue 3).
+
+Everything here goes through `stripe.StripeClient`; nothing reads or sets the global `stripe.api_key`.
+Callers get plain dataclasses and domain exceptions back, never SDK objects or SDK exceptions:
+
+- a charge ends as one of the `ChargeOutcome` dataclasses (`Succeeded`, `CardDeclined`,
+  `AuthenticationRequired`, `RequiresAction`, `Processing`, `Canceled`);
+- a failure to get an answer is a `TransientStripeError` (retry later with the same idempotency key and
+  the same parameters) or a `PermanentStripeError` (a bug or a configuration problem: alert, don't retry).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import requests
+import stripe
+
+from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError, check_safe
+
+__all__ = [
+    "CARD_ONLY",
+    "REQUIRED_CHARGE_METADATA",
+    "STRIPE_API_VERSION",
+    "WEBHOOK_TOLERANCE_SECONDS",
+    "AuthenticationRequired",
+    "Canceled",
+    "CardDeclined",
+    "CardDetails",
+    "CardSetupDeclined",
+    "CardSetupRequiresAction",
+    "ChargeOutcome",
+    "ChargeRequest",
+    "GatewayError",
+    "PaymentError",
+    "PaymentIntentView",
+    "PermanentStripeError",
+    "Processing",
+    "RefundView",
+    "RequiresAction",
+    "StripeGateway",
+    "Succeeded",
+    "TransientStripeError",
+    "WebhookPayloadError",
+    "WebhookSignatureError",
+    "classify_payment_intent",
+    "gateway_from_config",
+    "payment_intent_create_params",
+    "payment_intent_view",
+]
+
+# The Stripe API version every request is made at (sent as Stripe-Version): the one the installed stripe
+# SDK is generated for, whose parameter types describe what this module sends. pyproject.toml bounds the
+# SDK to its major; moving either is one deliberate change, and tests/unit/test_gateway.py fails until
+# both agree. Changes that matter at this version: docs.stripe.com/changelog/endive/2026-09-30.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+# How a PaymentIntent or SetupIntent is restricted to cards at STRIPE_API_VERSION. payment_method_types
+# was removed in 2026-09-30.endive (400 payment_method_types_no_longer_supported); its replacement,
+# allowed_payment_method_types (added in 2026-07-29.dahlia), keeps the intent card-only whatever the
+# Dashboard enables, so no confirm ever needs a return_url for a redirecting method.
+CARD_ONLY: dict[str, Any] = {"allowed_payment_method_types": ["card"]}
+
+WEBHOOK_TOLERANCE_SECONDS = 300
+REQUIRED_CHARGE_METADATA = ("invoice_id", "invoice_number", "charge_attempt_id")
+MAX_IDEMPOTENCY_KEY_LENGTH = 255  # Stripe rejects longer keys
+LIST_PAGE_SIZE = 100  # Stripe's maximum page size for list endpoints
+
+# One request's HTTP timeout, and how many times the SDK sends it again (same key) after a connection
+# error, a 409 or a 5xx. Together they bound how long a call can take (StripeGateway.longest_call_seconds),
+# which bounds how long a worker may keep a charge's lease alive (shared.services.leases).
+STRIPE_TIMEOUT_SECONDS = 30.0
+STRIPE_NETWORK_RETRIES = 2
+
+# Called with the Stripe-Account a request is made for (None = the platform itself).
+AccountCallback = Callable[[str | None], None]
+# Told of every API call once it is over: (operation, outcome, seconds); shared.adapters.metrics records it.
+CallObserver = Callable[[str, str, float], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class GatewayError(Exception):
+    """Base of every error this module raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only details survive pickling (Celery results, multiprocessing).
+        return (self.__class__, (self.message,), self.__dict__)
+
+
+class TransientStripeError(GatewayError):
+    """No trustworthy answer (connection error, 5xx, 409, 429): retry with the same key and params."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        rate_limited: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+        self.request_id = request_id
+        # True for 429 (rate_limit and lock_timeout): the caller should slow its request budget.
+        self.rate_limited = rate_limited
+
+
+PermanentErrorKind = Literal[
+    "invalid_request", "authentication", "permission", "idempotency", "card", "api", "unexpected_response"
+]
+
+
+class PermanentStripeError(GatewayError):
+    """Stripe refused the request itself; retrying cannot help. A bug or misconfiguration to alert on."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: PermanentErrorKind = "api",
+        code: str | None = None,
+        param: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        payment_intent_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.param = param
+        self.http_status = http_status
+        self.request_id = request_id
+        self.payment_intent_id = payment_intent_id
+
+    @property
+    def is_idempotency_error(self) -> bool:
+        """The same idempotency key was reused with other parameters (or on another endpoint)."""
+        return self.kind == "idempotency"
+
+
+class CardSetupDeclined(GatewayError):
+    """The card could not be saved: the check Stripe runs on setup declined it (every decline test card
+    except pm_card_chargeCustomerFail fails here, not at the charge)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        decline_code: str | None = None,
+        setup_intent_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.decline_code = decline_code
+        self.setup_intent_id = setup_intent_id
+
+
+class CardSetupRequiresAction(GatewayError):
+    """The issuer wants the cardholder to authenticate before the card is saved (on-session, Stripe.js)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setup_intent_id: str | None = None,
+        client_secret: str | None = None,
+        payment_method_id: str | None = None,
+        next_action_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.setup_intent_id = setup_intent_id
+        self.client_secret = client_secret
+        self.payment_method_id = payment_method_id
+        self.next_action_type = next_action_type
+
+
+class WebhookSignatureError(GatewayError):
+    """Missing, malformed, wrong or stale Stripe-Signature: the request did not come from Stripe."""
+
+
+class WebhookPayloadError(GatewayError):
+    """Correctly signed, but the body is not a JSON Stripe event."""
+
+
+class _CardErrorSignal(Exception):
+    """Internal: a 402 card_error, handed to the methods that know what a decline means for them."""
+
+    def __init__(self, error: Mapping[str, Any], request_id: str | None) -> None:
+        super().__init__(error.get("message"))
+        self.error = error
+        self.request_id = request_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentError:
+    """A PaymentIntent's `last_payment_error` (or the error of a 402), as far as the product uses it."""
+
+    type: str | None
+    code: str | None
+    decline_code: str | None
+    message: str | None
+    advice_code: str | None
+    network_advice_code: str | None
+
+
+@dataclass(frozen=True)
+class PaymentIntentView:
+    id: str
+    status: str
+    amount: int
+    amount_received: int
+    currency: str
+    customer: str | None
+    payment_method: str | None
+    metadata: dict[str, str]
+    latest_charge: str | None
+    last_payment_error: PaymentError | None
+    created: int
+    client_secret: str | None
+    next_action_type: str | None
+    next_action_redirect_url: str | None
+    livemode: bool
+
+
+@dataclass(frozen=True)
+class CardDetails:
+    payment_method_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class RefundView:
+    id: str
+    status: str
+    amount: int
+    currency: str
+    payment_intent_id: str | None
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    """Everything an off-session charge sends. Keep it (or what builds it) stored with the attempt:
+    every retry must send byte-identical parameters under the same idempotency key."""
+
+    amount: int
+    currency: str
+    customer_id: str
+    payment_method_id: str
+    metadata: dict[str, str]
+    description: str
+    idempotency_key: str
+    stripe_account: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int) or self.amount <= 0:
+            raise ValueError(f"amount must be a positive integer in minor units, got {self.amount!r}")
+        if len(self.currency) != 3 or not self.currency.isalpha():
+            raise ValueError(f"currency must be a 3-letter ISO code, got {self.currency!r}")
+        if not self.customer_id or not self.payment_method_id:
+            raise ValueError("customer_id and payment_method_id are required")
+        if not self.idempotency_key or len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValueError(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+        missing = [key for key in REQUIRED_CHARGE_METADATA if not self.metadata.get(key)]
+        if missing:
+            raise ValueError(f"metadata is missing {', '.join(missing)}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()):
+            raise ValueError("metadata keys and values must be strings")
+        # A sorted private copy: later changes to the caller's dict cannot alter what a retry sends.
+        object.__setattr__(self, "metadata", dict(sorted(self.metadata.items())))
+
+
+# The end state of a create/confirm, or of a PaymentIntent read back later.
+@dataclass(frozen=True)
+class _PaymentIntentState:
+    payment_intent: PaymentIntentView
+
+    @property
+    def payment_intent_id(self) -> str:
+        return self.payment_intent.id
+
+
+@dataclass(frozen=True)
+class Succeeded(_PaymentIntentState):
+    pass
+
+
+@dataclass(frozen=True)
+class CardDeclined:
+    code: str | None
+    decline_code: str | None
+    message: str | None
+    payment_intent_id: str | None
+    advice_code: str | None = None
+    network_advice_code: str | None = None
+    payment_intent: PaymentIntentView | None = None
+
+
+@dataclass(frozen=True)
+class AuthenticationRequired:
+    """Off-session the issuer wants 3DS: the client has to come back on-session (confirm_on_session)."""
+
+    payment_intent_id: str | None
+    message: str | None
+    payment_intent: PaymentIntentView | None = None
+
+
+@dataclass(frozen=True)
+class RequiresAction(_PaymentIntentState):
+    """The PaymentIntent waits for the customer (next_action / client_secret on the view)."""
+
+
+@dataclass(frozen=True)
+class Processing(_PaymentIntentState):
+    pass
+
+
+@dataclass(frozen=True)
+class Canceled(_PaymentIntentState):
+    pass
+
+
+ChargeOutcome = Succeeded | CardDeclined | AuthenticationRequired | RequiresAction | Processing | Canceled
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure functions: parameters, views, classification
+# --------------------------------------------------------------------------------------------------
+
+
+def payment_intent_create_params(request: ChargeRequest) -> dict[str, Any]:
+    """Design §4 params, in a fixed order, so the SDK encodes the same request to the same bytes."""
+    return {
+        "amount": request.amount,
+        "currency": request.currency.lower(),
+        "customer": request.customer_id,
+        "payment_method": request.payment_method_id,
+        "off_session": True,
+        "confirm": True,
+        **CARD_ONLY,
+        "metadata": dict(request.metadata),  # a copy, already sorted by key
+        "description": request.description,
+    }
+
+
+def _id_of(value: Any) -> str | None:
+    """An expandable field is an id string, an expanded object, or null."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        object_id = value.get("id")
+        return object_id if isinstance(object_id, str) else None
+    return str(value)
+
+
+def _payment_error(error: Mapping[str, Any] | None) -> PaymentError | None:
+    if not error:
+        return None
+    return PaymentError(
+        type=error.get("type"),
+        code=error.get("code"),
+        decline_code=error.get("decline_code"),
+        message=error.get("message"),
+        advice_code=error.get("advice_code"),
+        network_advice_code=error.get("network_advice_code"),
+    )
+
+
+def authentication_page(next_action: Mapping[str, Any] | None) -> str | None:
+    """The page a browser is sent to for 3-D Secure, from a PaymentIntent's `next_action`.
+
+    A server-side confirm with a `return_url` (and without `use_stripe_sdk`) answers `redirect_to_url`,
+    whose `url` is "The URL you must redirect your customer to in order to authenticate the payment"
+    (the PaymentIntent object's reference; the `use_stripe_sdk` confirm parameter is documented as the
+    opt-in for "confirming server-side and using Stripe.js, iOS, or Android client-side SDKs to handle the
+    next actions"). Should Stripe answer `use_stripe_sdk` all the same, its 3-D Secure redirect variant
+    carries Stripe's hosted authentication page in `stripe_js`, which a plain redirect can also reach."""
+    if not next_action:
+        return None
+    if next_action.get("type") == "redirect_to_url":
+        url = (next_action.get("redirect_to_url") or {}).get("url")
+        return url if isinstance(url, str) and url else None
+    if next_action.get("type") == "use_stripe_sdk":
+        sdk = next_action.get("use_stripe_sdk") or {}
+        url = sdk.get("stripe_js") if sdk.get("type") == "three_d_secure_redirect" else None
+        return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+    return None
+
+
+def payment_intent_view(data: Mapping[str, Any]) -> PaymentIntentView:
+    """A PaymentIntent as the API renders it (a dict: `to_dict()` of the SDK object, or JSON)."""
+    next_action = data.get("next_action") or {}
+    return PaymentIntentView(
+        id=data["id"],
+        status=data["status"],
+        amount=int(data.get("amount") or 0),
+        amount_received=int(data.get("amount_received") or 0),
+        currency=str(data.get("currency") or ""),
+        customer=_id_of(data.get("customer")),
+        payment_method=_id_of(data.get("payment_method")),
+        metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+        latest_charge=_id_of(data.get("latest_charge")),
+        last_payment_error=_payment_error(data.get("last_payment_error")),
+        created=int(data.get("created") or 0),
+        client_secret=data.get("client_secret"),
+        next_action_type=next_action.get("type"),
+        next_action_redirect_url=authentication_page(next_action),
+        livemode=bool(data.get("livemode", False)),
+    )
+
+
+def _is_authentication_required(error: PaymentError | Mapping[str, Any] | None) -> bool:
+    if error is None:
+        return False
+    if isinstance(error, PaymentError):
+        codes = (error.code, error.decline_code)
+    else:
+        codes = (error.get("code"), error.get("decline_code"))
+    return "authentication_required" in codes
+
+
+def classify_payment_intent(view: PaymentIntentView) -> ChargeOutcome:
+    """What a PaymentIntent's current state means for the charge (create, confirm, janitor, webhooks)."""
+    status = view.status
+    if status == "succeeded":
+        return Succeeded(view)
+    if status == "processing":
+        return Processing(view)
+    if status == "requires_action":
+        return RequiresAction(view)
+    if status == "canceled":
+        return Canceled(view)
+    if status == "requires_payment_method":
+        error = view.last_payment_error
+        if _is_authentication_required(error):
+            return AuthenticationRequired(
+                payment_intent_id=view.id, message=error.message if error else None, payment_intent=view
+            )
+        return CardDeclined(
+            code=error.code if error else None,
+            decline_code=error.decline_code if error else None,
+            message=error.message if error else None,
+            payment_intent_id=view.id,
+            advice_code=error.advice_code if error else None,
+            network_advice_code=error.network_advice_code if error else None,
+            payment_intent=view,
+        )
+    # requires_confirmation / requires_capture: we never create such PaymentIntents.
+    raise PermanentStripeError(
+        f"PaymentIntent {view.id} is in status {status!r}, which an off-session card charge never reaches",
+        kind="unexpected_response",
+        payment_intent_id=view.id,
+    )
+
+
+def _outcome_from_card_error(signal: _CardErrorSignal) -> ChargeOutcome:
+    """A 402 on create/confirm: Stripe embeds the PaymentIntent in its state after the decline."""
+    error = signal.error
+    embedded = error.get("payment_intent")
+    view = payment_intent_view(embedded) if isinstance(embedded, Mapping) and embedded.get("id") else None
+    payment_intent_id = view.id if view else None
+    if _is_authentication_required(error):
+        return AuthenticationRequired(
+            payment_intent_id=payment_intent_id, message=error.get("message"), payment_intent=view
+        )
+    return CardDeclined(
+        code=error.get("code"),
+        decline_code=error.get("decline_code"),
+        message=error.get("message"),
+        payment_intent_id=payment_intent_id,
+        advice_code=error.get("advice_code"),
+        network_advice_code=error.get("network_advice_code"),
+        payment_intent=view,
+    )
+
+
+def _error_fields(exc: stripe.StripeError) -> dict[str, Any]:
+    # stripe 16 keeps the body's fields on `exc.error` (RateLimitError.code is None; decline_code lives here).
+    return exc.error.to_dict() if exc.error is not None else {}
+
+
+def _translate_error(exc: stripe.StripeError) -> GatewayError:
+    """Map an SDK exception (other than CardError) to a domain error."""
+    fields = _error_fields(exc)
+    message = fields.get("message") or exc.user_message or exc.__class__.__name__
+    code = fields.get("code") or exc.code
+    status = exc.http_status
+    request_id = exc.request_id
+    if isinstance(exc, stripe.RateLimitError):
+        return TransientStripeError(
+            message, code=code, http_status=status, request_id=request_id, rate_limited=True
+        )
+    if isinstance(exc, stripe.APIConnectionError):
+        return TransientStripeError(message, code=code, http_status=status, request_id=request_id)
+    kind: PermanentErrorKind
+    if isinstance(exc, stripe.IdempotencyError):
+        kind = "idempotency"
+    elif isinstance(exc, stripe.InvalidRequestError):
+        kind = "invalid_request"
+    elif isinstance(exc, stripe.AuthenticationError):
+        kind = "authentication"
+    elif isinstance(exc, stripe.PermissionError):
+        kind = "permission"
+    elif isinstance(exc, stripe.CardError):
+        kind = "card"
+    elif isinstance(exc, stripe.APIError):
+        # 409 (incl. idempotency_key_in_use), 5xx, and unreadable answers (status None or 2xx with a
+        # garbled body): the request may or may not have run, so replaying the same key is the way out.
+        if status is None or status == 409 or status >= 500 or status < 400:
+            return TransientStripeError(message, code=code, http_status=status, request_id=request_id)
+        kind = "api"
+    else:
+        kind = "api"
+    embedded = fields.get("payment_intent")
+    return PermanentStripeError(
+        message,
+        kind=kind,
+        code=code,
+        param=fields.get("param"),
+        http_status=status,
+        request_id=request_id,
+        payment_intent_id=_id_of(embedded),
+    )
+
+
+def _card_details(payment_method: Mapping[str, Any]) -> CardDetails:
+    card = payment_method.get("card") or {}
+    return CardDetails(
+        payment_method_id=str(payment_method["id"]),
+        brand=str(card.get("brand") or "unknown"),
+        last4=str(card.get("last4") or ""),
+        exp_month=int(card.get("exp_month") or 0),
+        exp_year=int(card.get("exp_year") or 0),
+    )
+
+
+def _unix(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("use a timezone-aware datetime; a naive one is ambiguous")
+    return int(moment.timestamp())
+
+
+def _options(idempotency_key: str | None = None, stripe_account: str | None = None) -> stripe.RequestOptions:
+    # Always per-request options, never params: inside params the SDK would send them as form fields.
+    options: stripe.RequestOptions = {}
+    if idempotency_key is not None:
+        options["idempotency_key"] = idempotency_key
+    if stripe_account is not None:
+        options["stripe_account"] = stripe_account
+    return options
+
+
+class _EnvironmentReadOnceClient(stripe.RequestsClient):
+    """stripe.RequestsClient whose per-thread requests.Session does not read the environment again on
+    every request: with `trust_env` requests scans os.environ for proxies and looks up ~/.netrc per
+    call (about a twentieth of a charge's CPU). Used only when the environment names no proxy, so
+    nothing is lost; the SDK passes its own CA bundle, and a .netrc entry would only have replaced the
+    API key's Authorization header."""
+
+    def _request_internal(  # type: ignore[override]
+        self, method: str, url: str, headers: Any, post_data: Any, is_streaming: Any
+    ) -> Any:
+        if getattr(self._thread_local, "session", None) is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._thread_local.session = session
+        return super()._request_internal(method, url, headers, post_data, is_streaming)
+
+
+def _requests_client(timeout_seconds: float) -> stripe.RequestsClient:
+    if urllib.request.getproxies():
+        return stripe.RequestsClient(timeout=timeout_seconds)  # proxies from the environment, per request
+    return _EnvironmentReadOnceClient(timeout=timeout_seconds)
+
+
+def _is_live_key(api_key: str) -> bool:
+    return api_key.startswith(("sk_live_", "rk_live_"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The gateway
+# --------------------------------------------------------------------------------------------------
+
+
+class StripeGateway:
+    """Stripe, as the product needs it. Every method that touches account objects takes `stripe_account`
+    (a Connect account id sent as Stripe-Account; None = the platform account itself)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str | None,
+        webhook_secret: str | Sequence[str],
+        *,
+        max_network_retries: int = STRIPE_NETWORK_RETRIES,
+        timeout_seconds: float = STRIPE_TIMEOUT_SECONDS,
+        before_request: AccountCallback | None = None,
+        before_request_max_seconds: float = 0.0,
+        on_rate_limited: AccountCallback | None = None,
+        http_client: stripe.HTTPClient | None = None,
+        on_call: CallObserver | None = None,
+    ) -> None:
+        """`max_network_retries`: the SDK's own retries (same key) on connection errors, 409 and 5xx;
+        StripeClient's default is 0, so it is always explicit here. `before_request` runs before each API
+        call (not each SDK retry) and may block, at most `before_request_max_seconds`, to keep a shared
+        rate budget; `on_rate_limited` is told of
+        every 429. `http_client` replaces the SDK's HTTP transport (tests record requests with it). `on_call`
+        is told each call's operation, outcome and duration (metrics); it must not raise."""
+        if not api_key:
+            raise ConfigError("STRIPE_API_KEY is empty")
+        base = api_base.rstrip("/") if api_base else None
+        if _is_live_key(api_key) and base not in (None, STRIPE_HOSTED_API_BASE):
+            raise ConfigError(
+                f"STRIPE_API_KEY is a live key but STRIPE_API_BASE is {base!r}; "
+                "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
+            )
+        if max_network_retries < 0:
+            raise ValueError("max_network_retries must be >= 0")
+        self.api_base = base
+        self.livemode = _is_live_key(api_key)
+        self.max_network_retries = max_network_retries
+        self.timeout_seconds = timeout_seconds
+        self.before_request_max_seconds = before_request_max_seconds
+        # Every secret an endpoint of ours signs with (several while one is being rotated).
+        self._webhook_secrets = (
+            (webhook_secret,) if isinstance(webhook_secret, str) else tuple(webhook_secret)
+        )
+        self._before_request = before_request
+        self._on_rate_limited = on_rate_limited
+        self._on_call = on_call
+        self._client = stripe.StripeClient(
+            api_key,
+            stripe_version=STRIPE_API_VERSION,
+            base_addresses={"api": base} if base else None,
+            max_network_retries=max_network_retries,
+            http_client=http_client or _requests_client(timeout_seconds),
+        )
+
+    @property
+    def longest_call_seconds(self) -> float:
+        """The longest one call can take before it returns or raises: the wait in `before_request`, then
+        every try the SDK makes (each bounded by the HTTP timeout) and the SDK's backoff between them."""
+        tries = self.max_network_retries + 1
+        backoff = self.max_network_retries * stripe.HTTPClient.MAX_DELAY
+        return self.before_request_max_seconds + tries * self.timeout_seconds + backoff
+
+    # ---- plumbing ----------------------------------------------------------------------------------
+
+    def _call(
+        self, stripe_account: str | None, operation: Callable[[], Any], *, card_errors: bool = False
+    ) -> dict[str, Any]:
+        """Run one API call and return the object as a plain dict; translate every SDK error."""
+        if self._before_request is not None:
+            self._before_request(stripe_account)
+        # The gateway method that called: a fixed, small set of names, fit for a metrics label.
+        operation_name = sys._getframe(1).f_code.co_name.lstrip("_")
+        started = time.monotonic()
+        outcome = "error"  # anything the SDK did not wrap
+        try:
+            result = operation()
+            outcome = "ok"
+        except stripe.CardError as exc:
+            outcome = "card_error"
+            if card_errors:
+                raise _CardErrorSignal(_error_fields(exc), exc.request_id) from exc
+            raise _translate_error(exc) from exc
+        except stripe.StripeError as exc:
+            translated = _translate_error(exc)
+            outcome = "permanent"
+            if isinstance(translated, TransientStripeError):
+                outcome = "rate_limited" if translated.rate_limited else "transient"
+            if (
+                isinstance(translated, TransientStripeError)
+                and translated.rate_limited
+                and self._on_rate_limited is not None
+            ):
+                self._on_rate_limited(stripe_account)
+            raise translated from exc
+        finally:
+            if self._on_call is not None:
+                self._on_call(operation_name, outcome, time.monotonic() - started)
+        # A raw request's JSON is a dict already; an SDK object is turned into one.
+        return result if isinstance(result, dict) else result.to_dict()
+
+    # ---- customers and cards -----------------------------------------------------------------------
+
+    def ensure_customer(
+        self,
+        name: str,
+        email: str,
+        *,
+        idempotency_key: str,
+        existing_id: str | None = None,
+        stripe_account: str | None = None,
+    ) -> str:
+        """The id of a live Stripe customer for this client: `existing_id` while it still exists, else a
+        new one created under `idempotency_key` (e.g. `offsession:customer:<client id>`)."""
+        key = idempotency_key
+        if existing_id:
+            try:
+                customer = self._call(
+                    stripe_account,
+                    lambda: self._client.v1.customers.retrieve(
+                        existing_id, options=_options(stripe_account=stripe_account)
+                    ),
+                )
+            except PermanentStripeError as exc:
+                if exc.code != "resource_missing":
+                    raise
+                customer = {"deleted": True}
+            if not customer.get("deleted"):
+                return existing_id
+            # Under the original key Stripe would replay the creation of the customer that is now gone.
+            key = f"{idempotency_key}:replaces:{existing_id}"
+        created = self._call(
+            stripe_account,
+            lambda: self._client.v1.customers.create(
+                {"name": name, "email": email},
+                options=_options(key, stripe_account),
+            ),
+        )
+        return str(created["id"])
+
+    def attach_card(
+        self,
+        customer_id: str,
+        payment_method_token: str,
+        *,
+        idempotency_key: str,
+        make_default: bool = True,
+        stripe_account: str | None = None,
+    ) -> CardDetails:
+        """Save a card for off-session use through a confirmed SetupIntent (usage=off_session): the card is
+        checked, and authenticated if its issuer asks, while it is being saved rather than at the first
+        off-session charge. Raises CardSetupDeclined, or CardSetupRequiresAction when the cardholder must
+        authenticate on-session (Stripe.js with its client_secret, then card_from_setup_intent)."""
+        try:
+            setup = self._call(
+                stripe_account,
+                lambda: self._client.v1.setup_intents.create(
+                    {
+                        "customer": customer_id,
+                        "payment_method": payment_method_token,
+                        **CARD_ONLY,
+                        "usage": "off_session",
+                        "confirm": True,
+                    },
+                    options=_options(idempotency_key, stripe_account),
+                ),
+                card_errors=True,
+            )
+        except _CardErrorSignal as signal:
+            error = signal.error
+            raise CardSetupDeclined(
+                error.get("message") or "The card was declined while saving it",
+                code=error.get("code"),
+                decline_code=error.get("decline_code"),
+                setup_intent_id=_id_of(error.get("setup_intent")),
+            ) from None
+        return self._card_from_setup(setup, make_default=make_default, stripe_account=stripe_account)
+
+    def attach_payment_method(
+        self,
+        customer_id: str,
+        payment_method: str,
+        *,
+        idempotency_key: str,
+        make_default: bool = True,
+        stripe_account: str | None = None,
+    ) -> CardDetails:
+        """Attach a PaymentMethod the caller already holds (set up client-side, or a test token) to the
+        customer, without a SetupIntent's card check. The API's path: whoever collected the card ran
+        the cardholder through its setup; the Client Zone's own path is `attach_card`."""
+        try:
+            attached = self._call(
+                stripe_account,
+                lambda: self._client.v1.payment_methods.attach(
+                    payment_method,
+                    {"customer": customer_id},
+                    options=_options(idempotency_key, stripe_account),
+                ),
+                card_errors=True,
+            )
+        except _CardErrorSignal as signal:
+            error = signal.error
+            raise CardSetupDeclined(
+                error.get("message") or "The card was declined while saving it",
+                code=error.get("code"),
+                decline_code=error.get("decline_code"),
+            ) from None
+        if make_default:
+            self.set_default_card(customer_id, attached["id"], stripe_account=stripe_account)
+        return _card_details(attached)
+
+    def card_from_setup_intent(
+        self, setup_intent_id: str, *, make_default: bool = True, stripe_account: str | None = None
+    ) -> CardDetails:
+        """The saved card of a SetupIntent the cardholder has since authenticated (after
+        CardSetupRequiresAction was handed to Stripe.js). Raises the same errors as attach_card while
+        the SetupIntent has not succeeded."""
+        setup = self._call(
+            stripe_account,
+            lambda: self._client.v1.setup_intents.retrieve(
+                setup_intent_id, options=_options(stripe_account=stripe_account)
+            ),
+        )
+        return self._card_from_setup(setup, make_default=make_default, stripe_account=stripe_account)
+
+    def _card_from_setup(
+        self, setup: Mapping[str, Any], *, make_default: bool, stripe_account: str | None
+    ) -> CardDetails:
+        status = setup.get("status")
+        payment_method_id = _id_of(setup.get("payment_method"))
+        customer_id = _id_of(setup.get("customer"))
+        if status == "requires_action":
+            next_action = setup.get("next_action") or {}
+            raise CardSetupRequiresAction(
+                "The card issuer requires the cardholder to authenticate before the card can be saved",
+                setup_intent_id=setup.get("id"),
+                client_secret=setup.get("client_secret"),
+                payment_method_id=payment_method_id,
+                next_action_type=next_action.get("type"),
+            )
+        if status == "requires_payment_method":
+            error = setup.get("last_setup_error") or {}
+            raise CardSetupDeclined(
+                error.get("message") or "The card could not be saved",
+                code=error.get("code"),
+                decline_code=error.get("decline_code"),
+                setup_intent_id=setup.get("id"),
+            )
+        if status != "succeeded" or payment_method_id is None or customer_id is None:
+            raise PermanentStripeError(
+                f"SetupIntent {setup.get('id')} is in status {status!r} without a card saved to a customer",
+                kind="unexpected_response",
+            )
+        payment_method = self._call(
+            stripe_account,
+            lambda: self._client.v1.payment_methods.retrieve(
+                payment_method_id, options=_options(stripe_account=stripe_account)
+            ),
+        )
+        if make_default:
+            self.set_default_card(customer_id, payment_method_id, stripe_account=stripe_account)
+        return _card_details(payment_method)
+
+    def set_default_card(
+        self, customer_id: str, payment_method_id: str, *, stripe_account: str | None = None
+    ) -> None:
+        """customer.invoice_settings.default_payment_method: the card the dashboard and Stripe show as
+        default. Setting a value is naturally idempotent, so the SDK's own key is enough here."""
+        self._call(
+            stripe_account,
+            lambda: self._client.v1.customers.update(
+                customer_id,
+                {"invoice_settings": {"default_payment_method": payment_method_id}},
+                options=_options(stripe_account=stripe_account),
+            ),
+        )
+
+    def detach_card(self, payment_method_id: str, *, stripe_account: str | None = None) -> None:
+        """Detach a saved card. Detaching one that is already detached counts as done."""
+        try:
+            self._call(
+                stripe_account,
+                lambda: self._client.v1.payment_methods.detach(
+                    payment_method_id, options=_options(stripe_account=stripe_account)
+                ),
+            )
+        except PermanentStripeError as exc:
+            if exc.kind != "invalid_request" or exc.code == "resource_missing":
+                raise
+            # Stripe answers 400 when the card is no longer attached; check rather than trust the words.
+            payment_method = self._call(
+                stripe_account,
+                lambda: self._client.v1.payment_methods.retrieve(
+                    payment_method_id, options=_options(stripe_account=stripe_account)
+                ),
+            )
+            if payment_method.get("customer") is not None:
+                raise
+
+    # ---- charges -----------------------------------------------------------------------------------
+
+    def create_offsession_payment_intent(self, request: ChargeRequest) -> ChargeOutcome:
+        """Create and confirm an off-session card PaymentIntent (design §4). Replaying the same request
+        returns the first answer (declines included) for as long as Stripe keeps the key (≥ 24 h).
+        Raises TransientStripeError (outcome unknown: replay) or PermanentStripeError."""
+        params = payment_intent_create_params(request)
+        options = _options(request.idempotency_key, request.stripe_account)
+        try:
+            # The hot path of a batch: the response's JSON as it is, not built into StripeObjects only to
+            # be turned back into dicts (a tenth of the call's CPU). Same encoding, same errors, same
+            # network retries as payment_intents.create: raw_request goes through the same requestor.
+            data = self._call(
+                request.stripe_account,
+                lambda: self._client.raw_request("post", "/v1/payment_intents", **params, **options).data,
+                card_errors=True,
+            )
+        except _CardErrorSignal as signal:
+            return _outcome_from_card_error(signal)
+        return classify_payment_intent(payment_intent_view(data))
+
+    def retrieve_payment_intent(
+        self, payment_intent_id: str, *, stripe_account: str | None = None
+    ) -> PaymentIntentView:
+        data = self._call(
+            stripe_account,
+            lambda: self._client.v1.payment_intents.retrieve(
+                payment_intent_id, options=_options(stripe_account=stripe_account)
+            ),
+        )
+        return payment_intent_view(data)
+
+    def confirm_on_session(
+        self,
+        payment_intent_id: str,
+        payment_method_id: str,
+        return_url: str,
+        *,
+        idempotency_key: str | None = None,
+        stripe_account: str | None = None,
+    ) -> ChargeOutcome:
+        """Confirm again with the client present (off_session=false): usually RequiresAction, whose view
+        carries the client_secret and the bank's page (`next_action_redirect_url`, see
+        authentication_page) that brings the client back to `return_url`. A RequiresAction without such a
+        page (an action only Stripe.js can run) is a PermanentStripeError: this product has no Stripe.js."""
+        try:
+            data = self._call(
+                stripe_account,
+                lambda: self._client.v1.payment_intents.confirm(
+                    payment_intent_id,
+                    {"payment_method": payment_method_id, "off_session": False, "return_url": return_url},
+                    options=_options(idempotency_key, stripe_account),
+                ),
+                card_errors=True,
+            )
+        except _CardErrorSignal as signal:
+            return _outcome_from_card_error(signal)
+        outcome = classify_payment_intent(payment_intent_view(data))
+        if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url is None:
+            raise PermanentStripeError(
+                f"Stripe asked for an authentication step ({outcome.payment_intent.next_action_type}) that "
+                "only Stripe.js can run, and gave no page to send the client to",
+                kind="unexpected_response",
+                payment_intent_id=outcome.payment_intent_id,
+            )
+        return outcome
+
+    def cancel_payment_intent(
+        self,
+        payment_intent_id: str,
+        *,
+        idempotency_key: str | None = None,
+        stripe_account: str | None = None,
+    ) -> PaymentIntentView:
+        data = self._call(
+            stripe_account,
+            lambda: self._client.v1.payment_intents.cancel(
+                payment_intent_id, options=_options(idempotency_key, stripe_account)
+            ),
+        )
+        return payment_intent_view(data)
+
+    def _list_payment_intents(
+        self, params: dict[str, Any], stripe_account: str | None
+    ) -> Iterator[PaymentIntentView]:
+        # Paged by hand rather than auto_paging_iter so each page passes through before_request and
+        # the error translation.
+        starting_after: str | None = None
+        while True:
+            page_params = dict(params, limit=LIST_PAGE_SIZE)
+            if starting_after is not None:
+                page_params["starting_after"] = starting_after
+            page = self._call(
+                stripe_account,
+                lambda page_params=page_params: self._client.v1.payment_intents.list(
+                    page_params, options=_options(stripe_account=stripe_account)
+                ),
+            )
+            items = page.get("data") or []
+            for item in items:
+                yield payment_intent_view(item)
+            if not page.get("has_more") or not items:
+                return
+            starting_after = items[-1]["id"]
+
+    def find_attempt_payment_intents(
+        self,
+        customer_id: str,
+        charge_attempt_id: str,
+        *,
+        created_gte: datetime,
+        stripe_account: str | None = None,
+    ) -> list[PaymentIntentView]:
+        """PaymentIntents carrying metadata.charge_attempt_id. Lists by customer (strongly consistent)
+        and matches client-side: search could miss a PaymentIntent created in the last minute(s)."""
+        params = {"customer": customer_id, "created": {"gte": _unix(created_gte)}}
+        return [
+            view
+            for view in self._list_payment_intents(params, stripe_account)
+            if view.metadata.get("charge_attempt_id") == charge_attempt_id
+        ]
+
+    def list_payment_intents_created(
+        self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
+    ) -> Iterator[PaymentIntentView]:
+        """Every PaymentIntent created in [created_gte, created_lt), newest first (daily reconciliation)."""
+        params = {"created": {"gte": _unix(created_gte), "lt": _unix(created_lt)}}
+        return self._list_payment_intents(params, stripe_account)
+
+    def refund(
+        self,
+        payment_intent_id: str,
+        *,
+        idempotency_key: str,
+        amount: int | None = None,
+        stripe_account: str | None = None,
+    ) -> RefundView:
+        """Refund all (amount=None) or part of a succeeded PaymentIntent."""
+        params: dict[str, Any] = {"payment_intent": payment_intent_id}
+        if amount is not None:
+            if amount <= 0:
+                raise ValueError("a refund amount must be positive")
+            params["amount"] = amount
+        data = self._call(
+            stripe_account,
+            lambda: self._client.v1.refunds.create(params, options=_options(idempotency_key, stripe_account)),
+        )
+        return RefundView(
+            id=data["id"],
+            status=str(data.get("status")),
+            amount=int(data.get("amount") or 0),
+            currency=str(data.get("currency") or ""),
+            payment_intent_id=_id_of(data.get("payment_intent")),
+        )
+
+    # ---- webhooks ----------------------------------------------------------------------------------
+
+    def verify_webhook(
+        self, payload: bytes, sig_header: str | None, *, tolerance: int = WEBHOOK_TOLERANCE_SECONDS
+    ) -> dict[str, Any]:
+        """Check Stripe-Signature over the raw body (HMAC-SHA256, timestamp within `tolerance` seconds)
+        and return the event as a plain dict."""
+        try:
+            body = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WebhookPayloadError("the webhook body is not UTF-8 text") from exc
+        refusal: stripe.SignatureVerificationError | None = None
+        for secret in self._webhook_secrets:
+            try:
+                # Tolerance passed explicitly: verify_header's own default (None) skips the replay check.
+                stripe.WebhookSignature.verify_header(body, sig_header, secret, tolerance)
+            except stripe.SignatureVerificationError as exc:
+                refusal = exc
+                continue
+            break
+        else:
+            message = refusal.user_message if refusal is not None else None
+            raise WebhookSignatureError(message or "invalid Stripe-Signature") from refusal
+        try:
+            event = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise WebhookPayloadError(f"the webhook body is not JSON: {exc}") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+            raise WebhookPayloadError("the webhook body is not a Stripe event (no id/type)")
+        return event
+
+
+def gateway_from_config(
+    config: Config,
+    *,
+    max_network_retries: int = STRIPE_NETWORK_RETRIES,
+    before_request: AccountCallback | None = None,
+    before_request_max_seconds: float = 0.0,
+    on_rate_limited: AccountCallback | None = None,
+    on_call: CallObserver | None = None,
+) -> StripeGateway:
+    """The gateway the processes use. Refuses a live key aimed anywhere but Stripe (ConfigError)."""
+    check_safe(config)
+    return StripeGateway(
+        config.stripe_api_key,
+        config.stripe_api_base,
+        config.stripe_webhook_secrets,
+        max_network_retries=max_network_retries,
+        before_request=before_request,
+        before_request_max_seconds=before_request_max_seconds,
+        on_rate_limited=on_rate_limited,
+        on_call=on_call,
+    )
