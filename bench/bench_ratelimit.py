@@ -28,7 +28,8 @@ from sqlalchemy.orm import sessionmaker
 
 from shared.adapters.database import make_engine
 from shared.adapters.migrate import upgrade
-from shared.adapters.rate_budget import DatabaseRateBudget, RateBudget, RateBudgetTimeout, RedisRateBudget
+from shared.adapters.rate_budget import DatabaseRateBudget, RateBudget, RedisRateBudget
+from shared.services.ports import RateBudgetTimeout
 
 
 @contextmanager

@@ -24,7 +24,6 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from shared.adapters.database import get_sessionmaker, session_scope
-from shared.adapters.stripe_gateway import GatewayError
 from shared.domain import ledger
 from shared.domain.eligibility import charge_blockers, in_flight_attempt
 from shared.domain.models import (
@@ -38,6 +37,7 @@ from shared.domain.models import (
     WebhookEvent,
 )
 from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
+from shared.domain.payments import GatewayError
 from shared.domain.states import IN_FLIGHT, AttemptStatus
 from shared.services import audit, login_throttle, outbox
 from shared.services.admins import AdminError, authenticate, change_password

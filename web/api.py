@@ -16,15 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from shared.adapters.database import SessionFactory, get_sessionmaker, one_checkout, session_scope
-from shared.adapters.stripe_gateway import (
+from shared.domain import ledger
+from shared.domain.eligibility import in_flight_attempt
+from shared.domain.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
+from shared.domain.payments import (
     CardSetupDeclined,
     CardSetupRequiresAction,
     GatewayError,
     PermanentStripeError,
 )
-from shared.domain import ledger
-from shared.domain.eligibility import in_flight_attempt
-from shared.domain.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
 from shared.domain.states import AttemptStatus
 from shared.services import audit, clients, invoices, outbox
 from shared.services.charging import (

@@ -25,14 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from shared.adapters.database import get_sessionmaker, session_scope
-from shared.adapters.stripe_gateway import (
-    CardSetupDeclined,
-    CardSetupRequiresAction,
-    GatewayError,
-)
 from shared.domain.eligibility import charge_blockers, in_flight_attempt
 from shared.domain.ledger import balance
+from shared.domain.link_tokens import AUTHENTICATE, SIGN_IN, UPDATE_CARD, LoginLinkError
 from shared.domain.models import Card, ChargeAttempt, Client
+from shared.domain.payments import CardSetupDeclined, CardSetupRequiresAction, GatewayError
 from shared.domain.states import AttemptStatus
 from shared.services import clients, login_throttle, outbox
 from shared.services.charging import (
@@ -43,15 +40,7 @@ from shared.services.charging import (
     settle_from_stripe,
     start_on_session_authentication,
 )
-from shared.services.client_links import (
-    AUTHENTICATE,
-    SIGN_IN,
-    UPDATE_CARD,
-    LoginLinkError,
-    consume_link,
-    peek_link,
-    request_login_link,
-)
+from shared.services.client_links import consume_link, peek_link, request_login_link
 from shared.services.invoices import list_invoices
 from shared.services.login_throttle import login_link_counters
 from shared.services.settings import get_settings

@@ -16,7 +16,8 @@ import time
 from flask import Flask, Response, g, request
 from flask.typing import ResponseReturnValue
 
-from shared.adapters.logs import REQUEST_ID_HEADER, incoming_request_id, log_context
+from shared.adapters.logs import REQUEST_ID_HEADER, incoming_request_id
+from shared.log_context import log_context
 
 log = logging.getLogger("offsession.request")
 

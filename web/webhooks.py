@@ -10,8 +10,8 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from shared.adapters.database import get_engine
-from shared.adapters.stripe_gateway import WebhookPayloadError, WebhookSignatureError
 from shared.config import get_config
+from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
 from shared.services import outbox
 from shared.services.webhooks import (
     TASK_DRAIN_WEBHOOK_EVENTS,

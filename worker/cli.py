@@ -118,7 +118,8 @@ def set_client_email(client_id: int, email: str) -> None:
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
     from shared.adapters.database import get_sessionmaker
-    from shared.adapters.stripe_gateway import GatewayError, gateway_from_config
+    from shared.adapters.stripe_gateway import gateway_from_config
+    from shared.domain.payments import GatewayError
     from shared.services.seed import SeedRefused
     from shared.services.seed import seed_demo as seed
 

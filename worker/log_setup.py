@@ -18,11 +18,11 @@ from celery.signals import (
 from shared.adapters.logs import (
     add_request_id_header,
     install_formatter,
-    log_context,
     make_formatter,
     request_id_from_task_request,
 )
 from shared.config import get_config
+from shared.log_context import log_context
 
 # Task keyword arguments that are ids, and the name each id has in a log line.
 TASK_ARGUMENT_IDS = {

@@ -10,10 +10,11 @@ from typing import Any
 from celery import shared_task
 
 from shared.adapters.database import get_sessionmaker
-from shared.adapters.mail import Mailer, mailer_from_config
-from shared.adapters.rate_budget import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
-from shared.adapters.stripe_gateway import StripeGateway, TransientStripeError
+from shared.adapters.mail import mailer_from_config
+from shared.adapters.rate_budget import rate_limited_gateway
+from shared.adapters.stripe_gateway import StripeGateway
 from shared.config import get_config
+from shared.domain.payments import TransientStripeError
 from shared.services import outbox
 from shared.services.batch import open_due_retries, run_batch, slot_for
 from shared.services.charging import RunResult, run_attempt
@@ -28,6 +29,7 @@ from shared.services.daily_reconciliation import (
 from shared.services.janitor import recover_charges, run_janitor
 from shared.services.leases import LeaseKeeper
 from shared.services.notifications import deliver_charge_notification, deliver_login_link
+from shared.services.ports import Mailer, Publisher, RateBudgetTimeout, RateBudgetUnavailable
 from shared.services.webhooks import (
     TASK_DRAIN_WEBHOOK_EVENTS,
     DrainRequests,
@@ -92,7 +94,7 @@ def charge_attempt(attempt_id: str) -> str:
     return report.status or report.result.value
 
 
-def _with_countdown(countdown: float) -> outbox.Publisher:
+def _with_countdown(countdown: float) -> Publisher:
     def send(task_name: str, payload: dict[str, Any], _ignored: float | None) -> None:
         publish(task_name, payload, countdown)
 

@@ -7,7 +7,7 @@ with BEGIN IMMEDIATE: a deferred transaction that later wants to write can fail 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import Any
@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_config
+from shared.services.ports import SessionFactory
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A process that runs one thing at a time (a gunicorn sync worker, a prefork child) uses one connection;
@@ -23,8 +24,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_POOL_SIZE = 5
 DEFAULT_MAX_OVERFLOW = 10
 _pool_limits: dict[str, int] = {}
-# What makes a Session: a sessionmaker, or one_checkout()'s sessions on a single connection.
-SessionFactory = Callable[[], Session]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -1,8 +1,8 @@
 """Structured logs (issue 9): one JSON object per line, carrying the ids of what is being worked on.
 
-The ids (invoice_id, charge_attempt_id, payment_intent_id, event_id, request_id, ...) live in a
-contextvar bound by `log_context`: the web app binds the request id for a request, the worker binds the
-task's ids for a task, and every line logged meanwhile carries them without being passed them.
+The ids (invoice_id, charge_attempt_id, payment_intent_id, event_id, request_id, ...) are those bound
+by shared.log_context: the web app binds the request id for a request, the worker binds the task's ids
+for a task, and every line logged meanwhile carries them without being passed them.
 
 Nothing secret reaches a line: values under secret-looking keys are replaced, and the message and every
 value are scrubbed of API keys, webhook secrets, client secrets, bearer tokens, the configured secrets
@@ -11,16 +11,16 @@ themselves and anything shaped like a card number.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
+
+from shared.log_context import current_log_ids
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -28,11 +28,8 @@ __all__ = [
     "SecretScrubber",
     "TextFormatter",
     "add_request_id_header",
-    "bind_log_ids",
-    "current_log_ids",
     "incoming_request_id",
     "install_formatter",
-    "log_context",
     "new_request_id",
     "request_id_from_task_request",
     "scrub_server_logs",
@@ -89,34 +86,7 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "
     "taskName",
 }
 
-_log_ids: ContextVar[dict[str, Any] | None] = ContextVar("offsession_log_ids", default=None)
-
-
-# ---- the context -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def log_context(**ids: Any) -> Iterator[dict[str, Any]]:
-    """Bind ids to every line logged inside the block (nested blocks add to the outer ids)."""
-    bound = {**(_log_ids.get() or {}), **{k: v for k, v in ids.items() if v is not None}}
-    token = _log_ids.set(bound)
-    try:
-        yield bound
-    finally:
-        _log_ids.reset(token)
-
-
-def bind_log_ids(**ids: Any) -> None:
-    """Add ids to the innermost `log_context` as they become known (the invoice once the attempt is
-    loaded, the PaymentIntent once Stripe answered). Outside any block this does nothing, so a function
-    called directly (a test, a CLI) leaves no ids behind for unrelated lines."""
-    bound = _log_ids.get()
-    if bound is not None:
-        bound.update({k: v for k, v in ids.items() if v is not None})
-
-
-def current_log_ids() -> dict[str, Any]:
-    return dict(_log_ids.get() or {})
+# ---- request ids -------------------------------------------------------------------------------------
 
 
 def new_request_id() -> str:
@@ -136,7 +106,7 @@ def incoming_request_id(value: str | None) -> str:
 
 def add_request_id_header(headers: MutableMapping[str, Any] | None = None, **_kwargs: Any) -> None:
     """A `before_task_publish` receiver: the current request id travels with every task published."""
-    request_id = (_log_ids.get() or {}).get("request_id")
+    request_id = current_log_ids().get("request_id")
     if headers is not None and request_id and TASK_REQUEST_ID_HEADER not in headers:
         headers[TASK_REQUEST_ID_HEADER] = request_id
 

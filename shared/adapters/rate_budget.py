@@ -39,14 +39,13 @@ from shared.adapters.metrics import MetricsRecorder, metrics_recorder_from_confi
 from shared.adapters.stripe_gateway import StripeGateway, gateway_from_config
 from shared.config import Config
 from shared.domain.models import RateLimitState
+from shared.services.ports import RateBudgetTimeout, RateBudgetUnavailable
 
 __all__ = [
     "DEFAULT_SLOW_DOWN_SECONDS",
     "PLATFORM_ACCOUNT",
     "DatabaseRateBudget",
     "RateBudget",
-    "RateBudgetTimeout",
-    "RateBudgetUnavailable",
     "RedisRateBudget",
     "budget_account",
     "default_burst",
@@ -65,27 +64,6 @@ REDIS_KEY_PREFIX = "offsession:stripe-rate:"
 
 # Called with the Stripe-Account a request is made for (None = the platform); StripeGateway's callbacks.
 AccountCallback = Callable[[str | None], None]
-
-
-class RateBudgetUnavailable(TimeoutError):
-    """The budget's store (Redis or the database) did not answer. The request was not sent."""
-
-    def __init__(self, account: str, cause: Exception) -> None:
-        super().__init__(f"Stripe rate budget of {account!r} unavailable: {cause}")
-        self.account = account
-
-
-class RateBudgetTimeout(TimeoutError):
-    """No token within the timeout. The request was not sent: retry the task later, same key."""
-
-    def __init__(self, account: str, needed_wait: float, timeout: float) -> None:
-        super().__init__(
-            f"Stripe rate budget of {account!r}: the next token is {needed_wait:.3f}s away, "
-            f"beyond the {timeout:.3f}s this caller may wait"
-        )
-        self.account = account
-        self.needed_wait = needed_wait
-        self.timeout = timeout
 
 
 class RateBudget(Protocol):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from shared.adapters.stripe_gateway import PaymentIntentView
 from shared.domain.models import ChargeAttempt
+from shared.domain.payments import PaymentIntentView
 
 
 class MismatchReason(StrEnum):

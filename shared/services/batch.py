@@ -23,6 +23,7 @@ from shared.domain.states import IN_FLIGHT
 from shared.services import audit, outbox
 from shared.services.charging import NotChargeable, load_invoice_for_charge, open_attempt
 from shared.services.dunning import blocks_automatic_charge, retries_due
+from shared.services.ports import Publisher
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def due_page(session: Session, today: date, after_id: int, limit: int) -> list[I
 
 def run_batch(
     factory: sessionmaker[Session],
-    publish: outbox.Publisher,
+    publish: Publisher,
     *,
     slot: str,
     trigger: str,
@@ -213,7 +214,7 @@ def outcome_counts(session: Session, run_id: int) -> dict[str, int]:
 
 
 def open_due_retries(
-    factory: sessionmaker[Session], publish: outbox.Publisher, *, now: datetime | None = None
+    factory: sessionmaker[Session], publish: Publisher, *, now: datetime | None = None
 ) -> int:
     """Open the automatic retries whose time has come (soft declines on day 1, 3, 7)."""
     moment = now or utcnow()

@@ -23,9 +23,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.adapters.logs import bind_log_ids
-from shared.adapters.rate_budget import RateBudgetTimeout, RateBudgetUnavailable
-from shared.adapters.stripe_gateway import (
+from shared.domain.binding import Mismatch, MismatchReason, payment_intent_mismatch
+from shared.domain.eligibility import Blocker, BlockerCode, charge_blockers
+from shared.domain.ledger import balance
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
+from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, format_money
+from shared.domain.payments import (
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -35,19 +38,15 @@ from shared.adapters.stripe_gateway import (
     PermanentStripeError,
     Processing,
     RequiresAction,
-    StripeGateway,
     Succeeded,
     TransientStripeError,
     classify_payment_intent,
 )
-from shared.domain.binding import Mismatch, MismatchReason, payment_intent_mismatch
-from shared.domain.eligibility import Blocker, BlockerCode, charge_blockers
-from shared.domain.ledger import balance
-from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
-from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, format_money
 from shared.domain.states import AttemptStatus, observe, transition
+from shared.log_context import bind_log_ids
 from shared.services import audit, dunning, outbox
 from shared.services.leases import LeaseKeeper, lease_lapsed, process_owner
+from shared.services.ports import RateBudgetTimeout, RateBudgetUnavailable, StripePort
 from shared.services.settings import SETTINGS_ROW_ID, get_settings
 
 log = logging.getLogger(__name__)
@@ -382,7 +381,7 @@ def reached_stripe(attempt: ChargeAttempt) -> bool:
 
 def run_attempt(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     attempt_id: str,
     *,
     lease_seconds: float,
@@ -414,7 +413,7 @@ def run_attempt(
 
 def _charge_claimed(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     attempt_id: str,
     request: ChargeRequest,
     max_transient_retries: int,
@@ -753,7 +752,7 @@ def _record_card_payment(session: Session, attempt: ChargeAttempt, view: Payment
 
 def cancel_charge(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     attempt_id: str,
     *,
     actor: str,
@@ -821,7 +820,7 @@ def cancel_charge(
 
 
 def start_on_session_authentication(
-    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, return_url: str, *, actor: str
+    factory: sessionmaker[Session], gateway: StripePort, attempt_id: str, return_url: str, *, actor: str
 ) -> str | None:
     """Confirm a charge waiting for the client again, with the client present. Returns the bank's page
     to send the browser to (it comes back to `return_url`), or None when Stripe settled it at once,
@@ -845,7 +844,7 @@ def start_on_session_authentication(
 
 
 def settle_from_stripe(
-    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, *, actor: str
+    factory: sessionmaker[Session], gateway: StripePort, attempt_id: str, *, actor: str
 ) -> str:
     """Ask Stripe where the charge's PaymentIntent is now and record it; returns the charge's status."""
     with factory() as session:

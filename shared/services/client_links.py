@@ -6,80 +6,31 @@ the page it shows has a button whose POST, with the browser's CSRF token, uses t
 client_zone). The newest link of a kind (client, purpose, subject) revokes the older ones.
 
 Asking for a sign-in link never says whether the email belongs to a client, so the form cannot be used
-to find out who the business's clients are: the request only queues the email (shared.services.outbox), and a
-worker looks the address up (shared.services.notifications.deliver_login_link).
+to find out who the business's clients are: the request only queues the email (shared.services.outbox),
+and a worker looks the address up (shared.services.notifications.deliver_login_link).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from urllib.parse import quote, urlencode
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.domain.link_tokens import (
+    LINK_LIFETIMES,
+    IssuedLink,
+    LinkGrant,
+    LoginLinkError,
+    new_token,
+    token_digest,
+)
 from shared.domain.models import ClientLoginToken, utcnow
 from shared.services import audit, outbox
 
 log = logging.getLogger(__name__)
-
-SIGN_IN = "sign_in"
-UPDATE_CARD = "update_card"
-AUTHENTICATE = "authenticate"
-# As short as each action allows: a sign-in link is asked for and used at once; the emails after a
-# decline and for authentication are read later, and the Client Zone's sign-in is there after that.
-LINK_LIFETIMES = {
-    SIGN_IN: timedelta(minutes=30),
-    UPDATE_CARD: timedelta(hours=72),
-    AUTHENTICATE: timedelta(hours=72),
-}
-LINK_LIFETIME = LINK_LIFETIMES[SIGN_IN]
-# Where each kind of link lands (a GET that only shows the button).
-_LANDINGS = {
-    SIGN_IN: "/client/login/{token}",
-    UPDATE_CARD: "/client/cards",
-    AUTHENTICATE: "/client/authenticate",
-}
-
-
-class LoginLinkError(Exception):
-    """The link is unknown, used, replaced or expired; the message is fit to show."""
-
-
-@dataclass(frozen=True)
-class IssuedLink:
-    client_id: int
-    purpose: str
-    subject_id: str | None
-    token: str
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class LinkGrant:
-    """What a link lets its holder do: sign in as the client, for one purpose (and subject)."""
-
-    client_id: int
-    purpose: str
-    subject_id: str | None
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def link_url(public_base_url: str, link: IssuedLink) -> str:
-    base = public_base_url.rstrip("/")
-    landing = _LANDINGS[link.purpose]
-    if "{token}" in landing:
-        return base + landing.format(token=quote(link.token, safe=""))
-    return f"{base}{landing}?{urlencode({'token': link.token})}"
-
 
 def issue_link(
     session: Session,
@@ -112,10 +63,10 @@ def issue_link(
         .values(revoked_at=moment)
         .execution_options(synchronize_session=False)
     )
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     session.add(
         ClientLoginToken(
-            token_hash=_digest(token),
+            token_hash=token_digest(token),
             client_id=client_id,
             purpose=purpose,
             subject_id=subject_id,
@@ -128,7 +79,9 @@ def issue_link(
 
 
 def _usable(session: Session, token: str, moment: datetime) -> ClientLoginToken:
-    row = session.scalar(select(ClientLoginToken).where(ClientLoginToken.token_hash == _digest(token or "")))
+    row = session.scalar(
+        select(ClientLoginToken).where(ClientLoginToken.token_hash == token_digest(token or ""))
+    )
     if row is None:
         raise LoginLinkError("This link is not valid. Ask for a new one.")
     if row.used_at is not None:

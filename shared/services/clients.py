@@ -23,7 +23,7 @@ from shared.services.admins import AdminError, normalize_email
 from shared.services.settings import get_settings
 
 if TYPE_CHECKING:
-    from shared.adapters.stripe_gateway import StripeGateway
+    from shared.services.ports import StripePort
 
 
 class ClientError(ValueError):
@@ -87,7 +87,7 @@ def _card(client: Client, card_id: int) -> Card:
 
 
 def create_client(
-    factory: sessionmaker[Session], gateway: StripeGateway, *, name: str, email: str, actor: str
+    factory: sessionmaker[Session], gateway: StripePort, *, name: str, email: str, actor: str
 ) -> int:
     """Create the Stripe customer, then the client; returns the client id."""
     clean_name = (name or "").strip()
@@ -149,7 +149,7 @@ def change_email(session: Session, client_id: int, email: str, *, actor: str) ->
 
 def add_card(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     client_id: int,
     payment_method: str,
     *,
@@ -202,7 +202,7 @@ def add_card(
 
 
 def set_default_card(
-    factory: sessionmaker[Session], gateway: StripeGateway, client_id: int, card_id: int, *, actor: str
+    factory: sessionmaker[Session], gateway: StripePort, client_id: int, card_id: int, *, actor: str
 ) -> SavedCard:
     account = _account(factory)
     with factory() as session:
@@ -224,7 +224,7 @@ def set_default_card(
 
 
 def delete_card(
-    factory: sessionmaker[Session], gateway: StripeGateway, client_id: int, card_id: int, *, actor: str
+    factory: sessionmaker[Session], gateway: StripePort, client_id: int, card_id: int, *, actor: str
 ) -> SavedCard | None:
     """Detach and forget a card; returns the card that is now the default, if any."""
     account = _account(factory)

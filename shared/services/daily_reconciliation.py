@@ -29,12 +29,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import (
-    GatewayError,
-    PaymentIntentView,
-    PermanentStripeError,
-    StripeGateway,
-)
 from shared.domain.binding import Mismatch, payment_intent_mismatch
 from shared.domain.models import (
     ChargeAttempt,
@@ -45,9 +39,11 @@ from shared.domain.models import (
     ReconciliationRun,
     utcnow,
 )
+from shared.domain.payments import GatewayError, PaymentIntentView, PermanentStripeError
 from shared.domain.states import observe
 from shared.services import audit, outbox
 from shared.services.charging import apply_payment_intent, lock_attempt, reported_status
+from shared.services.ports import StripePort
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -182,7 +178,7 @@ def days_to_retry(session: Session, *, before: date, days_back: int = RETRY_DAYS
 
 def reconcile_day(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     day: date,
     *,
     trigger: str,
@@ -203,7 +199,7 @@ def reconcile_day(
 
 
 def reconcile_account_day(
-    factory: sessionmaker[Session], gateway: StripeGateway, stripe_account: str, day: date, *, trigger: str
+    factory: sessionmaker[Session], gateway: StripePort, stripe_account: str, day: date, *, trigger: str
 ) -> AccountReport:
     run_id = _open_run(factory, stripe_account, day, trigger)
     report = AccountReport(stripe_account, day, run_id)
@@ -259,7 +255,7 @@ def _disagrees(session: Session, attempt: ChargeAttempt, view: PaymentIntentView
 
 
 def _reconcile_payment_intent(
-    factory: sessionmaker[Session], gateway: StripeGateway, report: AccountReport, view: PaymentIntentView
+    factory: sessionmaker[Session], gateway: StripePort, report: AccountReport, view: PaymentIntentView
 ) -> None:
     with factory() as session:
         attempt = _find_attempt(session, view)
@@ -293,7 +289,7 @@ def _reconcile_payment_intent(
 
 def _repair(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     report: AccountReport,
     attempt_id: str,
     listed: PaymentIntentView,
@@ -333,7 +329,7 @@ OrphanCheck = Literal["orphan", "recorded meanwhile", "no money moved"]
 
 
 def _record_orphan(
-    factory: sessionmaker[Session], gateway: StripeGateway, report: AccountReport, listed: PaymentIntentView
+    factory: sessionmaker[Session], gateway: StripePort, report: AccountReport, listed: PaymentIntentView
 ) -> OrphanCheck:
     """Record a succeeded PaymentIntent nothing of ours knows, once a fresh read confirms that money
     moved. "orphan" also when an earlier run recorded it already."""
@@ -395,7 +391,7 @@ def _our_invoice_id(session: Session, view: PaymentIntentView) -> int | None:
 
 def _find_missing(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     report: AccountReport,
     listed_ids: set[str],
     start: datetime,

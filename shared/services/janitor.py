@@ -25,15 +25,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import (
+from shared.domain.binding import Mismatch
+from shared.domain.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
+from shared.domain.payments import (
     ChargeRequest,
     PaymentIntentView,
     PermanentStripeError,
-    StripeGateway,
     TransientStripeError,
 )
-from shared.domain.binding import Mismatch
-from shared.domain.models import ChargeAttempt, Invoice, OutboxMessage, utcnow
 from shared.domain.states import AttemptStatus
 from shared.services import audit, outbox
 from shared.services.charging import (
@@ -47,6 +46,7 @@ from shared.services.charging import (
 )
 from shared.services.dunning import retry_policy
 from shared.services.leases import lease_lapsed
+from shared.services.ports import Publisher, StripePort
 from shared.services.webhooks import redrive_cutoff, unprocessed_event_ids
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def stale_attempt_ids(
 
 def reconcile_stale_attempts(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     *,
     now: datetime | None = None,
     report: JanitorReport | None = None,
@@ -152,7 +152,7 @@ def reconcile_stale_attempts(
 
 
 def resolve_attempt(
-    factory: sessionmaker[Session], gateway: StripeGateway, attempt_id: str, *, now: datetime
+    factory: sessionmaker[Session], gateway: StripePort, attempt_id: str, *, now: datetime
 ) -> str:
     """Settle one stale attempt from Stripe's records; returns its status (or NEEDS_OPERATOR)."""
     with factory() as session, session.begin():
@@ -192,7 +192,7 @@ def resolve_attempt(
 
 def _resolve_from_stripe(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     attempt_id: str,
     pi_id: str | None,
     request: ChargeRequest | None,
@@ -328,7 +328,7 @@ def republish_stranded(factory: sessionmaker[Session], *, now: datetime | None =
 
 def expire_authentications(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     *,
     now: datetime | None = None,
     ttl: timedelta = REQUIRES_ACTION_TTL,
@@ -366,8 +366,8 @@ def expire_authentications(
 
 def run_janitor(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
-    publish: outbox.Publisher,
+    gateway: StripePort,
+    publish: Publisher,
     *,
     now: datetime | None = None,
 ) -> JanitorReport:
@@ -412,8 +412,8 @@ class RecoveryReport:
 
 def recover_charges(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
-    publish: outbox.Publisher,
+    gateway: StripePort,
+    publish: Publisher,
     *,
     now: datetime | None = None,
 ) -> RecoveryReport:

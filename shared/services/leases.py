@@ -9,7 +9,7 @@ the charge
 under its idempotency key, which is always safe.
 
 A lease is renewed for at most as long as the holder's Stripe call can take
-(StripeGateway.longest_call_seconds): a call cannot outlive its timeouts, so a holder still "working"
+(StripePort.longest_call_seconds): a call cannot outlive its timeouts, so a holder still "working"
 past that is stuck, and its charge goes to recovery like a dead holder's.
 """
 

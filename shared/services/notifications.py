@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.mail import (
+from shared.config import Config
+from shared.domain.emails import (
     EmailContent,
-    Mailer,
     Notification,
     authentication_email,
+    compose_message,
     failure_email,
     login_link_email,
     receipt_email,
-    send_claimed,
 )
-from shared.config import Config
+from shared.domain.link_tokens import AUTHENTICATE, LINK_LIFETIMES, SIGN_IN, UPDATE_CARD, link_url
 from shared.domain.models import ChargeAttempt, Client, DunningState, NotificationLog, utcnow
 from shared.services import audit
 from shared.services.admins import AdminError, normalize_email
-from shared.services.client_links import (
-    AUTHENTICATE,
-    LINK_LIFETIMES,
-    SIGN_IN,
-    UPDATE_CARD,
-    issue_link,
-    link_url,
-)
+from shared.services.client_links import issue_link
 from shared.services.dunning import retry_policy
+from shared.services.ports import Mailer
 
 log = logging.getLogger(__name__)
 CHARGE_KINDS = ("receipt", "will_retry", "card_update_needed", "authentication_needed")
@@ -184,3 +179,24 @@ def deliver_login_link(
         notification = Notification("login_link", request_id, client.email, content)
     send_claimed(notification, mailer, release=_releaser(factory))
     return True
+
+
+def send_claimed(
+    notification: Notification,
+    mailer: Mailer,
+    *,
+    release: Callable[[Notification], None] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Send a notification whose event the caller has claimed: recorded `notification.dedupe_key`
+    durably (a NotificationLog row with a unique key, committed), so that no other delivery sends it.
+    Claiming before sending means a crash between the two loses the email rather than sending it twice.
+    `release` (delete the row) is called when sending raises, so a later retry can send it; leave it
+    out where even that is too risky (a timeout after DATA may hide a delivered message).
+    """
+    try:
+        mailer.send(compose_message(notification, sender=mailer.sender, now=now))
+    except Exception:
+        if release is not None:
+            release(notification)
+        raise

@@ -6,7 +6,7 @@ published twice is harmless: every task claims its row before acting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.database import SessionFactory
 from shared.domain.models import OutboxMessage, utcnow
+from shared.services.ports import Publisher, SessionFactory
 
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
@@ -23,8 +23,6 @@ TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
 TASK_NOTIFY_CHARGE = "offsession.notify_charge"
 TASK_SEND_LOGIN_LINK = "offsession.send_login_link"
 
-# publish(task_name, payload, countdown_seconds) raises on failure.
-Publisher = Callable[[str, dict[str, Any], float | None], None]
 
 RELAY_BATCH = 500
 

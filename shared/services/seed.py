@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain import ledger
 from shared.domain.models import AdminUser, Client, Invoice
 from shared.services import admins, clients, invoices
+from shared.services.ports import StripePort
 from shared.services.settings import get_settings, update_settings
 
 ACTOR = "seed-demo"
@@ -141,7 +141,7 @@ def demo_admin_password(var_dir: Path) -> str:
 
 
 def seed_demo(
-    factory: sessionmaker[Session], gateway: StripeGateway, var_dir: Path, today: date | None = None
+    factory: sessionmaker[Session], gateway: StripePort, var_dir: Path, today: date | None = None
 ) -> SeedReport:
     if gateway.livemode:
         # Demo customers, cards and an admin with a printed password in a live account: never.

@@ -21,14 +21,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.logs import bind_log_ids, log_context
-from shared.adapters.stripe_gateway import PaymentIntentView, StripeGateway, payment_intent_view
 from shared.config import Config
 from shared.domain.binding import Mismatch, MismatchReason
 from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, utcnow
+from shared.domain.payments import PaymentIntentView, payment_intent_view
 from shared.domain.states import observe
+from shared.log_context import bind_log_ids, log_context
 from shared.services import audit
 from shared.services.charging import apply_payment_intent, reported_status
+from shared.services.ports import StripePort
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def find_attempt(
 
 def process_event(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     event_row_id: int,
     *,
     claims: Connection | None = None,
@@ -291,7 +292,7 @@ def _mark_processed(session: Session, event_row_id: int) -> None:
 
 def _apply(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     event_row_id: int,
     event_type: str,
     event: dict[str, Any],
@@ -316,7 +317,7 @@ def _apply(
         return f"flagged ({mismatch.reason.value}): {mismatch.message}"
 
 
-def _check_livemode(gateway: StripeGateway, event: dict[str, Any], obj: dict[str, Any]) -> None:
+def _check_livemode(gateway: StripePort, event: dict[str, Any], obj: dict[str, Any]) -> None:
     """Test-mode events never change what a live key charged, nor the other way round."""
     expected = "live" if gateway.livemode else "test"
     for what, livemode in (("event", event.get("livemode", False)), ("object", obj.get("livemode"))):
@@ -329,7 +330,7 @@ def _check_livemode(gateway: StripeGateway, event: dict[str, Any], obj: dict[str
 
 def _apply_payment_intent_event(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     event_row_id: int,
     obj: dict[str, Any],
     actor: str,
@@ -403,7 +404,7 @@ def _flag(
 
 def _apply_refunds(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     event_type: str,
     obj: dict[str, Any],
     actor: str,
@@ -587,7 +588,7 @@ class DrainReport:
 
 def drain_events(
     factory: sessionmaker[Session],
-    gateway: StripeGateway,
+    gateway: StripePort,
     *,
     on_full_batch: Callable[[], None] | None = None,
     batch_size: int = DRAIN_BATCH_SIZE,
@@ -628,7 +629,7 @@ def drain_events(
 
 
 def _drain_one(
-    connections: _DrainConnections, gateway: StripeGateway, event_id: int, report: DrainReport
+    connections: _DrainConnections, gateway: StripePort, event_id: int, report: DrainReport
 ) -> None:
     # Each event's ids on its own line only (process_event binds them as it learns them).
     with log_context(event_row_id=event_id):

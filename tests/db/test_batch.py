@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import AuthenticationRequired, CardDeclined
 from shared.domain.models import (
     BatchRun,
     Card,
@@ -22,6 +21,7 @@ from shared.domain.models import (
     OutboxMessage,
     Payment,
 )
+from shared.domain.payments import AuthenticationRequired, CardDeclined
 from shared.domain.states import AttemptStatus
 from shared.services import batch, dunning
 from shared.services.charging import apply_outcome, lock_attempt, move_attempt

@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.rate_budget import RateBudgetTimeout
-from shared.adapters.stripe_gateway import CardDeclined, PermanentStripeError
 from shared.domain.models import ChargeAttempt, Client, DunningState, Invoice
+from shared.domain.payments import CardDeclined, PermanentStripeError
 from shared.domain.states import AttemptStatus
 from shared.services import batch
 from shared.services.charging import (
@@ -23,6 +22,7 @@ from shared.services.charging import (
     run_attempt,
 )
 from shared.services.janitor import reconcile_stale_attempts
+from shared.services.ports import RateBudgetTimeout
 from shared.services.settings import update_settings
 from tests.db.test_batch import TODAY, make_client, make_invoice
 

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import PaymentIntentView, PermanentStripeError, TransientStripeError
 from shared.domain.models import (
     AuditEvent,
     ChargeAttempt,
@@ -22,6 +21,7 @@ from shared.domain.models import (
     ReconciliationFinding,
     ReconciliationRun,
 )
+from shared.domain.payments import PaymentIntentView, PermanentStripeError, TransientStripeError
 from shared.services.daily_reconciliation import (
     ReconciliationError,
     day_bounds,

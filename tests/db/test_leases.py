@@ -15,17 +15,13 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import (
-    ChargeRequest,
-    PaymentIntentView,
-    Succeeded,
-    TransientStripeError,
-)
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
+from shared.domain.payments import ChargeRequest, PaymentIntentView, Succeeded, TransientStripeError
 from shared.services import outbox
 from shared.services.charging import RunResult, claim_attempt, lock_attempt, open_attempt, run_attempt
 from shared.services.janitor import STRANDED_AFTER, recover_charges, republish_stranded
 from shared.services.leases import LeaseKeeper, holder_is_gone, lease_lapsed, process_owner
+from shared.services.ports import Publisher
 from shared.services.settings import update_settings
 from tests.db.test_batch import make_client, make_invoice
 
@@ -296,7 +292,7 @@ def test_concurrent_redeliveries_take_over_once(session_factory: sessionmaker[Se
 # ---- the quick sweep --------------------------------------------------------------------------------
 
 
-def sent() -> tuple[list[tuple[str, dict[str, Any]]], outbox.Publisher]:
+def sent() -> tuple[list[tuple[str, dict[str, Any]]], Publisher]:
     out: list[tuple[str, dict[str, Any]]] = []
     return out, lambda name, payload, countdown: out.append((name, payload))
 

@@ -11,8 +11,9 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.stripe_gateway import PaymentIntentView, StripeGateway
+from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain.models import WebhookEvent
+from shared.domain.payments import PaymentIntentView
 from shared.services.webhooks import (
     _DRAIN_LOCK_NAMESPACE,
     DRAIN_PENDING_KEY,

@@ -27,7 +27,9 @@ import pytest
 import requests
 import stripe
 
-from shared.adapters.stripe_gateway import (
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.config import EMULATOR_API_KEY
+from shared.domain.payments import (
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -37,13 +39,11 @@ from shared.adapters.stripe_gateway import (
     ChargeRequest,
     PermanentStripeError,
     RequiresAction,
-    StripeGateway,
     Succeeded,
     TransientStripeError,
     WebhookSignatureError,
     classify_payment_intent,
 )
-from shared.config import EMULATOR_API_KEY
 from tests.integration.emulator_fixture import running_emulator
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ from multiprocessing.queues import Queue
 import pytest
 import redis
 
-from shared.adapters.rate_budget import RateBudgetTimeout, RedisRateBudget
+from shared.adapters.rate_budget import RedisRateBudget
+from shared.services.ports import RateBudgetTimeout
 from tests.support.services import RedisServer
 
 pytestmark = pytest.mark.integration

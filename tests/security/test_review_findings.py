@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
-from shared.adapters.mail import Notification, compose_message, receipt_email
+from shared.domain.emails import Notification, compose_message, receipt_email
 from shared.domain.models import Client, Invoice
 from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (

@@ -17,15 +17,9 @@ from sqlalchemy import select
 from shared.adapters.database import get_sessionmaker
 from shared.adapters.mail import mailer_from_config
 from shared.config import get_config
+from shared.domain.link_tokens import AUTHENTICATE, LINK_LIFETIMES, SIGN_IN, LoginLinkError
 from shared.domain.models import ClientLoginToken, utcnow
-from shared.services.client_links import (
-    AUTHENTICATE,
-    LINK_LIFETIMES,
-    SIGN_IN,
-    LoginLinkError,
-    consume_link,
-    issue_link,
-)
+from shared.services.client_links import consume_link, issue_link
 from shared.services.notifications import deliver_charge_notification
 from tests.security.conftest import (
     Env,

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from shared.adapters.database import get_sessionmaker
-from shared.adapters.stripe_gateway import ChargeRequest
 from shared.domain.models import ChargeAttempt, Client, Payment, WebhookEvent, utcnow
+from shared.domain.payments import ChargeRequest
 from shared.services.charging import run_attempt
 from shared.services.janitor import NEEDS_OPERATOR, resolve_attempt
 from shared.services.webhooks import process_event

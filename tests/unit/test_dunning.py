@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.adapters.stripe_gateway import CardDeclined
 from shared.config import ConfigError
 from shared.domain.dunning import (
     DECLINE_RULES,
@@ -23,6 +22,7 @@ from shared.domain.dunning import (
     policy_from_env,
     policy_table_markdown,
 )
+from shared.domain.payments import CardDeclined
 
 FIRST = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

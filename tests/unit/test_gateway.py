@@ -23,6 +23,12 @@ from requests.structures import CaseInsensitiveDict
 
 from shared.adapters.stripe_gateway import (
     STRIPE_API_VERSION,
+    StripeGateway,
+    gateway_from_config,
+    payment_intent_create_params,
+)
+from shared.config import Config, ConfigError
+from shared.domain.payments import (
     AuthenticationRequired,
     Canceled,
     CardDeclined,
@@ -32,18 +38,14 @@ from shared.adapters.stripe_gateway import (
     PermanentStripeError,
     Processing,
     RequiresAction,
-    StripeGateway,
     Succeeded,
     TransientStripeError,
     WebhookPayloadError,
     WebhookSignatureError,
     authentication_page,
     classify_payment_intent,
-    gateway_from_config,
-    payment_intent_create_params,
     payment_intent_view,
 )
-from shared.config import Config, ConfigError
 
 API_BASE = "http://127.0.0.1:12111"
 WEBHOOK_SECRET = "whsec_unit"

@@ -19,13 +19,11 @@ from shared.adapters.logs import (
     SecretScrubber,
     TextFormatter,
     add_request_id_header,
-    bind_log_ids,
-    current_log_ids,
     incoming_request_id,
-    log_context,
     request_id_from_task_request,
     scrub_text,
 )
+from shared.log_context import bind_log_ids, current_log_ids, log_context
 
 VISA = "4242424242424242"
 

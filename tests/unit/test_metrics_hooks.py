@@ -19,13 +19,10 @@ from shared.adapters.metrics import (
     STRIPE_CALLS_KEY,
     MetricsRecorder,
 )
-from shared.adapters.rate_budget import RateBudgetTimeout, RedisRateBudget, gateway_hooks
-from shared.adapters.stripe_gateway import (
-    ChargeRequest,
-    PermanentStripeError,
-    StripeGateway,
-    TransientStripeError,
-)
+from shared.adapters.rate_budget import RedisRateBudget, gateway_hooks
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.domain.payments import ChargeRequest, PermanentStripeError, TransientStripeError
+from shared.services.ports import RateBudgetTimeout
 
 
 class Answers(stripe.HTTPClient):

@@ -11,23 +11,19 @@ from typing import get_args
 
 import pytest
 
-from shared.adapters.mail import (
-    EmailContent,
-    FileMailer,
-    Notification,
-    NotificationKind,
-    SmtpMailer,
-    authentication_email,
-    compose_message,
-    default_sender,
-    failure_email,
-    mailer_from_config,
-    parse_mail_url,
-    receipt_email,
-    send_claimed,
-)
+from shared.adapters.mail import FileMailer, SmtpMailer, default_sender, mailer_from_config, parse_mail_url
 from shared.config import Config, ConfigError
 from shared.domain.dunning import NotifyKind
+from shared.domain.emails import (
+    EmailContent,
+    Notification,
+    NotificationKind,
+    authentication_email,
+    compose_message,
+    failure_email,
+    receipt_email,
+)
+from shared.services.notifications import send_claimed
 from tests.support.smtp import SmtpServer, running_smtp_server
 
 SECRET = "test-secret-key"

@@ -21,16 +21,17 @@ from shared.adapters.rate_budget import (
     PLATFORM_ACCOUNT,
     DatabaseRateBudget,
     RateBudget,
-    RateBudgetTimeout,
     RedisRateBudget,
     budget_account,
     default_burst,
     gateway_hooks,
     rate_budget_from_config,
 )
-from shared.adapters.stripe_gateway import StripeGateway, TransientStripeError
+from shared.adapters.stripe_gateway import StripeGateway
 from shared.config import Config, load_config
 from shared.domain.models import RateLimitState
+from shared.domain.payments import TransientStripeError
+from shared.services.ports import RateBudgetTimeout
 
 RATE = 20.0
 BURST = 2.0
@@ -364,7 +365,8 @@ def test_a_budget_store_that_is_down_means_not_sent_not_a_crash() -> None:
     """Redis down while a charge asks for a token: the charge is requeued, never counted as sent."""
     import redis as redis_lib
 
-    from shared.adapters.rate_budget import RateBudgetUnavailable, gateway_hooks
+    from shared.adapters.rate_budget import gateway_hooks
+    from shared.services.ports import RateBudgetUnavailable
 
     class DownBudget:
         def acquire(self, account: str | None, timeout: float | None = None) -> float:
