@@ -376,15 +376,11 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
 
 
 def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result: Result) -> None:
-    import shared.adapters.database
-    import shared.config
     import web
     from web.pages import ADMIN_KEY
 
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("OFFSESSION_HOME", tempfile.mkdtemp(prefix="offsession-scale-home-"))
-    shared.config.get_config.cache_clear()
-    shared.adapters.database.reset_engine_cache()
     with engine.begin() as conn:
         admin_id = conn.execute(
             text(
@@ -406,7 +402,7 @@ def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result:
     http = app.test_client()
     with http.session_transaction() as s:
         s[ADMIN_KEY] = admin_id
-    app_engine = shared.adapters.database.get_engine()
+    app_engine = app.extensions["offsession"].engine
     pages = {
         "list: default, page 1": "/admin/invoices",
         f"list: page {deep_page}": f"/admin/invoices?page={deep_page}",

@@ -65,10 +65,12 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from bench.floor_app import create_scratch_table  # noqa: E402
 from shared.adapters.stripe_gateway import StripeGateway  # noqa: E402
 from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
-from shared.services.charging import charge_request_for, claim_attempt, open_attempt, run_attempt  # noqa: E402
+from shared.services.charge_requests import request_charge  # noqa: E402
+from shared.services.charging import charge_request_for, claim_attempt, run_attempt  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
+from tests.support.unit_of_work import InSession  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
 GUNICORN_ARGS = ("-w", "2", "--timeout", "60")
@@ -153,7 +155,7 @@ def create_attempts(st: Stack, engine: Engine, count: int, unrecorded_share: flo
             )
             session.add(invoice)
             session.flush()
-            attempt, _ = open_attempt(session, invoice, source="admin", requested_by="bench")
+            attempt = request_charge(InSession(session), invoice, source="admin", requested_by="bench")
             expected[attempt.id] = CARD_OUTCOMES[token]
     factory = sessionmaker(engine, expire_on_commit=False)
     # The emulator without the rate budget: setup must not spend the measured seconds.

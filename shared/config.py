@@ -10,7 +10,6 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -274,17 +273,11 @@ def load_config() -> Config:
     )
 
 
-@lru_cache(maxsize=1)
-def get_config() -> Config:
-    """The process-wide configuration, read once."""
-    return load_config()
-
-
 def config_or_exit() -> Config:
-    """get_config() for a process starting up: a configuration that must not run stops it with one line
+    """load_config() for a process starting up: a configuration that must not run stops it with one line
     on stderr naming the variable, and exit status 2."""
     try:
-        return get_config()
+        return load_config()
     except ConfigError as exc:
         print(f"offsession: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

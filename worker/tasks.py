@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from celery import shared_task
 
-from shared.adapters.database import get_sessionmaker
-from shared.adapters.mail import mailer_from_config
-from shared.adapters.rate_budget import rate_limited_gateway
-from shared.adapters.stripe_gateway import StripeGateway
-from shared.config import get_config
+from shared.bootstrap import Runtime
 from shared.domain.payments import TransientStripeError
 from shared.services import outbox
 from shared.services.batch import open_due_retries, run_batch, slot_for
@@ -27,49 +22,35 @@ from shared.services.daily_reconciliation import (
     yesterday_utc,
 )
 from shared.services.janitor import recover_charges, run_janitor
-from shared.services.leases import LeaseKeeper
 from shared.services.notifications import deliver_charge_notification, deliver_login_link
-from shared.services.ports import Mailer, Publisher, RateBudgetTimeout, RateBudgetUnavailable
-from shared.services.webhooks import (
-    TASK_DRAIN_WEBHOOK_EVENTS,
-    DrainRequests,
-    drain_events,
-    drain_requests_from_config,
-    process_event,
-)
+from shared.services.ports import Publisher, RateBudgetTimeout, RateBudgetUnavailable
+from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, drain_events, process_event
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
-def gateway() -> StripeGateway:
-    return rate_limited_gateway(get_config())
+def runtime() -> Runtime:
+    """The process's Runtime (built in worker/__init__.py)."""
+    import worker
+
+    return worker.runtime
 
 
 def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
-    from worker import app
-
-    app.send_task(task_name, kwargs=payload, countdown=countdown)
-
-
-@lru_cache(maxsize=1)
-def lease_keeper() -> LeaseKeeper:
-    """The process's one lease renewer, shared by its task threads (a forked pool process starts its own
-    renewal thread on its first charge: shared.services.leases)."""
-    return LeaseKeeper(get_sessionmaker, get_config().charge_lease_seconds)
+    runtime().publisher(task_name, payload, countdown)
 
 
 @shared_task(name=outbox.TASK_CHARGE_ATTEMPT, acks_late=True)
 def charge_attempt(attempt_id: str) -> str:
-    config = get_config()
-    factory = get_sessionmaker()
+    rt = runtime()
+    factory = rt.sessions
     report = run_attempt(
         factory,
-        gateway(),
+        rt.gateway,
         attempt_id,
-        lease_seconds=config.charge_lease_seconds,
-        max_transient_retries=config.charge_transient_retries,
-        leases=lease_keeper(),
+        lease_seconds=rt.config.charge_lease_seconds,
+        max_transient_retries=rt.config.charge_transient_retries,
+        leases=rt.lease_keeper,
     )
     retry = report.retry_message_id
     if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
@@ -112,7 +93,7 @@ def _with_countdown(countdown: float) -> Publisher:
     max_retries=5,
 )
 def process_webhook_event(self: Any, event_id: int) -> str:
-    outcome = process_event(get_sessionmaker(), gateway(), event_id)
+    outcome = process_event(runtime().sessions, runtime().gateway, event_id)
     log.info("webhook event row %s: %s", event_id, outcome)
     return outcome
 
@@ -126,7 +107,7 @@ DRAIN_RETRY_COUNTDOWN_SECONDS = 5.0
 def drain_webhook_events() -> str:
     """Every stored event with work, one message for a burst of them
     (shared.services.webhooks.drain_events)."""
-    requests = drain_requests()
+    requests = runtime().drain_requests
     requests.clear()  # before the first look at the table: see DrainRequests on the race
 
     def recruit_helper() -> None:
@@ -136,7 +117,7 @@ def drain_webhook_events() -> str:
             log.warning("no helper drain published: %s", exc)
 
     report = drain_events(
-        get_sessionmaker(), gateway(), on_full_batch=recruit_helper if requests.coalescing else None
+        runtime().sessions, runtime().gateway, on_full_batch=recruit_helper if requests.coalescing else None
     )
     if report.failed:
         publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_RETRY_COUNTDOWN_SECONDS)
@@ -145,22 +126,16 @@ def drain_webhook_events() -> str:
     return summary
 
 
-@lru_cache(maxsize=1)
-def drain_requests() -> DrainRequests:
-    return drain_requests_from_config(get_config())
-
-
 @shared_task(name="offsession.charge_due", acks_late=True)
 def charge_due() -> str:
     """The scheduled fan-out. The slot is the minute beat fired: a second beat for it charges nothing."""
-    config = get_config()
+    rt = runtime()
     now = datetime.now(UTC)
     report = run_batch(
-        get_sessionmaker(),
-        publish,
+        rt.unit_of_work,
         slot=slot_for(now),
         trigger="schedule",
-        today=now.astimezone(config.batch_zone()).date(),
+        today=now.astimezone(rt.config.batch_zone()).date(),
         now=now,
     )
     if report.already_ran:
@@ -170,12 +145,13 @@ def charge_due() -> str:
 
 @shared_task(name="offsession.open_due_retries", acks_late=True)
 def open_due_retries_task() -> int:
-    return open_due_retries(get_sessionmaker(), publish)
+    return open_due_retries(runtime().sessions, runtime().unit_of_work)
 
 
 @shared_task(name=outbox.TASK_NOTIFY_CHARGE, acks_late=True)
 def notify_charge(attempt_id: str, kind: str) -> bool:
-    return deliver_charge_notification(get_sessionmaker(), get_config(), mailer(), attempt_id, kind)
+    rt = runtime()
+    return deliver_charge_notification(rt.sessions, rt.config, rt.mailer, attempt_id, kind)
 
 
 @shared_task(
@@ -192,22 +168,18 @@ def send_login_link(email: str, request_id: str) -> bool:
     """A Client Zone sign-in email (shared.services.client_links.request_login_link). Its result says only
     whether
     an email went out: the link's token is never in a task's arguments, result or log line."""
-    return deliver_login_link(get_sessionmaker(), get_config(), mailer(), email=email, request_id=request_id)
-
-
-@lru_cache(maxsize=1)
-def mailer() -> Mailer:
-    return mailer_from_config(get_config())
+    rt = runtime()
+    return deliver_login_link(rt.sessions, rt.config, rt.mailer, email=email, request_id=request_id)
 
 
 @shared_task(name="offsession.relay_outbox", acks_late=True)
 def relay_outbox() -> int:
-    return outbox.relay_outbox(get_sessionmaker(), publish)
+    return outbox.relay_outbox(runtime().sessions, publish)
 
 
 @shared_task(name="offsession.recover_charges", acks_late=True)
 def recover_charges_task() -> str:
-    report = recover_charges(get_sessionmaker(), gateway(), publish)
+    report = recover_charges(runtime().sessions, runtime().gateway, publish)
     if report.anything:
         log.info("charge recovery: %s", report.summary())
     return report.summary()
@@ -215,7 +187,7 @@ def recover_charges_task() -> str:
 
 @shared_task(name="offsession.janitor", acks_late=True)
 def janitor() -> str:
-    report = run_janitor(get_sessionmaker(), gateway(), publish)
+    report = run_janitor(runtime().sessions, runtime().gateway, publish)
     log.info("janitor: %s", report.summary())
     return report.summary()
 
@@ -225,12 +197,12 @@ def reconcile_day_task(day: str | None = None, trigger: str = "schedule") -> str
     """The daily reconciliation against Stripe: yesterday (UTC) from beat, or the YYYY-MM-DD given (the
     admin's "Reconcile now"). From beat it also takes again the days of the past week whose run
     stopped on an error. Safe to run twice: a day's findings are recorded once."""
-    factory = get_sessionmaker()
+    factory, gateway = runtime().sessions, runtime().gateway
     days = [parse_day(day)] if day else [yesterday_utc()]
     if day is None:
         with factory() as session:
             days = days_to_retry(session, before=days[0]) + days
-    summaries = [_reconciliation_summary(reconcile_day(factory, gateway(), d, trigger=trigger)) for d in days]
+    summaries = [_reconciliation_summary(reconcile_day(factory, gateway, d, trigger=trigger)) for d in days]
     return " | ".join(summaries)
 
 

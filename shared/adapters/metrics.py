@@ -348,7 +348,9 @@ class OffsessionCollector(Collector):
         return families
 
     @staticmethod
-    def _batch_families(run: Row[Any] | None, outcomes: dict[str, int]) -> list[Metric]:
+    def _batch_families(
+        run: Row[int, datetime, datetime | None, int, int, int] | None, outcomes: dict[str, int]
+    ) -> list[Metric]:
         invoices = GaugeMetricFamily(
             "offsession_batch_run_invoices",
             "The latest batch run's invoices: selected, queued (an attempt opened) or skipped.",

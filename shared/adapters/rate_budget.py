@@ -34,11 +34,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adapters.database import get_sessionmaker, make_engine, session_scope
+from shared.adapters.database import make_engine, session_scope
 from shared.adapters.metrics import MetricsRecorder, metrics_recorder_from_config
 from shared.adapters.stripe_gateway import StripeGateway, gateway_from_config
 from shared.config import Config
-from shared.domain.models import RateLimitState
+from shared.domain.models import RateLimitState, table_of
 from shared.services.ports import RateBudgetTimeout, RateBudgetUnavailable
 
 __all__ = [
@@ -307,16 +307,16 @@ class DatabaseRateBudget(_PollingBudget):
 
 
 def rate_budget_from_config(
-    config: Config, session_factory: sessionmaker[Session] | None = None
+    config: Config, session_factory: sessionmaker[Session]
 ) -> RedisRateBudget | DatabaseRateBudget:
     """Redis when REDIS_URL is set, else the database (design §2); the rate is STRIPE_RATE_LIMIT."""
     if config.redis_url:
         # Bounded socket waits: a hung Redis must surface as an error, not freeze every charge.
         client = redis.Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
         return RedisRateBudget(client, config.stripe_rate_limit)
-    if session_factory is None and config.database_url.startswith("sqlite"):
+    if config.database_url.startswith("sqlite"):
         session_factory = _sqlite_budget_sessionmaker(config.database_url)
-    return DatabaseRateBudget(session_factory or get_sessionmaker(), config.stripe_rate_limit)
+    return DatabaseRateBudget(session_factory, config.stripe_rate_limit)
 
 
 def _sqlite_budget_sessionmaker(database_url: str) -> sessionmaker[Session]:
@@ -326,7 +326,7 @@ def _sqlite_budget_sessionmaker(database_url: str) -> sessionmaker[Session]:
     main = make_url(database_url).database
     path = f"{main}.ratelimit" if main and main != ":memory:" else ":memory:"
     engine = make_engine(f"sqlite:///{path}")
-    RateLimitState.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
+    table_of(RateLimitState).create(engine, checkfirst=True)
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
@@ -363,9 +363,7 @@ def gateway_hooks(
     return before_request, on_rate_limited
 
 
-def rate_limited_gateway(
-    config: Config, session_factory: sessionmaker[Session] | None = None
-) -> StripeGateway:
+def rate_limited_gateway(config: Config, session_factory: sessionmaker[Session]) -> StripeGateway:
     """The gateway every process uses: each Stripe call takes a token from the account's shared budget,
     and its wait and the call's latency are recorded for /metrics."""
     recorder = metrics_recorder_from_config(config)

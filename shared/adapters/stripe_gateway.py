@@ -17,6 +17,7 @@ from typing import Any
 import requests
 import stripe
 from requests.adapters import HTTPAdapter
+from stripe.params import PaymentIntentListParams, RefundCreateParams
 
 from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError, check_safe
 from shared.domain.payments import (
@@ -379,7 +380,7 @@ class StripeGateway:
                     {
                         "customer": customer_id,
                         "payment_method": payment_method_token,
-                        **CARD_ONLY,
+                        "allowed_payment_method_types": CARD_ONLY["allowed_payment_method_types"],
                         "usage": "off_session",
                         "confirm": True,
                     },
@@ -611,22 +612,21 @@ class StripeGateway:
         return payment_intent_view(data)
 
     def _list_payment_intents(
-        self, params: dict[str, Any], stripe_account: str | None
+        self, params: PaymentIntentListParams, stripe_account: str | None
     ) -> Iterator[PaymentIntentView]:
         # Paged by hand rather than auto_paging_iter so each page passes through before_request and
         # the error translation.
         starting_after: str | None = None
         while True:
-            page_params = dict(params, limit=LIST_PAGE_SIZE)
+            page_params: PaymentIntentListParams = {**params, "limit": LIST_PAGE_SIZE}
             if starting_after is not None:
                 page_params["starting_after"] = starting_after
-            page = self._call(
-                "list_payment_intents",
-                stripe_account,
-                lambda page_params=page_params: self._client.v1.payment_intents.list(
+            def list_page(page_params: PaymentIntentListParams = page_params) -> Any:
+                return self._client.v1.payment_intents.list(
                     page_params, options=_options(stripe_account=stripe_account)
-                ),
-            )
+                )
+
+            page = self._call("list_payment_intents", stripe_account, list_page)
             items = page.get("data") or []
             for item in items:
                 yield payment_intent_view(item)
@@ -644,7 +644,7 @@ class StripeGateway:
     ) -> list[PaymentIntentView]:
         """PaymentIntents carrying metadata.charge_attempt_id. Lists by customer (strongly consistent)
         and matches client-side: search could miss a PaymentIntent created in the last minute(s)."""
-        params = {"customer": customer_id, "created": {"gte": _unix(created_gte)}}
+        params: PaymentIntentListParams = {"customer": customer_id, "created": {"gte": _unix(created_gte)}}
         return [
             view
             for view in self._list_payment_intents(params, stripe_account)
@@ -655,7 +655,7 @@ class StripeGateway:
         self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
     ) -> Iterator[PaymentIntentView]:
         """Every PaymentIntent created in [created_gte, created_lt), newest first (daily reconciliation)."""
-        params = {"created": {"gte": _unix(created_gte), "lt": _unix(created_lt)}}
+        params: PaymentIntentListParams = {"created": {"gte": _unix(created_gte), "lt": _unix(created_lt)}}
         return self._list_payment_intents(params, stripe_account)
 
     def refund(
@@ -667,7 +667,7 @@ class StripeGateway:
         stripe_account: str | None = None,
     ) -> RefundView:
         """Refund all (amount=None) or part of a succeeded PaymentIntent."""
-        params: dict[str, Any] = {"payment_intent": payment_intent_id}
+        params: RefundCreateParams = {"payment_intent": payment_intent_id}
         if amount is not None:
             if amount <= 0:
                 raise ValueError("a refund amount must be positive")

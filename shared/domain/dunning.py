@@ -729,7 +729,7 @@ def _verdicts(facts: DeclineFacts, rule: DeclineRule) -> list[_Verdict]:
         verdicts.append(_Verdict(HARD, timedelta(0), f"outcome.reason={outcome_reason}"))
 
     advice = _normalize(facts.advice_code)
-    if advice in _ADVICE_RULES:
+    if advice is not None and advice in _ADVICE_RULES:
         advice_class, advice_words = _ADVICE_RULES[advice]
         verdicts.append(_Verdict(advice_class, timedelta(0), f"advice_code={advice}", advice_words))
 

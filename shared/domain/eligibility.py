@@ -36,6 +36,12 @@ class Blocker:
         return {"code": self.code.value, "message": self.message}
 
 
+# What a second charge request meets once the database's one-charge-in-flight index refused it.
+CHARGE_ALREADY_IN_PROGRESS = Blocker(
+    BlockerCode.CHARGE_IN_PROGRESS, "A charge for this invoice is already in progress."
+)
+
+
 def in_flight_attempt(invoice: Invoice) -> ChargeAttempt | None:
     return next((a for a in invoice.charge_attempts if not a.status_enum.is_terminal), None)
 

@@ -6,13 +6,9 @@ Payments may be partial, by several methods, on different days; refunds are nega
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from shared.domain.models import LEDGER_METHODS, ChargeAttempt, Invoice, Payment, utcnow
+from shared.domain.models import LEDGER_METHODS, ChargeAttempt, Invoice
 from shared.domain.money import format_money
 
 
@@ -59,28 +55,10 @@ def balance(invoice: Invoice) -> Balance:
     return Balance(total=invoice.total, amount_paid=paid, currency=invoice.currency, is_void=invoice.is_void)
 
 
-def amount_paid_subquery():  # type: ignore[no-untyped-def]
-    """SQL for the sum of an invoice's ledger, for lists that must not load every payment."""
-    return (
-        select(func.coalesce(func.sum(Payment.amount), 0))
-        .where(Payment.invoice_id == Invoice.id)
-        .correlate(Invoice)
-        .scalar_subquery()
-    )
-
-
-def record_payment(
-    session: Session,
-    invoice: Invoice,
-    *,
-    amount: int,
-    method: str,
-    received_at: datetime | None = None,
-    reference: str = "",
-    recorded_by: str = "",
-    in_flight_charge: ChargeAttempt | None = None,
-) -> Payment:
-    """Record a manual payment (positive) or a manual refund (negative), refusing what cannot be true.
+def check_payment(
+    invoice: Invoice, *, amount: int, method: str, in_flight_charge: ChargeAttempt | None = None
+) -> None:
+    """Refuse (LedgerError) a manual payment (positive) or manual refund (negative) that cannot be true.
 
     A card charge in flight counts as already taken: recording cash for the whole balance while the
     card is being charged would end in an overpayment the ledger cannot undo by itself.
@@ -111,14 +89,3 @@ def record_payment(
             f"A refund of {format_money(-amount, invoice.currency)} is more than the "
             f"{format_money(current.amount_paid, invoice.currency)} paid on invoice {invoice.number}."
         )
-    payment = Payment(
-        invoice=invoice,
-        amount=amount,
-        method=method,
-        received_at=received_at or utcnow(),
-        reference=reference.strip(),
-        recorded_by=recorded_by,
-    )
-    session.add(payment)
-    session.flush()  # assign the id and surface constraint errors here, not at commit
-    return payment

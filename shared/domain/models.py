@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -78,6 +79,14 @@ def _in_list(values: tuple[str, ...] | frozenset[str]) -> str:
 
 
 IN_FLIGHT_SQL = f"status IN ({_in_list(frozenset(s.value for s in IN_FLIGHT))})"
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core Table of a mapped class: for the plain INSERTs and UPDATEs of the hot paths, which skip
+    the ORM's unit of work."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Base(DeclarativeBase):

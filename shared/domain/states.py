@@ -1,4 +1,5 @@
-"""The ChargeAttempt state machine (design §4): one small, pure table of what may follow what.
+"""The ChargeAttempt state machine: one small, pure table of what may follow what (README, "How a
+charge moves").
 
 Two ways in:
 - `transition(current, target)` for our own decisions: an illegal move is a bug and raises.
@@ -33,6 +34,9 @@ class AttemptStatus(StrEnum):
 
 TERMINAL = frozenset({AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.CANCELED})
 IN_FLIGHT = frozenset(set(AttemptStatus) - TERMINAL)
+# Where the charging has come to rest: final, or waiting for the client (nothing more happens until the
+# client authenticates). What the admin's progress and `offsession charge-due` wait for.
+SETTLED = TERMINAL | {AttemptStatus.REQUIRES_ACTION}
 
 STATUS_LABELS: dict[AttemptStatus, str] = {
     AttemptStatus.QUEUED: "Queued",

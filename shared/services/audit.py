@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from shared.domain.models import AuditEvent
+from shared.domain.models import AuditEvent, table_of
 
 
 def record(
@@ -42,7 +42,7 @@ def record_row(
     """record() as one INSERT, without an ORM object: for a hot path that never reads the entry back."""
     # The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
     session.execute(
-        insert(AuditEvent.__table__).values(
+        insert(table_of(AuditEvent)).values(
             actor=actor,
             action=action,
             invoice_id=invoice_id,

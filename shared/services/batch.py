@@ -20,10 +20,10 @@ from shared.domain.eligibility import BlockerCode, charge_blockers
 from shared.domain.ledger import balance
 from shared.domain.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
 from shared.domain.states import IN_FLIGHT
-from shared.services import audit, outbox
-from shared.services.charging import NotChargeable, load_invoice_for_charge, open_attempt
+from shared.services import audit
+from shared.services.charge_requests import NotChargeable, load_invoice_for_charge, request_charge
 from shared.services.dunning import blocks_automatic_charge, retries_due
-from shared.services.ports import Publisher
+from shared.services.ports import UnitOfWorkFactory
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ def due_page(session: Session, today: date, after_id: int, limit: int) -> list[I
 
 
 def run_batch(
-    factory: sessionmaker[Session],
-    publish: Publisher,
+    units: UnitOfWorkFactory,
     *,
     slot: str,
     trigger: str,
@@ -125,10 +124,10 @@ def run_batch(
 ) -> BatchReport:
     moment = now or utcnow()
     try:
-        with factory() as session, session.begin():
+        with units() as uow:
             run = BatchRun(slot=slot, trigger=trigger, due_on=today, started_at=moment)
-            session.add(run)
-            session.flush()
+            uow.session.add(run)
+            uow.session.flush()
             run_id = run.id
     except IntegrityError:
         log.info("batch slot %s already ran: nothing to do", slot)
@@ -136,8 +135,9 @@ def run_batch(
     report = BatchReport(run_id)
     after_id = 0
     while True:
-        message_ids: list[int] = []
-        with factory() as session, session.begin():
+        # One transaction per page: its attempts are published once it has committed.
+        with units() as uow:
+            session = uow.session
             page = due_page(session, today, after_id, page_size)
             if not page:
                 break
@@ -159,21 +159,22 @@ def run_batch(
                     continue
                 try:
                     with session.begin_nested():
-                        attempt, message_id = open_attempt(
-                            session, invoice, source="schedule", requested_by=f"batch:{run_id}"
+                        request_charge(
+                            uow,
+                            invoice,
+                            source="schedule",
+                            requested_by=f"batch:{run_id}",
+                            batch_run_id=run_id,
                         )
-                        attempt.batch_run_id = run_id
                 except NotChargeable as exc:
                     report.skipped[exc.blockers[0].code.value] += 1
                     continue
-                message_ids.append(message_id)
                 report.queued += 1
             _save_counts(session, run_id, report, finished=False)
-        outbox.publish_messages(factory, publish, message_ids)
-    with factory() as session, session.begin():
-        _save_counts(session, run_id, report, finished=True)
+    with units() as uow:
+        _save_counts(uow.session, run_id, report, finished=True)
         audit.record(
-            session,
+            uow.session,
             f"batch:{run_id}",
             "batch.fanned_out",
             slot=slot,
@@ -214,16 +215,17 @@ def outcome_counts(session: Session, run_id: int) -> dict[str, int]:
 
 
 def open_due_retries(
-    factory: sessionmaker[Session], publish: Publisher, *, now: datetime | None = None
+    factory: sessionmaker[Session], units: UnitOfWorkFactory, *, now: datetime | None = None
 ) -> int:
     """Open the automatic retries whose time has come (soft declines on day 1, 3, 7)."""
     moment = now or utcnow()
-    opened: list[int] = []
+    opened = 0
     with factory() as session:
         invoice_ids = retries_due(session, moment)
         session.rollback()
     for invoice_id in invoice_ids:
-        with factory() as session, session.begin():
+        with units() as uow:
+            session = uow.session
             state = session.get(DunningState, invoice_id, with_for_update=True)
             if state is None or state.next_attempt_at is None or state.next_attempt_at > moment:
                 continue
@@ -231,7 +233,7 @@ def open_due_retries(
             assert invoice is not None
             try:
                 with session.begin_nested():
-                    _, message_id = open_attempt(session, invoice, source="schedule", requested_by="dunning")
+                    request_charge(uow, invoice, source="schedule", requested_by="dunning")
             except NotChargeable as exc:
                 codes = {b.code for b in exc.blockers}
                 if codes & FINAL_BLOCKERS:
@@ -248,9 +250,8 @@ def open_due_retries(
                 )
                 continue
             state.next_attempt_at = None  # opened: its own outcome sets the next step
-            opened.append(message_id)
-    outbox.publish_messages(factory, publish, opened)
-    return len(opened)
+            opened += 1
+    return opened
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from shared.domain.link_tokens import (
@@ -29,6 +30,7 @@ from shared.domain.link_tokens import (
 )
 from shared.domain.models import ClientLoginToken, utcnow
 from shared.services import audit, outbox
+from shared.services.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def consume_link(session: Session, token: str, *, now: datetime | None = None) -
     moment = now or utcnow()
     row = _usable(session, token, moment)
     # The conditional update makes the link single-use even when two tabs post it at once.
-    used = session.execute(
+    used = cast("CursorResult[Any]", session.execute(
         update(ClientLoginToken)
         .where(
             ClientLoginToken.id == row.id,
@@ -113,7 +115,7 @@ def consume_link(session: Session, token: str, *, now: datetime | None = None) -
         )
         .values(used_at=moment)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     if used != 1:
         raise LoginLinkError("This link was already used. Ask for a new one.")
     audit.record(session, f"client:{row.client_id}", "client.link_used", purpose=row.purpose)
@@ -123,9 +125,9 @@ def consume_link(session: Session, token: str, *, now: datetime | None = None) -
 # ---- sign-in links by email ---------------------------------------------------------------------------
 
 
-def request_login_link(session: Session, email: str) -> int:
-    """Queue the sign-in email for this address, whoever it belongs to, in the caller's transaction;
-    returns the outbox message id to publish after commit. The same work for every address: the answer
-    and its timing say nothing about who is a client, and no mail server is waited for."""
+def request_login_link(uow: UnitOfWork, email: str) -> None:
+    """Queue the sign-in email for this address, whoever it belongs to, in the unit of work (published
+    once it has committed). The same work for every address: the answer and its timing say nothing about
+    who is a client, and no mail server is waited for."""
     payload = {"email": (email or "").strip().lower()[:254], "request_id": uuid.uuid4().hex}
-    return outbox.enqueue_row(session, outbox.TASK_SEND_LOGIN_LINK, payload)
+    outbox.enqueue_after_commit(uow, outbox.TASK_SEND_LOGIN_LINK, payload)

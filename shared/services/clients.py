@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shared.domain.models import Card, Client
+from shared.domain.models import Card, Client, table_of
 from shared.services import audit, dunning
 from shared.services.admins import AdminError, normalize_email
 from shared.services.settings import get_settings
@@ -133,7 +133,7 @@ def change_email(session: Session, client_id: int, email: str, *, actor: str) ->
         address = normalize_email(email)
     except AdminError as exc:
         raise ClientError(str(exc)) from exc
-    table = Client.__table__
+    table = table_of(Client)
     if session.scalar(select(table.c.id).where(table.c.id == client_id)) is None:
         raise NotFound("No such client.")
     # In any case: before the upgrade that makes them unique, emails may be stored as typed.

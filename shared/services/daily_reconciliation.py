@@ -42,8 +42,8 @@ from shared.domain.models import (
 from shared.domain.payments import GatewayError, PaymentIntentView, PermanentStripeError
 from shared.domain.states import observe
 from shared.services import audit, outbox
-from shared.services.charging import apply_payment_intent, lock_attempt, reported_status
-from shared.services.ports import StripePort
+from shared.services.attempts import apply_payment_intent, lock_attempt, reported_status
+from shared.services.ports import StripePort, UnitOfWork
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,13 @@ def yesterday_utc(now: datetime | None = None) -> date:
     return ((now or utcnow()).astimezone(UTC) - timedelta(days=1)).date()
 
 
-def request_reconciliation(session: Session, day: date, actor: str, *, now: datetime | None = None) -> int:
+def request_reconciliation(uow: UnitOfWork, day: date, actor: str, *, now: datetime | None = None) -> None:
     """Queue a run of `day` for the worker (the admin's "Reconcile now"): written to the outbox in the
-    caller's transaction, so the request is never lost to a broker that is down. Returns the message id."""
+    unit of work, so the request is never lost to a broker that is down, and published once committed."""
     if day > (now or utcnow()).astimezone(UTC).date():
         raise ReconciliationError(f"{day} has not happened yet")
-    audit.record(session, actor, "reconciliation.requested", day=day.isoformat())
-    message = outbox.enqueue(session, TASK_RECONCILE_DAY, {"day": day.isoformat(), "trigger": "admin"})
-    session.flush()
-    return message.id
+    audit.record(uow.session, actor, "reconciliation.requested", day=day.isoformat())
+    outbox.enqueue_after_commit(uow, TASK_RECONCILE_DAY, {"day": day.isoformat(), "trigger": "admin"})
 
 
 def accounts_for_day(session: Session, day: date) -> list[str]:
@@ -423,7 +421,7 @@ def _find_missing(
     for payment_id, pi_id, amount, invoice_id, attempt_id, attempt_account, has_attempt in rows:
         # A payment without an attempt was recorded by hand: it belongs to the account Settings names.
         account = (attempt_account or "") if has_attempt else settings_account
-        if account != report.stripe_account or pi_id in listed_ids:
+        if account != report.stripe_account or pi_id is None or pi_id in listed_ids:
             continue
         try:
             view: PaymentIntentView | None = gateway.retrieve_payment_intent(

@@ -77,7 +77,7 @@ def record_decline(
         invoice_id=attempt.invoice_id,
         charge_attempt_id=attempt.id,
         decline_class=decision.decline_class.value,
-        retry_at=decision.retry_at.isoformat() if state.next_attempt_at else None,
+        retry_at=state.next_attempt_at.isoformat() if state.next_attempt_at else None,
         attempts_left=state.attempts_left,
     )
     return decision

@@ -10,8 +10,7 @@ from sqlalchemy import Select, case, func, select, text, union
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
-from shared.domain.ledger import amount_paid_subquery
-from shared.domain.models import INVOICE_PAYMENT_METHODS, Client, Invoice
+from shared.domain.models import INVOICE_PAYMENT_METHODS, Client, Invoice, Payment
 from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, MoneyError, normalize_currency
 from shared.services import audit
 
@@ -223,4 +222,14 @@ def list_invoices(
         total_rows=None if counted is None else min(counted, COUNT_CAP),
         has_next=has_next,
         total_capped=counted is not None and counted > COUNT_CAP,
+    )
+
+
+def amount_paid_subquery():  # type: ignore[no-untyped-def]
+    """SQL for the sum of an invoice's ledger, for lists that must not load every payment."""
+    return (
+        select(func.coalesce(func.sum(Payment.amount), 0))
+        .where(Payment.invoice_id == Invoice.id)
+        .correlate(Invoice)
+        .scalar_subquery()
     )

@@ -35,15 +35,9 @@ from shared.domain.payments import (
 )
 from shared.domain.states import AttemptStatus
 from shared.services import audit, outbox
-from shared.services.charging import (
-    KEY_REPLAY_WINDOW,
-    apply_outcome,
-    apply_payment_intent,
-    cancel_charge,
-    charge_request_for,
-    lock_attempt,
-    move_attempt,
-)
+from shared.services.attempts import apply_outcome, apply_payment_intent, lock_attempt, move_attempt
+from shared.services.charge_actions import cancel_charge
+from shared.services.charging import KEY_REPLAY_WINDOW, charge_request_for
 from shared.services.dunning import retry_policy
 from shared.services.leases import lease_lapsed
 from shared.services.ports import Publisher, StripePort

@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import ChargeAttempt, utcnow
+from shared.domain.models import ChargeAttempt, table_of, utcnow
 from shared.domain.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 
-_TABLE = ChargeAttempt.__table__
+_TABLE = table_of(ChargeAttempt)
 _owner: tuple[int, str] | None = None
 
 
@@ -147,7 +148,7 @@ class LeaseKeeper:
             return 0
         now = utcnow()
         with self.factory()() as session, session.begin():
-            return session.execute(
+            return cast("CursorResult[Any]", session.execute(
                 update(_TABLE)
                 .where(
                     _TABLE.c.id.in_(due),
@@ -156,7 +157,7 @@ class LeaseKeeper:
                 )
                 # updated_at stays: a renewal is not a move (its column default would stamp it).
                 .values(lease_expires_at=self.expires_at(now), updated_at=_TABLE.c.updated_at)
-            ).rowcount
+            )).rowcount
 
     def _run(self) -> None:
         while True:

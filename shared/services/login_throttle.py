@@ -25,8 +25,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import CursorResult, delete, select, text
 from sqlalchemy.orm import Session
 
 from shared.domain.models import LoginAttempt, utcnow
@@ -116,7 +117,8 @@ def _lock(session: Session, counters: Sequence[Counter]) -> None:
 def prune(session: Session, now: datetime | None = None) -> int:
     """Forget the events no window can see any more; returns how many rows went."""
     cutoff = (now or utcnow()) - RETENTION
-    return session.execute(delete(LoginAttempt).where(LoginAttempt.at <= cutoff)).rowcount or 0
+    deleted = session.execute(delete(LoginAttempt).where(LoginAttempt.at <= cutoff))
+    return cast("CursorResult[Any]", deleted).rowcount or 0
 
 
 def take(session: Session, counters: Sequence[Counter], *, now: datetime | None = None) -> Verdict:

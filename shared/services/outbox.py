@@ -7,15 +7,14 @@ published twice is harmless: every task claims its row before acting.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import OutboxMessage, utcnow
-from shared.services.ports import Publisher, SessionFactory
+from shared.domain.models import OutboxMessage, table_of, utcnow
+from shared.services.ports import PendingMessage, Publisher, SessionFactory, UnitOfWork
 
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
@@ -25,13 +24,6 @@ TASK_SEND_LOGIN_LINK = "offsession.send_login_link"
 
 
 RELAY_BATCH = 500
-
-
-@dataclass(frozen=True)
-class PendingMessage:
-    id: int
-    task_name: str
-    payload: dict[str, Any]
 
 
 def enqueue(
@@ -48,12 +40,23 @@ def enqueue_row(
     """enqueue() as one INSERT ... RETURNING id, without an ORM object: for a hot path that only needs
     the id (to publish the message once committed). Returns the row's id."""
     # The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
-    table = OutboxMessage.__table__
+    table = table_of(OutboxMessage)
     return session.execute(
         insert(table)
         .values(task_name=task_name, payload=payload, available_at=available_at)
         .returning(table.c.id)
     ).scalar_one()
+
+
+def enqueue_after_commit(
+    uow: UnitOfWork, task_name: str, payload: dict[str, Any], available_at: datetime | None = None
+) -> PendingMessage:
+    """Write the message in the unit of work's transaction; the unit of work publishes it once committed
+    (or the relay does, should that fail or `available_at` be later)."""
+    message = PendingMessage(enqueue_row(uow.session, task_name, payload, available_at), task_name, payload)
+    if available_at is None:
+        uow.publish_after_commit(message)
+    return message
 
 
 def publish_messages(
@@ -112,12 +115,13 @@ def relay_outbox(factory: sessionmaker[Session], publish: Publisher, now: dateti
             return total
 
 
+_OUTBOX = table_of(OutboxMessage)
 # Built once, on the Table (a Core UPDATE, no ORM session synchronisation): composing it per click cost
 # as much CPU as executing it.
 _MARK_PUBLISHED = (
-    update(OutboxMessage.__table__)
-    .where(OutboxMessage.__table__.c.id.in_(bindparam("ids", expanding=True)))
-    .values(published_at=bindparam("now"), publish_attempts=OutboxMessage.__table__.c.publish_attempts + 1)
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now"), publish_attempts=_OUTBOX.c.publish_attempts + 1)
 )
 
 

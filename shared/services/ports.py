@@ -7,6 +7,8 @@ shared.bootstrap picks the implementations; tests pass their own (tests/support)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -24,16 +26,43 @@ from shared.domain.payments import (
 
 __all__ = [
     "Mailer",
+    "PendingMessage",
     "Publisher",
     "RateBudgetTimeout",
     "RateBudgetUnavailable",
     "SessionFactory",
     "StripePort",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
 ]
 
 # What makes a Session: a sessionmaker, or shared.adapters.database.one_checkout()'s sessions on one
 # connection.
 SessionFactory = Callable[[], Session]
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """An outbox row written in a transaction, to publish once that transaction has committed."""
+
+    id: int
+    task_name: str
+    payload: dict[str, Any]
+
+
+class UnitOfWork(Protocol):
+    """One transaction (`session`), committed when its block ends normally and rolled back when it
+    raises; the messages handed to `publish_after_commit` are published once it has committed (a
+    failure to publish leaves them to the outbox relay). shared.adapters.database.UnitOfWork is the
+    real one."""
+
+    session: Session
+
+    def publish_after_commit(self, message: PendingMessage) -> None: ...
+
+
+# Opens a new unit of work: `with units() as uow: ...`.
+UnitOfWorkFactory = Callable[[], AbstractContextManager[UnitOfWork]]
 
 # publish(task_name, payload, countdown_seconds): hands one message to the broker; raises on failure.
 Publisher = Callable[[str, dict[str, Any], float | None], None]

@@ -14,9 +14,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain import ledger
 from shared.domain.models import AdminUser, Client, Invoice
-from shared.services import admins, clients, invoices
+from shared.services import admins, clients, invoices, payments
 from shared.services.ports import StripePort
 from shared.services.settings import get_settings, update_settings
 
@@ -186,7 +185,7 @@ def seed_demo(
                 actor=ACTOR,
             )
             for amount, method, reference in demo_invoice.payments:
-                ledger.record_payment(
+                payments.record_payment(
                     session, invoice, amount=amount, method=method, reference=reference, recorded_by=ACTOR
                 )
             if demo_invoice.void:

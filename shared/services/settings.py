@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -52,7 +53,7 @@ def update_settings(
         changes["stripe_connected"] = stripe_connected
     if online_card_payments_enabled is not None:
         changes["online_card_payments_enabled"] = online_card_payments_enabled
-    changed = {k: v for k, v in changes.items() if getattr(settings, k) != v}
+    changed: dict[str, Any] = {k: v for k, v in changes.items() if getattr(settings, k) != v}
     for key, value in changed.items():
         setattr(settings, key, value)
     if changed:

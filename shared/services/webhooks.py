@@ -14,21 +14,19 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-import redis
 from sqlalchemy import Connection, Engine, Insert, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Config
 from shared.domain.binding import Mismatch, MismatchReason
-from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, utcnow
+from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, table_of, utcnow
 from shared.domain.payments import PaymentIntentView, payment_intent_view
 from shared.domain.states import observe
 from shared.log_context import bind_log_ids, log_context
 from shared.services import audit
-from shared.services.charging import apply_payment_intent, reported_status
+from shared.services.attempts import apply_payment_intent, reported_status
 from shared.services.ports import StripePort
 
 log = logging.getLogger(__name__)
@@ -50,11 +48,8 @@ EVENTS_WITH_WORK = (
     *sorted(REFUND_EVENTS),
 )
 # The coalesced drain (drain_events): one task empties the table of events with work, instead of one
-# message per event. The flag says "a drain message is published and has not started yet".
+# message per event (the flag in shared.adapters.drain_flag holds back needless ones).
 TASK_DRAIN_WEBHOOK_EVENTS = "offsession.drain_webhook_events"
-DRAIN_PENDING_KEY = "offsession:webhook-drain-pending"
-# Only a safety net: a flag whose message was lost stops holding back new drains after this long.
-DRAIN_PENDING_TTL_SECONDS = 5
 DRAIN_BATCH_SIZE = 50
 # pg_try_advisory_xact_lock(namespace, event row id): which drain is working on which event.
 _DRAIN_LOCK_NAMESPACE = 0x0FF5E551
@@ -93,7 +88,7 @@ def store_received_event(engine: Engine, event: dict[str, Any]) -> StoredEvent:
         return _store(connection, event)
 
 
-_EVENTS = WebhookEvent.__table__
+_EVENTS = table_of(WebhookEvent)
 
 
 @lru_cache(maxsize=4)
@@ -525,59 +520,6 @@ def _record_refund(
     return True
 
 
-class DrainRequests:
-    """The "a drain is pending" flag in Redis, so that a burst of events costs one drain message.
-
-    Why no event is left behind (the race): the endpoint sets the flag only after its event is
-    committed, and a drain clears the flag (clear()) before its first look at the table. So when the
-    endpoint finds the flag already set, a drain message is published that has not started yet: its
-    looks all come after this event's commit and will see it. When a drain is past its last look, it
-    cleared the flag long before, so the endpoint's SET NX succeeds and publishes another drain. The
-    flag expiring early (TTL) or being cleared by another drain only ever costs an extra, empty drain.
-    """
-
-    def __init__(self, client: redis.Redis | None) -> None:
-        self.client = client
-
-    @property
-    def coalescing(self) -> bool:
-        return self.client is not None
-
-    def request(self, publish_drain: Callable[[], None]) -> bool:
-        """Publish a drain unless one is pending; True when this call published it."""
-        assert self.client is not None, "no Redis: publish one message per event"
-        if not self.client.set(DRAIN_PENDING_KEY, 1, nx=True, ex=DRAIN_PENDING_TTL_SECONDS):
-            return False
-        try:
-            publish_drain()
-        except Exception:
-            # Not published: a flag left set would hold back the next events' drain for the TTL.
-            self.client.delete(DRAIN_PENDING_KEY)
-            raise
-        return True
-
-    def clear(self) -> None:
-        if self.client is None:
-            return
-        try:
-            self.client.delete(DRAIN_PENDING_KEY)
-        except redis.RedisError as exc:
-            # Drain all the same: a flag left set only delays the next events' drain by its TTL, and the
-            # janitor re-drives any event that waits longer.
-            log.warning("webhook drain flag not cleared: %s", exc)
-
-
-def drain_requests_from_config(config: Config) -> DrainRequests:
-    """The flag lives in the broker when it is Redis, else in REDIS_URL's Redis; with neither (the
-    embedded filesystem broker), no flag: one message per event."""
-    broker = config.celery_broker_url
-    url = broker if broker.startswith(("redis://", "rediss://")) else config.redis_url
-    if url is None:
-        return DrainRequests(None)
-    # Short timeouts: a slow flag falls back to a message of its own, it must not hold up the request.
-    return DrainRequests(redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
-
-
 @dataclass
 class DrainReport:
     outcomes: int = 0
@@ -606,7 +548,8 @@ def drain_events(
     report = DrainReport()
     recruited = on_full_batch is None
     with factory() as session:
-        connections = _DrainConnections(session.get_bind())
+        bind = session.get_bind()
+        connections = _DrainConnections(bind if isinstance(bind, Engine) else bind.engine)
     try:
         while True:
             # Closing the session ends the lease transaction, and the advisory locks with it, even on error.

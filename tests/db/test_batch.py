@@ -24,8 +24,9 @@ from shared.domain.models import (
 from shared.domain.payments import AuthenticationRequired, CardDeclined
 from shared.domain.states import AttemptStatus
 from shared.services import batch, dunning
-from shared.services.charging import apply_outcome, lock_attempt, move_attempt
+from shared.services.attempts import apply_outcome, lock_attempt, move_attempt
 from shared.services.settings import update_settings
+from tests.support.unit_of_work import units
 
 TODAY = date(2026, 11, 26)
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
@@ -90,8 +91,7 @@ def test_fan_out_page_by_page_queues_each_due_invoice_once(
 ) -> None:
     sent, publish = published()
     report = batch.run_batch(
-        session_factory,
-        publish,
+        units(session_factory, publish),
         slot=batch.slot_for(NOW),
         trigger="schedule",
         today=TODAY,
@@ -126,8 +126,7 @@ def test_a_second_run_of_the_same_slot_charges_nothing(
         _, publish = published()
         reports.append(
             batch.run_batch(
-                session_factory,
-                publish,
+                units(session_factory, publish),
                 slot=batch.slot_for(NOW + timedelta(seconds=7)),
                 trigger="schedule",
                 today=TODAY,
@@ -147,8 +146,7 @@ def test_a_second_run_of_the_same_slot_charges_nothing(
     # A different slot the same day finds every invoice already in flight.
     _, publish = published()
     later = batch.run_batch(
-        session_factory,
-        publish,
+        units(session_factory, publish),
         slot=batch.slot_for(NOW + timedelta(hours=1)),
         trigger="schedule",
         today=TODAY,
@@ -191,7 +189,9 @@ def _one_scheduled_attempt(session_factory: sessionmaker[Session]) -> tuple[int,
         s.flush()
         invoice_id = invoice.id
     _, publish = published()
-    batch.run_batch(session_factory, publish, slot="schedule:first", trigger="schedule", today=TODAY, now=NOW)
+    batch.run_batch(
+        units(session_factory, publish), slot="schedule:first", trigger="schedule", today=TODAY, now=NOW
+    )
     with session_factory() as s:
         return invoice_id, s.scalars(select(ChargeAttempt.id)).one()
 
@@ -207,7 +207,7 @@ def test_soft_decline_is_retried_on_day_1_3_and_7_then_stops(
         clock["now"] = NOW + timedelta(days=day, minutes=5)
         if day > 0:
             _, publish = published()
-            if batch.open_due_retries(session_factory, publish, now=clock["now"]):
+            if batch.open_due_retries(session_factory, units(session_factory, publish), now=clock["now"]):
                 opened_on.append(day)
                 with session_factory() as s:
                     attempt_id = s.scalars(
@@ -231,8 +231,7 @@ def test_soft_decline_is_retried_on_day_1_3_and_7_then_stops(
         # The schedule leaves it alone now...
     _, publish = published()
     report = batch.run_batch(
-        session_factory,
-        publish,
+        units(session_factory, publish),
         slot="schedule:day12",
         trigger="schedule",
         today=TODAY,
@@ -243,8 +242,7 @@ def test_soft_decline_is_retried_on_day_1_3_and_7_then_stops(
     with session_factory() as s, s.begin():
         dunning.clear_for_client(s, s.get(Invoice, invoice_id).client_id, actor="client:1")  # type: ignore[union-attr]
     report = batch.run_batch(
-        session_factory,
-        publish,
+        units(session_factory, publish),
         slot="schedule:day13",
         trigger="schedule",
         today=TODAY,
@@ -279,7 +277,8 @@ def test_hard_decline_is_never_retried(session_factory: sessionmaker[Session], d
         ]
         assert kinds == ["card_update_needed"]
     _, publish = published()
-    assert batch.open_due_retries(session_factory, publish, now=NOW + timedelta(days=30)) == 0
+    later = NOW + timedelta(days=30)
+    assert batch.open_due_retries(session_factory, units(session_factory, publish), now=later) == 0
 
 
 def test_authentication_required_queues_exactly_one_email(session_factory: sessionmaker[Session]) -> None:

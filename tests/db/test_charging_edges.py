@@ -13,18 +13,14 @@ from shared.domain.models import ChargeAttempt, Client, DunningState, Invoice
 from shared.domain.payments import CardDeclined, PermanentStripeError
 from shared.domain.states import AttemptStatus
 from shared.services import batch
-from shared.services.charging import (
-    RunResult,
-    apply_outcome,
-    lock_attempt,
-    move_attempt,
-    open_attempt,
-    run_attempt,
-)
+from shared.services.attempts import apply_outcome, lock_attempt, move_attempt
+from shared.services.charge_requests import request_charge
+from shared.services.charging import RunResult, run_attempt
 from shared.services.janitor import reconcile_stale_attempts
 from shared.services.ports import RateBudgetTimeout
 from shared.services.settings import update_settings
 from tests.db.test_batch import TODAY, make_client, make_invoice
+from tests.support.unit_of_work import InSession, units
 
 S = AttemptStatus
 
@@ -53,7 +49,7 @@ def _queued_attempt(factory: sessionmaker[Session], source: str = "admin") -> tu
         update_settings(s, "test", stripe_connected=True)
         invoice = make_invoice(s, make_client(s, 1), 1)
         s.flush()
-        attempt, _ = open_attempt(s, invoice, source=source, requested_by="test")
+        attempt = request_charge(InSession(s), invoice, source=source, requested_by="test")
         return invoice.id, attempt.id
 
 
@@ -133,7 +129,7 @@ def test_a_soft_decline_of_an_admin_click_does_not_stop_the_schedule(
         )
         assert s.get(DunningState, invoice_id) is None
     report = batch.run_batch(
-        session_factory, lambda *a: None, slot="schedule:due-date", trigger="schedule", today=TODAY
+        units(session_factory, lambda *a: None), slot="schedule:due-date", trigger="schedule", today=TODAY
     )
     assert report.queued == 1
 
@@ -159,14 +155,14 @@ def test_a_due_retry_blocked_for_a_passing_reason_keeps_its_turn(
         )
         s.get(DunningState, invoice_id).next_attempt_at = now - timedelta(minutes=1)  # type: ignore[union-attr]
         update_settings(s, "admin", online_card_payments_enabled=False)
-    assert batch.open_due_retries(session_factory, lambda *a: None, now=now) == 0
+    assert batch.open_due_retries(session_factory, units(session_factory, lambda *a: None), now=now) == 0
     with session_factory() as s, s.begin():
         state = s.get(DunningState, invoice_id)
         assert state is not None and state.next_attempt_at is not None
         assert state.next_attempt_at > now + timedelta(minutes=59)
         update_settings(s, "admin", online_card_payments_enabled=True)
         state.next_attempt_at = now - timedelta(minutes=1)
-    assert batch.open_due_retries(session_factory, lambda *a: None, now=now) == 1
+    assert batch.open_due_retries(session_factory, units(session_factory, lambda *a: None), now=now) == 1
     with session_factory() as s:
         assert s.scalar(select(ChargeAttempt).where(ChargeAttempt.status == "queued")) is not None
         assert s.get(Invoice, invoice_id) is not None

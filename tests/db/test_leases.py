@@ -18,12 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
 from shared.domain.payments import ChargeRequest, PaymentIntentView, Succeeded, TransientStripeError
 from shared.services import outbox
-from shared.services.charging import RunResult, claim_attempt, lock_attempt, open_attempt, run_attempt
+from shared.services.attempts import lock_attempt
+from shared.services.charge_requests import request_charge
+from shared.services.charging import RunResult, claim_attempt, run_attempt
 from shared.services.janitor import STRANDED_AFTER, recover_charges, republish_stranded
 from shared.services.leases import LeaseKeeper, holder_is_gone, lease_lapsed, process_owner
 from shared.services.ports import Publisher
 from shared.services.settings import update_settings
 from tests.db.test_batch import make_client, make_invoice
+from tests.support.unit_of_work import InSession
 
 LEASE = 15.0
 
@@ -70,7 +73,7 @@ def queued_attempt(factory: sessionmaker[Session], n: int = 1) -> str:
         update_settings(s, "test", stripe_connected=True)
         invoice = make_invoice(s, make_client(s, n), n)
         s.flush()
-        attempt, _ = open_attempt(s, invoice, source="admin", requested_by="test")
+        attempt = request_charge(InSession(s), invoice, source="admin", requested_by="test")
         return attempt.id
 
 

@@ -4,7 +4,6 @@ PostgreSQL, against a real redis-server."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,9 +16,6 @@ from prometheus_client.samples import Sample
 from sqlalchemy.orm import Session, sessionmaker
 
 import web
-import web.services
-from shared import config as shared_config
-from shared.adapters import database as shared_db
 from shared.adapters.database import make_engine
 from shared.adapters.metrics import (
     COUNTERS_KEY,
@@ -29,6 +25,7 @@ from shared.adapters.metrics import (
     OffsessionCollector,
 )
 from shared.adapters.migrate import upgrade
+from shared.bootstrap import bootstrap
 from shared.domain.models import BatchRun, WebhookEvent
 from tests.support import factories
 from tests.support.services import RedisServer
@@ -66,19 +63,11 @@ def app(
         "SECRET_KEY": "metrics-test-secret",
     }.items():
         monkeypatch.setenv(name, value)
-    _reset()
+    runtime = bootstrap()
     try:
-        yield web.create_app()
+        yield web.create_app(runtime=runtime)
     finally:
-        _reset()
-
-
-def _reset() -> None:
-    shared_config.get_config.cache_clear()
-    shared_db.reset_engine_cache()
-    web.services.gateway.cache_clear()
-    web.services.celery_producer.cache_clear()
-    sys.modules.pop("shared.adapters.celeryconfig", None)
+        runtime.close()
 
 
 def _populate(session: Session) -> int:
@@ -258,7 +247,8 @@ def test_a_source_that_is_down_drops_its_series_not_the_scrape(
     app: Flask, metrics_redis: tuple[str, redis.Redis]
 ) -> None:
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    collector = OffsessionCollector(shared_db.get_sessionmaker(), metrics_redis=dead, broker_redis=dead)
+    sessions = app.extensions["offsession"].sessions
+    collector = OffsessionCollector(sessions, metrics_redis=dead, broker_redis=dead)
     families = {family.name: family for family in collector.collect()}
     up = {s.labels["source"]: s.value for s in families["offsession_metrics_source_up"].samples}
     assert up == {"database": 1, "redis": 0, "broker": 0}

@@ -4,29 +4,37 @@ it came (the mark-published UPDATE runs in autocommit on PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.adapters.database import UnitOfWork
 from shared.domain.models import OutboxMessage
 from shared.services import outbox
-from shared.services.charging import charge_message, open_attempt
+from shared.services.charge_requests import load_invoice_for_charge, request_charge
+from shared.services.ports import PendingMessage
 from shared.services.settings import update_settings
 from tests.db.test_batch import make_client, make_invoice, published
+from tests.support.unit_of_work import InSession
 
 
-def _open_charge(factory: sessionmaker[Session], n: int) -> outbox.PendingMessage:
+def _open_charge(factory: sessionmaker[Session], n: int) -> PendingMessage:
     with factory() as s, s.begin():
         update_settings(s, "test", stripe_connected=True)
         invoice = make_invoice(s, make_client(s, n), n)
         s.flush()
-        attempt, message_id = open_attempt(s, invoice, source="admin", requested_by="test")
-        return charge_message(attempt, message_id)
+        uow = InSession(s)
+        request_charge(uow, invoice, source="admin", requested_by="test")
+        (message,) = uow.to_publish
+        return message
 
 
-def test_charge_message_is_the_row_open_attempt_wrote(session_factory: sessionmaker[Session]) -> None:
+def test_the_message_to_publish_is_the_row_request_charge_wrote(
+    session_factory: sessionmaker[Session],
+) -> None:
     message = _open_charge(session_factory, 1)
     with session_factory() as s:
         row = s.get_one(OutboxMessage, message.id)
@@ -87,3 +95,24 @@ def test_the_pooled_connection_is_transactional_again_afterwards(
         s.rollback()
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+
+
+@pytest.mark.parametrize("commits", [True, False])
+def test_a_unit_of_work_publishes_its_messages_once_committed_and_never_after_a_rollback(
+    migrated_engine: Engine, session_factory: sessionmaker[Session], commits: bool
+) -> None:
+    with session_factory() as s, s.begin():
+        update_settings(s, "test", stripe_connected=True)
+        make_invoice(s, make_client(s, 1), 1)
+    sent, publish = published()
+    with contextlib.suppress(LookupError), UnitOfWork(migrated_engine, publish) as uow:
+        invoice = load_invoice_for_charge(uow.session, 1, lock=True)
+        assert invoice is not None
+        attempt = request_charge(uow, invoice, source="admin", requested_by="test")
+        assert sent == []  # nothing leaves before the commit
+        if not commits:
+            raise LookupError("the request fails after the charge was written")
+    assert sent == ([("offsession.charge_attempt", {"attempt_id": attempt.id})] if commits else [])
+    with session_factory() as s:
+        rows = s.scalars(select(OutboxMessage)).all()
+        assert [r.published_at is not None for r in rows] == ([True] if commits else [])

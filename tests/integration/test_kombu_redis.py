@@ -121,8 +121,7 @@ def _transport_class_in(code: str, broker_url: str, home: Path) -> dict[str, Any
 PUBLISH_AND_REPORT = """
 import json
 from kombu.transport import redis as stock
-from {module} import {attr} as app
-app = app() if callable(app) and not hasattr(app, "conf") else app
+{make_app}
 with app.connection_for_write() as conn:
     conn.ensure_connection(max_retries=1)
     channel = conn.default_channel
@@ -135,14 +134,19 @@ with app.connection_for_write() as conn:
 
 
 @pytest.mark.parametrize(
-    ("module", "attr"), [("web.services", "celery_producer"), ("worker", "app")], ids=["web", "worker"]
+    "make_app",
+    [
+        # The publisher the web app and the CLI build (shared.bootstrap), and the workers' own app.
+        "from shared.bootstrap import bootstrap; app = bootstrap().publisher.app",
+        "from worker import app",
+    ],
+    ids=["web", "worker"],
 )
 def test_the_web_publisher_and_the_workers_use_the_transport(
-    module: str, attr: str, redis_server: RedisServer, tmp_path: Path
+    make_app: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    seen = _transport_class_in(
-        PUBLISH_AND_REPORT.format(module=module, attr=attr), f"{redis_server.url}/12", tmp_path
-    )
+    code = PUBLISH_AND_REPORT.format(make_app=make_app)
+    seen = _transport_class_in(code, f"{redis_server.url}/12", tmp_path)
     assert seen["transport"] == TRANSPORT
     assert seen["channel"] == "shared.adapters.kombu_redis:Channel"
     assert seen["stock_channel_untouched"]  # nothing is patched process-wide

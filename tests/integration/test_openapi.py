@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +28,9 @@ from schemathesis.core.result import Err
 from sqlalchemy import select, update
 
 import web
-import web.services
-from shared import config as shared_config
-from shared.adapters import database as shared_db
+from shared.adapters.database import session_scope
 from shared.adapters.migrate import upgrade
+from shared.bootstrap import Runtime, bootstrap
 from shared.domain.models import Card, Settings
 from tests.integration.emulator_fixture import running_emulator
 from web.openapi import document
@@ -47,18 +45,9 @@ BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
 POSITIVE_STATUSES = ["2xx", "402", "404", "409", "422"]
 
 
-def _reset_caches() -> None:
-    """Forget everything read from the environment, so the next use reads this module's settings."""
-    shared_config.get_config.cache_clear()
-    shared_db.reset_engine_cache()
-    web.services.gateway.cache_clear()
-    web.services.celery_producer.cache_clear()
-    # shared.adapters.celeryconfig reads the broker URL when first imported: import it afresh for memory://.
-    sys.modules.pop("shared.adapters.celeryconfig", None)
-
-
 @dataclass
 class World:
+    runtime: Runtime
     app: Flask
     client: FlaskClient
 
@@ -70,7 +59,7 @@ class World:
     def restore(self) -> None:
         """Undo what a generated request may have changed that other operations depend on: Stripe
         connected on the platform account with card payments on, and client 1 with a card."""
-        with shared_db.session_scope() as session:
+        with session_scope(self.runtime.sessions) as session:
             session.execute(
                 update(Settings)
                 .where(Settings.id == 1)
@@ -99,10 +88,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "STRIPE_RATE_LIMIT": "1000",
         }.items():
             mp.setenv(name, value)
-        _reset_caches()
+        runtime = bootstrap()
         try:
-            app = web.create_app()
-            world = World(app, app.test_client())
+            app = web.create_app(runtime=runtime)
+            world = World(runtime, app, app.test_client())
             world.api("PUT", "/api/settings", {"stripe_connected": True})
             client = world.api("POST", "/api/clients", {"name": "Ada Lovelace", "email": "ada@example.com"})
             world.api("POST", f"/api/clients/{client['id']}/cards", {"payment_method": "pm_card_visa"})
@@ -120,7 +109,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert client["id"] == invoice["id"] == 1
             yield world
         finally:
-            _reset_caches()
+            runtime.close()
 
 
 # ---- the document ----------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from shared.adapters.migrate import upgrade
 from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.services import clients, invoices
-from shared.services.charging import charge_request_for, claim_attempt, open_attempt
+from shared.services.charge_requests import request_charge
+from shared.services.charging import charge_request_for, claim_attempt
 from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
 from tests.integration.emulator_fixture import admin, emulator_state, running_emulator
+from tests.support.unit_of_work import InSession
 
 pytestmark = pytest.mark.integration
 SCENARIOS = ("visa", "declined", "needs_auth", "auth_completed", "auth_failed", "refunded")
@@ -55,7 +57,7 @@ def _attempt_without_recording(
             due_date=date(2026, 11, 1),
             actor="test",
         )
-        attempt, _ = open_attempt(session, invoice, source="admin", requested_by="test")
+        attempt = request_charge(InSession(session), invoice, source="admin", requested_by="test")
         attempt_id, invoice_id = attempt.id, invoice.id
     with factory() as session, session.begin():
         claimed = claim_attempt(session, attempt_id, now=utcnow(), lease_seconds=600)

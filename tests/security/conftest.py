@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -27,16 +26,14 @@ from werkzeug.test import TestResponse
 
 import shared.services.admins
 import web
-import web.services
-from shared import config as shared_config
-from shared.adapters import database as shared_db
-from shared.adapters.mail import mailer_from_config
 from shared.adapters.migrate import upgrade
+from shared.bootstrap import Runtime, bootstrap
 from shared.domain.models import Base, OutboxMessage
 from shared.services.admins import create_admin
 from shared.services.notifications import deliver_login_link
 from shared.services.outbox import TASK_SEND_LOGIN_LINK
 from tests.integration.emulator_fixture import running_emulator
+from web.services import RUNTIME_KEY
 
 API_TOKEN = "os_sec-api-token-Zq81vN3x"
 SECRET_KEY = "sec-flask-secret-Yh27Lw9c"
@@ -52,16 +49,6 @@ SECRETS = {
     "admin password": ADMIN_PASSWORD,
 }
 CSRF_MESSAGE = "did not come from this site"
-
-
-def reset_caches() -> None:
-    """Forget everything read from the environment, so the next use reads this test's settings."""
-    shared_config.get_config.cache_clear()
-    shared_db.reset_engine_cache()
-    web.services.gateway.cache_clear()
-    web.services.celery_producer.cache_clear()
-    # shared.adapters.celeryconfig reads the broker URL when first imported: import it afresh for memory://.
-    sys.modules.pop("shared.adapters.celeryconfig", None)
 
 
 @pytest.fixture(scope="session")
@@ -81,16 +68,24 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @dataclass
 class Env:
     home: Path
+    runtime: Runtime
     app: Flask
     emulator: str
     db_path: Path
+
+    def rebuild(self) -> None:
+        """The app again, as the processes would build it from the environment as it is now."""
+        self.runtime.close()
+        self.runtime = bootstrap()
+        self.app = web.create_app(runtime=self.runtime)
+        self.app.testing = True
 
     @property
     def outbox(self) -> Path:
         return self.home / "var" / "outbox"
 
     def session(self) -> Session:
-        return shared_db.get_sessionmaker()()
+        return self.runtime.sessions()
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table: a refused request must leave all of them as they were."""
@@ -133,13 +128,14 @@ def env(
     monkeypatch.setattr(
         shared.services.admins, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
-    reset_caches()
-    app = web.create_app()
+    runtime = bootstrap()
+    app = web.create_app(runtime=runtime)
     app.testing = True
+    env = Env(home, runtime, app, emulator, db_path)
     try:
-        yield Env(home, app, emulator, db_path)
+        yield env
     finally:
-        reset_caches()
+        env.runtime.close()
 
 
 # ---- requests ----------------------------------------------------------------------------------------
@@ -174,10 +170,11 @@ def sign_in_admin(
     return client.post("/admin/login", data=data, **kwargs)
 
 
-def send_queued_emails() -> int:
+def send_queued_emails(app: Flask) -> int:
     """What the worker does with the sign-in emails the web queued (outbox): send each, once."""
     sent = 0
-    with shared_db.get_sessionmaker()() as s:
+    runtime: Runtime = app.extensions[RUNTIME_KEY]
+    with runtime.sessions() as s:
         payloads = [
             dict(m.payload)
             for m in s.scalars(
@@ -186,18 +183,15 @@ def send_queued_emails() -> int:
                 .order_by(OutboxMessage.id)
             )
         ]
-    config = shared_config.get_config()
     for payload in payloads:
-        sent += deliver_login_link(
-            shared_db.get_sessionmaker(), config, mailer_from_config(config), **payload
-        )
+        sent += deliver_login_link(runtime.sessions, runtime.config, runtime.mailer, **payload)
     return sent
 
 
 def request_link(client: FlaskClient, email_: str, **kwargs: Any) -> TestResponse:
     """Ask for a sign-in link, then let the worker's task send it."""
     answer = client.post("/client/login", data={"email": email_, "csrf_token": csrf_of(client)}, **kwargs)
-    send_queued_emails()
+    send_queued_emails(client.application)
     return answer
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 import web
 from shared.domain.models import AuditEvent
 from shared.services.login_throttle import ADMIN_FAILURES_PER_EMAIL_AND_IP
-from tests.security.conftest import Env, World, reset_caches, sign_in_admin
+from tests.security.conftest import Env, World, sign_in_admin
 
 CLIENT_A, CLIENT_B, FORGED = "203.0.113.5", "203.0.113.6", "198.51.100.77"
 
@@ -20,7 +20,6 @@ def app_with(monkeypatch: pytest.MonkeyPatch, **environment: str) -> Flask:
     """The app as create_app() builds it from this environment, plus a probe of what a view sees."""
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    reset_caches()
     app = web.create_app()
     app.add_url_rule(
         "/_probe",

@@ -15,7 +15,6 @@ from tests.security.conftest import (
     Env,
     World,
     bearer,
-    reset_caches,
     sign_in_admin,
     sign_in_client,
 )
@@ -119,7 +118,6 @@ def test_the_session_cookie_is_secure_behind_https(
     env: Env, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://billing.example.com")
-    reset_caches()
     app = web.create_app()
     http, https = app.test_client(), {"base_url": "https://billing.example.com"}
     http.get("/admin/login", **https)

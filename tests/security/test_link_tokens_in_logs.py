@@ -14,9 +14,7 @@ import pytest
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.glogging import Logger as GunicornLogger
 
-from shared.adapters.database import get_sessionmaker
-from shared.adapters.mail import mailer_from_config
-from shared.config import get_config
+from shared.config import load_config
 from shared.services.notifications import deliver_charge_notification
 from tests.security.conftest import Env, World, request_link, text_of, use_link
 
@@ -76,10 +74,10 @@ def test_no_app_log_line_holds_a_token_through_every_link(
     http = env.app.test_client()
     before = env.email_files()
     request_link(http, world.a.email)
-    config = get_config()
+    config = load_config()
     for kind in ("card_update_needed", "authentication_needed"):
         deliver_charge_notification(
-            get_sessionmaker(), config, mailer_from_config(config), world.a.charge_id, kind
+            env.runtime.sessions, config, env.runtime.mailer, world.a.charge_id, kind
         )
     links = [
         re.search(r"https?://[^/\s]+(/client/\S+)", text_of(message)).group(1)  # type: ignore[union-attr]

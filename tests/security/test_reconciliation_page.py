@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-import web.services
-from shared.adapters.database import get_sessionmaker
 from shared.domain.models import Client, OutboxMessage, ReconciliationFinding, ReconciliationRun
 from shared.services.daily_reconciliation import TASK_RECONCILE_DAY, reconcile_day
 from tests.integration.emulator_fixture import sdk_client
@@ -38,7 +36,7 @@ def test_an_orphan_shows_once_on_the_report_with_its_client(env: Env, world: Wor
     assert orphan.status == "succeeded"
     day = datetime.fromtimestamp(orphan.created, UTC).date()
     for _ in range(2):
-        reconcile_day(get_sessionmaker(), web.services.gateway(), day, trigger="test")
+        reconcile_day(env.runtime.sessions, env.runtime.gateway, day, trigger="test")
 
     admin = env.app.test_client()
     assert sign_in_admin(admin).status_code == 302

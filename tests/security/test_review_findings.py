@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
+from cli import main as offsession
 from shared.domain.emails import Notification, compose_message, receipt_email
 from shared.domain.models import Client, Invoice
 from tests.integration.emulator_fixture import emulator_state
@@ -20,11 +21,9 @@ from tests.security.conftest import (
     World,
     api,
     csrf_of,
-    reset_caches,
     sign_in_admin,
     sign_in_client,
 )
-from worker.cli import main as offsession
 
 # Latin-1, so that it travels in an HTTP header; not ASCII, which hmac.compare_digest wants of a str.
 NOT_ASCII = "s\u00e9same-\u00fc\u00df"
@@ -141,7 +140,6 @@ def test_the_upgrade_names_clients_sharing_an_email_and_the_command_that_parts_t
     only ever reach the first): the upgrade stops, changes nothing, and says which and how to fix it."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
-    reset_caches()
     runner = CliRunner()
     assert runner.invoke(offsession, ["db", "upgrade", "--revision", "0009"]).exit_code == 0
     engine = create_engine(url)
@@ -219,7 +217,6 @@ def test_against_stripe_itself_no_other_origin_may_take_a_form(
     import web
 
     monkeypatch.setenv("STRIPE_API_BASE", "https://api.stripe.com")
-    reset_caches()
     header = web.create_app().test_client().get("/client/login").headers["Content-Security-Policy"]
     assert (
         "form-action 'self' https://hooks.stripe.com https://checkout.stripe.com https://connect.stripe.com;"
@@ -239,7 +236,6 @@ def test_seed_demo_refuses_a_live_key(env: Env, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://pay.example.com")
     monkeypatch.setenv("SECRET_KEY", "s" * 48)
     monkeypatch.setenv("OFFSESSION_API_TOKEN", "t" * 48)
-    reset_caches()
     before = env.snapshot()
     result = CliRunner().invoke(offsession, ["seed-demo"])
     assert result.exit_code == 2, result.output

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from shared.adapters.database import get_sessionmaker
 from shared.domain.models import ChargeAttempt, WebhookEvent
 from shared.services.charging import run_attempt
 from shared.services.webhooks import process_event
@@ -31,7 +30,6 @@ from tests.security.conftest import (
     url_for_rule,
 )
 from tests.support.signing import signed
-from web.services import gateway
 
 
 def _text(answer: TestResponse) -> str:
@@ -66,7 +64,8 @@ def test_secrets_appear_in_no_page_no_log_and_no_row(
     answers.append(queued)
     assert queued.status_code == 202
     charge_id = queued.json["id"]
-    run_attempt(get_sessionmaker(), gateway(), charge_id, lease_seconds=60, max_transient_retries=1)
+    runtime = env.runtime
+    run_attempt(runtime.sessions, runtime.gateway, charge_id, lease_seconds=60, max_transient_retries=1)
     with env.session() as s:
         attempt = s.get(ChargeAttempt, charge_id)
         assert attempt is not None and attempt.status == "succeeded", attempt and attempt.status
@@ -87,7 +86,7 @@ def test_secrets_appear_in_no_page_no_log_and_no_row(
     with env.session() as s:
         row_id = s.scalar(select(WebhookEvent.id).where(WebhookEvent.stripe_event_id == "evt_security_1"))
     assert row_id is not None
-    process_event(get_sessionmaker(), gateway(), row_id)
+    process_event(env.runtime.sessions, env.runtime.gateway, row_id)
     forged_payload, forged_headers = signed({**event, "id": "evt_forged"}, "whsec_guessed")
     answers.append(
         env.app.test_client().post("/webhooks/stripe", data=forged_payload, headers=forged_headers)

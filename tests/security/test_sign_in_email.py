@@ -11,14 +11,11 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-import web
-from shared.adapters.database import get_sessionmaker
-from shared.adapters.mail import FileMailer, mailer_from_config
-from shared.config import get_config
+from shared.adapters.mail import FileMailer
 from shared.domain.models import NotificationLog, OutboxMessage
 from shared.services.notifications import deliver_login_link
 from shared.services.outbox import TASK_SEND_LOGIN_LINK
-from tests.security.conftest import Env, World, csrf_of, reset_caches
+from tests.security.conftest import Env, World, csrf_of
 
 ROUNDS = 25
 
@@ -32,9 +29,7 @@ def _closed_port() -> int:
 @pytest.fixture
 def smtp_down(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
     monkeypatch.setenv("MAIL_URL", f"smtp://127.0.0.1:{_closed_port()}")
-    reset_caches()
-    env.app = web.create_app()
-    env.app.testing = True
+    env.rebuild()
     return env
 
 
@@ -81,12 +76,13 @@ def test_the_worker_retries_a_refused_email_until_the_server_takes_it(smtp_down:
             m.payload
             for m in s.scalars(select(OutboxMessage).where(OutboxMessage.task_name == TASK_SEND_LOGIN_LINK))
         ]
-    config = get_config()
+    runtime = smtp_down.runtime
+    config, sessions = runtime.config, runtime.sessions
     with pytest.raises(OSError):
-        deliver_login_link(get_sessionmaker(), config, mailer_from_config(config), **payload)
+        deliver_login_link(sessions, config, runtime.mailer, **payload)
     with smtp_down.session() as s:
         assert s.scalar(select(func.count()).select_from(NotificationLog)) == 0  # given back
     mailer = FileMailer(smtp_down.outbox)  # the server is back
-    assert deliver_login_link(get_sessionmaker(), config, mailer, **payload) is True
-    assert deliver_login_link(get_sessionmaker(), config, mailer, **payload) is False  # once
+    assert deliver_login_link(sessions, config, mailer, **payload) is True
+    assert deliver_login_link(sessions, config, mailer, **payload) is False  # once
     assert [m["To"] for m in smtp_down.new_emails(set())] == [world.a.email]

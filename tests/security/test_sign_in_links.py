@@ -14,9 +14,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared.adapters.database import get_sessionmaker
-from shared.adapters.mail import mailer_from_config
-from shared.config import get_config
+from shared.config import load_config
 from shared.domain.link_tokens import AUTHENTICATE, LINK_LIFETIMES, SIGN_IN, LoginLinkError
 from shared.domain.models import ClientLoginToken, utcnow
 from shared.services.client_links import consume_link, issue_link
@@ -51,9 +49,9 @@ def _emailed_sign_in_token(env: Env, address: str) -> str:
 def _charge_email_token(env: Env, charge_id: str, kind: str) -> tuple[str, str]:
     """The link of the email a worker sends about this charge: (its path, its token)."""
     before = env.email_files()
-    config = get_config()
+    config = load_config()
     assert deliver_charge_notification(
-        get_sessionmaker(), config, mailer_from_config(config), charge_id, kind
+        env.runtime.sessions, config, env.runtime.mailer, charge_id, kind
     )
     (message,) = env.new_emails(before)
     match = re.search(r"https?://[^/\s]+(/client/\S+)\?token=(\S+)", text_of(message))
@@ -253,10 +251,10 @@ def test_link_lifetimes_are_as_short_as_their_action_allows(env: Env, world: Wor
 
 def test_the_emails_say_the_link_works_once(env: Env, world: World) -> None:
     before = env.email_files()
-    config = get_config()
+    config = load_config()
     for kind in ("card_update_needed", "authentication_needed"):
         deliver_charge_notification(
-            get_sessionmaker(), config, mailer_from_config(config), world.a.charge_id, kind
+            env.runtime.sessions, config, env.runtime.mailer, world.a.charge_id, kind
         )
     request_link(env.app.test_client(), world.a.email)
     bodies = [text_of(m) for m in env.new_emails(before)]

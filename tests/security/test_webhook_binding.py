@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared.adapters.database import get_sessionmaker
 from shared.domain.models import ChargeAttempt, Client, Payment, WebhookEvent, utcnow
 from shared.domain.payments import ChargeRequest
 from shared.services.charging import run_attempt
@@ -33,7 +32,6 @@ from tests.security.conftest import (
     sign_in_admin,
 )
 from tests.support.signing import signed
-from web.services import gateway
 
 
 def _charge(env: Env, invoice_id: int, card: str | None = None) -> str:
@@ -41,7 +39,9 @@ def _charge(env: Env, invoice_id: int, card: str | None = None) -> str:
     http = env.app.test_client()
     queued = api(http, "POST", f"/api/invoices/{invoice_id}/charges")
     assert queued.status_code == 202, queued.json
-    run_attempt(get_sessionmaker(), gateway(), queued.json["id"], lease_seconds=60, max_transient_retries=1)
+    runtime = env.runtime
+    charge_id = queued.json["id"]
+    run_attempt(runtime.sessions, runtime.gateway, charge_id, lease_seconds=60, max_transient_retries=1)
     return str(queued.json["id"])
 
 
@@ -77,7 +77,7 @@ def _deliver(env: Env, event: dict[str, Any]) -> str:
     with env.session() as s:
         row_id = s.scalar(select(WebhookEvent.id).where(WebhookEvent.stripe_event_id == event["id"]))
     assert row_id is not None
-    return process_event(get_sessionmaker(), gateway(), row_id)
+    return process_event(env.runtime.sessions, env.runtime.gateway, row_id)
 
 
 def _money_state(env: Env) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -127,7 +127,7 @@ def test_another_payment_intent_carrying_the_charges_metadata_adds_nothing(env: 
         card = paid.payment_method_id
     assert customer and card
     # Another PaymentIntent that money really moved for, copying the paid charge's metadata.
-    other = gateway().create_offsession_payment_intent(
+    other = env.runtime.gateway.create_offsession_payment_intent(
         ChargeRequest(
             amount=5000,
             currency="usd",
@@ -220,7 +220,7 @@ def test_a_metadata_match_is_checked_against_stripes_own_copy(env: Env, world: W
         card_b = next(c for c in s.get_one(Client, world.b.client_id).cards if c.is_default)
         pm_b = card_b.stripe_payment_method_id
     assert customer_b
-    elsewhere = gateway().create_offsession_payment_intent(
+    elsewhere = env.runtime.gateway.create_offsession_payment_intent(
         ChargeRequest(
             amount=1234,
             currency="usd",
@@ -317,7 +317,7 @@ def test_the_janitor_does_not_record_a_payment_intent_that_only_copies_the_metad
         customer, card = attempt.stripe_customer_id, attempt.payment_method_id
         s.commit()
     assert customer and card
-    gateway().create_offsession_payment_intent(
+    env.runtime.gateway.create_offsession_payment_intent(
         ChargeRequest(
             amount=4999,
             currency="usd",
@@ -334,7 +334,8 @@ def test_the_janitor_does_not_record_a_payment_intent_that_only_copies_the_metad
     )
     before = env.snapshot()["payment"]
 
-    assert resolve_attempt(get_sessionmaker(), gateway(), attempt_id, now=utcnow()) == NEEDS_OPERATOR
+    runtime = env.runtime
+    assert resolve_attempt(runtime.sessions, runtime.gateway, attempt_id, now=utcnow()) == NEEDS_OPERATOR
 
     with env.session() as s:
         attempt = s.get_one(ChargeAttempt, attempt_id)

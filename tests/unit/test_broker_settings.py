@@ -12,28 +12,26 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.celeryconfig import celery_settings as settings_for
+from shared.config import load_config
+
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ("broker_transport_options", "broker_transport", "broker_use_ssl")
 
 
 def celery_settings(broker_url: str, home: Path) -> dict[str, Any]:
-    # A fresh interpreter: the settings module reads the environment once, at import. The database is a
-    # server's (never reached here), so only the broker could want var/.
+    """The settings for this broker, in a configuration whose database is a server's (never reached
+    here), so only the broker could want var/."""
     env = {
-        **os.environ,
         "CELERY_BROKER_URL": broker_url,
         "OFFSESSION_HOME": str(home),
         "DATABASE_URL": "postgresql+psycopg://offsession@127.0.0.1:1/offsession",
     }
-    code = (
-        "import json; from shared.adapters import celeryconfig as c; "
-        f"print(json.dumps({{name: getattr(c, name, None) for name in {SETTINGS!r}}}, default=int))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = settings_for(load_config())
+    return {name: settings.get(name) for name in SETTINGS}
 
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@rabbit:5672//", "pyamqp://rabbit//"])
@@ -61,7 +59,7 @@ def test_redis_over_tls_checks_the_certificate(tmp_path: Path) -> None:
     import ssl
 
     settings = celery_settings("rediss://:pw@redis.example.com:6380/0", tmp_path)
-    assert settings["broker_use_ssl"] == {"ssl_cert_reqs": int(ssl.CERT_REQUIRED)}
+    assert settings["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert celery_settings("redis://127.0.0.1:6379/0", tmp_path)["broker_use_ssl"] is None
 
 

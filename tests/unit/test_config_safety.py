@@ -13,7 +13,6 @@ from shared.config import (
     EMULATOR_WEBHOOK_SECRET,
     ConfigError,
     config_or_exit,
-    get_config,
     load_config,
 )
 
@@ -48,9 +47,7 @@ def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OFFSESSION_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    get_config.cache_clear()
     yield tmp_path
-    get_config.cache_clear()
 
 
 def configure(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import stripe
 
-from shared.adapters.rate_budget import DEFAULT_ACQUIRE_TIMEOUT_SECONDS, rate_limited_gateway
+from shared.adapters.rate_budget import DEFAULT_ACQUIRE_TIMEOUT_SECONDS
 from shared.adapters.stripe_gateway import STRIPE_NETWORK_RETRIES, STRIPE_TIMEOUT_SECONDS, StripeGateway
+from shared.bootstrap import bootstrap
 from shared.config import ConfigError, load_config
 
 
@@ -26,7 +27,7 @@ def test_the_gateway_the_workers_use_counts_the_wait_for_a_rate_token(
 ) -> None:
     monkeypatch.setenv("OFFSESSION_HOME", str(tmp_path))
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
-    gateway = rate_limited_gateway(load_config())
+    gateway = bootstrap(load_config()).gateway
     assert gateway.longest_call_seconds == (
         DEFAULT_ACQUIRE_TIMEOUT_SECONDS
         + (STRIPE_NETWORK_RETRIES + 1) * STRIPE_TIMEOUT_SECONDS

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from shared.domain.ledger import InvoiceStatus, LedgerError, balance, record_payment
+from shared.domain.ledger import InvoiceStatus, LedgerError, balance
+from shared.domain.models import Invoice, Payment
+from shared.services import payments
 from tests.support import factories
+
+
+def record_payment(session: Session, invoice: Invoice, **kwargs: Any) -> Payment:
+    return payments.record_payment(session, invoice, recorded_by="admin:test", **kwargs)
 
 
 def test_partial_payments_by_several_methods_on_different_days(sqlite_session: Session) -> None:
@@ -51,7 +58,7 @@ def test_in_flight_card_charge_counts_as_taken(sqlite_session: Session) -> None:
     attempt = factories.attempt(invoice, "processing", amount=10_000)
     factories.persist(sqlite_session, invoice, attempt)
     with pytest.raises(LedgerError, match="being charged to the card"):
-        record_payment(sqlite_session, invoice, amount=10_000, method="cash", in_flight_charge=attempt)
+        record_payment(sqlite_session, invoice, amount=10_000, method="cash")
 
 
 def test_refund_is_a_negative_entry_and_reopens_the_invoice(sqlite_session: Session) -> None:

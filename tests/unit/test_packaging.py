@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("shared", "web", "worker", "stripe_emulator")
+PRODUCT = ("shared", "web", "worker", "cli", "stripe_emulator")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -140,6 +140,7 @@ def test_the_image_build_context_leaves_out_local_state() -> None:
         "shared",
         "web",
         "worker",
+        "cli",
         "stripe_emulator",
     }
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
 
-from shared.config import get_config
+from shared.adapters.celeryconfig import celery_settings
+from shared.config import load_config
 
 
 @pytest.fixture
-def celeryconfig_in_new_york(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+def settings_in_new_york(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     monkeypatch.setenv("OFFSESSION_HOME", str(tmp_path))
     monkeypatch.setenv("OFFSESSION_BATCH_TIMEZONE", "America/New_York")
-    get_config.cache_clear()
-    sys.modules.pop("shared.adapters.celeryconfig", None)
-    try:
-        yield importlib.import_module("shared.adapters.celeryconfig")
-    finally:
-        sys.modules.pop("shared.adapters.celeryconfig", None)
-        get_config.cache_clear()
+    return celery_settings(load_config())
 
 
-def test_yesterday_is_reconciled_daily_at_0230_utc(celeryconfig_in_new_york: ModuleType) -> None:
-    config = celeryconfig_in_new_york
-    assert config.timezone == "America/New_York"
-    entry = config.beat_schedule["reconcile-yesterday"]
+def test_yesterday_is_reconciled_daily_at_0230_utc(settings_in_new_york: dict[str, Any]) -> None:
+    settings = settings_in_new_york
+    assert settings["timezone"] == "America/New_York"
+    entry = settings["beat_schedule"]["reconcile-yesterday"]
     assert entry["task"] == "offsession.reconcile_day"
     assert "kwargs" not in entry and "args" not in entry  # no day: the task takes yesterday when it runs
     schedule = entry["schedule"]

@@ -16,9 +16,9 @@ def _url() -> str:
     explicit = config.get_main_option("sqlalchemy.url")
     if explicit:
         return explicit
-    from shared.config import get_config
+    from shared.config import load_config
 
-    return get_config().database_url
+    return load_config().database_url
 
 
 def _run(connection: Connection) -> None:

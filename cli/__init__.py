@@ -1,4 +1,4 @@
-"""The `offsession` command (design §1): an adapter like web/ and worker/, over shared/.
+"""The `offsession` command: an entry point like web/ and worker/, over shared/ (console script `offsession`).
 
 Errors print one clear line on stderr and exit 2.
 """
@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from shared.config import EMULATOR_API_BASE, ConfigError, get_config, var_dir
+from shared.bootstrap import Runtime, bootstrap
+from shared.config import EMULATOR_API_BASE, ConfigError, var_dir
 
 
 class CommandError(click.ClickException):
@@ -34,9 +35,16 @@ def main(ctx: click.Context) -> None:
     if ctx.invoked_subcommand == "emulator":
         return  # a stand-in for Stripe, not the product: it reads none of the product's configuration
     try:
-        get_config()
+        ctx.obj = bootstrap()
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc
+    ctx.call_on_close(ctx.obj.close)
+
+
+def runtime() -> Runtime:
+    """The command's Runtime (shared.bootstrap), built by `main` from the environment."""
+    rt: Runtime = click.get_current_context().find_root().obj
+    return rt
 
 
 @main.group(help="Database schema.")
@@ -50,10 +58,10 @@ def db_upgrade(revision: str) -> None:
     from shared.adapters.migrate import upgrade
 
     try:
-        upgrade(get_config().database_url, revision)
+        upgrade(runtime().config.database_url, revision)
     except Exception as exc:  # one clear line instead of a traceback
         raise CommandError(f"migration failed: {exc}") from exc
-    click.echo(f"database at {revision}: {_redact(get_config().database_url)}")
+    click.echo(f"database at {revision}: {_redact(runtime().config.database_url)}")
 
 
 # ignore_unknown_options: "-1" is a revision, not an option.
@@ -67,10 +75,10 @@ def db_downgrade(revision: str) -> None:
     from shared.adapters.migrate import downgrade
 
     try:
-        downgrade(get_config().database_url, revision)
+        downgrade(runtime().config.database_url, revision)
     except Exception as exc:  # one clear line instead of a traceback
         raise CommandError(f"downgrade failed: {exc}") from exc
-    click.echo(f"database at {revision}: {_redact(get_config().database_url)}")
+    click.echo(f"database at {revision}: {_redact(runtime().config.database_url)}")
 
 
 @main.command("create-admin", help="Create an admin (or set a new password for an existing one).")
@@ -88,12 +96,12 @@ def create_admin(email: str, password: str | None) -> None:
         if getpass.getpass("Again: ") != password:
             raise CommandError("the passwords differ")
     try:
-        with session_scope() as session:
+        with session_scope(runtime().sessions) as session:
             admin = create(session, email, password)
             address = admin.email
     except AdminError as exc:
         raise CommandError(str(exc)) from exc
-    click.echo(f"admin {address} can sign in at {get_config().public_base_url}/admin/login")
+    click.echo(f"admin {address} can sign in at {runtime().config.public_base_url}/admin/login")
 
 
 @main.command(
@@ -108,7 +116,7 @@ def set_client_email(client_id: int, email: str) -> None:
     from shared.services.clients import ClientError, NotFound, change_email
 
     try:
-        with session_scope() as session:
+        with session_scope(runtime().sessions) as session:
             address = change_email(session, client_id, email, actor="cli")
     except (ClientError, NotFound) as exc:
         raise CommandError(str(exc)) from exc
@@ -117,16 +125,15 @@ def set_client_email(client_id: int, email: str) -> None:
 
 @main.command("seed-demo", help="Demo clients, cards and invoices; running it again changes nothing.")
 def seed_demo() -> None:
-    from shared.adapters.database import get_sessionmaker
     from shared.adapters.stripe_gateway import gateway_from_config
     from shared.domain.payments import GatewayError
     from shared.services.seed import SeedRefused
     from shared.services.seed import seed_demo as seed
 
-    config = get_config()
+    config = runtime().config
     try:
         with _emulator_for_seeding():
-            report = seed(get_sessionmaker(), gateway_from_config(config), var_dir())
+            report = seed(runtime().sessions, gateway_from_config(config), var_dir())
     except SeedRefused as exc:
         raise CommandError(str(exc)) from exc
     except GatewayError as exc:
@@ -145,21 +152,20 @@ def seed_demo() -> None:
 )
 @click.option("--day", "day_text", metavar="YYYY-MM-DD", help="A UTC day to reconcile against Stripe.")
 def reconcile(day_text: str | None) -> None:
-    from shared.adapters.database import get_sessionmaker
     from shared.services.janitor import run_janitor
-    from worker.tasks import gateway, publish
 
     if day_text is not None:
         _reconcile_day(day_text)
         return
-    report = run_janitor(get_sessionmaker(), gateway(), publish)
+    rt = runtime()
+    report = run_janitor(rt.sessions, rt.gateway, rt.publisher)
     click.echo(report.summary())
     if report.still_unknown or report.flagged_for_operator:
         click.echo("some charges still need attention: see GET /api/charges?status=unknown", err=True)
 
 
 def _reconcile_day(day_text: str) -> None:
-    from shared.adapters.database import get_sessionmaker, session_scope
+    from shared.adapters.database import session_scope
     from shared.domain.money import format_money
     from shared.services.daily_reconciliation import (
         ReconciliationError,
@@ -167,11 +173,10 @@ def _reconcile_day(day_text: str) -> None:
         parse_day,
         reconcile_day,
     )
-    from worker.tasks import gateway
 
     try:
         day = parse_day(day_text)
-        report = reconcile_day(get_sessionmaker(), gateway(), day, trigger="cli")
+        report = reconcile_day(runtime().sessions, runtime().gateway, day, trigger="cli")
     except ReconciliationError as exc:
         raise CommandError(str(exc)) from exc
     click.echo(f"reconciliation of {day} (UTC) against Stripe")
@@ -187,7 +192,7 @@ def _reconcile_day(day_text: str) -> None:
             f"{account.orphans:>8} {account.missing:>8}"
             + (f"  error: {account.error}" if account.error else "")
         )
-    with session_scope() as session:
+    with session_scope(runtime().sessions) as session:
         for finding in day_findings(session, day):
             amount = (
                 format_money(finding.amount, finding.currency) if finding.currency else str(finding.amount)
@@ -213,16 +218,16 @@ def _reconcile_day(day_text: str) -> None:
 def charge_due(dry_run: bool, wait: bool) -> None:
     from datetime import UTC, datetime
 
-    from shared.adapters.database import get_sessionmaker, session_scope
+    from shared.adapters.database import session_scope
     from shared.domain.money import format_money
+    from shared.domain.states import SETTLED
     from shared.services.batch import dry_run as preview
     from shared.services.batch import outcome_counts, run_batch
-    from worker.tasks import publish
 
-    config = get_config()
+    config = runtime().config
     now = datetime.now(UTC)
     today = now.astimezone(config.batch_zone()).date()
-    factory = get_sessionmaker()
+    factory = runtime().sessions
     if dry_run:
         plan = preview(factory, today=today, now=now)
         totals = (
@@ -237,7 +242,9 @@ def charge_due(dry_run: bool, wait: bool) -> None:
             click.echo("skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(plan.skipped.items())))
         click.echo("dry run: nothing was charged")
         return
-    report = run_batch(factory, publish, slot=f"cli:{now.isoformat()}", trigger="cli", today=today, now=now)
+    report = run_batch(
+        runtime().unit_of_work, slot=f"cli:{now.isoformat()}", trigger="cli", today=today, now=now
+    )
     assert report.batch_run_id is not None
     click.echo(
         f"batch {report.batch_run_id}: {report.selected} due, {report.queued} queued, "
@@ -245,13 +252,13 @@ def charge_due(dry_run: bool, wait: bool) -> None:
     )
     if not wait or not report.queued:
         return
-    final = {"succeeded", "failed", "requires_action", "canceled"}
+    final = {status.value for status in SETTLED}
     with click.progressbar(length=report.queued, label="charging", show_pos=True) as bar:
         settled = 0
         deadline = time.monotonic() + max(120.0, report.queued / 2)
         while settled < report.queued and time.monotonic() < deadline:
             time.sleep(0.5)
-            with session_scope() as session:
+            with session_scope(runtime().sessions) as session:
                 counts = outcome_counts(session, report.batch_run_id)
             now_settled = sum(n for status, n in counts.items() if status in final)
             bar.update(now_settled - settled)
@@ -283,7 +290,7 @@ def _emulator_for_seeding() -> Iterator[None]:
     It keeps its state in the same file as the emulator `make run` starts, so the demo's Stripe
     customers and cards are still there when the real one comes up.
     """
-    config = get_config()
+    config = runtime().config
     if config.stripe_api_base != EMULATOR_API_BASE:
         yield
         return
