@@ -1,4 +1,4 @@
-"""Charges per second of one due-invoice batch under the shared Stripe rate budget (issue 6).
+"""Charges per second of one due-invoice batch under the shared Stripe rate budget.
 
 Starts a throwaway redis-server and PostgreSQL 15 (or a SQLite file), then the real stack (emulator,
 gunicorn, celery workers) with STRIPE_RATE_LIMIT=20 and the budget in Redis, so every worker process

@@ -1,5 +1,4 @@
-"""A due-invoice batch at Stripe's physical limit, the naive loop beside it, and the charge worker's memory
-(issue 8).
+"""A due-invoice batch at Stripe's physical limit, the naive loop beside it, and the charge worker's memory.
 
 Starts a throwaway redis-server and PostgreSQL 15, then the real stack in its production shape
 (Procfile): the emulator, gunicorn (where the emulator's webhooks arrive), a `worker-charges` process

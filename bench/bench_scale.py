@@ -1,4 +1,4 @@
-"""The due-invoice selection and the admin invoice list over 1,000,000 invoices in PostgreSQL (issue 8).
+"""The due-invoice selection and the admin invoice list over 1,000,000 invoices in PostgreSQL.
 
 Starts a throwaway PostgreSQL 15, migrates it (shared.adapters.migrate, as `offsession db upgrade` does) and
 bulk-loads, server-side with INSERT ... SELECT generate_series, a realistic book: 50,000 clients
@@ -19,7 +19,7 @@ for most card payments, declined attempts and a few still in flight; then ANALYZ
     .venv/bin/python bench/bench_scale.py                                  # 1,000,000 invoices
     .venv/bin/python bench/bench_scale.py --invoices 100000 --clients 5000 --explain
 
-Goals (issue 8): selection <= 50 ms per 1,000-row page; the admin list renders in <= 100 ms. They are
+Goals: selection <= 50 ms per 1,000-row page; the admin list renders in <= 100 ms. They are
 reported (met / not met), not enforced: timings depend on the machine. Exits 1 on a correctness
 violation only: the selection missing a due invoice, returning one twice or one that is not due.
 --database-url runs against an existing database instead (loaded when it has no invoices yet).

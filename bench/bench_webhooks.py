@@ -1,5 +1,5 @@
 """Webhooks: signed events accepted per second by POST /webhooks/stripe beside a floor, and processed per
-second by the Celery workers (issue 8).
+second by the Celery workers.
 
 Starts a throwaway redis-server (broker, and the Stripe rate budget) and PostgreSQL 15, then the real
 stack (emulator, gunicorn with the Procfile's settings) without workers. Setup charges N attempts
@@ -26,7 +26,7 @@ webhook secret just before posting it.
     .venv/bin/python bench/bench_webhooks.py                    # 1000 attempts (~3,300 deliveries), 8 clients
     .venv/bin/python bench/bench_webhooks.py --attempts 200 --clients 4 --pool threads --concurrency 16
 
-Goals (issue 8): accepted >= 60% of the floor's throughput; processed >= 300 events/s. They are
+Goals: accepted >= 60% of the floor's throughput; processed >= 300 events/s. They are
 reported, not enforced. Exits 1 on a correctness violation only: an answer other than 200 (or 202 from
 the floor), an event stored twice or not at all, a duplicate not recognised as one, an event left
 unprocessed or in error, an attempt in another state than its card dictates, a payment recorded twice.

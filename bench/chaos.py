@@ -1,4 +1,4 @@
-"""Chaos run (issue 7): prove with figures that Offsession never charges twice and never loses a charge.
+"""Chaos run: prove with figures that Offsession never charges twice and never loses a charge.
 
     .venv/bin/python bench/chaos.py [--invoices 1000] [--clicks 50] [--kill-every 4] [--short]
 

@@ -1,4 +1,4 @@
-"""CPU per charge of the charge task itself, in one process (issue 8): no broker consumer, no threads.
+"""CPU per charge of the charge task itself, in one process: no broker consumer, no threads.
 
 Starts a throwaway PostgreSQL 15 and redis-server and an in-process Stripe emulator (no latency, no rate
 limit), opens N queued attempts over N invoices (one client, pm_card_visa), then runs the Celery task

@@ -1,4 +1,4 @@
-"""CPU per enqueue request in one process (issue 8): POST /api/invoices/<id>/charges without gunicorn.
+"""CPU per enqueue request in one process: POST /api/invoices/<id>/charges without gunicorn.
 
 Starts a throwaway PostgreSQL 15 and redis-server (the broker), builds the web app as gunicorn does
 (create_app(), JSON log lines, written to /dev/null here) and sends N POSTs through Flask's test client,
@@ -10,7 +10,7 @@ CPU clock). The workers are not started: each accepted charge waits on the broke
     .venv/bin/python bench/profile_enqueue.py --posts 300
     .venv/bin/python bench/profile_enqueue.py --posts 300 --profile   # CPU profile to stdout
 
-Goal (issue 8): <= 5 ms CPU per POST, what >= 40% of the floor's throughput on 2 cores needs; reported,
+Goal: <= 5 ms CPU per POST, what >= 40% of the floor's throughput on 2 cores needs; reported,
 not enforced. Exits 1 if a POST is not answered 202 or an accepted charge lacks its published outbox row.
 """
 

@@ -1,4 +1,4 @@
-"""Admin pages (design §8): sign-in, invoices with the Charge buyer button, charges, settings."""
+"""Admin pages: sign-in, invoices with the Charge buyer button, charges, settings."""
 
 from __future__ import annotations
 

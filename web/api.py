@@ -1,4 +1,4 @@
-"""The JSON API (design §6). Views parse, call shared/, answer; the rules live in shared/."""
+"""The JSON API (described by web/openapi.py). Views parse, call shared/, answer; the rules live there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Client Zone (design §8): sign-in by one-time link, own invoices, saved cards, pay now,
+"""The Client Zone: sign-in by one-time link, own invoices, saved cards, pay now,
 complete authentication. A client sees their own things only: anything else answers 404."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0.3 description of the JSON API, served at GET /api/openapi.json (design §6).
+"""The OpenAPI 3.0.3 description of the JSON API, served at GET /api/openapi.json.
 
 It documents what the code does, not what it might: enums and limits come from the constants the
 views and shared/ check against, and tests/integration/test_openapi.py runs schemathesis against the

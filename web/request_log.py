@@ -1,4 +1,4 @@
-"""Request ids and one JSON log line per request (issue 9).
+"""Request ids and one JSON log line per request.
 
 Each request gets an id: the caller's X-Request-ID when it is a plausible id, else a fresh one. It is
 bound to every line logged while the request runs, sent back as X-Request-ID, and carried to the

@@ -1,4 +1,4 @@
-"""JSON shapes of the API (design §6)."""
+"""JSON shapes of the API (web/openapi.py describes them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Structured logs (issue 9): one JSON object per line, carrying the ids of what is being worked on.
+"""Structured logs: one JSON object per line, carrying the ids of what is being worked on.
 
 The ids (invoice_id, charge_attempt_id, payment_intent_id, event_id, request_id, ...) are those bound
 by shared.log_context: the web app binds the request id for a request, the worker binds the task's ids

@@ -1,4 +1,4 @@
-"""Prometheus metrics (issue 9): what /metrics shows, computed when Prometheus scrapes.
+"""Prometheus metrics: what /metrics shows, computed when Prometheus scrapes.
 
 The web process cannot see the workers' memory, so nothing here is a process-local counter:
 - the state of the charges, the webhook backlog and the latest batch are read from the database at

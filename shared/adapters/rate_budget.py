@@ -1,4 +1,4 @@
-"""One Stripe request budget per account, shared by every worker and web process (issue 6, item 3).
+"""One Stripe request budget per account, shared by every worker and web process.
 
 Celery's `rate_limit` is per worker instance, so the budget lives where every process sees it: in Redis
 (a Lua script, atomic, on the Redis server's clock) when REDIS_URL is set, else in the database (one
@@ -309,7 +309,7 @@ class DatabaseRateBudget(_PollingBudget):
 def rate_budget_from_config(
     config: Config, session_factory: sessionmaker[Session]
 ) -> RedisRateBudget | DatabaseRateBudget:
-    """Redis when REDIS_URL is set, else the database (design §2); the rate is STRIPE_RATE_LIMIT."""
+    """Redis when REDIS_URL is set, else the database; the rate is STRIPE_RATE_LIMIT."""
     if config.redis_url:
         # Bounded socket waits: a hung Redis must surface as an error, not freeze every charge.
         client = redis.Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)

@@ -528,9 +528,9 @@ class StripeGateway:
     # ---- charges -----------------------------------------------------------------------------------
 
     def create_offsession_payment_intent(self, request: ChargeRequest) -> ChargeOutcome:
-        """Create and confirm an off-session card PaymentIntent (design §4). Replaying the same request
-        returns the first answer (declines included) for as long as Stripe keeps the key (≥ 24 h).
-        Raises TransientStripeError (outcome unknown: replay) or PermanentStripeError."""
+        """Create and confirm an off-session card PaymentIntent (payment_intent_create_params). Replaying
+        the same request returns the first answer (declines included) for as long as Stripe keeps the key
+        (≥ 24 h). Raises TransientStripeError (outcome unknown: replay) or PermanentStripeError."""
         params = payment_intent_create_params(request)
         options = _options(request.idempotency_key, request.stripe_account)
         try:

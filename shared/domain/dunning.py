@@ -151,7 +151,8 @@ _CARD_RULES = (
         "Your card does not support payments in this currency.",
         "The card does not support the invoice's currency.",
     ),
-    # declines.md marks do_not_honor SOFT; issue 6 names it among the hard declines that are never
+    # declines.md marks do_not_honor SOFT; the product's retry policy (README, Retries as data) names it
+    # among the hard declines that are never
     # retried. The issue is the requirement, so it is HARD here (see DEVIATIONS_FROM_DECLINES_MD).
     _card(
         "do_not_honor",
@@ -521,7 +522,7 @@ UNKNOWN_CODE_FALLBACK = "generic_decline"
 
 # Where this table knowingly departs from declines.md's class, and why.
 DEVIATIONS_FROM_DECLINES_MD: Mapping[str, str] = {
-    "do_not_honor": "declines.md: SOFT; issue 6 lists it among the hard declines that are never retried",
+    "do_not_honor": "declines.md: SOFT; hard here, as the README's retry policy says: never retried",
 }
 
 # outcome.reason values that come with outcome.type=blocked (declines.md rule 1).

@@ -1,4 +1,4 @@
-"""Why an invoice can or cannot be charged now (design §5).
+"""Why an invoice can or cannot be charged now.
 
 `charge_blockers()` is the single source of the answer: the greyed button's tooltip, the API's 409
 and the worker's last look before calling Stripe all ask it.

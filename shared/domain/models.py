@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models for every entity of design §3.
+"""SQLAlchemy 2 models: the records every layer reads (docs/architecture.md says why they live here).
 
 Amounts are integers in minor units; times are UTC. Derived values (amount paid, amount due, the
 invoice status) are computed from the ledger in shared.domain.ledger, never stored twice.
@@ -211,7 +211,7 @@ class Invoice(Base):
             f"payment_method IN ({_in_list(INVOICE_PAYMENT_METHODS)})", name="payment_method_known"
         ),
         CheckConstraint("currency = lower(currency) AND length(currency) = 3", name="currency_iso"),
-        # The due-invoice selection of the batch (issue 6) walks this index page by page.
+        # The due-invoice selection of the batch walks this index page by page.
         Index("ix_invoice_auto_charge_due", "auto_charge", "due_date", "id"),
         # The batch walks only what it may charge, by id; due date and total come from the index itself.
         Index(

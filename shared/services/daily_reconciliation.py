@@ -1,4 +1,4 @@
-"""The daily reconciliation against Stripe (issue 9): does Stripe's list of a day's PaymentIntents
+"""The daily reconciliation against Stripe: does Stripe's list of a day's PaymentIntents
 agree with our charge attempts and our ledger?
 
 For one UTC day and each Stripe account we charge through, every PaymentIntent created that day is

@@ -1,4 +1,4 @@
-"""Sign-in throttling (issue 7): at most N counted events per key in a sliding window, kept in the
+"""Sign-in throttling: at most N counted events per key in a sliding window, kept in the
 database so that every gunicorn worker and every process shares one count.
 
 What is counted (the limits below):

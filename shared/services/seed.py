@@ -1,7 +1,7 @@
 """Demo data for `offsession seed-demo`: idempotent, keyed by client email and invoice number.
 
-Clients carry the emulator's test cards of each behaviour (design §7); invoices cover every status
-(open, partially paid, paid, void), and some are due today with auto-charge on.
+Clients carry the emulator's test cards of each behaviour (stripe_emulator/cards.py); invoices cover every
+status (open, partially paid, paid, void), and some are due today with auto-charge on.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The invoice list and the batch's due-invoice selection as a large book needs them (issue 8), on SQLite
+"""The invoice list and the batch's due-invoice selection as a large book needs them, on SQLite
 and PostgreSQL: pages without a full count, searches by number and client name, paid invoices left out
 of the selection in SQL."""
 

@@ -1,4 +1,4 @@
-"""GET /metrics (issue 9): every series the issue names, with values that match the database, the broker
+"""GET /metrics: every series the README names, with values that match the database, the broker
 and what the workers recorded in Redis; parsed with prometheus_client's own parser. On SQLite and
 PostgreSQL, against a real redis-server."""
 

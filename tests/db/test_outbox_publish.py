@@ -1,4 +1,4 @@
-"""Publishing a click's outbox message after commit (the enqueue path tuned in issue 8): what the rows
+"""Publishing a click's outbox message after commit (the enqueue path tuned for speed): what the rows
 record when the broker takes it, when it refuses it, and that the connection goes back to the pool as
 it came (the mark-published UPDATE runs in autocommit on PostgreSQL)."""
 

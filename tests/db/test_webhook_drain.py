@@ -1,4 +1,4 @@
-"""The coalesced webhook drain (issue 8): one task processes every pending event batch after batch, a
+"""The coalesced webhook drain: one task processes every pending event batch after batch, a
 poison event does not stall it, PostgreSQL drains side by side skip each other's events, and the Redis
 flag publishes one drain for a burst of events."""
 

@@ -1,4 +1,4 @@
-"""Storing and claiming webhook events (the paths tuned in issue 8): stored once in autocommit on
+"""Storing and claiming webhook events (the paths tuned for speed): stored once in autocommit on
 PostgreSQL, events with nothing to apply stored processed, each processing a counted claim that ends
 with the event marked processed in its last transaction."""
 

@@ -1,4 +1,4 @@
-"""The Procfile's production shape (issue 8): the charges queue has a worker of its own on a threads
+"""The Procfile's production shape: the charges queue has a worker of its own on a threads
 pool, so many Stripe calls are in flight at once; the prefork worker keeps webhooks and maintenance."""
 
 from __future__ import annotations

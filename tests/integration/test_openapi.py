@@ -1,4 +1,4 @@
-"""The OpenAPI description at /api/openapi.json, held to the app by schemathesis (issue 7, security).
+"""The OpenAPI description at /api/openapi.json, held to the app by schemathesis.
 
 The app runs in-process (Flask's WSGI, no server), on a migrated SQLite database in a temporary
 OFFSESSION_HOME, against the Stripe emulator in a thread, with a memory:// broker, so publishing a

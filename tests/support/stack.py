@@ -1,4 +1,4 @@
-"""The real processes of design §1 on loopback, for integration tests: emulator, web (gunicorn),
+"""The real processes of the Procfile on loopback, for integration tests: emulator, web (gunicorn),
 Celery workers and, when asked, beat; configured only through the documented environment."""
 
 from __future__ import annotations

@@ -346,7 +346,7 @@ def test_every_code_in_declines_md_is_in_the_table_with_its_class() -> None:
 
 
 def test_recorded_deviations_are_real() -> None:
-    # do_not_honor is hard because issue 6 says so, against declines.md's SOFT.
+    # do_not_honor is hard because the README's retry policy says so, against declines.md's SOFT.
     assert DECLINE_RULES["do_not_honor"].decline_class is DeclineClass.HARD
     assert set(DEVIATIONS_FROM_DECLINES_MD) <= set(DECLINE_RULES)
 

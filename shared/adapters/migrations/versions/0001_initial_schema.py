@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-26
 
-Every entity of design §3, with the partial unique index that allows at most one charge attempt in
+Every entity of shared/domain/models.py, with the partial unique index that allows at most one charge attempt in
 flight per invoice, and the single settings row (a fresh database is not connected to Stripe).
 """
 
