@@ -1,16 +1,18 @@
 """Contract suite: shared/adapters/stripe_gateway.py through the real stripe SDK, over HTTP, against a Stripe
-backend.
+backend; and the same contract for the in-memory FakeStripe (tests/support/fake_stripe.py) the domain
+tests use.
 
-By default the backend is the emulator (stripe_emulator/, started here on a free port). With
-STRIPE_API_KEY=sk_test_... (not the emulator's key) and STRIPE_API_BASE unset, the same tests run against
-Stripe's own test mode instead and no emulator is started; the tests that need the emulator's fault
-injection or its /_emulator/state endpoint are then skipped. Every run uses fresh idempotency keys and
-attempt ids, so repeated runs against Stripe (which keeps keys for 24 h) never collide.
+By default the backends are the emulator (stripe_emulator/, started here on a free port) and FakeStripe.
+With STRIPE_API_KEY=sk_test_... (not the emulator's key) and STRIPE_API_BASE unset, the same tests run
+against Stripe's own test mode instead and no emulator is started; the tests that need fault injection or
+a look at the backend's state are then skipped. Every run uses fresh idempotency keys and attempt ids, so
+repeated runs against Stripe (which keeps keys for 24 h) never collide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import threading
@@ -44,7 +46,9 @@ from shared.domain.payments import (
     WebhookSignatureError,
     classify_payment_intent,
 )
+from shared.services.ports import StripePort
 from tests.integration.emulator_fixture import running_emulator
+from tests.support.fake_stripe import FakeStripe, FakeStripeServer
 
 pytestmark = pytest.mark.integration
 
@@ -123,30 +127,60 @@ def webhook_receiver() -> Iterator[tuple[WebhookReceiver, str]]:
 # ---- the backend -----------------------------------------------------------------------------------
 
 
+@dataclass
+class FakeWebhooks:
+    """FakeStripe's events as the receiver would have them: the body and its Stripe-Signature."""
+
+    server: FakeStripeServer
+    secret: str
+
+    def wait_for(self, event_type: str, object_id: str, timeout_s: float = 10.0) -> Delivery:
+        for event in self.server.events:  # recorded as they happen: nothing to wait for
+            if event["type"] == event_type and event["data"]["object"].get("id") == object_id:
+                return Delivery(*self.server.signed(event, self.secret))
+        raise AssertionError(f"FakeStripe recorded no {event_type} for {object_id}")
+
+
 @dataclass(frozen=True)
 class Backend:
-    """What the suite runs against: the emulator (with its control API) or Stripe test mode."""
+    """What the suite runs against: the emulator (with its control API), FakeStripe (in memory, the same
+    controls) or Stripe test mode."""
 
     name: str
     api_key: str
     api_base: str | None
     webhook_secret: str
     connected_account: str | None
-    webhooks: WebhookReceiver | None = None
+    webhooks: WebhookReceiver | FakeWebhooks | None = None
+    fake: FakeStripeServer | None = None
 
     @property
     def is_emulator(self) -> bool:
         return self.name == "emulator"
 
-    def gateway(self, **kwargs: Any) -> StripeGateway:
-        return StripeGateway(self.api_key, self.api_base, self.webhook_secret, **kwargs)
+    @property
+    def inspectable(self) -> bool:
+        """Its state can be read and its faults set (the emulator and FakeStripe)."""
+        return self.name in ("emulator", "fake")
+
+    def gateway(self, *, api_key: str | None = None, **kwargs: Any) -> StripeGateway:
+        if self.fake is not None:
+            # FakeStripe has the gateway's methods; typed as the gateway for the tests' sake.
+            fake: Any = FakeStripe(api_key or self.api_key, self.webhook_secret, server=self.fake, **kwargs)
+            return fake  # type: ignore[no-any-return]
+        return StripeGateway(api_key or self.api_key, self.api_base, self.webhook_secret, **kwargs)
 
     def state(self) -> dict[str, Any]:
+        if self.fake is not None:
+            return self.fake.state()
         response = requests.get(f"{self.api_base}/_emulator/state", timeout=10)
         response.raise_for_status()
         return response.json()
 
     def set_faults(self, **faults: Any) -> None:
+        if self.fake is not None:
+            self.fake.set_faults(**faults)
+            return
         response = requests.post(f"{self.api_base}/_emulator/faults", json=faults, timeout=10)
         response.raise_for_status()
 
@@ -173,14 +207,27 @@ NO_FAULTS: dict[str, Any] = {
 
 STRIPE_TEST_KEY = real_stripe_test_key()
 SKIP_STRIPE_REASON = (
-    "the contract suite ran against the emulator; to run it against Stripe test mode set "
+    "the contract suite ran against the emulator and FakeStripe; to run it against Stripe test mode set "
     "STRIPE_API_KEY=sk_test_... (not sk_test_emulator) and leave STRIPE_API_BASE unset"
 )
 
 
-# One backend per run, named in every test id: [emulator] by default, [stripe] with a Stripe test key.
-@pytest.fixture(scope="module", params=["stripe" if STRIPE_TEST_KEY else "emulator"])
-def backend() -> Iterator[Backend]:
+# The backends of a run, named in every test id: [emulator] and [fake] by default, [stripe] alone with a
+# Stripe test key.
+@pytest.fixture(scope="module", params=["stripe"] if STRIPE_TEST_KEY else ["emulator", "fake"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "fake":
+        server = FakeStripeServer()
+        yield Backend(
+            name="fake",
+            api_key="sk_test_fake",
+            api_base=None,
+            webhook_secret=EMULATOR_WEBHOOK_SECRET,
+            connected_account=EMULATOR_CONNECTED_ACCOUNT,
+            webhooks=FakeWebhooks(server, EMULATOR_WEBHOOK_SECRET),
+            fake=server,
+        )
+        return
     if STRIPE_TEST_KEY is not None:
         yield Backend(
             name="stripe",
@@ -212,9 +259,9 @@ def test_suite_talks_to_stripe_itself(backend: Backend, gateway: StripeGateway) 
 
 @pytest.fixture
 def emulator(backend: Backend) -> Backend:
-    """The backend when it is the emulator. Listed first by the tests that need it, so they skip on
-    Stripe before any fixture talks to the network."""
-    if not backend.is_emulator:
+    """The backend when it is the emulator or FakeStripe. Listed first by the tests that need it, so they
+    skip on Stripe before any fixture talks to the network."""
+    if not backend.inspectable:
         pytest.skip("needs the emulator's fault injection, /_emulator/state or webhook delivery to localhost")
     return backend
 
@@ -336,7 +383,7 @@ def test_default_card_and_detach(gateway: StripeGateway, backend: Backend, custo
     gateway.set_default_card(customer_id, second.payment_method_id)
     gateway.detach_card(first.payment_method_id)
     gateway.detach_card(first.payment_method_id)  # a second detach is a no-op, not an error
-    if backend.is_emulator:
+    if backend.inspectable:
         customers = {c["id"]: c for c in backend.state()["customers"]}
         settings = customers[customer_id]["invoice_settings"]
         assert settings["default_payment_method"] == second.payment_method_id
@@ -352,7 +399,7 @@ def test_attach_a_payment_method_the_caller_already_holds(
     assert (card.brand, card.last4) == ("visa", "4242")
     outcome = gateway.create_offsession_payment_intent(charge_for(customer_id, card.payment_method_id))
     assert isinstance(outcome, Succeeded)
-    if backend.is_emulator:
+    if backend.inspectable:
         customers = {c["id"]: c for c in backend.state()["customers"]}
         assert customers[customer_id]["invoice_settings"]["default_payment_method"] == card.payment_method_id
 
@@ -492,7 +539,7 @@ def test_replay_returns_the_same_payment_intent(
     again = gateway.create_offsession_payment_intent(request)
     assert isinstance(first, Succeeded) and isinstance(again, Succeeded)
     assert again.payment_intent_id == first.payment_intent_id
-    if backend.is_emulator:
+    if backend.inspectable:
         assert len(emulator_payment_intents(backend, request.metadata["charge_attempt_id"])) == 1
 
 
@@ -667,7 +714,7 @@ def test_partial_then_full_refund(gateway: StripeGateway, customer_id: str) -> N
 
 def test_bad_api_key_is_permanent(backend: Backend) -> None:
     # Malformed rather than made up: the emulator accepts any sk_test_ key (it keeps no list of keys).
-    gateway = StripeGateway("not_a_stripe_key", backend.api_base, backend.webhook_secret)
+    gateway = backend.gateway(api_key="not_a_stripe_key")
     with pytest.raises(PermanentStripeError) as caught:
         gateway.retrieve_payment_intent("pi_doesnotexist000")
     assert caught.value.kind == "authentication"
@@ -739,6 +786,27 @@ def test_the_suite_exercises_every_gateway_call() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     assert calls >= {"create_offsession_payment_intent", "refund", "verify_webhook"}
     assert sorted(name for name in calls if f".{name}(" not in source) == []
+
+
+def test_fake_stripe_has_every_gateway_method_with_its_signature() -> None:
+    # The domain tests hand FakeStripe to the code wherever StripeGateway goes: the same calls must fit.
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    gateway_calls, fake_calls = public(StripeGateway), public(FakeStripe)
+    # The port the use cases are typed against is exactly what both offer.
+    port_calls = {name: str(signature) for name, signature in public(StripePort).items()}
+    assert port_calls == {name: str(signature) for name, signature in gateway_calls.items()}
+    assert sorted(set(gateway_calls) - set(fake_calls)) == []
+    assert {name: str(fake_calls[name]) for name in gateway_calls} == {
+        name: str(signature) for name, signature in gateway_calls.items()
+    }
+    for attribute in ("livemode", "longest_call_seconds", "max_network_retries", "api_base"):
+        assert hasattr(FakeStripe(), attribute)
 
 
 # ---- webhooks --------------------------------------------------------------------------------------
