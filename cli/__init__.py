@@ -167,12 +167,8 @@ def reconcile(day_text: str | None) -> None:
 def _reconcile_day(day_text: str) -> None:
     from shared.adapters.database import session_scope
     from shared.domain.money import format_money
-    from shared.services.daily_reconciliation import (
-        ReconciliationError,
-        day_findings,
-        parse_day,
-        reconcile_day,
-    )
+    from shared.services.daily_reconciliation import ReconciliationError, parse_day, reconcile_day
+    from shared.services.reconciliation_records import day_findings
 
     try:
         day = parse_day(day_text)

@@ -47,14 +47,13 @@ from shared.services.charge_requests import ChargeRequestError, NotChargeable, l
 from shared.services.daily_reconciliation import (
     ReconciliationError,
     parse_day,
-    recent_runs,
     request_reconciliation,
-    run_findings,
     yesterday_utc,
 )
 from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.services.janitor import resolve_attempt
 from shared.services.login_throttle import admin_sign_in_counters
+from shared.services.reconciliation_records import recent_runs, run_findings
 from shared.services.settings import SettingsError, get_settings, update_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf

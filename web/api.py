@@ -28,7 +28,7 @@ from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
 from shared.services.settings import SettingsError, get_settings, update_settings
-from web import openapi
+from web import openapi, openapi_schemas
 from web.auth import require_api_token
 from web.errors import ApiError
 from web.serializers import card_json, charge_json, client_json, invoice_json, payment_json, settings_json
@@ -99,7 +99,7 @@ def _storable(text: str) -> bool:
 def in_id_range(value: int) -> bool:
     """Row ids are 32-bit integer columns: an id from a body beyond them names no row, and would overflow
     the query (SQLite) or be refused (PostgreSQL)."""
-    return 1 <= value <= openapi.MAX_ID
+    return 1 <= value <= openapi_schemas.MAX_ID
 
 
 def parse_date(value: str, name: str) -> date:
@@ -169,12 +169,12 @@ def get_settings_view() -> ResponseReturnValue:
 def put_settings() -> ResponseReturnValue:
     body = json_body()
     account = field(body, "stripe_account_id", str, required=False)
-    if account is not None and len(account.strip()) > openapi.MAX_ACCOUNT_ID_LENGTH:
+    if account is not None and len(account.strip()) > openapi_schemas.MAX_ACCOUNT_ID_LENGTH:
         # The pattern in shared.services.settings allows one character more than the column holds.
         raise ApiError(
             422,
             "invalid",
-            f"stripe_account_id may be at most {openapi.MAX_ACCOUNT_ID_LENGTH} characters.",
+            f"stripe_account_id may be at most {openapi_schemas.MAX_ACCOUNT_ID_LENGTH} characters.",
             field="stripe_account_id",
         )
     try:
@@ -212,9 +212,12 @@ def create_client() -> ResponseReturnValue:
     body = json_body()
     name, email = field(body, "name", str), field(body, "email", str)
     # The column holds 254 characters, and shared.services.admins.normalize_email checks no length.
-    if max(len(email), len(email.strip().lower())) > openapi.MAX_EMAIL_LENGTH:
+    if max(len(email), len(email.strip().lower())) > openapi_schemas.MAX_EMAIL_LENGTH:
         raise ApiError(
-            422, "invalid", f"email may be at most {openapi.MAX_EMAIL_LENGTH} characters.", field="email"
+            422,
+            "invalid",
+            f"email may be at most {openapi_schemas.MAX_EMAIL_LENGTH} characters.",
+            field="email",
         )
     try:
         client_id = clients.create_client(sessions(), gateway(), name=name, email=email, actor=actor())
@@ -263,12 +266,12 @@ def _unknown_payment_method(exc: GatewayError) -> bool:
 @require_api_token
 def add_card(client_id: int) -> ResponseReturnValue:
     token = field(json_body(), "payment_method", str)
-    if len(token.strip()) > openapi.MAX_PAYMENT_METHOD_LENGTH:
+    if len(token.strip()) > openapi_schemas.MAX_PAYMENT_METHOD_LENGTH:
         # No PaymentMethod id is that long, and the card table keeps 64 characters.
         raise ApiError(
             422,
             "invalid",
-            f"payment_method may be at most {openapi.MAX_PAYMENT_METHOD_LENGTH} characters.",
+            f"payment_method may be at most {openapi_schemas.MAX_PAYMENT_METHOD_LENGTH} characters.",
             field="payment_method",
         )
     return jsonify(card_json(_card_call(clients.add_card, client_id, token))), 201
@@ -365,7 +368,7 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
     body = json_body(optional=True)
     amount = field(body, "amount", int, required=False)
     key = (request.headers.get("Idempotency-Key") or "").strip() or None
-    if key is not None and len(key) > openapi.MAX_IDEMPOTENCY_KEY_LENGTH:
+    if key is not None and len(key) > openapi_schemas.MAX_IDEMPOTENCY_KEY_LENGTH:
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may be at most 255 characters.")
     if key is not None and not _storable(key):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain NUL characters.")
@@ -434,8 +437,8 @@ def list_charges() -> ResponseReturnValue:
     if invoice_id:
         # ASCII digits only (str.isdigit() passes '²', which int() refuses), few enough for int().
         number = int(invoice_id) if ASCII_DIGITS.fullmatch(invoice_id) and len(invoice_id) < 100 else -1
-        if not 0 <= number <= openapi.MAX_ID:
-            raise ApiError(422, "invalid", f"invoice_id must be a number from 0 to {openapi.MAX_ID}.")
+        if not 0 <= number <= openapi_schemas.MAX_ID:
+            raise ApiError(422, "invalid", f"invoice_id must be a number from 0 to {openapi_schemas.MAX_ID}.")
         query = query.where(ChargeAttempt.invoice_id == number)
     try:
         limit = min(max(int(request.args.get("limit", 100)), 1), 500)

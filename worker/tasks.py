@@ -15,7 +15,6 @@ from shared.services.batch import open_due_retries, run_batch, slot_for
 from shared.services.charging import RunResult, run_attempt
 from shared.services.daily_reconciliation import (
     TASK_RECONCILE_DAY,
-    DayReport,
     days_to_retry,
     parse_day,
     reconcile_day,
@@ -24,7 +23,9 @@ from shared.services.daily_reconciliation import (
 from shared.services.janitor import recover_charges, run_janitor
 from shared.services.notifications import deliver_charge_notification, deliver_login_link
 from shared.services.ports import Publisher, RateBudgetTimeout, RateBudgetUnavailable
-from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, drain_events, process_event
+from shared.services.reconciliation_records import DayReport
+from shared.services.webhook_drain import drain_events
+from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, process_event
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import requests
 import stripe
-from requests.adapters import HTTPAdapter
 from stripe.params import PaymentIntentListParams, RefundCreateParams
 
+from shared.adapters.stripe_wire import (
+    CARD_ONLY,
+    LIST_PAGE_SIZE,
+    STRIPE_API_VERSION,
+    STRIPE_NETWORK_RETRIES,
+    STRIPE_TIMEOUT_SECONDS,
+    CardErrorSignal,
+    card_details,
+    error_fields,
+    is_live_key,
+    payment_intent_create_params,
+    request_options,
+    requests_client,
+    translate_error,
+    unix_seconds,
+)
 from shared.config import STRIPE_HOSTED_API_BASE, Config, ConfigError, check_safe
 from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
@@ -27,9 +40,7 @@ from shared.domain.payments import (
     CardSetupRequiresAction,
     ChargeOutcome,
     ChargeRequest,
-    GatewayError,
     PaymentIntentView,
-    PermanentErrorKind,
     PermanentStripeError,
     RefundView,
     RequiresAction,
@@ -42,171 +53,12 @@ from shared.domain.payments import (
     payment_intent_view,
 )
 
-__all__ = [
-    "CARD_ONLY",
-    "STRIPE_API_VERSION",
-    "WEBHOOK_TOLERANCE_SECONDS",
-    "StripeGateway",
-    "gateway_from_config",
-    "payment_intent_create_params",
-]
-
-# The Stripe API version every request is made at (sent as Stripe-Version): the one the installed stripe
-# SDK is generated for, whose parameter types describe what this module sends. pyproject.toml bounds the
-# SDK to its major; moving either is one deliberate change, and tests/unit/test_gateway.py fails until
-# both agree. Changes that matter at this version: docs.stripe.com/changelog/endive/2026-09-30.
-STRIPE_API_VERSION = "2026-10-28.endive"
-
-# How a PaymentIntent or SetupIntent is restricted to cards at STRIPE_API_VERSION. payment_method_types
-# was removed in 2026-09-30.endive (400 payment_method_types_no_longer_supported); its replacement,
-# allowed_payment_method_types (added in 2026-07-29.dahlia), keeps the intent card-only whatever the
-# Dashboard enables, so no confirm ever needs a return_url for a redirecting method.
-CARD_ONLY: dict[str, Any] = {"allowed_payment_method_types": ["card"]}
-
-LIST_PAGE_SIZE = 100  # Stripe's maximum page size for list endpoints
-
-# One request's HTTP timeout, and how many times the SDK sends it again (same key) after a connection
-# error, a 409 or a 5xx. Together they bound how long a call can take (StripeGateway.longest_call_seconds),
-# which bounds how long a worker may keep a charge's lease alive (shared.services.leases).
-STRIPE_TIMEOUT_SECONDS = 30.0
-STRIPE_NETWORK_RETRIES = 2
+__all__ = ["StripeGateway", "gateway_from_config"]
 
 # Called with the Stripe-Account a request is made for (None = the platform itself).
 AccountCallback = Callable[[str | None], None]
 # Told of every API call once it is over: (operation, outcome, seconds); shared.adapters.metrics records it.
 CallObserver = Callable[[str, str, float], None]
-
-
-
-class _CardErrorSignal(Exception):
-    """Internal: a 402 card_error, handed to the methods that know what a decline means for them."""
-
-    def __init__(self, error: Mapping[str, Any], request_id: str | None) -> None:
-        super().__init__(error.get("message"))
-        self.error = error
-        self.request_id = request_id
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameters, errors, options
-# --------------------------------------------------------------------------------------------------
-
-
-def payment_intent_create_params(request: ChargeRequest) -> dict[str, Any]:
-    """An off-session charge's parameters, in a fixed order, so the SDK encodes the same request to the same
-    bytes."""
-    return {
-        "amount": request.amount,
-        "currency": request.currency.lower(),
-        "customer": request.customer_id,
-        "payment_method": request.payment_method_id,
-        "off_session": True,
-        "confirm": True,
-        **CARD_ONLY,
-        "metadata": dict(request.metadata),  # a copy, already sorted by key
-        "description": request.description,
-    }
-
-
-def _error_fields(exc: stripe.StripeError) -> dict[str, Any]:
-    # stripe 16 keeps the body's fields on `exc.error` (RateLimitError.code is None; decline_code lives here).
-    return exc.error.to_dict() if exc.error is not None else {}
-
-
-def _translate_error(exc: stripe.StripeError) -> GatewayError:
-    """Map an SDK exception (other than CardError) to a domain error."""
-    fields = _error_fields(exc)
-    message = fields.get("message") or exc.user_message or exc.__class__.__name__
-    code = fields.get("code") or exc.code
-    status = exc.http_status
-    request_id = exc.request_id
-    if isinstance(exc, stripe.RateLimitError):
-        return TransientStripeError(
-            message, code=code, http_status=status, request_id=request_id, rate_limited=True
-        )
-    if isinstance(exc, stripe.APIConnectionError):
-        return TransientStripeError(message, code=code, http_status=status, request_id=request_id)
-    kind: PermanentErrorKind
-    if isinstance(exc, stripe.IdempotencyError):
-        kind = "idempotency"
-    elif isinstance(exc, stripe.InvalidRequestError):
-        kind = "invalid_request"
-    elif isinstance(exc, stripe.AuthenticationError):
-        kind = "authentication"
-    elif isinstance(exc, stripe.PermissionError):
-        kind = "permission"
-    elif isinstance(exc, stripe.CardError):
-        kind = "card"
-    elif isinstance(exc, stripe.APIError):
-        # 409 (incl. idempotency_key_in_use), 5xx, and unreadable answers (status None or 2xx with a
-        # garbled body): the request may or may not have run, so replaying the same key is the way out.
-        if status is None or status == 409 or status >= 500 or status < 400:
-            return TransientStripeError(message, code=code, http_status=status, request_id=request_id)
-        kind = "api"
-    else:
-        kind = "api"
-    embedded = fields.get("payment_intent")
-    return PermanentStripeError(
-        message,
-        kind=kind,
-        code=code,
-        param=fields.get("param"),
-        http_status=status,
-        request_id=request_id,
-        payment_intent_id=id_of(embedded),
-    )
-
-
-def _card_details(payment_method: Mapping[str, Any]) -> CardDetails:
-    card = payment_method.get("card") or {}
-    return CardDetails(
-        payment_method_id=str(payment_method["id"]),
-        brand=str(card.get("brand") or "unknown"),
-        last4=str(card.get("last4") or ""),
-        exp_month=int(card.get("exp_month") or 0),
-        exp_year=int(card.get("exp_year") or 0),
-    )
-
-
-def _unix(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise ValueError("use a timezone-aware datetime; a naive one is ambiguous")
-    return int(moment.timestamp())
-
-
-def _options(idempotency_key: str | None = None, stripe_account: str | None = None) -> stripe.RequestOptions:
-    # Always per-request options, never params: inside params the SDK would send them as form fields.
-    options: stripe.RequestOptions = {}
-    if idempotency_key is not None:
-        options["idempotency_key"] = idempotency_key
-    if stripe_account is not None:
-        options["stripe_account"] = stripe_account
-    return options
-
-
-# Keep-alive connections to Stripe kept per process: one per thread that calls at once (the charges
-# worker runs 64), so no thread opens a fresh TLS connection for want of a pooled one.
-STRIPE_HTTP_POOL_SIZE = 100
-
-
-def _requests_client(timeout_seconds: float) -> stripe.RequestsClient:
-    """The SDK's requests transport. With no proxy in the environment it gets one requests.Session that
-    does not read the environment again on every request (with `trust_env`, requests scans os.environ
-    for proxies and looks up ~/.netrc per call: about a twentieth of a charge's CPU). Nothing is lost:
-    the SDK passes its own CA bundle, and a .netrc entry would only have replaced the API key's
-    Authorization header. With a proxy configured, the SDK's own per-thread sessions read it."""
-    if urllib.request.getproxies():
-        return stripe.RequestsClient(timeout=timeout_seconds)
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=STRIPE_HTTP_POOL_SIZE)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return stripe.RequestsClient(timeout=timeout_seconds, session=session)
-
-
-def _is_live_key(api_key: str) -> bool:
-    return api_key.startswith(("sk_live_", "rk_live_"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +93,7 @@ class StripeGateway:
         if not api_key:
             raise ConfigError("STRIPE_API_KEY is empty")
         base = api_base.rstrip("/") if api_base else None
-        if _is_live_key(api_key) and base not in (None, STRIPE_HOSTED_API_BASE):
+        if is_live_key(api_key) and base not in (None, STRIPE_HOSTED_API_BASE):
             raise ConfigError(
                 f"STRIPE_API_KEY is a live key but STRIPE_API_BASE is {base!r}; "
                 "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
@@ -249,7 +101,7 @@ class StripeGateway:
         if max_network_retries < 0:
             raise ValueError("max_network_retries must be >= 0")
         self.api_base = base
-        self.livemode = _is_live_key(api_key)
+        self.livemode = is_live_key(api_key)
         self.max_network_retries = max_network_retries
         self.timeout_seconds = timeout_seconds
         self.before_request_max_seconds = before_request_max_seconds
@@ -265,7 +117,7 @@ class StripeGateway:
             stripe_version=STRIPE_API_VERSION,
             base_addresses={"api": base} if base else None,
             max_network_retries=max_network_retries,
-            http_client=http_client or _requests_client(timeout_seconds),
+            http_client=http_client or requests_client(timeout_seconds),
         )
 
     @property
@@ -298,10 +150,10 @@ class StripeGateway:
         except stripe.CardError as exc:
             outcome = "card_error"
             if card_errors:
-                raise _CardErrorSignal(_error_fields(exc), exc.request_id) from exc
-            raise _translate_error(exc) from exc
+                raise CardErrorSignal(error_fields(exc), exc.request_id) from exc
+            raise translate_error(exc) from exc
         except stripe.StripeError as exc:
-            translated = _translate_error(exc)
+            translated = translate_error(exc)
             outcome = "permanent"
             if isinstance(translated, TransientStripeError):
                 outcome = "rate_limited" if translated.rate_limited else "transient"
@@ -338,7 +190,7 @@ class StripeGateway:
                     "ensure_customer",
                     stripe_account,
                     lambda: self._client.v1.customers.retrieve(
-                        existing_id, options=_options(stripe_account=stripe_account)
+                        existing_id, options=request_options(stripe_account=stripe_account)
                     ),
                 )
             except PermanentStripeError as exc:
@@ -354,7 +206,7 @@ class StripeGateway:
             stripe_account,
             lambda: self._client.v1.customers.create(
                 {"name": name, "email": email},
-                options=_options(key, stripe_account),
+                options=request_options(key, stripe_account),
             ),
         )
         return str(created["id"])
@@ -384,11 +236,11 @@ class StripeGateway:
                         "usage": "off_session",
                         "confirm": True,
                     },
-                    options=_options(idempotency_key, stripe_account),
+                    options=request_options(idempotency_key, stripe_account),
                 ),
                 card_errors=True,
             )
-        except _CardErrorSignal as signal:
+        except CardErrorSignal as signal:
             error = signal.error
             raise CardSetupDeclined(
                 error.get("message") or "The card was declined while saving it",
@@ -417,11 +269,11 @@ class StripeGateway:
                 lambda: self._client.v1.payment_methods.attach(
                     payment_method,
                     {"customer": customer_id},
-                    options=_options(idempotency_key, stripe_account),
+                    options=request_options(idempotency_key, stripe_account),
                 ),
                 card_errors=True,
             )
-        except _CardErrorSignal as signal:
+        except CardErrorSignal as signal:
             error = signal.error
             raise CardSetupDeclined(
                 error.get("message") or "The card was declined while saving it",
@@ -430,7 +282,7 @@ class StripeGateway:
             ) from None
         if make_default:
             self.set_default_card(customer_id, attached["id"], stripe_account=stripe_account)
-        return _card_details(attached)
+        return card_details(attached)
 
     def card_from_setup_intent(
         self, setup_intent_id: str, *, make_default: bool = True, stripe_account: str | None = None
@@ -442,7 +294,7 @@ class StripeGateway:
             "card_from_setup_intent",
             stripe_account,
             lambda: self._client.v1.setup_intents.retrieve(
-                setup_intent_id, options=_options(stripe_account=stripe_account)
+                setup_intent_id, options=request_options(stripe_account=stripe_account)
             ),
         )
         return self._card_from_setup(setup, make_default=make_default, stripe_account=stripe_account)
@@ -479,12 +331,12 @@ class StripeGateway:
             "card_from_setup",
             stripe_account,
             lambda: self._client.v1.payment_methods.retrieve(
-                payment_method_id, options=_options(stripe_account=stripe_account)
+                payment_method_id, options=request_options(stripe_account=stripe_account)
             ),
         )
         if make_default:
             self.set_default_card(customer_id, payment_method_id, stripe_account=stripe_account)
-        return _card_details(payment_method)
+        return card_details(payment_method)
 
     def set_default_card(
         self, customer_id: str, payment_method_id: str, *, stripe_account: str | None = None
@@ -497,7 +349,7 @@ class StripeGateway:
             lambda: self._client.v1.customers.update(
                 customer_id,
                 {"invoice_settings": {"default_payment_method": payment_method_id}},
-                options=_options(stripe_account=stripe_account),
+                options=request_options(stripe_account=stripe_account),
             ),
         )
 
@@ -508,7 +360,7 @@ class StripeGateway:
                 "detach_card",
                 stripe_account,
                 lambda: self._client.v1.payment_methods.detach(
-                    payment_method_id, options=_options(stripe_account=stripe_account)
+                    payment_method_id, options=request_options(stripe_account=stripe_account)
                 ),
             )
         except PermanentStripeError as exc:
@@ -519,7 +371,7 @@ class StripeGateway:
                 "detach_card",
                 stripe_account,
                 lambda: self._client.v1.payment_methods.retrieve(
-                    payment_method_id, options=_options(stripe_account=stripe_account)
+                    payment_method_id, options=request_options(stripe_account=stripe_account)
                 ),
             )
             if payment_method.get("customer") is not None:
@@ -532,7 +384,7 @@ class StripeGateway:
         the same request returns the first answer (declines included) for as long as Stripe keeps the key
         (≥ 24 h). Raises TransientStripeError (outcome unknown: replay) or PermanentStripeError."""
         params = payment_intent_create_params(request)
-        options = _options(request.idempotency_key, request.stripe_account)
+        options = request_options(request.idempotency_key, request.stripe_account)
         try:
             # The hot path of a batch: the response's JSON as it is, not built into StripeObjects only to
             # be turned back into dicts (a tenth of the call's CPU). Same encoding, same errors, same
@@ -543,7 +395,7 @@ class StripeGateway:
                 lambda: self._client.raw_request("post", "/v1/payment_intents", **params, **options).data,
                 card_errors=True,
             )
-        except _CardErrorSignal as signal:
+        except CardErrorSignal as signal:
             return outcome_from_card_error(signal.error)
         return classify_payment_intent(payment_intent_view(data))
 
@@ -554,7 +406,7 @@ class StripeGateway:
             "retrieve_payment_intent",
             stripe_account,
             lambda: self._client.v1.payment_intents.retrieve(
-                payment_intent_id, options=_options(stripe_account=stripe_account)
+                payment_intent_id, options=request_options(stripe_account=stripe_account)
             ),
         )
         return payment_intent_view(data)
@@ -579,11 +431,11 @@ class StripeGateway:
                 lambda: self._client.v1.payment_intents.confirm(
                     payment_intent_id,
                     {"payment_method": payment_method_id, "off_session": False, "return_url": return_url},
-                    options=_options(idempotency_key, stripe_account),
+                    options=request_options(idempotency_key, stripe_account),
                 ),
                 card_errors=True,
             )
-        except _CardErrorSignal as signal:
+        except CardErrorSignal as signal:
             return outcome_from_card_error(signal.error)
         outcome = classify_payment_intent(payment_intent_view(data))
         if isinstance(outcome, RequiresAction) and outcome.payment_intent.next_action_redirect_url is None:
@@ -606,7 +458,7 @@ class StripeGateway:
             "cancel_payment_intent",
             stripe_account,
             lambda: self._client.v1.payment_intents.cancel(
-                payment_intent_id, options=_options(idempotency_key, stripe_account)
+                payment_intent_id, options=request_options(idempotency_key, stripe_account)
             ),
         )
         return payment_intent_view(data)
@@ -621,9 +473,10 @@ class StripeGateway:
             page_params: PaymentIntentListParams = {**params, "limit": LIST_PAGE_SIZE}
             if starting_after is not None:
                 page_params["starting_after"] = starting_after
+
             def list_page(page_params: PaymentIntentListParams = page_params) -> Any:
                 return self._client.v1.payment_intents.list(
-                    page_params, options=_options(stripe_account=stripe_account)
+                    page_params, options=request_options(stripe_account=stripe_account)
                 )
 
             page = self._call("list_payment_intents", stripe_account, list_page)
@@ -644,7 +497,10 @@ class StripeGateway:
     ) -> list[PaymentIntentView]:
         """PaymentIntents carrying metadata.charge_attempt_id. Lists by customer (strongly consistent)
         and matches client-side: search could miss a PaymentIntent created in the last minute(s)."""
-        params: PaymentIntentListParams = {"customer": customer_id, "created": {"gte": _unix(created_gte)}}
+        params: PaymentIntentListParams = {
+            "customer": customer_id,
+            "created": {"gte": unix_seconds(created_gte)},
+        }
         return [
             view
             for view in self._list_payment_intents(params, stripe_account)
@@ -655,7 +511,9 @@ class StripeGateway:
         self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
     ) -> Iterator[PaymentIntentView]:
         """Every PaymentIntent created in [created_gte, created_lt), newest first (daily reconciliation)."""
-        params: PaymentIntentListParams = {"created": {"gte": _unix(created_gte), "lt": _unix(created_lt)}}
+        params: PaymentIntentListParams = {
+            "created": {"gte": unix_seconds(created_gte), "lt": unix_seconds(created_lt)}
+        }
         return self._list_payment_intents(params, stripe_account)
 
     def refund(
@@ -675,7 +533,9 @@ class StripeGateway:
         data = self._call(
             "refund",
             stripe_account,
-            lambda: self._client.v1.refunds.create(params, options=_options(idempotency_key, stripe_account)),
+            lambda: self._client.v1.refunds.create(
+                params, options=request_options(idempotency_key, stripe_account)
+            ),
         )
         return RefundView(
             id=data["id"],

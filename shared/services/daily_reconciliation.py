@@ -20,13 +20,10 @@ transactions, never inside one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import case, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.binding import Mismatch, payment_intent_mismatch
@@ -35,7 +32,6 @@ from shared.domain.models import (
     Client,
     Invoice,
     Payment,
-    ReconciliationFinding,
     ReconciliationRun,
     utcnow,
 )
@@ -44,13 +40,25 @@ from shared.domain.states import observe
 from shared.services import audit, outbox
 from shared.services.attempts import apply_payment_intent, lock_attempt, reported_status
 from shared.services.ports import StripePort, UnitOfWork
+from shared.services.reconciliation_records import (
+    MISSING,
+    ORPHAN,
+    REPAIRED,
+    AccountReport,
+    DayReport,
+    close_run,
+    finding_exists,
+    from_unix,
+    insert_finding,
+    insert_finding_values,
+    open_run,
+)
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 ACTOR = "reconciliation"
 TASK_RECONCILE_DAY = "offsession.reconcile_day"
-ORPHAN, REPAIRED, MISSING = "orphan", "repaired", "missing"
 # Charges opened shortly before midnight may have their PaymentIntent created after it: their account
 # counts for the day too.
 ATTEMPT_LOOKBACK = timedelta(hours=1)
@@ -62,51 +70,6 @@ class ReconciliationError(ValueError):
     """A request the reconciliation cannot run; the message is fit to show to a person."""
 
 
-@dataclass
-class AccountReport:
-    """What one (account, day) run saw. Counts cover the day, findings of earlier runs included."""
-
-    stripe_account: str  # '' for the platform account
-    day: date
-    run_id: int
-    listed: int = 0
-    matched: int = 0
-    repaired: int = 0
-    orphans: int = 0
-    missing: int = 0
-    # PaymentIntents nobody of ours knows about and that moved no money (abandoned, declined).
-    without_money: int = 0
-    new_findings: int = 0
-    error: str | None = None
-
-    @property
-    def account_label(self) -> str:
-        return self.stripe_account or "platform"
-
-
-@dataclass
-class DayReport:
-    day: date
-    accounts: list[AccountReport] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[AccountReport]:
-        return [report for report in self.accounts if report.error]
-
-    @property
-    def out_of_step(self) -> bool:
-        """Money moved that we did not record, or the other way round: a person must look."""
-        return any(a.orphans or a.missing for a in self.accounts)
-
-    def summary(self) -> str:
-        return (
-            "; ".join(
-                f"{a.account_label}: {a.listed} listed, {a.matched} matched, {a.repaired} repaired, "
-                f"{a.orphans} orphans, {a.missing} missing" + (f", error: {a.error}" if a.error else "")
-                for a in self.accounts
-            )
-            or "no Stripe account"
-        )
 
 
 def parse_day(text: str) -> date:
@@ -199,7 +162,7 @@ def reconcile_day(
 def reconcile_account_day(
     factory: sessionmaker[Session], gateway: StripePort, stripe_account: str, day: date, *, trigger: str
 ) -> AccountReport:
-    run_id = _open_run(factory, stripe_account, day, trigger)
+    run_id = open_run(factory, stripe_account, day, trigger)
     report = AccountReport(stripe_account, day, run_id)
     account = stripe_account or None
     start, end = day_bounds(day)
@@ -215,7 +178,7 @@ def reconcile_account_day(
     except Exception as exc:  # the rate budget, a database hiccup: recorded on the run, retried next night
         report.error = f"{type(exc).__name__}: {exc}"
         log.exception("reconciliation of %s for %s failed", report.account_label, day)
-    _close_run(factory, report)
+    close_run(factory, report)
     return report
 
 
@@ -260,7 +223,7 @@ def _reconcile_payment_intent(
         attempt_id = attempt.id if attempt is not None else None
         needs_repair = attempt is not None and _disagrees(session, attempt, view)
         known_to_ledger = _ledger_has(session, view.id)
-        repaired_before = _finding_exists(session, report.stripe_account, view.id, REPAIRED)
+        repaired_before = finding_exists(session, report.stripe_account, view.id, REPAIRED)
         session.rollback()
     if attempt_id is not None:
         # Repaired now, or by an earlier run of the day: the day's counts stay the same on a re-run.
@@ -308,7 +271,7 @@ def _repair(
         if fresh.status == "succeeded" and not had_payment:
             what += "; payment recorded in the ledger"
         invoice = session.get(Invoice, attempt.invoice_id)
-        inserted = _insert_finding(
+        inserted = insert_finding(
             session,
             report,
             fresh,
@@ -343,7 +306,7 @@ def _record_orphan(
             else None
         )
         invoice_id = _our_invoice_id(session, fresh)
-        inserted = _insert_finding(
+        inserted = insert_finding(
             session,
             report,
             fresh,
@@ -441,7 +404,7 @@ def _find_missing(
         )
         with factory() as session, session.begin():
             invoice = session.get(Invoice, invoice_id)
-            inserted = _insert_finding_values(
+            inserted = insert_finding_values(
                 session,
                 report,
                 {
@@ -456,166 +419,8 @@ def _find_missing(
                     "charge_attempt_id": attempt_id,
                     "payment_id": payment_id,
                     "detail": detail,
-                    "payment_intent_created_at": _from_unix(view.created) if view is not None else None,
+                    "payment_intent_created_at": from_unix(view.created) if view is not None else None,
                 },
             )
             report.new_findings += inserted
         report.missing += 1
-
-
-# --------------------------------------------------------------------------------------------------
-# Rows
-# --------------------------------------------------------------------------------------------------
-
-
-def _from_unix(seconds: int) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
-
-
-def _finding_exists(session: Session, stripe_account: str, payment_intent_id: str, kind: str) -> bool:
-    return (
-        session.scalar(
-            select(ReconciliationFinding.id).where(
-                ReconciliationFinding.stripe_account == stripe_account,
-                ReconciliationFinding.payment_intent_id == payment_intent_id,
-                ReconciliationFinding.kind == kind,
-            )
-        )
-        is not None
-    )
-
-
-def _insert_finding(
-    session: Session,
-    report: AccountReport,
-    view: PaymentIntentView,
-    kind: str,
-    *,
-    amount: int,
-    client_id: int | None = None,
-    invoice_id: int | None = None,
-    charge_attempt_id: str | None = None,
-    detail: str,
-) -> bool:
-    return _insert_finding_values(
-        session,
-        report,
-        {
-            "payment_intent_id": view.id,
-            "kind": kind,
-            "stripe_status": view.status,
-            "amount": amount,
-            "currency": view.currency,
-            "stripe_customer_id": view.customer,
-            "client_id": client_id,
-            "invoice_id": invoice_id,
-            "charge_attempt_id": charge_attempt_id,
-            "payment_id": None,
-            "detail": detail,
-            "payment_intent_created_at": _from_unix(view.created),
-        },
-    )
-
-
-def _insert_finding_values(session: Session, report: AccountReport, values: dict[str, Any]) -> bool:
-    """Insert unless this (account, PaymentIntent, kind) is recorded already; True when inserted.
-    Safe under concurrent runs: the unique constraint decides, the loser inserts nothing."""
-    row = dict(values, run_id=report.run_id, stripe_account=report.stripe_account, found_at=utcnow())
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(ReconciliationFinding)
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["stripe_account", "payment_intent_id", "kind"])
-        .returning(ReconciliationFinding.id)
-    )
-    return session.execute(statement).scalar_one_or_none() is not None
-
-
-def _open_run(factory: sessionmaker[Session], stripe_account: str, day: date, trigger: str) -> int:
-    """The (account, day) run row, created on the first run and restarted on the next ones."""
-    with factory() as session, session.begin():
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(
-            insert(ReconciliationRun)
-            .values(
-                stripe_account=stripe_account,
-                day=day,
-                trigger=trigger,
-                runs=0,
-                started_at=utcnow(),
-                listed=0,
-                matched=0,
-                repaired=0,
-                orphans=0,
-                missing=0,
-            )
-            .on_conflict_do_nothing(index_elements=["stripe_account", "day"])
-        )
-        run = session.scalars(
-            select(ReconciliationRun)
-            .where(ReconciliationRun.stripe_account == stripe_account, ReconciliationRun.day == day)
-            .with_for_update()
-        ).one()
-        run.runs += 1
-        run.trigger = trigger
-        run.started_at = utcnow()
-        run.finished_at = None
-        run.error = None
-        return run.id
-
-
-def _close_run(factory: sessionmaker[Session], report: AccountReport) -> None:
-    with factory() as session, session.begin():
-        run = session.scalars(
-            select(ReconciliationRun).where(ReconciliationRun.id == report.run_id).with_for_update()
-        ).one()
-        if report.error is None:
-            run.listed = report.listed
-            run.matched = report.matched
-            run.repaired = report.repaired
-            run.orphans = report.orphans
-            run.missing = report.missing
-        run.error = report.error
-        run.finished_at = utcnow()
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading (the report page and the command)
-# --------------------------------------------------------------------------------------------------
-
-
-_KIND_ORDER = case({ORPHAN: 0, MISSING: 1, REPAIRED: 2}, value=ReconciliationFinding.kind, else_=3)
-
-
-def day_findings(session: Session, day: date) -> list[ReconciliationFinding]:
-    """Every finding of a day's runs, orphans first, then in the order they were found."""
-    return list(
-        session.scalars(
-            select(ReconciliationFinding)
-            .join(ReconciliationRun, ReconciliationRun.id == ReconciliationFinding.run_id)
-            .where(ReconciliationRun.day == day)
-            .order_by(_KIND_ORDER, ReconciliationFinding.id)
-        )
-    )
-
-
-def recent_runs(session: Session, *, limit: int = 100) -> list[ReconciliationRun]:
-    """The latest runs, newest day first."""
-    return list(
-        session.scalars(
-            select(ReconciliationRun)
-            .order_by(ReconciliationRun.day.desc(), ReconciliationRun.stripe_account)
-            .limit(limit)
-        )
-    )
-
-
-def run_findings(session: Session, run_id: int) -> list[ReconciliationFinding]:
-    """A run's findings, orphans first, then in the order they were found."""
-    return list(
-        session.scalars(
-            select(ReconciliationFinding)
-            .where(ReconciliationFinding.run_id == run_id)
-            .order_by(_KIND_ORDER, ReconciliationFinding.id)
-        )
-    )

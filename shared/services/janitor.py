@@ -41,7 +41,7 @@ from shared.services.charging import KEY_REPLAY_WINDOW, charge_request_for
 from shared.services.dunning import retry_policy
 from shared.services.leases import lease_lapsed
 from shared.services.ports import Publisher, StripePort
-from shared.services.webhooks import redrive_cutoff, unprocessed_event_ids
+from shared.services.webhook_drain import redrive_cutoff, unprocessed_event_ids
 
 log = logging.getLogger(__name__)
 S = AttemptStatus

@@ -368,7 +368,7 @@ def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: F
 
 
 def test_a_day_report_sums_up_its_accounts_in_one_line() -> None:
-    from shared.services.daily_reconciliation import AccountReport, DayReport
+    from shared.services.reconciliation_records import AccountReport, DayReport
 
     day = date(2026, 11, 25)
     quiet = DayReport(day, [AccountReport("", day, run_id=1, listed=3, matched=3)])

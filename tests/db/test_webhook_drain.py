@@ -15,7 +15,8 @@ from shared.adapters.drain_flag import DRAIN_PENDING_KEY, DrainRequests
 from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain.models import WebhookEvent
 from shared.domain.payments import PaymentIntentView
-from shared.services.webhooks import _DRAIN_LOCK_NAMESPACE, drain_events, store_received_event
+from shared.services.webhook_drain import _DRAIN_LOCK_NAMESPACE, drain_events
+from shared.services.webhooks import store_received_event
 from tests.support.services import RedisServer
 
 

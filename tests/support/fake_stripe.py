@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.adapters.stripe_gateway import STRIPE_API_VERSION, payment_intent_create_params
+from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
 from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,

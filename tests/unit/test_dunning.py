@@ -9,19 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.config import ConfigError
-from shared.domain.dunning import (
+from shared.domain.declines import (
     DECLINE_RULES,
     DEVIATIONS_FROM_DECLINES_MD,
     NETWORK_ADVICE_RULES,
     DeclineClass,
-    DeclineFacts,
-    RetryPolicy,
-    decide,
     decline_rule,
     describe_decline,
-    policy_from_env,
-    policy_table_markdown,
 )
+from shared.domain.dunning import DeclineFacts, RetryPolicy, decide, policy_from_env, policy_table_markdown
 from shared.domain.payments import CardDeclined
 
 FIRST = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)

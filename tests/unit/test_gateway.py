@@ -21,12 +21,8 @@ import pytest
 import stripe
 from requests.structures import CaseInsensitiveDict
 
-from shared.adapters.stripe_gateway import (
-    STRIPE_API_VERSION,
-    StripeGateway,
-    gateway_from_config,
-    payment_intent_create_params,
-)
+from shared.adapters.stripe_gateway import StripeGateway, gateway_from_config
+from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
 from shared.config import Config, ConfigError
 from shared.domain.payments import (
     AuthenticationRequired,

@@ -8,7 +8,8 @@ import pytest
 import stripe
 
 from shared.adapters.rate_budget import DEFAULT_ACQUIRE_TIMEOUT_SECONDS
-from shared.adapters.stripe_gateway import STRIPE_NETWORK_RETRIES, STRIPE_TIMEOUT_SECONDS, StripeGateway
+from shared.adapters.stripe_gateway import StripeGateway
+from shared.adapters.stripe_wire import STRIPE_NETWORK_RETRIES, STRIPE_TIMEOUT_SECONDS
 from shared.bootstrap import bootstrap
 from shared.config import ConfigError, load_config
 

@@ -13,7 +13,7 @@ import pytest
 
 from shared.adapters.mail import FileMailer, SmtpMailer, default_sender, mailer_from_config, parse_mail_url
 from shared.config import Config, ConfigError
-from shared.domain.dunning import NotifyKind
+from shared.domain.declines import NotifyKind
 from shared.domain.emails import (
     EmailContent,
     Notification,
