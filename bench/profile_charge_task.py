@@ -26,7 +26,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests" / "integration"):
+for _path in (ROOT,):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -51,7 +51,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
-    from emulator_fixture import running_emulator
+    from tests.support.emulator import running_emulator
 
     with running_emulator() as base:
         os.environ.update(

@@ -1,7 +1,7 @@
 """The OpenAPI 3.0.3 description of the JSON API, served at GET /api/openapi.json.
 
 It documents what the code does, not what it might: enums and limits come from the constants the
-views and shared/ check against, and tests/integration/test_openapi.py runs schemathesis against the
+views and shared/ check against, and tests/web/test_openapi.py runs schemathesis against the
 real app to hold the two together (schema-valid input is accepted, schema-invalid input is refused
 with a 4xx in the Error shape, and every answer matches the response schemas below).
 

@@ -26,8 +26,8 @@ from shared.domain.payments import (
 
 # The Stripe API version every request is made at (sent as Stripe-Version): the one the installed stripe
 # SDK is generated for, whose parameter types describe what this module sends. pyproject.toml bounds the
-# SDK to its major; moving either is one deliberate change, and tests/unit/test_gateway.py fails until
-# both agree. Changes that matter at this version: docs.stripe.com/changelog/endive/2026-09-30.
+# SDK to its major; moving either is one deliberate change, and tests/shared/adapters/test_stripe_gateway.py
+# fails until both agree. Changes that matter at this version: docs.stripe.com/changelog/endive/2026-09-30.
 STRIPE_API_VERSION = "2026-10-28.endive"
 
 # How a PaymentIntent or SetupIntent is restricted to cards at STRIPE_API_VERSION. payment_method_types

@@ -20,8 +20,8 @@ from shared.domain.eligibility import BlockerCode, charge_blockers
 from shared.domain.ledger import balance
 from shared.domain.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
 from shared.domain.states import IN_FLIGHT
-from shared.services import audit
-from shared.services.charge_requests import NotChargeable, load_invoice_for_charge, request_charge
+from shared.services import audit, charge_requests
+from shared.services.charge_requests import NotChargeable, load_invoice_for_charge
 from shared.services.dunning import blocks_automatic_charge, retries_due
 from shared.services.ports import UnitOfWorkFactory
 from shared.services.settings import get_settings
@@ -159,7 +159,7 @@ def run_batch(
                     continue
                 try:
                     with session.begin_nested():
-                        request_charge(
+                        charge_requests.request_charge(
                             uow,
                             invoice,
                             source="schedule",
@@ -233,7 +233,7 @@ def open_due_retries(
             assert invoice is not None
             try:
                 with session.begin_nested():
-                    request_charge(uow, invoice, source="schedule", requested_by="dunning")
+                    charge_requests.request_charge(uow, invoice, source="schedule", requested_by="dunning")
             except NotChargeable as exc:
                 codes = {b.code for b in exc.blockers}
                 if codes & FINAL_BLOCKERS:

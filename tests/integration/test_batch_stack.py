@@ -14,9 +14,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from shared.domain.models import Client, Invoice
-from tests.integration.conftest import broker_url
 from tests.support.services import PostgresServer, RedisServer
-from tests.support.stack import LinkBrowser, Stack
+from tests.support.stack import LinkBrowser, Stack, broker_url
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import broker_url
 from tests.support.services import PostgresServer, RedisServer
-from tests.support.stack import Stack
+from tests.support.stack import Stack, broker_url
 
 CHARGES = 8
 LATENCY_MS = 2_000

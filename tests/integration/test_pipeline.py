@@ -6,14 +6,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import random
 import time
-from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, text
 
 from tests.support.signing import signed
-from tests.support.stack import WEBHOOK_SECRET, Stack, http
+from tests.support.stack import WEBHOOK_SECRET, Stack, db_rows, http
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +28,6 @@ CARDS = {
     ),
     "pm_card_chargeCustomerFail": ("failed", "card_declined", "generic_decline"),
 }
-
-
-def db_rows(stack: Stack, sql: str, **params: Any) -> list[Any]:
-    engine = create_engine(stack.database_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
-    finally:
-        engine.dispose()
 
 
 def test_happy_path_queued_at_once_then_succeeded_once(stack: Stack) -> None:

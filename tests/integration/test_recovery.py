@@ -10,10 +10,8 @@ import time
 import pytest
 import redis
 
-from tests.integration.conftest import broker_url, stack_database
-from tests.integration.test_pipeline import db_rows
 from tests.support.services import RedisServer
-from tests.support.stack import Stack
+from tests.support.stack import Stack, broker_url, db_rows, stack_database
 
 pytestmark = pytest.mark.integration
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.cookiejar as http_cookiejar
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import free_port, wait_for_port
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -442,3 +446,29 @@ def bench_main(
         shutil.rmtree(result.log_dir, ignore_errors=True)  # nothing to look into
     print(ok)
     return 0
+
+
+_redis_db = itertools.count(1)
+
+
+def broker_url(redis_server: RedisServer) -> str:
+    # A database number per stack, so one stack's leftover messages never reach another's workers.
+    return f"{redis_server.url}/{next(_redis_db) % 16}"
+
+
+def stack_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database of this kind for a stack: a SQLite file, or one on the session's PostgreSQL."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'stack.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database("stack")
+
+
+def db_rows(stack: Stack, sql: str, **params: Any) -> list[Any]:
+    """The rows `sql` reads from the stack's database, through a connection of its own."""
+    engine = create_engine(stack.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+    finally:
+        engine.dispose()

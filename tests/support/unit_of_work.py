@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,3 +29,9 @@ def units(database: Engine | sessionmaker[Session], publish: Publisher) -> Calla
     publisher."""
     engine = database if isinstance(database, Engine) else database.kw["bind"]
     return lambda: UnitOfWork(engine, publish)
+
+
+def published() -> tuple[list[tuple[str, dict[str, Any]]], Publisher]:
+    """A publisher that records (task name, payload) of every message instead of sending it."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+    return sent, lambda name, payload, countdown: sent.append((name, payload))
