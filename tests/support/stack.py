@@ -268,6 +268,10 @@ class Stack:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_count(self, text: str) -> int:
+        """How many times `text` appears in the logs of every process of the stack."""
+        return sum(path.read_text(errors="replace").count(text) for path in self.dir.glob("*.log"))
+
     def dump_logs(self) -> None:
         for name in self.procs:
             sys.stderr.write(f"--- {name} log tail ---\n{self.log(name)[-20000:]}\n")

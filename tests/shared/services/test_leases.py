@@ -27,6 +27,7 @@ from shared.services.ports import Publisher
 from shared.services.settings import update_settings
 from tests.support.factories import make_client, make_invoice
 from tests.support.unit_of_work import InSession
+from tests.support.waiting import wait_until
 
 LEASE = 15.0
 
@@ -152,9 +153,11 @@ def test_a_lease_is_renewed_no_longer_than_the_call_can_take(session_factory: se
     claimed_by(session_factory, attempt_id, process_owner(), now() + timedelta(seconds=2))
     keeper = LeaseKeeper(lambda: session_factory, LEASE)
     with keeper.holding([attempt_id], at_most_seconds=0.2):
+        started = time.monotonic()
         assert keeper.renew() == 1
-        time.sleep(0.3)
-        assert keeper.renew() == 0  # the call must have ended by now: the lease is left to lapse
+        # Once the call has taken as long as it can, it is renewed no more: the lease is left to lapse.
+        wait_until(lambda: keeper.renew() == 0, timeout=5, what="the renewals to stop")
+        assert time.monotonic() - started >= 0.2
 
 
 def test_the_renewer_thread_keeps_a_lease_alive_past_its_length(
@@ -165,14 +168,12 @@ def test_the_renewer_thread_keeps_a_lease_alive_past_its_length(
     first_expiry = now() + timedelta(seconds=3)
     claimed_by(session_factory, attempt_id, process_owner(), first_expiry)
     with keeper.holding([attempt_id], at_most_seconds=60):
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def renewed() -> bool:
             expiry = row(session_factory, attempt_id).lease_expires_at
-            if expiry is not None and expiry > first_expiry:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the lease was never renewed")
+            return expiry is not None and expiry > first_expiry
+
+        wait_until(renewed, timeout=20, what="the lease renewed by the keeper's thread")
 
 
 # ---- claiming a processing attempt ------------------------------------------------------------------
