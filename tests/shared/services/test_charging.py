@@ -4,13 +4,12 @@ A fake gateway stands in for Stripe: these are about what the database records."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import ChargeAttempt, Client, DunningState, Invoice
-from shared.domain.payments import CardDeclined, PermanentStripeError
+from shared.domain.payments import CardDeclined
 from shared.domain.states import AttemptStatus
 from shared.services import batch
 from shared.services.attempts import apply_outcome, lock_attempt, move_attempt
@@ -20,28 +19,10 @@ from shared.services.janitor import reconcile_stale_attempts
 from shared.services.ports import RateBudgetTimeout
 from shared.services.settings import update_settings
 from tests.support.factories import TODAY, make_client, make_invoice
+from tests.support.fake_stripe import FakeStripe
 from tests.support.unit_of_work import InSession, units
 
 S = AttemptStatus
-
-
-class ExplodingGateway:
-    """Fails every call in a given way, counting the calls."""
-
-    def __init__(self, error: Exception, on_call: Any = None) -> None:
-        self.error = error
-        self.on_call = on_call
-        self.calls = 0
-
-    def _fail(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.on_call:
-            self.on_call()
-        raise self.error
-
-    create_offsession_payment_intent = _fail
-    retrieve_payment_intent = _fail
-    find_attempt_payment_intents = _fail
 
 
 def _queued_attempt(factory: sessionmaker[Session], source: str = "admin") -> tuple[int, str]:
@@ -61,15 +42,9 @@ def test_a_retry_too_old_to_replay_goes_to_the_janitor_not_to_stripe(
         attempt = lock_attempt(s, attempt_id)
         attempt.transient_failures = 1  # an earlier call may have reached Stripe
         attempt.created_at = datetime.now(UTC) - timedelta(hours=25)
-    gateway = ExplodingGateway(AssertionError("must not call Stripe"))
-    report = run_attempt(
-        session_factory,
-        gateway,
-        attempt_id,
-        lease_seconds=60,  # type: ignore[arg-type]
-        max_transient_retries=5,
-    )
-    assert report.result is RunResult.UNKNOWN and gateway.calls == 0
+    stripe = FakeStripe()
+    report = run_attempt(session_factory, stripe, attempt_id, lease_seconds=60, max_transient_retries=5)
+    assert report.result is RunResult.UNKNOWN and stripe.server.requests == []
     with session_factory() as s:
         assert s.get(ChargeAttempt, attempt_id).status == "unknown"  # type: ignore[union-attr]
 
@@ -94,16 +69,10 @@ def test_a_permanent_error_after_a_webhook_settled_the_attempt_changes_nothing(
                 actor="webhook",
             )
 
-    gateway = ExplodingGateway(
-        PermanentStripeError("idempotency", kind="idempotency"), on_call=webhook_lands_first
-    )
-    report = run_attempt(
-        session_factory,
-        gateway,
-        attempt_id,
-        lease_seconds=60,  # type: ignore[arg-type]
-        max_transient_retries=5,
-    )
+    # Stripe knows neither the attempt's customer nor its card: the call ends in a PermanentStripeError,
+    # after the webhook's news landed while it was on its way.
+    stripe = FakeStripe(before_request=lambda _account: webhook_lands_first())
+    report = run_attempt(session_factory, stripe, attempt_id, lease_seconds=60, max_transient_retries=5)
     assert report.status == "failed"
     with session_factory() as s:
         assert s.get(ChargeAttempt, attempt_id).decline_code == "generic_decline"  # type: ignore[union-attr]
@@ -177,9 +146,15 @@ def test_one_charge_the_janitor_cannot_check_does_not_stop_the_sweep(
         move_attempt(s, attempt, S.PROCESSING, "worker")
         move_attempt(s, attempt, S.UNKNOWN, "worker")
         attempt.payment_intent_id = "pi_4"
-    gateway = ExplodingGateway(RateBudgetTimeout("platform", 90.0, 60.0))
-    report = reconcile_stale_attempts(session_factory, gateway)  # type: ignore[arg-type]
-    assert report.still_unknown == 1 and gateway.calls == 1
+    waited: list[str | None] = []
+
+    def no_token(account: str | None) -> None:
+        waited.append(account)
+        raise RateBudgetTimeout("platform", 90.0, 60.0)
+
+    stripe = FakeStripe(before_request=no_token)
+    report = reconcile_stale_attempts(session_factory, stripe)
+    assert report.still_unknown == 1 and waited == [None] and stripe.server.requests == []
 
 
 def test_client_customers_never_share_an_idempotency_key_even_when_row_ids_repeat(
@@ -189,17 +164,11 @@ def test_client_customers_never_share_an_idempotency_key_even_when_row_ids_repea
     customer creation (Stripe: idempotency_error) for a day. Keys are per request instead."""
     from shared.services import clients
 
-    keys: list[str] = []
-
-    class RecordingGateway:
-        def ensure_customer(self, name: str, email: str, *, idempotency_key: str, **_: Any) -> str:
-            keys.append(idempotency_key)
-            return f"cus_{len(keys)}"
-
-    gateway = RecordingGateway()
-    first = clients.create_client(session_factory, gateway, name="Ada", email="ada@example.com", actor="t")  # type: ignore[arg-type]
+    stripe = FakeStripe()
+    first = clients.create_client(session_factory, stripe, name="Ada", email="ada@example.com", actor="t")
     with session_factory() as s, s.begin():  # the row goes away, so its id may be handed out again
         s.delete(s.get_one(Client, first))
-    clients.create_client(session_factory, gateway, name="Bob", email="bob@example.com", actor="t")  # type: ignore[arg-type]
-    assert len(set(keys)) == 2
+    clients.create_client(session_factory, stripe, name="Bob", email="bob@example.com", actor="t")
+    keys = [r.idempotency_key for r in stripe.server.requests if r.path == "/v1/customers"]
+    assert len(keys) == 2 and len(set(keys)) == 2
     assert all(k.startswith("offsession:customer:") for k in keys)

@@ -1,12 +1,11 @@
 """The daily reconciliation's comparison (shared.services.daily_reconciliation), on SQLite and PostgreSQL.
 
-A fake gateway stands in for Stripe with a fixed set of PaymentIntents per account: these tests are
-about what the comparison decides and what the database records, once.
+The in-memory FakeStripe stands in for Stripe, seeded with the PaymentIntents of each account: these
+tests are about what the comparison decides and what the database records, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,7 +20,7 @@ from shared.domain.models import (
     ReconciliationFinding,
     ReconciliationRun,
 )
-from shared.domain.payments import PaymentIntentView, PermanentStripeError, TransientStripeError
+from shared.domain.payments import PaymentIntentView
 from shared.services.daily_reconciliation import (
     ReconciliationError,
     day_bounds,
@@ -32,6 +31,7 @@ from shared.services.daily_reconciliation import (
 )
 from shared.services.settings import update_settings
 from tests.support import factories
+from tests.support.fake_stripe import FakeStripe
 
 DAY = date(2026, 11, 20)
 NOON = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -66,45 +66,46 @@ def pi(
     )
 
 
-class FakeStripe:
-    """PaymentIntents per account ('' = platform). `fresh` overrides what a retrieve answers."""
+def seed(stripe: FakeStripe, view: PaymentIntentView, account: str = "") -> None:
+    """A PaymentIntent as Stripe holds it, put straight into the fake's store: these tests pick the ids
+    and the times the reconciliation must find."""
+    error = view.last_payment_error
+    stripe.server.account(account or None).payment_intents[view.id] = {
+        "id": view.id,
+        "object": "payment_intent",
+        "status": view.status,
+        "amount": view.amount,
+        "amount_received": view.amount_received,
+        "currency": view.currency,
+        "customer": view.customer,
+        "payment_method": view.payment_method,
+        "metadata": dict(view.metadata),
+        "latest_charge": view.latest_charge,
+        "last_payment_error": None if error is None else vars(error),
+        "created": view.created,
+        "client_secret": view.client_secret,
+        "next_action": None,
+        "livemode": view.livemode,
+    }
 
-    def __init__(self) -> None:
-        self.listed: dict[str, list[PaymentIntentView]] = {}
-        self.fresh: dict[str, PaymentIntentView] = {}
-        self.list_errors: dict[str, Exception] = {}
-        self.list_calls: list[tuple[str, datetime, datetime]] = []
-        self.retrieves: list[str] = []
 
-    def add(self, view: PaymentIntentView, account: str = "") -> PaymentIntentView:
-        self.listed.setdefault(account, []).append(view)
-        return view
-
-    def list_payment_intents_created(
-        self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
-    ) -> Iterator[PaymentIntentView]:
-        account = stripe_account or ""
-        self.list_calls.append((account, created_gte, created_lt))
-        if account in self.list_errors:
-            raise self.list_errors[account]
-        start, end = int(created_gte.timestamp()), int(created_lt.timestamp())
-        return iter([v for v in self.listed.get(account, []) if start <= v.created < end])
-
-    def retrieve_payment_intent(
-        self, payment_intent_id: str, *, stripe_account: str | None = None
-    ) -> PaymentIntentView:
-        self.retrieves.append(payment_intent_id)
-        if payment_intent_id in self.fresh:
-            return self.fresh[payment_intent_id]
-        for view in self.listed.get(stripe_account or "", []):
-            if view.id == payment_intent_id:
-                return view
-        raise PermanentStripeError(
-            f"No such payment_intent: '{payment_intent_id}'",
-            kind="invalid_request",
-            code="resource_missing",
-            http_status=404,
+def list_calls(stripe: FakeStripe) -> list[tuple[str, datetime, datetime]]:
+    """(account, created from, created before) of every listing of PaymentIntents by creation time."""
+    return [
+        (
+            r.account,
+            datetime.fromtimestamp(r.params["created"]["gte"], UTC),
+            datetime.fromtimestamp(r.params["created"]["lt"], UTC),
         )
+        for r in stripe.server.requests
+        if r.method == "get" and r.path == "/v1/payment_intents" and "lt" in r.params.get("created", {})
+    ]
+
+
+def retrieves(stripe: FakeStripe) -> list[str]:
+    """The PaymentIntents retrieved one by one, in order."""
+    prefix = "/v1/payment_intents/"
+    return [r.path[len(prefix) :] for r in stripe.server.requests if r.path.startswith(prefix)]
 
 
 @pytest.fixture
@@ -178,8 +179,8 @@ def test_a_charge_recorded_as_stripe_reports_it_is_matched(
 ) -> None:
     connect(session_factory)
     charged_invoice(session_factory, status="succeeded", payment_intent_id="pi_ours", paid=True)
-    stripe_fake.add(pi("pi_ours"))
-    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    seed(stripe_fake, pi("pi_ours"))
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
     (account,) = report.accounts
     assert (account.listed, account.matched, account.repaired, account.orphans, account.missing) == (
         1,
@@ -190,8 +191,8 @@ def test_a_charge_recorded_as_stripe_reports_it_is_matched(
     )
     assert findings(session_factory) == []
     # The day's UTC window was asked for, and nothing needed a second look.
-    assert stripe_fake.list_calls == [("", *day_bounds(DAY))]
-    assert stripe_fake.retrieves == []
+    assert list_calls(stripe_fake) == [("", *day_bounds(DAY))]
+    assert retrieves(stripe_fake) == []
 
 
 def test_an_orphan_is_checked_then_recorded_once_with_its_client_and_an_audit_event(
@@ -202,18 +203,18 @@ def test_an_orphan_is_checked_then_recorded_once_with_its_client_and_an_audit_ev
         owner = factories.client()
         factories.persist(s, owner)
         client_id, customer = owner.id, owner.stripe_customer_id
-    stripe_fake.add(pi("pi_orphan", amount=4_200, customer=customer))
-    stripe_fake.add(pi("pi_abandoned", status="requires_payment_method", customer=customer))
+    seed(stripe_fake, pi("pi_orphan", amount=4_200, customer=customer))
+    seed(stripe_fake, pi("pi_abandoned", status="requires_payment_method", customer=customer))
 
-    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)  # type: ignore[arg-type]
-    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)  # type: ignore[arg-type]
+    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)
+    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="cli", now=LATER)
 
     assert findings(session_factory) == [("", "pi_orphan", "orphan")]
     assert [a.new_findings for a in (first.accounts[0], second.accounts[0])] == [1, 0]
     for report in (first.accounts[0], second.accounts[0]):
         assert (report.listed, report.orphans, report.without_money, report.matched) == (2, 1, 1, 0)
     # Re-retrieved before recording: the listing alone is not trusted.
-    assert stripe_fake.retrieves.count("pi_orphan") == 2
+    assert retrieves(stripe_fake).count("pi_orphan") == 2
     with session_factory() as s:
         finding = s.scalars(select(ReconciliationFinding)).one()
         assert (finding.amount, finding.currency, finding.stripe_customer_id, finding.client_id) == (
@@ -235,9 +236,17 @@ def test_a_listed_success_that_moved_no_money_on_a_second_look_is_not_an_orphan(
     session_factory: sessionmaker[Session], stripe_fake: FakeStripe
 ) -> None:
     connect(session_factory)
-    stripe_fake.add(pi("pi_odd"))
-    stripe_fake.fresh["pi_odd"] = replace(pi("pi_odd"), amount_received=0)
-    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    seed(stripe_fake, pi("pi_odd"))
+    calls: list[str | None] = []
+
+    def second_look_finds_no_money(account: str | None) -> None:
+        calls.append(account)
+        if len(calls) == 2:  # after the listing, before the retrieve
+            seed(stripe_fake, replace(pi("pi_odd"), amount_received=0))
+
+    stripe = FakeStripe(server=stripe_fake.server, before_request=second_look_finds_no_money)
+    report = reconcile_day(session_factory, stripe, DAY, trigger="test", now=LATER)
+    assert retrieves(stripe) == ["pi_odd"]
     assert (report.accounts[0].orphans, report.accounts[0].without_money) == (0, 1)
     assert findings(session_factory) == []
 
@@ -252,10 +261,11 @@ def test_an_attempt_stripe_settled_without_us_is_repaired_once_and_never_charged
     invoice_id, attempt_id = charged_invoice(
         session_factory, status="unknown", payment_intent_id=stored_pi_id
     )
-    stripe_fake.add(pi("pi_lost", metadata={"charge_attempt_id": attempt_id, "invoice_id": str(invoice_id)}))
+    metadata = {"charge_attempt_id": attempt_id, "invoice_id": str(invoice_id)}
+    seed(stripe_fake, pi("pi_lost", metadata=metadata))
 
-    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
-    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    first = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
+    second = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
 
     assert findings(session_factory) == [("", "pi_lost", "repaired")]
     for report in (first.accounts[0], second.accounts[0]):
@@ -275,8 +285,8 @@ def test_a_cancel_stripe_reports_is_repaired_without_a_payment(
 ) -> None:
     connect(session_factory)
     _, attempt_id = charged_invoice(session_factory, status="unknown", payment_intent_id="pi_no")
-    stripe_fake.add(pi("pi_no", status="canceled"))
-    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    seed(stripe_fake, pi("pi_no", status="canceled"))
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
     assert report.accounts[0].repaired == 1
     with session_factory() as s:
         assert s.get_one(ChargeAttempt, attempt_id).status == "canceled"
@@ -292,10 +302,10 @@ def test_a_ledger_card_payment_stripe_does_not_have_is_flagged_missing_once(
     )
     # Another day's PaymentIntent that succeeded after midnight: on that day's list, not missing.
     charged_invoice(session_factory, status="succeeded", payment_intent_id="pi_yesterday", paid=True)
-    stripe_fake.fresh["pi_yesterday"] = pi("pi_yesterday", created=NOON - timedelta(days=1))
+    seed(stripe_fake, pi("pi_yesterday", created=NOON - timedelta(days=1)))
 
     for _ in range(2):
-        report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+        report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
         assert (report.accounts[0].listed, report.accounts[0].missing) == (0, 1)
 
     assert findings(session_factory) == [("", "pi_gone", "missing")]
@@ -314,12 +324,12 @@ def test_two_accounts_are_reconciled_apart(
     charged_invoice(
         session_factory, status="succeeded", payment_intent_id="pi_a", account="acct_A", paid=True
     )
-    stripe_fake.add(pi("pi_a"), "acct_A")
-    stripe_fake.add(pi("pi_stray_a"), "acct_A")
-    stripe_fake.add(pi("pi_stray_b"), "acct_B")
-    stripe_fake.add(pi("pi_platform"), "")  # not an account we charge through: not asked
+    seed(stripe_fake, pi("pi_a"), "acct_A")
+    seed(stripe_fake, pi("pi_stray_a"), "acct_A")
+    seed(stripe_fake, pi("pi_stray_b"), "acct_B")
+    seed(stripe_fake, pi("pi_platform"), "")  # not an account we charge through: not asked
 
-    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
 
     by_account = {a.stripe_account: (a.listed, a.matched, a.orphans) for a in report.accounts}
     assert by_account == {"acct_A": (2, 1, 1), "acct_B": (1, 0, 1)}
@@ -327,7 +337,7 @@ def test_two_accounts_are_reconciled_apart(
         ("acct_A", "pi_stray_a", "orphan"),
         ("acct_B", "pi_stray_b", "orphan"),
     ]
-    assert {call[0] for call in stripe_fake.list_calls} == {"acct_A", "acct_B"}
+    assert {call[0] for call in list_calls(stripe_fake)} == {"acct_A", "acct_B"}
 
 
 def test_stripe_down_for_one_account_is_recorded_on_its_run_and_the_other_still_runs(
@@ -337,21 +347,20 @@ def test_stripe_down_for_one_account_is_recorded_on_its_run_and_the_other_still_
     charged_invoice(
         session_factory, status="succeeded", payment_intent_id="pi_a", account="acct_A", paid=True
     )
-    stripe_fake.list_errors["acct_A"] = TransientStripeError("connection refused")
-    stripe_fake.add(pi("pi_stray_b"), "acct_B")
+    stripe_fake.server.fail_next("5xx", "list_payment_intents")  # the first account's listing: acct_A's
+    seed(stripe_fake, pi("pi_stray_b"), "acct_B")
 
-    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    report = reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
 
     assert [a.stripe_account for a in report.failed] == ["acct_A"]
-    assert run_row(session_factory, "acct_A").error == "Stripe: connection refused"
+    assert run_row(session_factory, "acct_A").error == "Stripe: An unknown error occurred (injected)"
     assert run_row(session_factory, "acct_B").orphans == 1
     # The next night takes the day again, until a run of it goes through; a week later it gives up.
     with session_factory() as s:
         assert days_to_retry(s, before=DAY + timedelta(days=1)) == [DAY]
         assert days_to_retry(s, before=DAY) == []
         assert days_to_retry(s, before=DAY + timedelta(days=8)) == []
-    del stripe_fake.list_errors["acct_A"]
-    reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)  # type: ignore[arg-type]
+    reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=LATER)
     assert run_row(session_factory, "acct_A").error is None
     with session_factory() as s:
         assert days_to_retry(s, before=DAY + timedelta(days=1)) == []
@@ -363,7 +372,7 @@ def test_days_are_checked(session_factory: sessionmaker[Session], stripe_fake: F
         with pytest.raises(ReconciliationError, match="expected YYYY-MM-DD"):
             parse_day(bad)
     with pytest.raises(ReconciliationError, match="has not happened yet"):
-        reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=NOON - timedelta(days=1))  # type: ignore[arg-type]
+        reconcile_day(session_factory, stripe_fake, DAY, trigger="test", now=NOON - timedelta(days=1))
     assert yesterday_utc(datetime(2026, 11, 21, 2, 30, tzinfo=UTC)) == DAY
 
 

@@ -16,63 +16,41 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
-from shared.domain.payments import ChargeRequest, PaymentIntentView, Succeeded, TransientStripeError
 from shared.services import outbox
 from shared.services.attempts import lock_attempt
 from shared.services.charge_requests import request_charge
-from shared.services.charging import RunResult, claim_attempt, run_attempt
+from shared.services.charging import RunResult, charge_request_for, claim_attempt, run_attempt
 from shared.services.janitor import STRANDED_AFTER, recover_charges, republish_stranded
 from shared.services.leases import LeaseKeeper, holder_is_gone, lease_lapsed, process_owner
 from shared.services.ports import Publisher
 from shared.services.settings import update_settings
 from tests.support.factories import make_client, make_invoice
+from tests.support.fake_stripe import FakeStripe
 from tests.support.unit_of_work import InSession
 from tests.support.waiting import wait_until
 
 LEASE = 15.0
 
 
-class FakeStripe:
-    """Answers every create with a success; remembers the idempotency keys it was sent."""
-
-    longest_call_seconds = 5.0
-
-    def __init__(self, error: Exception | None = None, during_call: Any = None) -> None:
-        self.keys: list[str] = []
-        self.error = error
-        self.during_call = during_call
-
-    def create_offsession_payment_intent(self, request: ChargeRequest) -> Succeeded:
-        self.keys.append(request.idempotency_key)
-        if self.during_call:
-            self.during_call()
-        if self.error:
-            raise self.error
-        return Succeeded(
-            PaymentIntentView(
-                id="pi_" + request.idempotency_key[-12:],
-                status="succeeded",
-                amount=request.amount,
-                amount_received=request.amount,
-                currency=request.currency,
-                customer=request.customer_id,
-                payment_method=request.payment_method_id,
-                metadata=dict(request.metadata),
-                latest_charge="ch_1",
-                last_payment_error=None,
-                created=0,
-                client_secret=None,
-                next_action_type=None,
-                next_action_redirect_url=None,
-                livemode=False,
-            )
-        )
+def charge_keys(stripe: FakeStripe) -> list[str | None]:
+    """The idempotency keys of the charges that reached the fake Stripe, in order."""
+    return [r.idempotency_key for r in stripe.server.requests if r.path == "/v1/payment_intents"]
 
 
-def queued_attempt(factory: sessionmaker[Session], n: int = 1) -> str:
+def queued_attempt(factory: sessionmaker[Session], n: int = 1, stripe: FakeStripe | None = None) -> str:
+    """A queued charge of invoice `n`; with `stripe`, its client's customer and card exist there."""
     with factory() as s, s.begin():
         update_settings(s, "test", stripe_connected=True)
-        invoice = make_invoice(s, make_client(s, n), n)
+        client = make_client(s, n)
+        if stripe is not None:
+            client.stripe_customer_id = stripe.ensure_customer(
+                client.name, client.email, idempotency_key=f"customer:{n}"
+            )
+            card = stripe.attach_payment_method(
+                client.stripe_customer_id, "pm_card_visa", idempotency_key=f"card:{n}"
+            )
+            client.cards[0].stripe_payment_method_id = card.payment_method_id
+        invoice = make_invoice(s, client, n)
         s.flush()
         attempt = request_charge(InSession(s), invoice, source="admin", requested_by="test")
         return attempt.id
@@ -182,11 +160,11 @@ def test_the_renewer_thread_keeps_a_lease_alive_past_its_length(
 def test_a_live_holder_keeps_its_charge_and_the_redelivery_looks_again_when_the_lease_would_lapse(
     session_factory: sessionmaker[Session],
 ) -> None:
-    attempt_id = queued_attempt(session_factory)
+    stripe = FakeStripe()
+    attempt_id = queued_attempt(session_factory, stripe=stripe)
     claimed_by(session_factory, attempt_id, "elsewhere/1/x", now() + timedelta(seconds=12))
-    gateway = FakeStripe()
-    report = run_attempt(session_factory, gateway, attempt_id, lease_seconds=LEASE, max_transient_retries=3)  # type: ignore[arg-type]
-    assert report.result is RunResult.HELD and gateway.keys == []
+    report = run_attempt(session_factory, stripe, attempt_id, lease_seconds=LEASE, max_transient_retries=3)
+    assert report.result is RunResult.HELD and charge_keys(stripe) == []
     assert report.retry_countdown is not None and 11 <= report.retry_countdown <= 14
     assert row(session_factory, attempt_id).lease_owner == "elsewhere/1/x"
 
@@ -195,7 +173,8 @@ def test_a_live_holder_keeps_its_charge_and_the_redelivery_looks_again_when_the_
 def test_a_redelivery_takes_over_from_a_dead_holder_and_replays_under_the_same_key(
     session_factory: sessionmaker[Session], holder: str
 ) -> None:
-    attempt_id = queued_attempt(session_factory)
+    stripe = FakeStripe()
+    attempt_id = queued_attempt(session_factory, stripe=stripe)
     if holder == "lapsed":
         claimed_by(session_factory, attempt_id, "elsewhere/1/x", now() - timedelta(seconds=1))
     else:  # killed a moment ago: its lease has most of its length left, but its process is gone
@@ -214,10 +193,9 @@ def test_a_redelivery_takes_over_from_a_dead_holder_and_replays_under_the_same_k
                 recorded_by="test",
             )
         )
-    gateway = FakeStripe()
-    report = run_attempt(session_factory, gateway, attempt_id, lease_seconds=LEASE, max_transient_retries=3)  # type: ignore[arg-type]
+    report = run_attempt(session_factory, stripe, attempt_id, lease_seconds=LEASE, max_transient_retries=3)
     assert report.result is RunResult.APPLIED and report.status == "succeeded"
-    assert gateway.keys == [f"offsession:charge:{attempt_id}"]
+    assert charge_keys(stripe) == [f"offsession:charge:{attempt_id}"]
     attempt = row(session_factory, attempt_id)
     assert attempt.transient_failures == 1 and attempt.lease_owner is None
     with session_factory() as s:
@@ -235,7 +213,8 @@ def test_a_worker_whose_charge_was_taken_over_does_not_requeue_it(
     """Its lease lapsed while it waited for Stripe (a database outage stopped the renewals); another worker
     took the charge over. Its own timeout must not send the charge back to the queue behind the new
     holder's back."""
-    attempt_id = queued_attempt(session_factory)
+    stripe = FakeStripe()
+    attempt_id = queued_attempt(session_factory, stripe=stripe)
 
     def taken_over_meanwhile() -> None:
         with session_factory() as s, s.begin():
@@ -243,8 +222,9 @@ def test_a_worker_whose_charge_was_taken_over_does_not_requeue_it(
                 update(ChargeAttempt).where(ChargeAttempt.id == attempt_id).values(lease_owner="other/2/y")
             )
 
-    gateway = FakeStripe(error=TransientStripeError("timeout"), during_call=taken_over_meanwhile)
-    report = run_attempt(session_factory, gateway, attempt_id, lease_seconds=LEASE, max_transient_retries=3)  # type: ignore[arg-type]
+    stripe = FakeStripe(server=stripe.server, before_request=lambda _account: taken_over_meanwhile())
+    stripe.server.fail_next("5xx", "create_offsession_payment_intent")  # no answer
+    report = run_attempt(session_factory, stripe, attempt_id, lease_seconds=LEASE, max_transient_retries=3)
     assert report.result is RunResult.APPLIED and report.status == "processing"
     attempt = row(session_factory, attempt_id)
     assert attempt.status == "processing" and attempt.lease_owner == "other/2/y"
@@ -254,17 +234,13 @@ def test_a_worker_whose_charge_was_taken_over_does_not_requeue_it(
 def test_run_attempt_keeps_the_lease_alive_while_stripe_is_asked(
     session_factory: sessionmaker[Session],
 ) -> None:
-    attempt_id = queued_attempt(session_factory)
+    server = FakeStripe().server
+    attempt_id = queued_attempt(session_factory, stripe=FakeStripe(server=server))
     keeper = LeaseKeeper(lambda: session_factory, LEASE)
     seen: list[list[str]] = []
-    gateway = FakeStripe(during_call=lambda: seen.append(keeper.held()))
+    stripe = FakeStripe(server=server, before_request=lambda _account: seen.append(keeper.held()))
     run_attempt(
-        session_factory,
-        gateway,
-        attempt_id,
-        lease_seconds=LEASE,
-        max_transient_retries=3,
-        leases=keeper,  # type: ignore[arg-type]
+        session_factory, stripe, attempt_id, lease_seconds=LEASE, max_transient_retries=3, leases=keeper
     )
     assert seen == [[attempt_id]] and keeper.held() == []
 
@@ -304,14 +280,16 @@ def sent() -> tuple[list[tuple[str, dict[str, Any]]], Publisher]:
 def test_the_sweep_settles_a_charge_whose_holder_stopped_renewing(
     session_factory: sessionmaker[Session],
 ) -> None:
-    attempt_id = queued_attempt(session_factory)
+    stripe = FakeStripe()
+    attempt_id = queued_attempt(session_factory, stripe=stripe)
     claimed_by(session_factory, attempt_id, "elsewhere/1/x", now() - timedelta(seconds=1))
-    alive = queued_attempt(session_factory, 2)
+    alive = queued_attempt(session_factory, 2, stripe=stripe)
     claimed_by(session_factory, alive, "elsewhere/1/x", now() + timedelta(seconds=10))
-    gateway = FakeStripe()
-    report = recover_charges(session_factory, gateway, sent()[1])  # type: ignore[arg-type]
+    report = recover_charges(session_factory, stripe, sent()[1])
     assert dict(report.stale.resolved) == {"succeeded": 1}
-    assert gateway.keys == [f"offsession:charge:{attempt_id}"]  # replayed under its key; the live one left be
+    assert charge_keys(stripe) == [
+        f"offsession:charge:{attempt_id}"
+    ]  # replayed under its key; the live one left be
     assert row(session_factory, attempt_id).status == "succeeded"
     assert row(session_factory, alive).status == "processing"
     with session_factory() as s:
@@ -321,13 +299,23 @@ def test_the_sweep_settles_a_charge_whose_holder_stopped_renewing(
 def test_a_replay_meeting_the_original_in_flight_waits_for_the_next_sweep(
     session_factory: sessionmaker[Session],
 ) -> None:
-    attempt_id = queued_attempt(session_factory)
+    stripe = FakeStripe()
+    attempt_id = queued_attempt(session_factory, stripe=stripe)
     claimed_by(session_factory, attempt_id, "elsewhere/1/x", now() - timedelta(seconds=1))
-    in_flight = TransientStripeError("idempotency_key_in_use", code="idempotency_key_in_use")
-    report = recover_charges(session_factory, FakeStripe(error=in_flight), sent()[1])  # type: ignore[arg-type]
+    # The dead holder's call, still executing at Stripe (slowed down) when the sweep replays it.
+    with session_factory() as s:
+        attempt = s.get_one(ChargeAttempt, attempt_id)
+        request = charge_request_for(attempt, attempt.invoice)
+    stripe.server.fail_next("latency", "create_offsession_payment_intent")
+    original = threading.Thread(target=lambda: stripe.create_offsession_payment_intent(request))
+    original.start()
+    wait_until(lambda: charge_keys(stripe), timeout=5, what="the original call at Stripe")
+    report = recover_charges(session_factory, stripe, sent()[1])
+    original.join()
+    assert [r.outcome for r in stripe.server.requests if r.path == "/v1/payment_intents"][-1] == "in_use"
     assert report.stale.still_unknown == 1 and row(session_factory, attempt_id).status == "unknown"
     # The original's answer is saved at Stripe now: the next sweep's replay gets it.
-    report = recover_charges(session_factory, FakeStripe(), sent()[1])  # type: ignore[arg-type]
+    report = recover_charges(session_factory, stripe, sent()[1])
     assert dict(report.stale.resolved) == {"succeeded": 1}
 
 
@@ -354,7 +342,7 @@ def test_a_queued_charge_whose_message_was_lost_is_sent_again(session_factory: s
     assert republish_stranded(session_factory) == []  # not yet: it may still be on its way
     age(session_factory, attempt_id, STRANDED_AFTER.total_seconds() + 1)
     messages, publish = sent()
-    report = recover_charges(session_factory, FakeStripe(), publish)  # type: ignore[arg-type]
+    report = recover_charges(session_factory, FakeStripe(), publish)
     assert report.republished == 1 and messages == [(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id})]
     # Sent again a moment ago: not again at the next sweep, nor until it has waited as long again.
     assert republish_stranded(session_factory) == []

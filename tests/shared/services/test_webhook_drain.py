@@ -12,22 +12,19 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adapters.drain_flag import DRAIN_PENDING_KEY, DrainRequests
-from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain.models import WebhookEvent
-from shared.domain.payments import PaymentIntentView
 from shared.services.webhook_drain import _DRAIN_LOCK_NAMESPACE, drain_events
 from shared.services.webhooks import store_received_event
+from tests.support.fake_stripe import FakeStripe
 from tests.support.services import RedisServer
 
 
-class UnreachableStripe(StripeGateway):
-    """Stripe down: the refund event below asks it for the PaymentIntent its refund overtook."""
-
-    def __init__(self) -> None:
-        super().__init__("sk_test_offline", "http://127.0.0.1:9", "whsec_offline")
-
-    def retrieve_payment_intent(self, payment_intent_id: str, **_kwargs: Any) -> PaymentIntentView:
-        raise RuntimeError(f"Stripe unreachable for {payment_intent_id}")
+def stripe_down() -> FakeStripe:
+    """Stripe answering every request with a 5xx: the refund event below asks it for the PaymentIntent
+    its refund overtook, and cannot be processed."""
+    stripe = FakeStripe()
+    stripe.server.set_faults(error_rate=1.0)
+    return stripe
 
 
 def _success(n: int) -> dict[str, Any]:
@@ -57,13 +54,13 @@ def test_a_drain_processes_every_pending_event_and_asks_for_help_once(
     ids = [store_received_event(migrated_engine, _success(n)).id for n in range(5)]
     helpers: list[str] = []
     report = drain_events(
-        session_factory, UnreachableStripe(), on_full_batch=lambda: helpers.append("helper"), batch_size=2
+        session_factory, stripe_down(), on_full_batch=lambda: helpers.append("helper"), batch_size=2
     )
     assert (report.outcomes, report.failed, helpers) == (5, set(), ["helper"])
     rows = _rows(session_factory)
     assert all(rows[i].processed_at is not None and rows[i].processing_attempts == 1 for i in ids)
     # Nothing left: a second drain claims nothing and asks for no help.
-    assert drain_events(session_factory, UnreachableStripe(), on_full_batch=helpers.clear).outcomes == 0
+    assert drain_events(session_factory, stripe_down(), on_full_batch=helpers.clear).outcomes == 0
     assert helpers == ["helper"]
 
 
@@ -72,14 +69,14 @@ def test_a_poison_event_is_counted_and_skipped_not_retried_in_a_loop(
 ) -> None:
     poison = store_received_event(migrated_engine, _refund_of_unknown_payment(0)).id
     healthy = [store_received_event(migrated_engine, _success(n)).id for n in range(3)]
-    report = drain_events(session_factory, UnreachableStripe(), batch_size=2)
+    report = drain_events(session_factory, stripe_down(), batch_size=2)
     assert (report.outcomes, report.failed) == (3, {poison})
     rows = _rows(session_factory)
     assert all(rows[i].processed_at is not None for i in healthy)
     assert rows[poison].processed_at is None and rows[poison].processing_attempts == 1
-    assert rows[poison].error == "RuntimeError: Stripe unreachable for pi_x"
+    assert rows[poison].error == "TransientStripeError: An unknown error occurred (injected)"
     # The next drain tries it again: one more counted attempt, towards being given up.
-    assert drain_events(session_factory, UnreachableStripe()).failed == {poison}
+    assert drain_events(session_factory, stripe_down()).failed == {poison}
     assert _rows(session_factory)[poison].processing_attempts == 2
 
 
@@ -96,13 +93,13 @@ def test_postgresql_drains_skip_the_events_another_drain_holds(
             text("SELECT pg_advisory_xact_lock(:namespace, :event_id)"),
             {"namespace": _DRAIN_LOCK_NAMESPACE, "event_id": held},
         )
-        report = drain_events(session_factory, UnreachableStripe())
+        report = drain_events(session_factory, stripe_down())
         assert report.outcomes == 1
         rows = _rows(session_factory)
         assert rows[free].processed_at is not None
         assert rows[held].processed_at is None and rows[held].processing_attempts == 0
     # Released (that drain ended): the next drain takes it.
-    assert drain_events(session_factory, UnreachableStripe()).outcomes == 1
+    assert drain_events(session_factory, stripe_down()).outcomes == 1
 
 
 def test_the_flag_publishes_one_drain_per_burst_and_again_once_a_drain_started(
