@@ -776,8 +776,8 @@ class FakeStripeServer:
 
 
 class FakeStripe:
-    """shared.gateway.StripeGateway's public methods over a FakeStripeServer (one is made if none is
-    given). Several FakeStripes may share a server, e.g. with different retry settings."""
+    """shared.adapters.stripe_gateway.StripeGateway's public methods over a FakeStripeServer (one is made
+    if none is given). Several FakeStripes may share a server, e.g. with different retry settings."""
 
     def __init__(
         self,
@@ -840,8 +840,8 @@ class FakeStripe:
         idempotency_key: str | None = None,
         card_errors: bool = False,
     ) -> dict[str, Any]:
-        """One gateway call: the SDK's tries, errors translated as shared.gateway translates them. A
-        402 comes back as ("card_error", body) through _CardError when `card_errors`."""
+        """One gateway call: the SDK's tries, errors translated as shared.adapters.stripe_wire translates
+        them. A 402 comes back as ("card_error", body) through _CardError when `card_errors`."""
         if self._before_request is not None:
             self._before_request(account)
         started = time.monotonic()
@@ -1469,7 +1469,7 @@ class _CardError(GatewayError):
         self.error = error
 
     def outcome(self) -> ChargeOutcome:
-        """As shared.gateway reads a 402 on create/confirm: the PaymentIntent in its state after it."""
+        """As shared.domain.payments reads a 402 on create/confirm: the PaymentIntent in its state after."""
         embedded = self.error.get("payment_intent")
         if isinstance(embedded, dict) and embedded.get("id"):
             return classify_payment_intent(payment_intent_view(embedded))

@@ -153,7 +153,7 @@ def card_error(code: str, decline_code: str | None, message: str) -> dict[str, A
 # ---- parameters ------------------------------------------------------------------------------------
 
 
-def test_create_params_are_exactly_design_section_4() -> None:
+def test_create_params_are_exactly_what_a_charge_sends() -> None:
     params = payment_intent_create_params(charge_request())
     assert params == {
         "amount": 12_500,
@@ -829,3 +829,37 @@ def test_correctly_signed_non_events_are_payload_errors(http: RecordingHTTPClien
 def test_non_utf8_body_is_a_payload_error(http: RecordingHTTPClient) -> None:
     with pytest.raises(WebhookPayloadError):
         make_gateway(http).verify_webhook(b"\xff\xfe", "t=1,v1=00")
+
+
+# ---- the transport ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxied", [False, True])
+def test_the_environment_is_read_per_request_only_when_it_names_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, proxied: bool
+) -> None:
+    """requests reads the environment (proxies, ~/.netrc) on every request of a Session that trusts it:
+    a twentieth of a charge's CPU. The gateway's own Session does not, unless a proxy must be honoured."""
+    import urllib.request
+
+    import requests.sessions
+
+    from tests.support.emulator import running_emulator
+
+    looked_up: list[str] = []
+    real_lookup = requests.sessions.get_environ_proxies
+
+    def counting_lookup(url: str, no_proxy: Any = None) -> dict[str, str]:
+        looked_up.append(url)
+        return real_lookup(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counting_lookup)
+    # A proxy named, but not for the loopback emulator (no_proxy): only the lookups are counted.
+    proxies = {"https": "http://proxy:3128"} if proxied else {}
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: proxies)
+    with running_emulator() as base:
+        gateway = StripeGateway("sk_test_emulator", base, "whsec_emulator")
+        for name in ("Ada", "Bob"):
+            key = f"customer:{name}:{time.time()}"
+            gateway.ensure_customer(name, f"{name}@example.com", idempotency_key=key)
+    assert (len(looked_up) >= 2) if proxied else (looked_up == [])
