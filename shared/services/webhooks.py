@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Insert, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -23,7 +23,7 @@ from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, table_of,
 from shared.domain.payments import PaymentIntentView, payment_intent_view
 from shared.domain.states import observe
 from shared.log_context import bind_log_ids
-from shared.services import audit
+from shared.services import audit, payments
 from shared.services.attempts import apply_payment_intent, reported_status
 from shared.services.ports import StripePort
 
@@ -426,7 +426,7 @@ def _apply_refunds(
     recorded = 0
     with factory() as session, session.begin():
         for refund, pi_id in ours:
-            recorded += _record_refund(session, refund, pi_id, actor, account)
+            recorded += payments.record_card_refund(session, refund, pi_id, actor, account)
     return f"{event_type}: {recorded} refund(s) recorded"
 
 
@@ -434,82 +434,3 @@ def _id(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("id")
     return value if isinstance(value, str) else None
-
-
-def _record_refund(
-    session: Session, refund: dict[str, Any], pi_id: str, actor: str, account: str | None
-) -> bool:
-    """A refund of one of our card payments, as a negative ledger entry, once. Raises Mismatch unless it
-    refunds a payment of ours on the same account, in its currency, and no more than is left of it."""
-    original = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == pi_id))
-    if original is None:
-        return False
-    if session.scalar(select(Payment.id).where(Payment.stripe_refund_id == refund["id"])) is not None:
-        return False
-    attempt = session.get(ChargeAttempt, original.charge_attempt_id) if original.charge_attempt_id else None
-    if attempt is None:
-        raise Mismatch(
-            MismatchReason.REFUND, f"Refund {refund['id']}: payment {pi_id} is not a charge of ours."
-        )
-    if (account or None) != (attempt.stripe_account_id or None):
-        raise Mismatch(
-            MismatchReason.ACCOUNT,
-            f"Refund {refund['id']} comes from account {account or 'platform'}; charge {attempt.id} was "
-            f"made on {attempt.stripe_account_id or 'the platform account'}.",
-            attempt=attempt,
-        )
-    currency = str(refund.get("currency") or "").lower()
-    if currency != attempt.currency:
-        raise Mismatch(
-            MismatchReason.CURRENCY,
-            f"Refund {refund['id']} is in {currency.upper() or 'no currency'}; charge {attempt.id} is in "
-            f"{attempt.currency.upper()}.",
-            attempt=attempt,
-        )
-    amount = refund.get("amount")
-    refunded = -(
-        session.scalar(
-            select(func.coalesce(func.sum(Payment.amount), 0)).where(
-                Payment.charge_attempt_id == attempt.id, Payment.stripe_refund_id.is_not(None)
-            )
-        )
-        or 0
-    )
-    if (
-        isinstance(amount, bool)
-        or not isinstance(amount, int)
-        or amount <= 0
-        or refunded + amount > original.amount
-    ):
-        raise Mismatch(
-            MismatchReason.AMOUNT,
-            f"Refund {refund['id']} of {amount!r} would take back more than the {original.amount - refunded} "
-            f"{attempt.currency.upper()} left of payment {pi_id}.",
-            attempt=attempt,
-        )
-    try:
-        with session.begin_nested():
-            session.add(
-                Payment(
-                    invoice_id=original.invoice_id,
-                    amount=-amount,
-                    method="card",
-                    received_at=utcnow(),
-                    reference=f"Refund {refund['id']} of {pi_id}",
-                    charge_attempt_id=original.charge_attempt_id,
-                    stripe_refund_id=refund["id"],
-                    recorded_by="stripe",
-                )
-            )
-    except IntegrityError:
-        return False
-    audit.record(
-        session,
-        actor,
-        "payment.refunded",
-        invoice_id=original.invoice_id,
-        charge_attempt_id=original.charge_attempt_id,
-        refund_id=refund["id"],
-        amount=amount,
-    )
-    return True
