@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port
@@ -452,12 +453,22 @@ def bench_main(
     return 0
 
 
-_redis_db = itertools.count(1)
+_redis_db = itertools.count()
+# Redis databases 1 to 11 are the stacks'; 12 to 15 belong to the tests that use one Redis database
+# for themselves (tests/shared/adapters/test_kombu_redis.py, test_rate_budget_redis.py,
+# tests/web/test_metrics.py).
+STACK_REDIS_DATABASES = range(1, 12)
 
 
 def broker_url(redis_server: RedisServer) -> str:
-    # A database number per stack, so one stack's leftover messages never reach another's workers.
-    return f"{redis_server.url}/{next(_redis_db) % 16}"
+    """A Redis database of the stack's own, emptied: no other stack's leftover messages reach its workers."""
+    url = f"{redis_server.url}/{STACK_REDIS_DATABASES[next(_redis_db) % len(STACK_REDIS_DATABASES)]}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 def stack_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
