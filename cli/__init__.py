@@ -1,4 +1,5 @@
-"""The `offsession` command: an entry point like web/ and worker/, over shared/ (console script `offsession`).
+"""The `offsession` command (console script): an entry point like web/ and worker/.
+It imports shared/ (its Runtime from shared.bootstrap), never web/ or worker/.
 
 Errors print one clear line on stderr and exit 2.
 """

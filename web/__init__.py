@@ -1,4 +1,5 @@
-"""The web app (`gunicorn "web:create_app()"`): admin UI, client zone, JSON API, webhook endpoint."""
+"""The web app (`gunicorn "web:create_app()"`): admin UI, Client Zone, JSON API, webhook endpoint.
+An entry point over shared/ (its Runtime from shared.bootstrap); it never imports worker/ or cli/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """The Celery app (`celery -A worker worker`, `celery -A worker beat`): thin tasks over shared/.
+An entry point: it imports shared/ (its Runtime from shared.bootstrap), never web/ or cli/.
 
 The process's Runtime (shared.bootstrap) is built here, once, from the environment; an unsafe
 configuration stops the worker or beat at import with one line naming the variable (exit status 2).
