@@ -533,5 +533,5 @@ def settings() -> ResponseReturnValue:
 @bp.get("/api-docs")
 @login_required_admin
 def api_docs() -> ResponseReturnValue:
-    """The OpenAPI document of /api/openapi.json, rendered by the vendored Swagger UI (web/static/api-docs.js)."""
+    """/api/openapi.json for people: the vendored Swagger UI draws it (started by web/static/api-docs.js)."""
     return render_template("admin/api_docs.html")
