@@ -354,6 +354,8 @@ def charge_through(deployment: Deployment, web_port: int, emulator_port: int, sm
     status, page = http("GET", base + "/admin/login")
     assert status == 200 and "pico.min.css" in page
     assert http("GET", base + "/static/vendor/pico/pico.min.css")[0] == 200
+    for asset in ("charts.js", "vendor/chartjs/chart.umd.min.js", "vendor/swagger-ui/swagger-ui-bundle.js"):
+        assert http("GET", f"{base}/static/{asset}")[0] == 200, asset
     deployment_ready = time.monotonic() - started
 
     # Connect, a client with a card, an invoice, and the charge.
