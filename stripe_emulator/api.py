@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from . import resources
 from .events import EventRecord, WebhookDispatcher
 from .faults import FaultError, Faults, FaultState
 from .idempotency import Claim, IdempotencyStore, fingerprint
-from .resources import Ctx, Resources
+from .resources import Ctx
+from .resources.payment_intents import authenticate_pi
+from .resources.setup_intents import authenticate_si
 from .schema import API_VERSION, check_version
 from .store import PLATFORM, TABLES, Persistence, Store, new_id
 from .wire import ApiError, Params, Response, invalid, nest, parse_pairs
@@ -98,7 +101,6 @@ class Emulator:
         self.store = Store()
         self.idem = IdempotencyStore()
         self.faults = FaultState(config.faults)
-        self.resources = Resources(self._emit)
         self.dispatcher: WebhookDispatcher | None = None
         if config.webhook_url:
             self.dispatcher = WebhookDispatcher(
@@ -262,7 +264,7 @@ class Emulator:
                                              "support.stripe.com/contact.", "type": "api_error"}}
             return Response(500, _json(body_500), out_headers)
 
-        route = self.resources.match(method, path)
+        route = resources.match(method, path)
         if route is None:
             return self._unrecognized(method, path, out_headers)
         handler, contract, args = route
@@ -287,7 +289,7 @@ class Emulator:
         if latency:
             time.sleep(latency)
         with self.store.lock:
-            ctx = Ctx(account, self.store.account(account), request_id, key, int(time.time()),
+            ctx = Ctx(account, self.store.account(account), request_id, key, int(time.time()), self._emit,
                       self._base_url(headers))
             try:
                 status, payload, saved = 200, _json(handler(ctx, params, args)), True
@@ -420,12 +422,13 @@ class Emulator:
             obj = self.store.account(account).table(kind).get(obj_id) if account is not None else None
             if account is None or obj is None:
                 return _admin_error(404, f"No such {kind[:-1]}: '{obj_id}'")
-            ctx = Ctx(account, self.store.account(account), None, None, int(time.time()), base_url)
+            ctx = Ctx(account, self.store.account(account), None, None, int(time.time()), self._emit,
+                      base_url)
             try:
                 if kind == "payment_intents":
-                    result = self.resources.authenticate_pi(ctx, obj, outcome == "succeed")
+                    result = authenticate_pi(ctx, obj, outcome == "succeed")
                 else:
-                    result = self.resources.authenticate_si(ctx, obj, outcome == "succeed")
+                    result = authenticate_si(ctx, obj, outcome == "succeed")
             except ApiError as err:
                 return Response(err.status, err.body())
             self.store.dirty = True

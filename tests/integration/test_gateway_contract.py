@@ -43,7 +43,7 @@ from shared.gateway import (
     WebhookSignatureError,
     classify_payment_intent,
 )
-from tests.integration.emulator_fixture import running_emulator
+from tests.support.emulator import running_emulator
 
 pytestmark = pytest.mark.integration
 
