@@ -10,7 +10,19 @@ from __future__ import annotations
 import re
 
 from .. import schema
-from . import charges, customers, events, payment_intents, payment_methods, refunds, setup_intents
+from . import (
+    accounts,
+    charges,
+    checkout_sessions,
+    customers,
+    disputes,
+    events,
+    payment_intents,
+    payment_methods,
+    refunds,
+    setup_intents,
+    webhook_endpoints,
+)
 from .base import Ctx, Handler
 
 __all__ = ["ROUTES", "CompiledRoute", "Ctx", "match"]
@@ -19,7 +31,7 @@ __all__ = ["ROUTES", "CompiledRoute", "Ctx", "match"]
 CompiledRoute = tuple[str, re.Pattern[str], Handler, schema.Endpoint]
 
 
-def _compile(modules: tuple[object, ...]) -> list[CompiledRoute]:
+def compile_routes(modules: tuple[object, ...]) -> list[CompiledRoute]:
     compiled: list[CompiledRoute] = []
     for module in modules:
         for method, pattern, handler in module.ROUTES:  # type: ignore[attr-defined]
@@ -28,8 +40,9 @@ def _compile(modules: tuple[object, ...]) -> list[CompiledRoute]:
     return compiled
 
 
-ROUTES: list[CompiledRoute] = _compile(
-    (customers, payment_methods, setup_intents, payment_intents, charges, refunds, events)
+ROUTES: list[CompiledRoute] = compile_routes(
+    (customers, payment_methods, setup_intents, payment_intents, charges, refunds, disputes, events,
+     checkout_sessions, accounts, webhook_endpoints)
 )
 
 

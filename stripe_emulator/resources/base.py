@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..store import PREFIX_TABLE, AccountData
 from ..wire import Params, invalid, no_such
+
+if TYPE_CHECKING:
+    from ..accounts import Registry
+    from ..faults import Faults
 
 # Minimum charge per currency in the smallest unit (stripe.com/docs/currencies#minimum-and-maximum).
 ZERO_DECIMAL = frozenset(
@@ -32,7 +36,21 @@ CURRENCIES = frozenset(_MIN_MAJOR) | ZERO_DECIMAL | frozenset(
 MAX_AMOUNT = 99_999_999
 
 
-Emit = Callable[["Ctx", str, dict[str, Any], dict[str, Any] | None], None]
+class Services(Protocol):
+    """What handlers reach beyond their account's objects (the Emulator provides it)."""
+
+    registry: Registry
+
+    @property
+    def faults(self) -> Faults: ...
+
+    def emit(self, ctx: Ctx, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None,
+             platforms: list[str] | None = None) -> None:
+        """Create the event (a snapshot of ``obj``) and queue its webhook deliveries."""
+
+    def plan(self, ctx: Ctx, obj_id: str, action: dict[str, Any], at: float | None = None) -> None:
+        """Make ``action`` happen to ``obj_id`` later: at ``at`` (epoch seconds), or after the
+        settle_delay_ms fault (None: only when a test settles it)."""
 
 
 @dataclass
@@ -42,13 +60,16 @@ class Ctx:
     request_id: str | None
     idempotency_key: str | None
     now: int
-    # Creates the event (and its webhook deliveries) for a change this request made.
-    emitter: Emit
+    services: Services
     # Where this emulator is reached (from the Host header), for URLs it hands out.
     base_url: str = "http://127.0.0.1:12111"
+    # The account whose API key made the request (a platform acting with Stripe-Account differs from
+    # ``account``); None outside an API request.
+    key_account: str | None = None
 
-    def emit(self, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
-        self.emitter(self, type_, obj, previous)
+    def emit(self, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None = None,
+             platforms: list[str] | None = None) -> None:
+        self.services.emit(self, type_, obj, previous, platforms)
 
 
 Handler = Callable[[Ctx, Params, tuple[str, ...]], dict[str, Any]]

@@ -12,7 +12,16 @@ from .payment_methods import attach, check_pm_type, materialize, payment_method_
 from .search import search
 
 
-def _new_customer(ctx: Ctx, p: Params) -> dict[str, Any]:
+def new_customer(ctx: Ctx, email: str | None) -> dict[str, Any]:
+    """A customer made by Stripe itself (Checkout's customer_creation=always)."""
+    cus = _new_customer(ctx)
+    cus["email"] = email
+    ctx.data.customers[cus["id"]] = cus
+    ctx.emit("customer.created", cus, None)
+    return cus
+
+
+def _new_customer(ctx: Ctx) -> dict[str, Any]:
     cid = new_id("cus_", 14)
     return {
         "id": cid,
@@ -91,7 +100,7 @@ def _invoice_settings(ctx: Ctx, p: Params, customer_id: str,
 
 
 def customer_create(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
-    cus = _new_customer(ctx, p)
+    cus = _new_customer(ctx)
     changes = _customer_fields(p)
     metadata = p.metadata() or {}
     pm_param = p.str("payment_method") or None

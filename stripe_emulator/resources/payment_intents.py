@@ -23,6 +23,7 @@ from .base import (
     request_log_url,
 )
 from .charges import new_charge
+from .disputes import open_dispute
 from .intents import card_error, next_action, payment_method_choice, require_return_url
 from .payment_methods import attach, card_spec, materialize, payment_method_ref
 from .search import search
@@ -322,6 +323,10 @@ def _pi_succeed(ctx: Ctx, pi: dict[str, Any], pm: dict[str, Any]) -> None:
             ctx.data.pm_setup.add(pm["id"])
     ctx.emit("charge.succeeded", ch, None)
     ctx.emit("payment_intent.succeeded", pi, None)
+    spec = card_spec(ctx, pm)
+    if spec.dispute is not None:
+        # The dispute test cards: the cardholder disputes the payment as soon as it succeeds.
+        open_dispute(ctx, ch, spec.dispute, spec.inquiry)
 
 
 def _pi_decline(ctx: Ctx, pi: dict[str, Any], pm: dict[str, Any], decline: Decline) -> ApiError:

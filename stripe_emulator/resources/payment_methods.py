@@ -32,12 +32,14 @@ def payment_method_ref(ctx: Ctx, pm_param: str | None,
     return pm
 
 
-def materialize(ctx: Ctx, ref: str | dict[str, Any]) -> dict[str, Any]:
-    """A test token becomes a fresh pm_..., as on Stripe; an existing pm is returned as is."""
+def materialize(ctx: Ctx, ref: str | dict[str, Any], expiry: tuple[int, int] | None = None,
+                name: str | None = None) -> dict[str, Any]:
+    """A test token becomes a fresh pm_..., as on Stripe; an existing pm is returned as is. A card typed
+    on the hosted Checkout page brings its own ``expiry`` (month, year) and cardholder ``name``."""
     if isinstance(ref, dict):
         return ref
     spec = cards.spec_for(ref)
-    year = time.gmtime(ctx.now).tm_year
+    month, year = expiry or (12, time.gmtime(ctx.now).tm_year + 2)
     display = {"amex": "american_express", "diners": "diners_club"}.get(spec.brand, spec.brand)
     pm = {
         "id": new_id("pm_"),
@@ -46,7 +48,7 @@ def materialize(ctx: Ctx, ref: str | dict[str, Any]) -> dict[str, Any]:
         "billing_details": {
             "address": {"city": None, "country": None, "line1": None, "line2": None,
                         "postal_code": None, "state": None},
-            "email": None, "name": None, "phone": None, "tax_id": None,
+            "email": None, "name": name, "phone": None, "tax_id": None,
         },
         "card": {
             "brand": spec.brand,
@@ -54,8 +56,8 @@ def materialize(ctx: Ctx, ref: str | dict[str, Any]) -> dict[str, Any]:
                        "cvc_check": "unchecked"},
             "country": spec.country,
             "display_brand": display,
-            "exp_month": 12,
-            "exp_year": year + 2,
+            "exp_month": month,
+            "exp_year": year,
             "fingerprint": spec.fingerprint,
             "funding": spec.funding,
             "generated_from": None,

@@ -32,6 +32,17 @@ def si_create(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     if confirm:
         require_return_url(choice, return_url, "Setup Intent")
     pm = materialize(ctx, pm_ref) if pm_ref is not None else None
+    si = new_setup_intent(ctx, cid, usage, metadata, description or None, p.str("on_behalf_of") or None,
+                          choice, pm)
+    if confirm and pm is not None:
+        confirm_setup(ctx, si, pm, return_url, p.bool("use_stripe_sdk") or False)
+    return render(ctx, si, p.expand())
+
+
+def new_setup_intent(ctx: Ctx, cid: str | None, usage: str, metadata: dict[str, str],
+                     description: str | None, on_behalf_of: str | None, choice: dict[str, Any],
+                     pm: dict[str, Any] | None) -> dict[str, Any]:
+    """A SetupIntent for ``cid`` (created by the API, or by a Checkout Session in setup mode)."""
     sid = new_id("seti_")
     si = {
         "id": sid,
@@ -43,7 +54,7 @@ def si_create(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
         "client_secret": f"{sid}_secret_{new_id('', 25)}",
         "created": ctx.now,
         "customer": cid,
-        "description": description or None,
+        "description": description,
         "excluded_payment_method_types": choice["excluded_payment_method_types"],
         "flow_directions": None,
         "last_setup_error": None,
@@ -52,7 +63,7 @@ def si_create(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
         "mandate": None,
         "metadata": metadata,
         "next_action": None,
-        "on_behalf_of": p.str("on_behalf_of") or None,
+        "on_behalf_of": on_behalf_of,
         "payment_method": pm["id"] if pm else None,
         "payment_method_configuration_details": None,
         "payment_method_options": {"card": {"mandate_options": None, "network": None,
@@ -64,9 +75,23 @@ def si_create(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     }
     ctx.data.setup_intents[sid] = si
     ctx.emit("setup_intent.created", si, None)
-    if confirm and pm is not None:
-        _si_confirm(ctx, si, pm, return_url, p.bool("use_stripe_sdk") or False)
-    return render(ctx, si, p.expand())
+    return si
+
+
+def checkout_session_of(ctx: Ctx, si: dict[str, Any]) -> str | None:
+    """The Checkout Session that created ``si``, if one did."""
+    return next((cs["id"] for cs in ctx.data.checkout_sessions.values() if cs["setup_intent"] == si["id"]),
+                None)
+
+
+def _refuse_if_checkout(ctx: Ctx, si: dict[str, Any], action: str) -> None:
+    # "You can't confirm or cancel the SetupIntent for a Checkout Session. To cancel, expire the
+    # Checkout Session instead." (the Checkout Session object's setup_intent, Stripe's API reference)
+    session = checkout_session_of(ctx, si)
+    if session is not None:
+        raise invalid(f"You cannot {action} this SetupIntent because it belongs to the Checkout Session "
+                      f"{session}. To cancel it, expire the Checkout Session instead.",
+                      code="setup_intent_unexpected_state")
 
 
 def _si(ctx: Ctx, sid: str) -> dict[str, Any]:
@@ -90,6 +115,7 @@ def si_list(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
 
 def si_update(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     si = _si(ctx, args[0])
+    _refuse_if_checkout(ctx, si, "update")
     if si["status"] not in SI_CONFIRMABLE:
         raise _unexpected_si(ctx, si, "update")
     cid = si["customer"]
@@ -112,6 +138,7 @@ def si_update(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
 
 def si_confirm(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     si = _si(ctx, args[0])
+    _refuse_if_checkout(ctx, si, "confirm")
     if si["status"] not in SI_CONFIRMABLE:
         raise _unexpected_si(ctx, si, "confirm")
     pm_param = p.str("payment_method") or si["payment_method"]
@@ -125,13 +152,14 @@ def si_confirm(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     require_return_url(choice, return_url, "Setup Intent")
     pm = materialize(ctx, pm_ref)
     si.update(choice)
-    _si_confirm(ctx, si, pm, return_url, sdk)
+    confirm_setup(ctx, si, pm, return_url, sdk)
     return render(ctx, si, p.expand())
 
 
 def si_cancel(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
     si = _si(ctx, args[0])
     reason = p.str("cancellation_reason", choices=("abandoned", "requested_by_customer", "duplicate"))
+    _refuse_if_checkout(ctx, si, "cancel")
     if si["status"] in ("succeeded", "canceled"):
         raise _unexpected_si(ctx, si, "cancel")
     si.update(status="canceled", cancellation_reason=reason or None, next_action=None)
@@ -146,7 +174,7 @@ def _unexpected_si(ctx: Ctx, si: dict[str, Any], action: str) -> ApiError:
     return err
 
 
-def _si_confirm(ctx: Ctx, si: dict[str, Any], pm: dict[str, Any], return_url: str | None,
+def confirm_setup(ctx: Ctx, si: dict[str, Any], pm: dict[str, Any], return_url: str | None,
                 use_stripe_sdk: bool) -> None:
     """Run the card check; raises a saved 402 when the card is declined."""
     spec = card_spec(ctx, pm)

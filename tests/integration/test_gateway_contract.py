@@ -43,7 +43,7 @@ from shared.gateway import (
     WebhookSignatureError,
     classify_payment_intent,
 )
-from tests.support.emulator import running_emulator
+from tests.support.emulator import create_account, running_emulator
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +193,7 @@ def backend() -> Iterator[Backend]:
         webhook_receiver() as (receiver, url),
         running_emulator(webhook_url=url, webhook_secret=EMULATOR_WEBHOOK_SECRET) as base_url,
     ):
+        create_account(base_url, id=EMULATOR_CONNECTED_ACCOUNT)  # connected to the emulator's platform
         yield Backend(
             name="emulator",
             api_key=EMULATOR_API_KEY,
@@ -665,7 +666,6 @@ def test_partial_then_full_refund(gateway: StripeGateway, customer_id: str) -> N
 
 
 def test_bad_api_key_is_permanent(backend: Backend) -> None:
-    # Malformed rather than made up: the emulator accepts any sk_test_ key (it keeps no list of keys).
     gateway = StripeGateway("not_a_stripe_key", backend.api_base, backend.webhook_secret)
     with pytest.raises(PermanentStripeError) as caught:
         gateway.retrieve_payment_intent("pi_doesnotexist000")

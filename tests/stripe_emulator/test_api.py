@@ -19,6 +19,7 @@ from stripe_emulator import API_VERSION
 from tests.support.emulator import (
     admin,
     charge,
+    create_account,
     customer_with,
     emulator_state,
     raw,
@@ -91,7 +92,9 @@ def test_concurrent_same_key_conflicts(client: stripe.StripeClient, base: str) -
     assert charge(client, cus, pm, key="k-busy").id == results[0].id
 
 
-def test_keys_are_scoped_per_account(client: stripe.StripeClient) -> None:
+def test_keys_are_scoped_per_account(client: stripe.StripeClient, base: str) -> None:
+    create_account(base, id="acct_A")
+    create_account(base, id="acct_B")
     a = client.v1.customers.create(
         {"name": "A"}, options={"idempotency_key": "k-acct", "stripe_account": "acct_A"}
     )
@@ -160,16 +163,22 @@ def test_faults_endpoint(base: str) -> None:
         "webhook_reorder": False,
         "webhook_delay_ms": 0,
         "response_delay_ms": 0,
+        "refund_failure_rate": 0.0,
+        "settle_delay_ms": 1000,
     }
     updated = set_faults(base, error_rate=0.25, webhook_reorder=True)
     assert (updated["error_rate"], updated["webhook_reorder"], updated["latency_ms"]) == (0.25, True, 0)
     assert set_faults(base, latency_ms=5)["error_rate"] == 0.25  # partial updates merge
+    assert set_faults(base, settle_delay_ms=None)["settle_delay_ms"] is None  # only when a test settles
     for bad in (
         {"nope": 1},
         {"error_rate": 2},
         {"rate_limit": -1},
         {"webhook_reorder": "yes"},
         {"latency_ms": True},
+        {"refund_failure_rate": 1.5},
+        {"settle_delay_ms": -1},
+        {"settle_delay_ms": "soon"},
         [1, 2],
     ):
         status, body = admin(base, "POST", "/_emulator/faults", bad)
@@ -191,7 +200,9 @@ def test_latency_is_applied(client: stripe.StripeClient, base: str) -> None:
     assert 0.15 <= elapsed < 1.0
 
 
-def test_stripe_account_scoping(client: stripe.StripeClient) -> None:
+def test_stripe_account_scoping(client: stripe.StripeClient, base: str) -> None:
+    create_account(base, id="acct_A")
+    create_account(base, id="acct_B")
     cus, pm = customer_with(client, "pm_card_visa", stripe_account="acct_A")
     pi = charge(client, cus, pm, stripe_account="acct_A")
     for account in ("acct_B", None):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stripe_emulator.__main__ import build_parser, config_from_args
+from stripe_emulator.accounts import DEFAULT_ACCOUNT
 from tests.support.emulator import admin, sdk_client, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def test_command_line_saves_state_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     saved = json.loads(state_file.read_text())
-    assert [c["id"] for c in saved["accounts"][""]["customers"]] == [cus.id]
+    assert [c["id"] for c in saved["accounts"][DEFAULT_ACCOUNT]["customers"]] == [cus.id]
 
 
 def _port_open(port: int) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.emulator import charge, customer_with, running_emulator, sdk_client
+from tests.support.emulator import charge, create_account, customer_with, running_emulator, sdk_client
 
 pytestmark = pytest.mark.integration
 
@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 def test_state_file_survives_restart(tmp_path: Path) -> None:
     state_file = tmp_path / "emulator.json"
     with running_emulator(state_file=state_file) as url:
+        create_account(url, id="acct_P")
         client = sdk_client(url)
         cus, pm = customer_with(client, "pm_card_visa", stripe_account="acct_P")
         pi = charge(client, cus, pm, key="k-persist", stripe_account="acct_P")

@@ -42,9 +42,11 @@ def running_emulator(
     webhook_retry_base_s: float = 0.5,
     webhook_max_attempts: int = 10,
     webhook_events: tuple[str, ...] = ("*",),
+    api_keys: tuple[str, ...] = (),
     **faults: Any,
 ) -> Iterator[str]:
-    """Yield the base URL of a fresh emulator; ``faults`` are the /_emulator/faults keys."""
+    """Yield the base URL of a fresh emulator; ``faults`` are the /_emulator/faults keys, ``api_keys``
+    more secret keys of its default account (beside sk_test_emulator)."""
     config = Config(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
@@ -53,6 +55,7 @@ def running_emulator(
         webhook_base_delay_s=webhook_retry_base_s,
         webhook_max_attempts=webhook_max_attempts,
         webhook_events=webhook_events,
+        api_keys=api_keys,
     )
     server = EmulatorServer(config, "127.0.0.1", 0)
     server.start()
@@ -85,6 +88,16 @@ def set_faults(base: str, **faults: Any) -> dict[str, Any]:
     status, body = admin(base, "POST", "/_emulator/faults", faults)
     if status != 200:
         raise ValueError(f"faults rejected: {body}")
+    result: dict[str, Any] = body
+    return result
+
+
+def create_account(base: str, **fields: Any) -> dict[str, Any]:
+    """An account in the emulator's registry (POST /_emulator/accounts): connected to the default
+    account as its platform unless ``connect=False``; the answer carries its keys."""
+    status, body = admin(base, "POST", "/_emulator/accounts", fields)
+    if status != 200:
+        raise ValueError(f"account refused: {body}")
     result: dict[str, Any] = body
     return result
 
