@@ -327,23 +327,23 @@ class Emulator:
                           "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
                           "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, "
                           "or we can help at https://support.stripe.com/.", status=401)
-        with self.store.lock:
-            owner = self.registry.keys.get(key)
-            if owner is None:
-                word = "Expired" if key in self.registry.revoked else "Invalid"
-                raise invalid(f"{word} API Key provided: {mask_key(key)}", status=401)
-            if key.startswith("pk_"):
-                raise invalid("This API call cannot be made with a publishable API key. Please use a "
-                              "secret API key. You can find a list of your API keys at "
-                              "https://dashboard.stripe.com/account/apikeys.", status=401)
-            account = (headers.get("Stripe-Account") or "").strip()
-            if not account:
-                return owner, owner
-            if not ACCOUNT_ID_RE.match(account) or not self.registry.can_act_for(owner, account):
-                raise invalid(f"The provided key '{mask_key(key)}' does not have access to account "
-                              f"'{account}' (or that account does not exist). Application access may "
-                              "have been revoked.", code="account_invalid", status=403)
-            return owner, account
+        # Read without the store lock (single dict reads), so authentication never waits for a handler.
+        owner = self.registry.keys.get(key)
+        if owner is None:
+            word = "Expired" if key in self.registry.revoked else "Invalid"
+            raise invalid(f"{word} API Key provided: {mask_key(key)}", status=401)
+        if key.startswith("pk_"):
+            raise invalid("This API call cannot be made with a publishable API key. Please use a secret "
+                          "API key. You can find a list of your API keys at "
+                          "https://dashboard.stripe.com/account/apikeys.", status=401)
+        account = (headers.get("Stripe-Account") or "").strip()
+        if not account:
+            return owner, owner
+        if not ACCOUNT_ID_RE.match(account) or not self.registry.can_act_for(owner, account):
+            raise invalid(f"The provided key '{mask_key(key)}' does not have access to account "
+                          f"'{account}' (or that account does not exist). Application access may have "
+                          "been revoked.", code="account_invalid", status=403)
+        return owner, account
 
     def api(self, method: str, path: str, query: str, body: bytes, headers: Mapping[str, str]) -> Response:
         self.store.count("total")

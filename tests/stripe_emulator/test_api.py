@@ -321,3 +321,20 @@ def test_the_bank_page_is_reached_whichever_next_action_the_confirm_answers(
         )
         assert client.v1.payment_intents.retrieve(intent.id).status == "succeeded"
     assert pages == [200, 200]
+
+
+def test_state_renders_every_kind_of_object(client: stripe.StripeClient, base: str) -> None:
+    set_faults(base, settle_delay_ms=None)
+    cus, pm = customer_with(client, "pm_card_createDispute")
+    pi = charge(client, cus, pm)
+    endpoint = client.v1.webhook_endpoints.create({"url": "https://x.example/hook", "enabled_events": ["*"]})
+    session = client.v1.checkout.sessions.create({"mode": "setup", "currency": "usd",
+                                                  "success_url": "https://x.example/ok"})
+    state = emulator_state(base)
+    assert [d["charge"] for d in state["disputes"]] == [pi.latest_charge]
+    assert [(s["id"], s["status"]) for s in state["checkout_sessions"]] == [(session.id, "open")]
+    assert [(w["id"], w["secret"], w["connect"]) for w in state["webhook_endpoints"]] == [
+        (endpoint.id, endpoint.secret, False)]
+    assert state["accounts"][0]["secret_keys"] == ["sk_test_emulator"]
+    assert {"customers", "payment_methods", "setup_intents", "payment_intents", "charges", "refunds",
+            "events", "requests", "webhooks"} <= set(state)

@@ -81,3 +81,18 @@ def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_flags_for_keys_and_the_refund_faults() -> None:
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(
+        ["--api-key", "sk_test_one", "--api-key", "sk_test_two", "--refund-failure-rate", "0.5",
+         "--settle-delay-ms", "never"]))
+    assert config.api_keys == ("sk_test_one", "sk_test_two")
+    assert (config.faults.refund_failure_rate, config.faults.settle_delay_ms) == (0.5, None)
+    defaults = config_from_args(parser.parse_args([]))
+    assert (defaults.api_keys, defaults.faults.settle_delay_ms) == ((), 1000.0)
+    with pytest.raises(SystemExit, match="refund_failure_rate"):
+        config_from_args(parser.parse_args(["--refund-failure-rate", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--settle-delay-ms", "soon"])

@@ -13,6 +13,7 @@ over real HTTP only, exactly as the SDK reaches Stripe.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import stripe
 
@@ -127,6 +129,24 @@ def raw(base: str, method: str, path: str, body: str = "", headers: dict[str, st
         return error.code, json.loads(error.read()), error.headers
 
 
+def visit(url: str, fields: dict[str, str] | None = None) -> tuple[int, str | None, str]:
+    """One request of a browser to an emulator page, redirects not followed: GET, or POST of a form's
+    ``fields``. Returns (status, Location, body)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        if fields is None:
+            conn.request("GET", target)
+        else:
+            conn.request("POST", target, urlencode(fields),
+                         {"Content-Type": "application/x-www-form-urlencoded"})
+        response = conn.getresponse()
+        return response.status, response.getheader("Location"), response.read().decode()
+    finally:
+        conn.close()
+
+
 def customer_with(client: stripe.StripeClient, token: str, **opts: Any) -> tuple[Any, Any]:
     """A customer with ``token`` attached as its default card."""
     options: Any = opts
@@ -214,6 +234,36 @@ class Receiver:
     def events(self) -> list[dict[str, Any]]:
         """The bodies of the accepted deliveries, decoded."""
         return [json.loads(d[3]) for d in self.ok()]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ReturnSite:
+    """The business's site a hosted page sends the browser back to (success_url, cancel_url,
+    redirect_uri): answers every GET with a small page naming the path, and keeps the URLs visited."""
+
+    def __init__(self) -> None:
+        self.visits: list[str] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.visits.append(self.path)
+                body = f"<!doctype html><title>Back</title><h1>Back at the shop: {self.path}</h1>".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
