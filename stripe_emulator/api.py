@@ -93,7 +93,7 @@ class Emulator:
         self._faults = FaultState(config.faults)
         self.scheduler = Scheduler(self._run_due_plan)
         self.dispatcher = WebhookDispatcher(
-            self._endpoint_target, self._faults, self.store.lock,
+            self._endpoint_target, self._faults,
             max_attempts=config.webhook_max_attempts,
             base_delay_s=config.webhook_base_delay_s,
             max_delay_s=config.webhook_max_delay_s,

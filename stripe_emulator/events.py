@@ -109,7 +109,6 @@ class WebhookDispatcher:
         self,
         resolve: Resolve,
         faults: FaultState,
-        lock: Any,
         *,
         workers: int = 4,
         max_attempts: int = 10,
@@ -119,8 +118,6 @@ class WebhookDispatcher:
     ) -> None:
         self._resolve = resolve
         self._faults = faults
-        # Guards EventRecord.pending, which the API renders while deliveries complete.
-        self._lock = lock
         self._workers_n = workers
         self.max_attempts = max_attempts
         self._base_delay = base_delay_s
@@ -200,8 +197,7 @@ class WebhookDispatcher:
             target = self._resolve(item.endpoint)
             if target is None:
                 # The endpoint was deleted or disabled: Stripe stops delivering to it.
-                with self._lock:
-                    item.record.pending.pop(item.endpoint, None)
+                item.record.pending.pop(item.endpoint, None)
                 continue
             try:
                 ok = self._attempt(item, *target)
@@ -220,11 +216,12 @@ class WebhookDispatcher:
                 self.stats.delivered += 1
             else:
                 self.stats.failed_attempts += 1
-        with self._lock:
-            if ok:
-                rec.pending.pop(item.endpoint, None)
-            elif not item.duplicate and item.endpoint in rec.pending:
-                rec.pending[item.endpoint] += 1
+        # Single dict operations, atomic under the GIL: the API reads these without waiting for us, and
+        # only this delivery chain counts attempts for its (event, endpoint).
+        if ok:
+            rec.pending.pop(item.endpoint, None)
+        elif not item.duplicate and item.endpoint in rec.pending:
+            rec.pending[item.endpoint] = rec.pending.get(item.endpoint, 0) + 1
         if not ok:
             if item.attempt + 1 < self.max_attempts:
                 backoff = min(self._base_delay * (2**item.attempt), self._max_delay)
