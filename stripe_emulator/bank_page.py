@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .html import escape, form_fields, page, redirect, with_query
+from .resources.checkout_sessions import complete_session
 from .resources.payment_intents import authenticate_pi
-from .resources.setup_intents import authenticate_si
+from .resources.setup_intents import authenticate_si, checkout_session_of
 from .wire import ApiError, Response, parse_pairs
 
 if TYPE_CHECKING:
@@ -75,6 +76,12 @@ def authenticate(emu: Emulator, kind: str, obj_id: str, outcome: Any, base_url: 
                 result = authenticate_pi(ctx, obj, outcome == "succeed")
             else:
                 result = authenticate_si(ctx, obj, outcome == "succeed")
+                session_id = checkout_session_of(ctx, obj)
+                if session_id is not None and obj["status"] == "succeeded":
+                    # Checkout completes on Stripe's side, whether or not the browser comes back.
+                    pm = ctx.data.payment_methods[obj["payment_method"]]
+                    complete_session(ctx, ctx.data.checkout_sessions[session_id], pm,
+                                     pm["billing_details"]["name"])
         except ApiError as err:
             return err.status, {"error": err.error}
         emu.mark_dirty()

@@ -5,7 +5,8 @@ are those Stripe's card form makes before anything is sent (an incomplete or inv
 expiry, a short CVC). Then the session's SetupIntent is confirmed with that card: a decline is shown on
 the page as Stripe shows it and the session stays open for another card; a card that asks for
 authentication goes to the bank's page, which comes back to /c/pay/{cs_...}/return; success attaches the
-card to the customer, completes the session and sends the browser to ``success_url`` (its
+card to the customer, completes the session (at the bank's page already, when there is one: the browser
+need not come back for that) and sends the browser to ``success_url`` (its
 ``{CHECKOUT_SESSION_ID}`` replaced). "Back" leads to ``cancel_url``.
 """
 
@@ -20,7 +21,7 @@ from .html import escape, form_fields, page, redirect
 from .resources.checkout_sessions import complete_session, current
 from .resources.payment_methods import materialize
 from .resources.setup_intents import confirm_setup
-from .wire import ApiError, Response, parse_pairs
+from .wire import ApiError, Response
 
 if TYPE_CHECKING:
     from .api import Emulator
@@ -53,7 +54,7 @@ def handle(emu: Emulator, method: str, path: str, query: str, body: bytes, base_
         if session["status"] != "open":
             return _closed(session, emu.registry.accounts[account].business_name)
         if returning and method == "GET":
-            return _returned(ctx, session, dict(parse_pairs(query)))
+            return _returned(ctx, emu, session)
         if method == "GET":
             return _form(ctx, emu, session)
         if method == "POST":
@@ -172,13 +173,10 @@ def _submit(ctx: Ctx, emu: Emulator, session: dict[str, Any], fields: dict[str, 
     return _finish(ctx, emu, session, pm, name)
 
 
-def _returned(ctx: Ctx, session: dict[str, Any], params: dict[str, str]) -> Response:
-    emu = ctx.services
-    si = ctx.data.setup_intents[session["setup_intent"]]
-    if si["status"] != "succeeded":
-        return _form(ctx, emu, session, AUTH_FAILED)  # type: ignore[arg-type]
-    pm = ctx.data.payment_methods[si["payment_method"]]
-    return _finish(ctx, emu, session, pm, pm["billing_details"]["name"])  # type: ignore[arg-type]
+def _returned(ctx: Ctx, emu: Emulator, session: dict[str, Any]) -> Response:
+    """Back from the bank's page with the session still open: the authentication failed (a success
+    completed the session already, and the page then sends the browser to success_url)."""
+    return _form(ctx, emu, session, AUTH_FAILED)
 
 
 def _finish(ctx: Ctx, emu: Emulator, session: dict[str, Any], pm: dict[str, Any],

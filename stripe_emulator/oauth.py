@@ -171,6 +171,9 @@ def authorize_page(emu: Emulator, method: str, query: str, body: bytes, base_url
             emu.mark_dirty()
         else:
             return _ask(emu, client, request)
+        if account.id == client.platform:
+            return _ask(emu, client, request, sign_in_error="This is the platform's own account: sign in "
+                        "to the account to connect.", email=fields.get("email", ""))
         code = new_id("ac_", 32)
         emu.registry.codes[code] = Grant(client.id, account.id, scope)
         emu.mark_dirty()

@@ -183,3 +183,14 @@ def test_oauth_errors_have_oauth_s_shape(base: str) -> None:
         bad_key.oauth.token({"grant_type": "authorization_code", "code": "ac_x"})
     assert caught.value.http_status == 401
     assert re.search(r"Invalid API Key", str(caught.value.user_message))
+
+
+def test_a_platform_cannot_connect_its_own_account(base: str) -> None:
+    own = create_account(base, id="acct_1Platform", email="me@platform.example", password="password-1",
+                         connect=False)
+    status, registered = admin(base, "POST", "/_emulator/oauth_clients", {"platform": own["id"]})
+    client = stripe.StripeClient(own["secret_keys"][0], base_addresses={"api": base, "connect": base},
+                                 client_id=registered["client_id"])
+    status, location, page = submit(authorize(client), "sign_in", email="me@platform.example",
+                                    password="password-1")
+    assert (status, location) == (200, None) and "platform&#x27;s own account" in page

@@ -180,6 +180,10 @@ def test_authentication_at_setup_goes_through_the_bank_page(client: stripe.Strip
     status, back, _ = visit(bank, {"outcome": "succeed"})
     assert status == 303 and back is not None and back.startswith(f"{session.url}/return?setup_intent=")
     assert dict(parse_qsl(urlsplit(back).query))["redirect_status"] == "succeeded"
+    # Complete on Stripe's side already: a person who closes the tab now still has the card saved
+    # (checkout.session.completed says so).
+    assert client.v1.checkout.sessions.retrieve(session.id).status == "complete"
+    assert client.v1.events.list({"type": "checkout.session.completed"}).data[0].data.object.id == session.id
     status, location, _ = visit(back)
     assert status == 303 and location == SUCCESS.replace("{CHECKOUT_SESSION_ID}", session.id)
     setup = client.v1.setup_intents.retrieve(session.setup_intent)
