@@ -13,14 +13,14 @@ import stripe
 from stripe._api_version import _ApiVersion
 
 from shared.gateway import STRIPE_API_VERSION
-from stripe_emulator import schema, schema_gen
+from stripe_emulator import oauth, schema, schema_gen
 from stripe_emulator.resources import ROUTES
 from stripe_emulator.wire import ApiError
 from tests.support.emulator import raw
 
 
 def served_endpoints() -> list[str]:
-    return [contract.key for _, _, _, contract in ROUTES]
+    return [contract.key for _, _, _, contract in (*ROUTES, *oauth.ROUTES)]
 
 
 def test_committed_schema_is_what_the_installed_sdk_generates() -> None:
