@@ -26,9 +26,8 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests" / "integration"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event, func, select  # noqa: E402
 
@@ -51,7 +50,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
-    from emulator_fixture import running_emulator
+    from tests.support.emulator import running_emulator
 
     with running_emulator() as base:
         os.environ.update(

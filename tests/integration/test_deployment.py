@@ -331,6 +331,8 @@ def charge_through(deployment: Deployment, web_port: int, emulator_port: int, sm
             f"http://127.0.0.1:{web_port}/webhooks/stripe",
             "--webhook-secret",
             variables["STRIPE_WEBHOOK_SECRET"],
+            "--api-key",
+            variables["STRIPE_API_KEY"],
         ],
         {"PATH": f"{installed.venv / 'bin'}:/usr/bin:/bin", "HOME": str(deployment.run_dir)},
     )

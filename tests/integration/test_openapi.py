@@ -34,7 +34,7 @@ from shared import config as shared_config
 from shared import db as shared_db
 from shared.migrate import upgrade
 from shared.models import Card, Settings
-from tests.integration.emulator_fixture import running_emulator
+from tests.support.emulator import running_emulator
 from web.openapi import document
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from shared.migrate import upgrade
 from shared.models import ChargeAttempt, Client, Invoice, Payment, utcnow
 from shared.settings import update_settings
 from shared.webhooks import process_event, store_event
-from tests.integration.emulator_fixture import admin, emulator_state, running_emulator
+from tests.support.emulator import admin, emulator_state, running_emulator
 
 pytestmark = pytest.mark.integration
 SCENARIOS = ("visa", "declined", "needs_auth", "auth_completed", "auth_failed", "refunded")

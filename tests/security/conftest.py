@@ -36,7 +36,7 @@ from shared.models import Base, OutboxMessage
 from shared.notifications import deliver_login_link
 from shared.notify import mailer_from_config
 from shared.outbox import TASK_SEND_LOGIN_LINK
-from tests.integration.emulator_fixture import running_emulator
+from tests.support.emulator import running_emulator
 
 API_TOKEN = "os_sec-api-token-Zq81vN3x"
 SECRET_KEY = "sec-flask-secret-Yh27Lw9c"
@@ -66,7 +66,7 @@ def reset_caches() -> None:
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[str]:
-    with running_emulator(webhook_secret=WEBHOOK_SECRET) as base:
+    with running_emulator(webhook_secret=WEBHOOK_SECRET, api_keys=(STRIPE_API_KEY,)) as base:
         yield base
 
 

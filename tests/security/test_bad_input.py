@@ -13,8 +13,8 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import Env, World, api, bearer, csrf_of, sign_in_admin, sign_in_client
+from tests.support.emulator import emulator_state
 
 HUGE = 10**20  # beyond a 64-bit integer, let alone the 32-bit id columns
 BAD_AMOUNTS: list[Any] = [-100, 0, HUGE, 12.5, "100", "12.50", True, False, [], {}, 1e300]

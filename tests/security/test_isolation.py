@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import Env, World, csrf_of, sign_in_client
+from tests.support.emulator import emulator_state
 
 
 def _stripe_cards(base: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import web.services
 from shared.daily_reconciliation import TASK_RECONCILE_DAY, reconcile_day
 from shared.db import get_sessionmaker
 from shared.models import Client, OutboxMessage, ReconciliationFinding, ReconciliationRun
-from tests.integration.emulator_fixture import sdk_client
 from tests.security.conftest import Env, World, csrf_of, sign_in_admin
+from tests.support.emulator import sdk_client
 
 
 def test_an_orphan_shows_once_on_the_report_with_its_client(env: Env, world: World) -> None:

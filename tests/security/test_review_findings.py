@@ -13,7 +13,6 @@ from sqlalchemy import create_engine, func, select, text
 
 from shared.models import Client, Invoice
 from shared.notify import Notification, compose_message, receipt_email
-from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     ADMIN_EMAIL,
     Env,
@@ -24,6 +23,7 @@ from tests.security.conftest import (
     sign_in_admin,
     sign_in_client,
 )
+from tests.support.emulator import emulator_state
 from worker.cli import main as offsession
 
 # Latin-1, so that it travels in an HTTP header; not ASCII, which hmac.compare_digest wants of a str.

@@ -15,7 +15,6 @@ from shared.charging import run_attempt
 from shared.db import get_sessionmaker
 from shared.models import ChargeAttempt, WebhookEvent
 from shared.webhooks import process_event
-from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     SECRETS,
     WEBHOOK_SECRET,
@@ -30,6 +29,7 @@ from tests.security.conftest import (
     sign_in_client,
     url_for_rule,
 )
+from tests.support.emulator import emulator_state
 from tests.support.signing import signed
 from web.services import gateway
 

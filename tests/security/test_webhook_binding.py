@@ -23,7 +23,6 @@ from shared.gateway import ChargeRequest
 from shared.models import ChargeAttempt, Client, Payment, WebhookEvent, utcnow
 from shared.reconcile import NEEDS_OPERATOR, resolve_attempt
 from shared.webhooks import process_event
-from tests.integration.emulator_fixture import emulator_state
 from tests.security.conftest import (
     WEBHOOK_SECRET,
     Env,
@@ -32,6 +31,7 @@ from tests.security.conftest import (
     bearer,
     sign_in_admin,
 )
+from tests.support.emulator import emulator_state
 from tests.support.signing import signed
 from web.services import gateway
 
