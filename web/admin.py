@@ -511,3 +511,13 @@ def settings() -> ResponseReturnValue:
             api_base=config.stripe_api_base,
             error=error,
         ), 422 if error else 200
+
+
+# ---- API documentation -----------------------------------------------------------------------------------
+
+
+@bp.get("/api-docs")
+@login_required_admin
+def api_docs() -> ResponseReturnValue:
+    """/api/openapi.json for people: the vendored Swagger UI draws it (started by web/static/api-docs.js)."""
+    return render_template("admin/api_docs.html")

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.support.browser import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.browser import ADMIN_EMAIL, ADMIN_PASSWORD, ARTIFACTS
 from tests.support.services import PostgresServer, RedisServer
 from tests.support.stack import Stack, broker_url
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="session")

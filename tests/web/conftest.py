@@ -35,7 +35,7 @@ from tests.support.web_app import (
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[str]:
-    with running_emulator(webhook_secret=WEBHOOK_SECRET) as base:
+    with running_emulator(webhook_secret=WEBHOOK_SECRET, api_keys=(STRIPE_API_KEY,)) as base:
         yield base
 
 

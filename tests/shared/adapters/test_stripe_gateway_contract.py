@@ -47,7 +47,7 @@ from shared.domain.payments import (
     classify_payment_intent,
 )
 from shared.services.ports import StripePort
-from tests.support.emulator import running_emulator
+from tests.support.emulator import create_account, running_emulator
 from tests.support.fake_stripe import FakeStripe, FakeStripeServer
 
 pytestmark = pytest.mark.integration
@@ -241,6 +241,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         webhook_receiver() as (receiver, url),
         running_emulator(webhook_url=url, webhook_secret=EMULATOR_WEBHOOK_SECRET) as base_url,
     ):
+        create_account(base_url, id=EMULATOR_CONNECTED_ACCOUNT)  # connected to the emulator's platform
         yield Backend(
             name="emulator",
             api_key=EMULATOR_API_KEY,
@@ -713,7 +714,6 @@ def test_partial_then_full_refund(gateway: StripeGateway, customer_id: str) -> N
 
 
 def test_bad_api_key_is_permanent(backend: Backend) -> None:
-    # Malformed rather than made up: the emulator accepts any sk_test_ key (it keeps no list of keys).
     gateway = backend.gateway(api_key="not_a_stripe_key")
     with pytest.raises(PermanentStripeError) as caught:
         gateway.retrieve_payment_intent("pi_doesnotexist000")

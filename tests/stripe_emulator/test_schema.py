@@ -1,6 +1,6 @@
 """The emulator's parameter contract (stripe_emulator/stripe_schema.json) is the stripe SDK's: generated
 from the installed SDK's parameter types, at the API version the gateway pins, for every endpoint the
-emulator serves."""
+emulator serves; over HTTP, every endpoint refuses what Stripe refuses."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import stripe
 from stripe._api_version import _ApiVersion
 
 from shared.adapters.stripe_wire import STRIPE_API_VERSION
-from stripe_emulator import schema, schema_gen
-from stripe_emulator.resources import Resources
+from stripe_emulator import oauth, schema, schema_gen
+from stripe_emulator.resources import ROUTES
 from stripe_emulator.wire import ApiError
+from tests.support.emulator import raw
 
 
 def served_endpoints() -> list[str]:
-    resources = Resources(lambda *args: None)
-    return [contract.key for _, _, _, contract in resources.routes]
+    return [contract.key for _, _, _, contract in (*ROUTES, *oauth.ROUTES)]
 
 
 def test_committed_schema_is_what_the_installed_sdk_generates() -> None:
@@ -226,3 +226,88 @@ def test_generator_reads_method_path_and_params_type_from_the_sdk_source() -> No
                                                      "PaymentIntentConfirmParams")
     assert schema_gen.endpoint_key(method, path) == "POST /v1/payment_intents/{id}/confirm"
     assert {"return_url", "off_session", "use_stripe_sdk"} <= set(params_type.__annotations__)
+
+
+# ---- over HTTP, through the stripe SDK ---------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_unknown_parameters_are_refused_by_name(client: stripe.StripeClient) -> None:
+    customer = client.v1.customers.create({})
+    params: Any = {
+        "amount": 1000,
+        "currency": "usd",
+        "customer": customer.id,
+        "payment_method": "pm_card_visa",
+        "confirm": True,
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never", "foo": "bar"},
+    }
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.create(params)
+    assert caught.value.http_status == 400
+    assert (caught.value.code, caught.value.param) == ("parameter_unknown", "automatic_payment_methods[foo]")
+    assert caught.value.user_message == "Received unknown parameter: automatic_payment_methods[foo]"
+    assert caught.value.error is not None and caught.value.error.type == "invalid_request_error"
+
+
+@pytest.mark.integration
+def test_payment_method_types_is_no_longer_supported(client: stripe.StripeClient) -> None:
+    customer = client.v1.customers.create({})
+    with pytest.raises(stripe.InvalidRequestError) as on_create:
+        client.v1.payment_intents.create(
+            {"amount": 1000, "currency": "usd", "customer": customer.id, "payment_method_types": ["card"]}
+        )
+    assert (on_create.value.code, on_create.value.param) == (
+        "payment_method_types_no_longer_supported",
+        "payment_method_types",
+    )
+    with pytest.raises(stripe.InvalidRequestError) as on_setup:
+        client.v1.setup_intents.create({"customer": customer.id, "payment_method_types": ["card"]})
+    assert on_setup.value.code == "payment_method_types_no_longer_supported"
+    intent = client.v1.payment_intents.create(
+        {"amount": 1000, "currency": "usd", "allowed_payment_method_types": ["card"]}
+    )
+    assert (intent.payment_method_types, intent.allowed_payment_method_types) == (["card"], ["card"])
+    assert intent.automatic_payment_methods is None
+    for call in (client.v1.payment_intents.update, client.v1.payment_intents.confirm):
+        with pytest.raises(stripe.InvalidRequestError) as later:
+            call(intent.id, {"payment_method_types": ["card"]})
+        assert later.value.code == "payment_method_types_no_longer_supported"
+
+
+@pytest.mark.integration
+def test_allowed_and_automatic_payment_methods_are_mutually_exclusive(client: stripe.StripeClient) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.setup_intents.create(
+            {
+                "allowed_payment_method_types": ["card"],
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            }
+        )
+    assert caught.value.param == "automatic_payment_methods"
+    assert "only specify one of these parameters" in str(caught.value.user_message)
+
+
+@pytest.mark.integration
+def test_every_endpoint_it_serves_checks_its_parameters(base: str) -> None:
+    routes = [(method, regex.pattern) for method, regex, _, _ in ROUTES]
+    assert len(routes) >= 30
+    for method, pattern in routes:
+        path = pattern.strip("^$").replace("([^/]+)", "x_1")
+        if method == "POST":
+            status, body, _ = raw(base, method, path, "zz_not_a_stripe_param=1")
+        else:
+            status, body, _ = raw(base, method, path + "?zz_not_a_stripe_param=1")
+        assert status == 400, (method, path, body)
+        assert body["error"]["code"] == "parameter_unknown", (method, path, body)
+        assert body["error"]["param"] == "zz_not_a_stripe_param"
+
+
+@pytest.mark.integration
+def test_known_parameters_it_does_not_model_are_accepted_as_stripe_accepts_them(
+    client: stripe.StripeClient,
+) -> None:
+    # Valid at this API version per the SDK's types, so not refused (it was, with the old hand-typed lists).
+    customer = client.v1.customers.create({"email": "x@example.com", "validate": True,
+                                           "invoice_prefix": "ABCD", "expand": ["invoice_settings"]})
+    assert customer.email == "x@example.com"
