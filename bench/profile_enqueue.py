@@ -66,12 +66,13 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
         SECRET_KEY="profile-enqueue-secret",
         OFFSESSION_LOG_FORMAT="json",
     )
-    from shared.adapters.database import get_engine
     from shared.adapters.migrate import upgrade
+    from shared.bootstrap import bootstrap
     from shared.domain.models import ChargeAttempt, OutboxMessage
 
     upgrade(database_url)
-    engine = get_engine()
+    runtime = bootstrap()  # the web process's, as create_app() would build it
+    engine = runtime.engine
     total = args.warmup + args.posts * (args.rounds + (1 if args.profile else 0)) + 1
     invoice_ids = iter(seed_invoices(engine, total))
     # As under gunicorn: create_app() sets up JSON logging to stderr; the lines go to /dev/null here.
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
     try:
         from web import create_app
 
-        client = create_app().test_client()
+        client = create_app(runtime=runtime).test_client()
         headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
         refused: list[tuple[int, int]] = []
         made = [0]
