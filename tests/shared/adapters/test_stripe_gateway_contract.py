@@ -52,7 +52,7 @@ from tests.support.fake_stripe import FakeStripe, FakeStripeServer
 
 pytestmark = pytest.mark.integration
 
-EMULATOR_WEBHOOK_SECRET = "whsec_emulator"  # the emulator's default signing secret (design §2)
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator"  # the emulator's default signing secret (README, Configuration)
 CONTRACT_WEBHOOK_SECRET = "whsec_contract_suite"  # for locally signed events against Stripe
 EMULATOR_CONNECTED_ACCOUNT = "acct_1ContractSuite"  # Stripe account ids are alphanumeric
 AMOUNT = 1_234  # above every currency's minimum
