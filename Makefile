@@ -39,7 +39,7 @@ run: install
 	@mkdir -p var
 	$(BIN)/offsession db upgrade
 	$(BIN)/offsession seed-demo
-	@echo "API token (Authorization: Bearer ...): $$($(BIN)/python -c 'from shared.config import get_config; print(get_config().api_token)')"
+	@echo "API token (Authorization: Bearer ...): $$($(BIN)/python -c 'from shared.config import load_config; print(load_config().api_token)')"
 	@echo "Admin UI: http://127.0.0.1:8000/admin/login"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
@@ -47,8 +47,12 @@ run: install
 system-test-deps:
 	@bash scripts/ensure-system-deps.sh
 
+# Style, the import contracts between the layers and entry points (pyproject.toml [tool.importlinter]),
+# and the type check of shared/ ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest

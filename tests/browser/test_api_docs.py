@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import ARTIFACTS, admin_login
+from tests.support.browser import ARTIFACTS, admin_login
 from tests.support.stack import TOKEN, Stack, http
 
 pytestmark = pytest.mark.integration

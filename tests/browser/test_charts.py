@@ -16,7 +16,7 @@ from flask import Flask, render_template_string
 from playwright.sync_api import Browser, Page, Route, expect
 
 import web
-from tests.browser.conftest import ARTIFACTS
+from tests.support.browser import ARTIFACTS
 
 ORIGIN = "http://offsession.test"
 HOSTILE = "</script><script>window.__injected = true</script><b>bold</b> & more"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import ARTIFACTS, admin_login, client_login, client_sign_in_link
+from tests.support.browser import ARTIFACTS, admin_login, client_login, client_sign_in_link
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

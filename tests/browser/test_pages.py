@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import admin_login, client_login
+from tests.support.browser import admin_login, client_login
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

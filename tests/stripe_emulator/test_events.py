@@ -82,7 +82,7 @@ def test_webhook_duplicates_delay_and_reorder(receiver: Receiver) -> None:
 
 
 def test_webhook_endpoint_gets_only_its_enabled_events(receiver: Receiver) -> None:
-    # Offsession's list (shared.webhooks.EVENTS_WITH_WORK): a charge and its refund, without the
+    # Offsession's list (shared.services.webhooks.EVENTS_WITH_WORK): a charge and its refund, without the
     # customer, card, payment_intent.created and charge.succeeded events that would only be stored.
     with running_emulator(webhook_url=receiver.url, webhook_events=EVENTS_WITH_WORK) as url:
         client = sdk_client(url)

@@ -12,7 +12,7 @@ import pytest
 import stripe
 from stripe._api_version import _ApiVersion
 
-from shared.gateway import STRIPE_API_VERSION
+from shared.adapters.stripe_wire import STRIPE_API_VERSION
 from stripe_emulator import oauth, schema, schema_gen
 from stripe_emulator.resources import ROUTES
 from stripe_emulator.wire import ApiError

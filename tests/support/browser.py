@@ -1,8 +1,9 @@
 """Debian's Chromium (/usr/bin/chromium, headless) driven by Playwright, as the project's browser tests
-launch it."""
+launch it, and signing in through the real pages (the admin's password, the client's emailed link)."""
 
 from __future__ import annotations
 
+import email
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = (
@@ -23,6 +27,12 @@ CHROMIUM_ARGS = (
     "--disable-quic",
 )
 T = TypeVar("T")
+
+# Screenshots of every page the browser tests visit, for a person to look at.
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# The admin the browser tests' stack creates.
+ADMIN_EMAIL = "ops@example.com"
+ADMIN_PASSWORD = "browser-test-password"
 
 
 def launch_chromium(playwright: Playwright) -> Browser:
@@ -70,3 +80,43 @@ class ChromiumThread:
 
         self._pool.submit(stop).result()
         self._pool.shutdown()
+
+
+def admin_login(page: Page, st: Stack) -> None:
+    page.goto(st.base + "/admin/login")
+    page.get_by_label("Email").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/admin/invoices")
+
+
+def client_login(page: Page, st: Stack, address: str) -> None:
+    """Ask for a sign-in link, read it from the email the app wrote under var/outbox, open it."""
+    page.goto(client_sign_in_link(page, st, address))  # the link's page: nothing used until its button
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/client/invoices")
+
+
+def client_sign_in_link(page: Page, st: Stack, address: str) -> str:
+    """Ask for a sign-in link on the Client Zone's sign-in page; the link, read from the email the app
+    wrote under var/outbox."""
+    outbox = st.dir / "var" / "outbox"
+    before = set(outbox.glob("*.eml")) if outbox.exists() else set()
+    page.goto(st.base + "/client/login")
+    page.get_by_label("Your email").fill(address)
+    page.get_by_role("button", name="Email me a sign-in link").click()
+    page.get_by_text("a sign-in link is on its way").wait_for()
+    # A worker sends it (the request only queued it): wait for the email to appear.
+    new: list[Path] = wait_until(
+        lambda: sorted(set(outbox.glob("*.eml")) - before) if outbox.exists() else [],
+        timeout=30,
+        what="the sign-in email",
+    )
+    message = email.message_from_bytes(new[-1].read_bytes())
+    assert message["To"] == address
+    body = next(
+        part.get_payload(decode=True).decode()
+        for part in message.walk()
+        if part.get_content_type() == "text/plain"
+    )
+    return next(word for word in body.split() if "/client/login/" in word)
