@@ -186,7 +186,9 @@ def find_attempt(
         attempt = session.scalars(_ATTEMPT_BY_ID, {"attempt_id": attempt_id}).one_or_none()
         if attempt is None:
             return None
-        if attempt.payment_intent_id is not None:
+        # The row as committed once its lock is ours: the worker may have recorded this very
+        # PaymentIntent while we waited (READ COMMITTED); only another one is a mismatch.
+        if attempt.payment_intent_id is not None and attempt.payment_intent_id != payment_intent.id:
             raise Mismatch(
                 MismatchReason.PAYMENT_INTENT,
                 f"PaymentIntent {payment_intent.id} names charge {attempt.id} in its metadata, but that "
