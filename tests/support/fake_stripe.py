@@ -47,8 +47,8 @@ from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,
     CardSetupDeclined,
-    CardSetupView,
     CardSetupRequiresAction,
+    CardSetupView,
     ChargeOutcome,
     ChargeRequest,
     GatewayError,
@@ -534,7 +534,9 @@ class FakeStripeServer:
             decline = cards.setup_decline(self.spec(acct, pm["id"]))
             if decline is not None:
                 setup.update(
-                    status="requires_payment_method", payment_method=None, last_setup_error=self._card_error(decline)
+                    status="requires_payment_method",
+                    payment_method=None,
+                    last_setup_error=self._card_error(decline),
                 )
                 self.emit(acct, "setup_intent.setup_failed", setup)
                 return copy.deepcopy(session)
