@@ -12,7 +12,6 @@ from ..store import new_id
 from ..wire import Params, apply_metadata, invalid
 from .base import Ctx, Route, customer_param, get, list_page, render
 
-
 # Stripe's words for a PaymentMethod that was detached from its customer and is used again.
 DETACHED_REUSED = ("The provided PaymentMethod was previously used with a PaymentIntent without Customer "
                    "attachment, shared with a connected account without Customer attachment, or was "
