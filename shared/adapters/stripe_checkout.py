@@ -31,6 +31,9 @@ def card_setup_view(session: Mapping[str, Any] | None, setup: Mapping[str, Any] 
         customer_id=id_of(owner.get("customer")) or id_of(setup.get("customer")),
         metadata={str(k): str(v) for k, v in (owner.get("metadata") or {}).items()},
         card=card,
+        card_customer_id=id_of(payment_method.get("customer"))
+        if isinstance(payment_method, Mapping)
+        else None,
         livemode=bool(owner.get("livemode")),
     )
 

@@ -200,12 +200,19 @@ class CardSetupView:
     customer_id: str | None
     metadata: dict[str, str]
     card: CardDetails | None
+    # The customer the card's PaymentMethod is attached to now (None once detached, e.g. deleted since).
+    card_customer_id: str | None
     livemode: bool
 
     @property
     def saved(self) -> bool:
-        """The card is saved to the customer for later (off-session) use."""
+        """The setup saved a card to the customer for later (off-session) use."""
         return self.setup_status == "succeeded" and self.card is not None and self.customer_id is not None
+
+    @property
+    def still_attached(self) -> bool:
+        """The saved card is still the customer's (not detached since)."""
+        return self.saved and self.card_customer_id == self.customer_id
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,9 @@ def store_setup_card(
         if mismatch is not None:
             raise mismatch
         found = _stored(session, client_id, details.payment_method_id, details.fingerprint)
+        if found is None and not view.still_attached:
+            # Deleted since (a late webhook of a card the client removed): not brought back.
+            raise CardSetupIncomplete("This card was removed since it was saved.")
         if found is None:
             card = _new_card(client_id, details, is_default=_has_no_default(session, client_id))
             try:
@@ -207,7 +210,9 @@ def store_setup_card(
             result = StoredSetupCard(SavedCard.of(card), SetupOutcome.SAVED)
         customer_id = client.stripe_customer_id
     assert customer_id is not None
-    if result.outcome is SetupOutcome.SAVED and result.card.is_default:
+    if result.card.is_default and result.card.payment_method_id == details.payment_method_id:
+        # Again when the card was stored already: a crash between the commit and this call is repaired
+        # by the next pass (the return or a webhook). Setting the same value twice is harmless.
         gateway.set_default_card(customer_id, details.payment_method_id, stripe_account=account)
     elif result.outcome is SetupOutcome.DUPLICATE:
         # The client saved a card they had saved before: keep one PaymentMethod for it at Stripe too.

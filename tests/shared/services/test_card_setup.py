@@ -241,3 +241,18 @@ def test_the_return_and_the_webhook_at_the_same_moment_store_one_card(
     assert errors == []
     assert sorted(outcomes) == sorted([SetupOutcome.SAVED, SetupOutcome.ALREADY_STORED])
     assert len(saved_cards(session_factory, client_id)) == 1
+
+
+def test_a_late_webhook_does_not_bring_back_a_card_the_client_deleted(
+    session_factory: sessionmaker[Session], stripe: FakeStripe
+) -> None:
+    client_id = new_client(session_factory, stripe)
+    session_id = start(session_factory, stripe, client_id)
+    stripe.server.complete_checkout(session_id)
+    stored = card_setup.finish_card_setup(
+        session_factory, stripe, session_id, client_id=client_id, actor="client:test"
+    )
+    clients.delete_card(session_factory, stripe, client_id, stored.card.id, actor="client:test")
+    outcomes = deliver(session_factory, stripe, setup_events(stripe))
+    assert all("removed since" in outcome for outcome in outcomes), outcomes
+    assert saved_cards(session_factory, client_id) == []
