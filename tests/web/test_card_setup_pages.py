@@ -4,11 +4,14 @@ cancel route, and another client's session answering 404 with nothing stored."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import requests
 
-from tests.support.web_app import Env, World, api, csrf_of, sign_in_client
+from shared.config import load_config
+from shared.services.notifications import deliver_charge_notification
+from tests.support.web_app import Env, World, api, csrf_of, sign_in_client, text_of, use_link
 
 
 def open_checkout(http: object, env: Env) -> str:
@@ -83,3 +86,23 @@ def test_leaving_stripes_page_stores_nothing(env: Env, world: World) -> None:
     assert answer.status_code == 303
     assert "No card was added." in http.get("/client/cards").get_data(as_text=True)
     assert env.snapshot() == before
+
+
+def test_the_update_your_card_email_leads_to_checkout(env: Env, world: World) -> None:
+    """The link of the email asking for a new card opens a session scoped to the card page, whose Add a
+    card goes through Stripe Checkout and back."""
+    before = env.email_files()
+    assert deliver_charge_notification(
+        env.runtime.sessions, load_config(), env.runtime.mailer, world.a.charge_id, "card_update_needed"
+    )
+    (message,) = env.new_emails(before)
+    match = re.search(r"https?://[^/\s]+(/client/cards)\?token=(\S+)", text_of(message))
+    assert match, text_of(message)
+    http = env.app.test_client()
+    assert http.get(f"/client/cards?token={match.group(2)}").status_code == 200
+    answer = use_link(http, match.group(2))
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("/client/cards")
+    assert http.get("/client/invoices").status_code != 200  # scoped to the cards
+    success = save_on_hosted_page(open_checkout(http, env), "5555555555554444")
+    assert http.get(local(success)).status_code == 303
+    assert ("4444", False) in cards(http, world.a.client_id)[2:]
