@@ -63,6 +63,8 @@ class AccountData:
         self.pm_token: dict[str, str] = {}
         # pm ids that completed an off-session setup (matters for authenticationRequiredOnSetup).
         self.pm_setup: set[str] = set()
+        # pm ids detached from their customer: Stripe refuses to use them again.
+        self.pm_detached: set[str] = set()
         self.deleted_customers: set[str] = set()
         # customer id -> its PaymentIntent ids, oldest first (list by customer without a scan).
         self.pis_by_customer: dict[str, list[str]] = {}
@@ -76,6 +78,7 @@ class AccountData:
         out["events"] = [rec.to_json() for rec in self.events.values()]
         out["pm_token"] = self.pm_token
         out["pm_setup"] = sorted(self.pm_setup)
+        out["pm_detached"] = sorted(self.pm_detached)
         out["deleted_customers"] = sorted(self.deleted_customers)
         out["endpoint_private"] = self.endpoint_private
         out["plans"] = self.plans
@@ -89,6 +92,7 @@ class AccountData:
         acct.events = {row["id"]: EventRecord.from_json(row) for row in data.get("events", [])}
         acct.pm_token = dict(data.get("pm_token", {}))
         acct.pm_setup = set(data.get("pm_setup", []))
+        acct.pm_detached = set(data.get("pm_detached", []))
         acct.deleted_customers = set(data.get("deleted_customers", []))
         acct.endpoint_private = dict(data.get("endpoint_private", {}))
         acct.plans = dict(data.get("plans", {}))

@@ -24,13 +24,14 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from shared.domain.binding import Mismatch
 from shared.domain.eligibility import charge_blockers, in_flight_attempt
 from shared.domain.ledger import balance
 from shared.domain.link_tokens import AUTHENTICATE, SIGN_IN, UPDATE_CARD, LoginLinkError
 from shared.domain.models import Card, ChargeAttempt, Client
-from shared.domain.payments import CardSetupDeclined, CardSetupRequiresAction, GatewayError
+from shared.domain.payments import GatewayError
 from shared.domain.states import AttemptStatus
-from shared.services import charge_requests, clients, login_throttle
+from shared.services import card_setup, charge_requests, clients, login_throttle
 from shared.services.charge_actions import (
     NotAwaitingAuthentication,
     settle_from_stripe,
@@ -56,16 +57,6 @@ from web.services import gateway, session_scope, sessions, unit_of_work
 log = logging.getLogger(__name__)
 bp = Blueprint("client", __name__, url_prefix="/client")
 protect_with_csrf(bp)
-
-# The emulator's test cards a client may pick from (with real Stripe, Stripe Elements collects the card).
-TEST_CARDS = (
-    ("pm_card_visa", "Visa 4242 — succeeds"),
-    ("pm_card_mastercard", "Mastercard 4444 — succeeds"),
-    ("pm_card_chargeCustomerFail", "Visa 0341 — saves, then every charge is declined"),
-    ("pm_card_authenticationRequiredSetupForOffSession", "Visa 0446 — authenticates on-session only"),
-    ("pm_card_chargeDeclined", "Visa 0002 — declined"),
-)
-
 
 # ---- sign-in ---------------------------------------------------------------------------------------------
 
@@ -324,25 +315,66 @@ def cards() -> ResponseReturnValue:
 def _cards_page() -> ResponseReturnValue:
     with session_scope() as db:
         client = _own_client(db)
-        return render_template("client/cards.html", client=client, test_cards=TEST_CARDS)
+        return render_template("client/cards.html", client=client)
 
 
 @bp.post("/cards")
 @login_required_client
 def add_card() -> ResponseReturnValue:
-    token = request.form.get("payment_method", "")
-    if token not in {t for t, _ in TEST_CARDS}:
-        flash("Choose one of the listed cards.", "error")
-        return redirect(url_for("client.cards")), 303
+    """Add a card: off to Stripe's hosted Checkout page (setup mode), which collects the card, asks the
+    client's bank to authenticate it when the bank wants to, and sends the browser back here."""
+    base = current_app.config["OFFSESSION"].public_base_url
+    # Stripe replaces {CHECKOUT_SESSION_ID} itself (url_for would escape the braces).
+    success_url = base + url_for("client.card_added") + "?session_id={CHECKOUT_SESSION_ID}"
     try:
-        card = clients.add_card(sessions(), gateway(), g.client_id, token, actor=g.actor, set_up=True)
-        flash(f"{card.brand.capitalize()} ending {card.last4} saved.", "success")
-    except CardSetupDeclined as exc:
-        flash(f"Your bank declined this card, so it was not saved: {exc.message}", "error")
-    except CardSetupRequiresAction:
-        flash("Your bank wants to authenticate this card before it can be saved; try another card.", "error")
-    except (GatewayError, clients.ClientError) as exc:
-        flash(f"The card was not saved: {exc}", "error")
+        checkout_page = card_setup.start_card_setup(
+            sessions(),
+            gateway(),
+            g.client_id,
+            success_url=success_url,
+            cancel_url=base + url_for("client.card_not_added"),
+            actor=g.actor,
+        )
+    except (GatewayError, card_setup.CardSetupIncomplete) as exc:
+        flash(f"We could not open the page to add a card: {exc}", "error")
+        return redirect(url_for("client.cards")), 303
+    return redirect(checkout_page), 303
+
+
+@bp.get("/cards/added")
+@login_required_client
+def card_added() -> ResponseReturnValue:
+    """Back from Stripe's page: read the session and store its card (the webhook may have already)."""
+    session_id = request.args.get("session_id", "")
+    if not session_id.startswith("cs_"):
+        abort(404)
+    try:
+        stored = card_setup.finish_card_setup(
+            sessions(), gateway(), session_id, client_id=g.client_id, actor=g.actor
+        )
+    except (clients.NotFound, Mismatch):
+        abort(404)  # not this client's card setup
+    except card_setup.CardSetupIncomplete as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("client.cards")), 303
+    except GatewayError as exc:
+        flash(f"We could not confirm the new card yet ({exc}); it will appear here shortly.", "error")
+        return redirect(url_for("client.cards")), 303
+    label = f"{stored.card.brand.capitalize()} ending {stored.card.last4}"
+    if stored.outcome is card_setup.SetupOutcome.DUPLICATE:
+        flash(f"{label} was saved already: it is kept once.", "success")
+    elif stored.card.is_default:
+        flash(f"{label} saved. It is your default card.", "success")
+    else:
+        flash(f"{label} saved.", "success")
+    return redirect(url_for("client.cards")), 303
+
+
+@bp.get("/cards/not-added")
+@login_required_client
+def card_not_added() -> ResponseReturnValue:
+    """The client left Stripe's page with its Back link: nothing was saved."""
+    flash("No card was added.", "info")
     return redirect(url_for("client.cards")), 303
 
 

@@ -34,7 +34,16 @@ SEEN_RESOLUTION_SECONDS = 60
 POLLING_ENDPOINTS = frozenset({"admin.charge_status", "admin.batch_status", "client.charge_status"})
 # What a scoped Client Zone session may open: the card page (the update-card email), or the invoice
 # and the charge to authenticate (the authentication email).
-CARD_ENDPOINTS = frozenset({"client.cards", "client.add_card", "client.make_default", "client.delete_card"})
+CARD_ENDPOINTS = frozenset(
+    {
+        "client.cards",
+        "client.add_card",
+        "client.card_added",
+        "client.card_not_added",
+        "client.make_default",
+        "client.delete_card",
+    }
+)
 CHARGE_ENDPOINTS = frozenset({"client.authenticate", "client.returned", "client.charge_status"})
 
 

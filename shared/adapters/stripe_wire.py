@@ -132,6 +132,7 @@ def card_details(payment_method: Mapping[str, Any]) -> CardDetails:
         last4=str(card.get("last4") or ""),
         exp_month=int(card.get("exp_month") or 0),
         exp_year=int(card.get("exp_year") or 0),
+        fingerprint=card.get("fingerprint") or None,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from shared.domain.models import ChargeAttempt
-from shared.domain.payments import PaymentIntentView
+from shared.domain.payments import CardSetupView, PaymentIntentView
 
 
 class MismatchReason(StrEnum):
@@ -69,5 +69,46 @@ def payment_intent_mismatch(attempt: ChargeAttempt, view: PaymentIntentView) -> 
             f"PaymentIntent {view.id} belongs to customer {view.customer}; charge {attempt.id} to "
             f"{attempt.stripe_customer_id}.",
             attempt=attempt,
+        )
+    return None
+
+
+def card_setup_mismatch(
+    view: CardSetupView,
+    *,
+    client_id: int,
+    client_customer_id: str | None,
+    account: str | None,
+    expected_account: str | None,
+    livemode: bool,
+) -> Mismatch | None:
+    """Why a saved card Stripe reports (a Checkout Session in setup mode, or its SetupIntent) is not the
+    card of the client its metadata names, or None when it is: the mode of our key, the account the
+    business charges through (None: the platform), and the client's own Stripe customer."""
+    if view.livemode != livemode:
+        return Mismatch(
+            MismatchReason.LIVEMODE,
+            f"A {'live' if view.livemode else 'test'}-mode card setup; this deployment's API key is "
+            f"{'live' if livemode else 'test'}.",
+        )
+    wrong_account = card_setup_account_mismatch(account, expected_account)
+    if wrong_account is not None:
+        return wrong_account
+    if client_customer_id is None or view.customer_id != client_customer_id:
+        return Mismatch(
+            MismatchReason.CUSTOMER,
+            f"The card setup {view.session_id or view.setup_intent_id} saves a card to customer "
+            f"{view.customer_id}; client {client_id}'s customer is {client_customer_id or 'none'}.",
+        )
+    return None
+
+
+def card_setup_account_mismatch(account: str | None, expected_account: str | None) -> Mismatch | None:
+    """A card setup reported from another account than the one the business charges through."""
+    if (account or None) != (expected_account or None):
+        return Mismatch(
+            MismatchReason.ACCOUNT,
+            f"The card setup comes from account {account or 'platform'}; cards are saved on "
+            f"{expected_account or 'the platform account'}.",
         )
     return None

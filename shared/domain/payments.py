@@ -179,6 +179,40 @@ class CardDetails:
     last4: str
     exp_month: int
     exp_year: int
+    # Stripe's fingerprint of the card number: the same card saved twice has the same one.
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class CardSetupView:
+    """A card being saved through Stripe's hosted Checkout page (a Checkout Session in setup mode), or
+    through any SetupIntent: where it stands, whose it is, and the card once it is saved.
+
+    `session_id`, `url` and `session_status` (open / complete / expired) are the Checkout Session's (None
+    for a SetupIntent read on its own); `setup_status` is its SetupIntent's (succeeded once the card is
+    saved); `card` is the SetupIntent's PaymentMethod once there is one."""
+
+    session_id: str | None
+    url: str | None
+    session_status: str | None
+    setup_intent_id: str | None
+    setup_status: str | None
+    customer_id: str | None
+    metadata: dict[str, str]
+    card: CardDetails | None
+    # The customer the card's PaymentMethod is attached to now (None once detached, e.g. deleted since).
+    card_customer_id: str | None
+    livemode: bool
+
+    @property
+    def saved(self) -> bool:
+        """The setup saved a card to the customer for later (off-session) use."""
+        return self.setup_status == "succeeded" and self.card is not None and self.customer_id is not None
+
+    @property
+    def still_attached(self) -> bool:
+        """The saved card is still the customer's (not detached since)."""
+        return self.saved and self.card_customer_id == self.customer_id
 
 
 @dataclass(frozen=True)

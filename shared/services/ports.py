@@ -6,7 +6,7 @@ shared.bootstrap picks the implementations; tests pass their own (tests/support)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,
+    CardSetupView,
     ChargeOutcome,
     ChargeRequest,
     PaymentIntentView,
@@ -136,6 +137,31 @@ class StripePort(Protocol):
 
     def detach_card(self, payment_method_id: str, *, stripe_account: str | None = None) -> None:
         """Detach a saved card; one already detached counts as done."""
+        ...
+
+    def create_card_setup_session(
+        self,
+        customer_id: str,
+        *,
+        success_url: str,
+        cancel_url: str,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+        stripe_account: str | None = None,
+    ) -> CardSetupView:
+        """A Checkout Session in setup mode saving a card to the customer; its `url` is Stripe's page."""
+        ...
+
+    def retrieve_card_setup_session(
+        self, session_id: str, *, stripe_account: str | None = None
+    ) -> CardSetupView:
+        """A Checkout Session as it is now, with its SetupIntent's card."""
+        ...
+
+    def retrieve_card_setup_intent(
+        self, setup_intent_id: str, *, stripe_account: str | None = None
+    ) -> CardSetupView:
+        """A SetupIntent as it is now, with its card."""
         ...
 
     def create_offsession_payment_intent(self, request: ChargeRequest) -> ChargeOutcome:

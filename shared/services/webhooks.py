@@ -25,6 +25,7 @@ from shared.domain.states import observe
 from shared.log_context import bind_log_ids
 from shared.services import audit, payments
 from shared.services.attempts import apply_payment_intent, reported_status
+from shared.services.card_setup_events import CARD_SETUP_EVENTS, apply_card_setup_event, is_card_setup_event
 from shared.services.ports import StripePort
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ EVENTS_WITH_WORK = (
     "payment_intent.amount_capturable_updated",
     "payment_intent.partially_funded",
     *sorted(REFUND_EVENTS),
+    *CARD_SETUP_EVENTS,
 )
 # The coalesced drain (drain_events): one task empties the table of events with work, instead of one
 # message per event (the flag in shared.adapters.drain_flag holds back needless ones).
@@ -270,12 +272,13 @@ def _why_not_claimed(session: Session, event_row_id: int) -> str:
 
 
 def has_work(event_type: str, event: dict[str, Any]) -> bool:
-    """Whether processing may change anything: a PaymentIntent's outcome or a refund. The rest (created,
-    charge.succeeded beside its payment_intent.succeeded, customers, ...) is only kept."""
+    """Whether processing may change anything: a PaymentIntent's outcome, a refund or a card saved through
+    Checkout. The rest (created, charge.succeeded beside its payment_intent.succeeded, customers, ...) is
+    only kept."""
     obj = (event.get("data") or {}).get("object") or {}
     if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
         return event_type != "payment_intent.created"
-    return event_type in REFUND_EVENTS
+    return event_type in REFUND_EVENTS or is_card_setup_event(event_type, obj)
 
 
 def _mark_processed(session: Session, event_row_id: int) -> None:
@@ -289,7 +292,8 @@ def _apply(
     event_type: str,
     event: dict[str, Any],
 ) -> str:
-    """A payment_intent.* or refund event (see has_work), marked processed in its last transaction.
+    """A payment_intent.*, refund or card setup event (see has_work), marked processed in its last
+    transaction.
 
     An event that does not match what it would change (mode, account, PaymentIntent, customer,
     currency, amount) changes nothing: it is marked processed and flagged (_flag)."""
@@ -298,6 +302,11 @@ def _apply(
     account = event.get("account") or None
     try:
         _check_livemode(gateway, event, obj)
+        if event_type in CARD_SETUP_EVENTS:
+            outcome = apply_card_setup_event(factory, gateway, event_type, obj, account=account, actor=actor)
+            with factory() as session, session.begin():
+                _mark_processed(session, event_row_id)
+            return outcome
         if event_type in REFUND_EVENTS:
             outcome = _apply_refunds(factory, gateway, event_type, obj, actor, account)
             with factory() as session, session.begin():

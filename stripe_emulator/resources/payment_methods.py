@@ -12,6 +12,12 @@ from ..store import new_id
 from ..wire import Params, apply_metadata, invalid
 from .base import Ctx, Route, customer_param, get, list_page, render
 
+# Stripe's words for a PaymentMethod that was detached from its customer and is used again.
+DETACHED_REUSED = ("The provided PaymentMethod was previously used with a PaymentIntent without Customer "
+                   "attachment, shared with a connected account without Customer attachment, or was "
+                   "detached from a Customer. It may not be used again. To use a PaymentMethod multiple "
+                   "times, you must attach it to a Customer first.")
+
 
 def payment_method_ref(ctx: Ctx, pm_param: str | None,
                        customer_id: str | None) -> str | dict[str, Any] | None:
@@ -22,6 +28,8 @@ def payment_method_ref(ctx: Ctx, pm_param: str | None,
         return pm_param
     pm = get(ctx, "payment_methods", pm_param, "PaymentMethod", param="payment_method")
     owner = pm["customer"]
+    if owner is None and pm["id"] in ctx.data.pm_detached:
+        raise invalid(DETACHED_REUSED, param="payment_method")
     if owner and customer_id is None:
         raise invalid(f"The provided PaymentMethod {pm_param} is attached to Customer {owner}. "
                       f"To use it, also pass the Customer's id in the `customer` parameter.",
@@ -145,6 +153,8 @@ def pm_attach(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
         if pm["customer"]:
             raise invalid("The payment method you provided has already been attached to a customer.",
                           param="customer")
+        if pm_id in ctx.data.pm_detached:
+            raise invalid(DETACHED_REUSED, param="payment_method")
     attach(ctx, pm, cid)
     return render(ctx, pm, p.expand())
 
@@ -157,6 +167,7 @@ def pm_detach(ctx: Ctx, p: Params, args: tuple[str, ...]) -> dict[str, Any]:
         raise invalid("The payment method you provided is not attached to a customer so detachment "
                       "is impossible.", param="payment_method")
     pm["customer"] = None
+    ctx.data.pm_detached.add(pm_id)
     cus = ctx.data.customers.get(cid)
     if cus is not None and cus["invoice_settings"]["default_payment_method"] == pm_id:
         # Detaching the default card leaves the customer without a default, as on Stripe.

@@ -36,17 +36,19 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from shared.adapters.stripe_checkout import card_setup_view
 from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
 from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,
     CardSetupDeclined,
     CardSetupRequiresAction,
+    CardSetupView,
     ChargeOutcome,
     ChargeRequest,
     GatewayError,
@@ -152,6 +154,7 @@ class _Account:
     setup_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkout_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     # PaymentMethods set up for off-session use (a SetupIntent with usage=off_session succeeded).
     set_up: set[str] = field(default_factory=set)
     # PaymentMethod id -> the test token it was made from.
@@ -514,6 +517,35 @@ class FakeStripeServer:
             if setup["status"] != "requires_action":
                 raise ValueError(f"{setup_intent_id} is {setup['status']}")
             self._setup_succeeds(acct, setup)
+
+    def complete_checkout(
+        self, session_id: str, token: str = "pm_card_visa", *, stripe_account: str | None = None
+    ) -> dict[str, Any]:
+        """A person saves a card on a setup-mode Checkout Session's hosted page (authenticating with
+        their bank when the card asks). A declined card leaves the session open with nothing saved."""
+        with self.lock:
+            acct = self.account(stripe_account)
+            session = acct.checkout_sessions[session_id]
+            if session["status"] != "open":
+                raise ValueError(f"{session_id} is {session['status']}, not open")
+            setup = acct.setup_intents[session["setup_intent"]]
+            pm = self.materialize(acct, token)
+            setup["payment_method"] = pm["id"]
+            decline = cards.setup_decline(self.spec(acct, pm["id"]))
+            if decline is not None:
+                setup.update(
+                    status="requires_payment_method",
+                    payment_method=None,
+                    last_setup_error=self._card_error(decline),
+                )
+                self.emit(acct, "setup_intent.setup_failed", setup)
+                return copy.deepcopy(session)
+            self._setup_succeeds(acct, setup)
+            self.emit(acct, "payment_method.attached", pm)
+            self.emit(acct, "setup_intent.succeeded", setup)
+            session.update(status="complete", url=None)
+            self.emit(acct, "checkout.session.completed", session)
+            return copy.deepcopy(session)
 
     def dashboard_refund(
         self, payment_intent_id: str, amount: int | None = None, *, stripe_account: str | None = None
@@ -1190,6 +1222,111 @@ class FakeStripe:
                 if pm is None or pm["customer"] is not None:
                     raise
 
+    # ---- Checkout in setup mode --------------------------------------------------------------------
+
+    def create_card_setup_session(
+        self,
+        customer_id: str,
+        *,
+        success_url: str,
+        cancel_url: str,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+        stripe_account: str | None = None,
+    ) -> CardSetupView:
+        server = self.server
+        params = {
+            "mode": "setup",
+            "customer": customer_id,
+            "allowed_payment_method_types": ["card"],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "metadata": dict(metadata),
+            "setup_intent_data": {"metadata": dict(metadata)},
+        }
+
+        def create(acct: _Account) -> dict[str, Any]:
+            server.customer(acct, customer_id)
+            setup = {
+                "id": server.new_id("seti_"),
+                "object": "setup_intent",
+                "customer": customer_id,
+                "payment_method": None,
+                "usage": "off_session",
+                "status": "requires_payment_method",
+                "metadata": dict(metadata),
+                "next_action": None,
+                "last_setup_error": None,
+                "livemode": False,
+            }
+            acct.setup_intents[setup["id"]] = setup
+            session_id = server.new_id("cs_test_")
+            session = {
+                "id": session_id,
+                "object": "checkout.session",
+                "mode": "setup",
+                "customer": customer_id,
+                "setup_intent": setup["id"],
+                "status": "open",
+                "success_url": success_url,
+                "cancel_url": cancel_url,
+                "metadata": dict(metadata),
+                "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+                "livemode": False,
+            }
+            acct.checkout_sessions[session_id] = session
+            return copy.deepcopy(session)
+
+        session = self._call(
+            "create_card_setup_session",
+            stripe_account,
+            "post",
+            "/v1/checkout/sessions",
+            params,
+            create,
+            idempotency_key=idempotency_key,
+        )
+        return card_setup_view(session, None)
+
+    def retrieve_card_setup_session(
+        self, session_id: str, *, stripe_account: str | None = None
+    ) -> CardSetupView:
+        def retrieve(acct: _Account) -> dict[str, Any]:
+            session = acct.checkout_sessions.get(session_id)
+            if session is None:
+                raise _ApiError(404, f"No such checkout.session: '{session_id}'", code="resource_missing")
+            answer = copy.deepcopy(session)
+            answer["setup_intent"] = _expanded_setup(acct, session["setup_intent"])
+            return answer
+
+        session = self._call(
+            "retrieve_card_setup_session",
+            stripe_account,
+            "get",
+            f"/v1/checkout/sessions/{session_id}",
+            {"expand": ["setup_intent.payment_method"]},
+            retrieve,
+        )
+        return card_setup_view(session, session["setup_intent"])
+
+    def retrieve_card_setup_intent(
+        self, setup_intent_id: str, *, stripe_account: str | None = None
+    ) -> CardSetupView:
+        def retrieve(acct: _Account) -> dict[str, Any]:
+            if setup_intent_id not in acct.setup_intents:
+                raise _ApiError(404, f"No such setupintent: '{setup_intent_id}'", code="resource_missing")
+            return _expanded_setup(acct, setup_intent_id)
+
+        setup = self._call(
+            "retrieve_card_setup_intent",
+            stripe_account,
+            "get",
+            f"/v1/setup_intents/{setup_intent_id}",
+            {"expand": ["payment_method"]},
+            retrieve,
+        )
+        return card_setup_view(None, setup)
+
     # ---- charges -----------------------------------------------------------------------------------
 
     def create_offsession_payment_intent(self, request: ChargeRequest) -> ChargeOutcome:
@@ -1476,6 +1613,14 @@ class _CardError(GatewayError):
         raise AssertionError("a 402 on a PaymentIntent always embeds it")
 
 
+def _expanded_setup(acct: _Account, setup_intent_id: str) -> dict[str, Any]:
+    setup = copy.deepcopy(acct.setup_intents[setup_intent_id])
+    if setup.get("payment_method"):
+        pm = acct.payment_methods[setup["payment_method"]]
+        setup["payment_method"] = {k: copy.deepcopy(v) for k, v in pm.items() if not k.startswith("_")}
+    return setup
+
+
 def _card_details(payment_method: dict[str, Any]) -> CardDetails:
     card = payment_method.get("card") or {}
     return CardDetails(
@@ -1484,6 +1629,7 @@ def _card_details(payment_method: dict[str, Any]) -> CardDetails:
         last4=str(card.get("last4") or ""),
         exp_month=int(card.get("exp_month") or 0),
         exp_year=int(card.get("exp_year") or 0),
+        fingerprint=card.get("fingerprint") or None,
     )
 
 

@@ -88,6 +88,9 @@ class Card(Base):
     last4: Mapped[str] = mapped_column(String(4))
     exp_month: Mapped[int] = mapped_column(Integer)
     exp_year: Mapped[int] = mapped_column(Integer)
+    # Stripe's fingerprint of the card number (None for cards saved before it was kept): the same card
+    # saved again through Checkout is recognised and not stored twice.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -101,6 +104,15 @@ class Card(Base):
             unique=True,
             sqlite_where=text("is_default"),
             postgresql_where=text("is_default"),
+        ),
+        # A card (by its fingerprint) is saved once per client, enforced by the database.
+        Index(
+            "uq_card_fingerprint_per_client",
+            "client_id",
+            "fingerprint",
+            unique=True,
+            sqlite_where=text("fingerprint IS NOT NULL"),
+            postgresql_where=text("fingerprint IS NOT NULL"),
         ),
         CheckConstraint("length(last4) = 4", name="last4_length"),
         CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month_range"),

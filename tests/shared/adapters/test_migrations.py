@@ -159,6 +159,28 @@ def test_one_default_card_per_client(session: Session) -> None:
         session.commit()
 
 
+def _card(pm: str, fingerprint: str | None) -> Card:
+    return Card(
+        stripe_payment_method_id=pm,
+        brand="visa",
+        last4="4242",
+        exp_month=1,
+        exp_year=2030,
+        fingerprint=fingerprint,
+    )
+
+
+def test_a_card_is_saved_once_per_client_by_fingerprint(session: Session) -> None:
+    ada = Client(name="Ada", email="ada@example.com", cards=[_card("pm_1", "fp_a"), _card("pm_2", None)])
+    # Another client may hold the same card; cards saved before fingerprints were kept have none.
+    bob = Client(name="Bob", email="bob@example.com", cards=[_card("pm_3", "fp_a"), _card("pm_4", None)])
+    session.add_all([ada, bob])
+    session.commit()
+    ada.cards.append(_card("pm_5", "fp_a"))
+    with pytest.raises(IntegrityError):
+        session.commit()
+
+
 def test_a_payment_intent_enters_the_ledger_once(session: Session) -> None:
     from shared.domain.models import utcnow
 

@@ -425,6 +425,93 @@ def test_ensure_customer_replaces_one_that_does_not_exist(gateway: StripeGateway
     assert replaced.startswith("cus_") and replaced != "cus_doesnotexist000"
 
 
+# ---- Checkout in setup mode ------------------------------------------------------------------------
+
+# The hosted page's test numbers, and the tokens FakeStripe stands them for.
+HOSTED_CARDS = {
+    "4242424242424242": "pm_card_visa",
+    "4000000000000002": "pm_card_chargeDeclined",
+}
+
+
+def save_on_hosted_page(backend: Backend, session_url: str, session_id: str, number: str) -> None:
+    """What a person does on Stripe's page: types a card and clicks Save card."""
+    if backend.fake is not None:
+        backend.fake.complete_checkout(session_id, HOSTED_CARDS[number])
+        return
+    answer = requests.post(
+        session_url,
+        data={"cardnumber": number, "exp-date": "12 / 34", "cvc": "123", "billing-name": "Contract"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code in (200, 303), answer.text
+
+
+def setup_session(gateway: StripeGateway, customer_id: str, client: str = "7") -> Any:
+    return gateway.create_card_setup_session(
+        customer_id,
+        success_url="https://shop.example/client/cards/added?session_id={CHECKOUT_SESSION_ID}",
+        cancel_url="https://shop.example/client/cards",
+        metadata={"offsession_client_id": client},
+        idempotency_key=unique("checkout"),
+    )
+
+
+def test_checkout_setup_session_is_open_for_the_customer(gateway: StripeGateway, customer_id: str) -> None:
+    created = setup_session(gateway, customer_id)
+    assert created.session_id is not None and created.session_id.startswith("cs_test_")
+    assert created.url and created.session_status == "open" and created.customer_id == customer_id
+    assert created.metadata == {"offsession_client_id": "7"} and not created.saved
+    read = gateway.retrieve_card_setup_session(created.session_id)
+    assert read.session_status == "open" and read.card is None and read.setup_intent_id
+    assert read.setup_status == "requires_payment_method"
+
+
+@pytest.mark.skipif(STRIPE_TEST_KEY is not None, reason="no person types a card on Stripe's page here")
+def test_checkout_setup_session_saves_the_typed_card(
+    gateway: StripeGateway, backend: Backend, customer_id: str
+) -> None:
+    created = setup_session(gateway, customer_id)
+    assert created.session_id is not None and created.url is not None
+    save_on_hosted_page(backend, created.url, created.session_id, "4242424242424242")
+    done = gateway.retrieve_card_setup_session(created.session_id)
+    assert done.session_status == "complete" and done.saved and done.customer_id == customer_id
+    assert done.card is not None and (done.card.brand, done.card.last4) == ("visa", "4242")
+    assert done.card.fingerprint and 1 <= done.card.exp_month <= 12
+    assert done.setup_intent_id is not None
+    by_intent = gateway.retrieve_card_setup_intent(done.setup_intent_id)
+    assert by_intent.saved and by_intent.card == done.card and by_intent.customer_id == customer_id
+    assert by_intent.metadata == {"offsession_client_id": "7"}  # setup_intent_data.metadata
+    # The same card saved again has the same fingerprint, in another PaymentMethod.
+    again = setup_session(gateway, customer_id)
+    assert again.session_id is not None and again.url is not None
+    save_on_hosted_page(backend, again.url, again.session_id, "4242424242424242")
+    second = gateway.retrieve_card_setup_session(again.session_id).card
+    assert second is not None and second.fingerprint == done.card.fingerprint
+    assert second.payment_method_id != done.card.payment_method_id
+    # The saved card charges off-session.
+    outcome = gateway.create_offsession_payment_intent(charge_for(customer_id, done.card.payment_method_id))
+    assert isinstance(outcome, Succeeded)
+
+
+@pytest.mark.skipif(STRIPE_TEST_KEY is not None, reason="no person types a card on Stripe's page here")
+def test_checkout_setup_session_with_a_declined_card_saves_nothing(
+    gateway: StripeGateway, backend: Backend, customer_id: str
+) -> None:
+    created = setup_session(gateway, customer_id)
+    assert created.session_id is not None and created.url is not None
+    save_on_hosted_page(backend, created.url, created.session_id, "4000000000000002")
+    read = gateway.retrieve_card_setup_session(created.session_id)
+    assert read.session_status == "open" and not read.saved and read.card is None
+
+
+def test_unknown_checkout_session_is_permanent(gateway: StripeGateway) -> None:
+    with pytest.raises(PermanentStripeError) as caught:
+        gateway.retrieve_card_setup_session("cs_test_doesnotexist000")
+    assert caught.value.code == "resource_missing"
+
+
 # ---- charging saved cards --------------------------------------------------------------------------
 
 

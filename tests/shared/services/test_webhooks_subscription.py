@@ -9,13 +9,28 @@ from shared.services.webhooks import EVENTS_WITH_WORK, has_work
 
 def _event_of(event_type: str) -> dict[str, Any]:
     kind = event_type.split(".")[0]
-    obj_type = {"payment_intent": "payment_intent", "refund": "refund"}.get(kind, "charge")
-    return {"type": event_type, "data": {"object": {"id": "x_1", "object": obj_type}}}
+    obj_type = {
+        "payment_intent": "payment_intent",
+        "refund": "refund",
+        "checkout": "checkout.session",
+        "setup_intent": "setup_intent",
+    }.get(kind, "charge")
+    # A card saved through Checkout names the client it is for (shared.services.card_setup).
+    setup = {"mode": "setup", "metadata": {"offsession_client_id": "1"}} if kind != "charge" else {}
+    return {"type": event_type, "data": {"object": {"id": "x_1", "object": obj_type, **setup}}}
 
 
 def test_every_subscribed_event_type_has_work() -> None:
     assert all(has_work(event_type, _event_of(event_type)) for event_type in EVENTS_WITH_WORK)
     assert len(set(EVENTS_WITH_WORK)) == len(EVENTS_WITH_WORK)
+
+
+def test_card_setups_that_are_not_a_clients_would_only_be_stored() -> None:
+    # A payment-mode session, or the SetupIntent of a card the API saved itself, names no client.
+    payment_mode = {"id": "cs_1", "object": "checkout.session", "mode": "payment", "metadata": {}}
+    api_setup = {"id": "seti_1", "object": "setup_intent", "metadata": {}}
+    assert not has_work("checkout.session.completed", {"data": {"object": payment_mode}})
+    assert not has_work("setup_intent.succeeded", {"data": {"object": api_setup}})
 
 
 def test_the_types_left_out_would_only_be_stored() -> None:

@@ -42,3 +42,26 @@ def test_attach_token_creates_new_payment_method_and_default(client: stripe.Stri
     deleted = client.v1.customers.delete(other.id)
     assert deleted.deleted is True
     assert client.v1.customers.retrieve(other.id).deleted is True
+
+
+def test_a_detached_card_cannot_be_charged_or_attached_again(client: stripe.StripeClient) -> None:
+    """Stripe refuses a PaymentMethod detached from its customer, whatever customer the request names."""
+    cus = client.v1.customers.create({"email": "d@example.com"})
+    pm = client.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
+    client.v1.payment_methods.detach(pm.id)
+    with pytest.raises(stripe.InvalidRequestError) as charged:
+        client.v1.payment_intents.create(
+            {
+                "amount": 1000,
+                "currency": "eur",
+                "customer": cus.id,
+                "payment_method": pm.id,
+                "allowed_payment_method_types": ["card"],
+                "off_session": True,
+                "confirm": True,
+            }
+        )
+    assert charged.value.param == "payment_method" and "may not be used again" in str(charged.value)
+    with pytest.raises(stripe.InvalidRequestError) as attached:
+        client.v1.payment_methods.attach(pm.id, {"customer": cus.id})
+    assert attached.value.param == "payment_method"
