@@ -12,7 +12,8 @@ from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
 from shared.services import outbox
 from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
 from web.errors import error_response
-from web.services import gateway, publish, runtime
+from shared.services.stripe_connection import stored_webhook_secrets
+from web.services import gateway, publish, runtime, session_scope
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -22,7 +23,9 @@ bp = Blueprint("webhooks", __name__)
 def receive() -> ResponseReturnValue:
     payload = request.get_data(cache=False)
     try:
-        event = gateway().verify_webhook(payload, request.headers.get("Stripe-Signature"))
+        event = gateway().verify_webhook(
+            payload, request.headers.get("Stripe-Signature"), also=_stored_secrets()
+        )
     except WebhookSignatureError as exc:
         return error_response(400, "invalid_signature", f"Stripe-Signature refused: {exc.message}")
     except WebhookPayloadError as exc:
@@ -34,6 +37,12 @@ def receive() -> ResponseReturnValue:
         except Exception as exc:  # stored already: the janitor re-drives unprocessed events
             log.warning("webhook event %s stored, not yet published: %s", event["id"], exc)
     return jsonify({"received": True, "duplicate": not stored.created}), 200
+
+
+def _stored_secrets() -> tuple[str, ...]:
+    """The secret of the endpoint Connect registered (STRIPE_WEBHOOK_SECRET's, if any, are tried first)."""
+    with session_scope() as session:
+        return stored_webhook_secrets(session, runtime().secret_box)
 
 
 def _request_processing(event_row_id: int) -> None:
