@@ -1577,7 +1577,13 @@ class FakeStripe:
         server = self.server
 
         def deauthorize(acct: _Account) -> dict[str, Any]:
-            server.connected_accounts.pop(account_id, None)
+            if server.connected_accounts.pop(account_id, None) is None:
+                raise _ApiError(
+                    400,
+                    f"This application is not connected to stripe account {account_id}, or that account "
+                    "does not exist.",
+                    code="invalid_client",
+                )
             return {"stripe_user_id": account_id}
 
         self._call(
