@@ -23,11 +23,10 @@ from shared.domain.payments import (
     PermanentStripeError,
 )
 from shared.domain.states import AttemptStatus
-from shared.services import charge_requests, clients, invoices, payments
+from shared.services import charge_requests, clients, invoices, payments, stripe_connection
 from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
-from shared.services import stripe_connection
 from shared.services.settings import ACCOUNT_ID, SettingsError, get_settings, update_settings
 from shared.services.stripe_connection import ConnectionRefused
 from web import openapi, openapi_schemas

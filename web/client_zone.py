@@ -324,7 +324,9 @@ def cards() -> ResponseReturnValue:
 def _cards_page() -> ResponseReturnValue:
     with session_scope() as db:
         client = _own_client(db)
-        return render_template("client/cards.html", client=client, test_cards=TEST_CARDS)
+        # Where the business charges now: a card saved under another Stripe account cannot be charged.
+        place = get_settings(db).verified_place
+        return render_template("client/cards.html", client=client, test_cards=TEST_CARDS, place=place)
 
 
 @bp.post("/cards")

@@ -10,9 +10,9 @@ from flask.typing import ResponseReturnValue
 
 from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
 from shared.services import outbox
+from shared.services.stripe_connection import stored_webhook_secrets
 from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
 from web.errors import error_response
-from shared.services.stripe_connection import stored_webhook_secrets
 from web.services import gateway, publish, runtime, session_scope
 
 log = logging.getLogger(__name__)

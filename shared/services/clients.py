@@ -194,7 +194,7 @@ def add_card(
         raise ClientError("payment_method must be a Stripe PaymentMethod id (pm_...).")
     connection = _connection(factory)
     account = connection.stripe_account
-    customer_id, first_card = customer_for_connection(factory, gateway, client_id, connection)
+    customer_id, first_card = customer_for_connection(factory, gateway, client_id, connection, actor=actor)
     attach = gateway.attach_card if set_up else gateway.attach_payment_method
     details = attach(
         customer_id,
@@ -239,7 +239,12 @@ def add_card(
 
 
 def customer_for_connection(
-    factory: sessionmaker[Session], gateway: StripePort, client_id: int, connection: _Connection
+    factory: sessionmaker[Session],
+    gateway: StripePort,
+    client_id: int,
+    connection: _Connection,
+    *,
+    actor: str,
 ) -> tuple[str, bool]:
     """The client's Stripe customer where the connection is, made there when the client's customer lives
     in another account or mode (a customer, like a card, exists in one account and mode only); and
@@ -270,7 +275,7 @@ def customer_for_connection(
         client.stripe_customer_account_id = account_id
         client.stripe_customer_livemode = livemode
         audit.record(
-            session, "system", "client.customer_created", client_id=client_id, stripe_account=account_id
+            session, actor, "client.customer_created", client_id=client_id, stripe_account=account_id
         )
     return customer_id, first_card
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.eligibility import BlockerCode
@@ -160,11 +160,14 @@ def _store_verified(
 def _claim_unplaced(session: Session, account: StripeAccountView) -> int:
     """Cards and customers saved before accounts were recorded (the upgrade) live where the deployment
     was charging then: the first verified connection stamps them with its account and mode."""
-    cards = session.execute(
-        update(Card)
-        .where(Card.stripe_account_id.is_(None))
-        .values(stripe_account_id=account.id, livemode=account.livemode)
-        .execution_options(synchronize_session=False)
+    cards = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Card)
+            .where(Card.stripe_account_id.is_(None))
+            .values(stripe_account_id=account.id, livemode=account.livemode)
+            .execution_options(synchronize_session=False)
+        ),
     ).rowcount
     session.execute(
         update(Client)

@@ -17,7 +17,7 @@ from shared.services.stripe_connection import registered_events
 from tests.support.emulator import admin as emulator_admin
 from tests.support.emulator import create_account, emulator_state
 from tests.support.signing import signed
-from tests.support.web_app import Env, World, api, sign_in_admin
+from tests.support.web_app import Env, World, api, sign_in_admin, sign_in_client
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -131,6 +131,10 @@ def test_a_card_saved_under_another_account_is_not_charged_until_saved_again(env
         in inv["charge"]["blockers"][0]["message"]
     )
     assert api(client, "POST", f"/api/invoices/{world.a.invoice_id}/charges", {}).status_code == 409
+    zone = env.app.test_client()
+    sign_in_client(zone, env, world.a.email)
+    cards_page = zone.get("/client/cards").get_data(as_text=True)
+    assert cards_page.count("saved under another Stripe account of the business") == len(world.a.cards)
     card = api(client, "POST", f"/api/clients/{world.a.client_id}/cards", {"payment_method": "pm_card_visa"})
     assert card.status_code == 201, card.json
     assert card.json["stripe_account_id"] == other["id"] and card.json["is_default"] is True
