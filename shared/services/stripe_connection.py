@@ -203,6 +203,20 @@ def _set_problem(
     audit.record(session, actor, "stripe.connection_problem", code=code.value, message=message[:500])
 
 
+def record_refusal(session: Session, exc: PermanentStripeError, stripe_account: str | None) -> bool:
+    """A call made for the current connection met a refused key (401) or account (403): the connection
+    is no longer good, so charges are blocked with the reason until an admin connects again. Returns
+    whether it was recorded (not for a call made for another account)."""
+    if exc.kind not in ("authentication", "permission"):
+        return False
+    settings = get_settings(session)
+    if (settings.stripe_account_id or None) != (stripe_account or None) or not settings.stripe_connected:
+        return False
+    refusal = refusal_of(exc, stripe_account)
+    _set_problem(session, settings, "worker", refusal.code, refusal.message, connected=False)
+    return True
+
+
 def disconnect(
     factory: sessionmaker[Session],
     gateway: StripePort,
