@@ -195,18 +195,24 @@ def put_settings() -> ResponseReturnValue:
     if connected is False:
         stripe_connection.disconnect(sessions(), gateway(), actor=actor(), oauth=oauth_settings(config))
     elif connected or account_given:
-        with session_scope() as session:
-            current_account = get_settings(session).stripe_account_id
-        target = (account or "").strip() or None if account_given else current_account
         try:
-            stripe_connection.connect(
-                sessions(),
-                gateway(),
-                runtime().secret_box,
-                actor=actor(),
-                public_base_url=config.public_base_url,
-                stripe_account=target,
-            )
+            if account_given:
+                stripe_connection.connect(
+                    sessions(),
+                    gateway(),
+                    runtime().secret_box,
+                    actor=actor(),
+                    public_base_url=config.public_base_url,
+                    stripe_account=(account or "").strip() or None,
+                )
+            else:
+                stripe_connection.connect_again(
+                    sessions(),
+                    gateway(),
+                    runtime().secret_box,
+                    actor=actor(),
+                    public_base_url=config.public_base_url,
+                )
         except ConnectionRefused as exc:
             raise ApiError(409, exc.code.value, exc.message) from exc
     try:

@@ -68,9 +68,10 @@ def settings() -> ResponseReturnValue:
 @bp.post("/settings/stripe/connect")
 @login_required_admin
 def connect_stripe() -> ResponseReturnValue:
-    """Connect with the server's STRIPE_API_KEY: ask Stripe which account it is, register the endpoint."""
+    """Connect with the server's STRIPE_API_KEY (or check again the account connected through OAuth): ask
+    Stripe which account it is, register the endpoint."""
     try:
-        stripe_connection.connect(
+        stripe_connection.connect_again(
             sessions(),
             gateway(),
             runtime().secret_box,

@@ -97,22 +97,23 @@ def connect(
         old_endpoint = get_settings(session).webhook_endpoint_id
         session.rollback()
     url = webhook_url(public_base_url)
-    # One endpoint for this deployment: the one registered before, and any other at our URL (left by
-    # a connection whose database was restored or lost), go before the new one is made.
-    stale = {old_endpoint} if old_endpoint else set()
     try:
-        stale |= {e.id for e in gateway.list_webhook_endpoints() if e.url == url}
+        endpoint = gateway.create_webhook_endpoint(
+            url,
+            registered_events(),
+            idempotency_key=f"offsession:webhook_endpoint:{uuid.uuid4()}",
+            connect=method == "oauth",
+            description="Offsession: charges, refunds and the connection",
+        )
     except GatewayError as exc:
-        log.warning("webhook endpoints not listed at Stripe: %s", exc)
-    for endpoint_id in sorted(stale):
-        _delete_endpoint(gateway, endpoint_id)
-    endpoint = gateway.create_webhook_endpoint(
-        url,
-        registered_events(),
-        idempotency_key=f"offsession:webhook_endpoint:{uuid.uuid4()}",
-        connect=method == "oauth",
-        description="Offsession: charges, refunds and the connection",
-    )
+        # E.g. a restricted key without Webhook Endpoints write access, or Stripe's 16 endpoints.
+        refusal = ConnectionRefused(
+            BlockerCode.STRIPE_CONNECTION_REFUSED,
+            f"Stripe verified the account but refused to register the webhook endpoint: {exc}",
+        )
+        if isinstance(exc, PermanentStripeError):
+            _record_problem(factory, actor, refusal.code, refusal.message, connected=False)
+        raise refusal from exc
     if not endpoint.secret:
         raise ConnectionRefused(
             BlockerCode.STRIPE_NOT_CONNECTED, "Stripe registered the webhook endpoint but gave no secret."
@@ -134,6 +135,36 @@ def connect(
             webhook_endpoint=endpoint.id,
             cards_claimed=claimed,
         )
+    # One endpoint for this deployment, made before the old ones go (an event is delivered twice
+    # meanwhile, and stored once, rather than lost): the one registered before, and any other at our URL
+    # (left by a connection whose database was restored or lost).
+    stale = {old_endpoint} if old_endpoint else set()
+    try:
+        stale |= {e.id for e in gateway.list_webhook_endpoints() if e.url == url}
+    except GatewayError as exc:
+        log.warning("webhook endpoints not listed at Stripe: %s", exc)
+    for endpoint_id in sorted(stale - {endpoint.id}):
+        _delete_endpoint(gateway, endpoint_id)
+
+
+def connect_again(
+    factory: sessionmaker[Session], gateway: StripePort, box: SecretBox, *, actor: str, public_base_url: str
+) -> None:
+    """Connect as the business is connected now: through OAuth, the same connected account again; else
+    the key's own account (or the account id given through the API)."""
+    with factory() as session:
+        settings = get_settings(session)
+        account, method = settings.stripe_account_id, settings.stripe_connection_method
+        session.rollback()
+    connect(
+        factory,
+        gateway,
+        box,
+        actor=actor,
+        public_base_url=public_base_url,
+        stripe_account=account,
+        method="oauth" if account and method == "oauth" else "api_key",
+    )
 
 
 def _store_verified(
@@ -258,6 +289,11 @@ def disconnect(
 def _forget_endpoint(settings: Settings) -> None:
     settings.webhook_endpoint_id = None
     settings.webhook_secret_encrypted = None
+    if settings.stripe_connection_method == "oauth":
+        # The platform no longer acts for that account: a later Connect starts from the key's own account
+        # or a new Connect with Stripe (the account stays shown as the last verified one).
+        settings.stripe_account_id = None
+        settings.stripe_connection_method = None
 
 
 def stored_webhook_secrets(session: Session, box: SecretBox) -> tuple[str, ...]:

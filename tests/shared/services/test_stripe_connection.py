@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.adapters.secret_box import FernetSecretBox
 from shared.domain.eligibility import BlockerCode, charge_blockers
 from shared.domain.models import Card, Invoice, Settings
+from shared.domain.payments import PermanentStripeError
 from shared.services import stripe_connection
 from shared.services.charge_requests import request_charge
 from shared.services.charging import run_attempt
@@ -157,3 +158,41 @@ def test_card_payments_cannot_be_switched_on_before_a_connection(
     _connect(session_factory, FakeStripe())
     with session_factory() as s, s.begin():
         assert update_settings(s, "test", online_card_payments_enabled=True).online_card_payments_enabled
+
+
+def test_checking_again_keeps_the_oauth_account_and_one_endpoint(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.connected_accounts["acct_1Bakery"] = {
+        "id": "acct_1Bakery",
+        "name": "B",
+        "charges_enabled": True,
+    }
+    stripe.server.oauth_codes["ac_1"] = "acct_1Bakery"
+    stripe_connection.finish_oauth(session_factory, stripe, BOX, code="ac_1", actor="a", public_base_url=BASE)
+    first = _settings(session_factory).webhook_endpoint_id
+    stripe_connection.connect_again(session_factory, stripe, BOX, actor="a", public_base_url=BASE)
+    settings = _settings(session_factory)
+    assert (settings.stripe_account_id, settings.stripe_connection_method) == ("acct_1Bakery", "oauth")
+    assert list(stripe.server.account(None).webhook_endpoints) == [settings.webhook_endpoint_id] != [first]
+
+
+def test_an_endpoint_stripe_will_not_register_leaves_charges_blocked_with_the_reason(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stripe = FakeStripe()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermanentStripeError(
+            "The provided key 'rk_test_***' does not have the required permissions for this endpoint.",
+            kind="permission",
+            http_status=403,
+        )
+
+    monkeypatch.setattr(stripe, "create_webhook_endpoint", refuse)
+    with pytest.raises(ConnectionRefused) as refused:
+        _connect(session_factory, stripe)
+    assert "refused to register the webhook endpoint" in refused.value.message
+    settings = _settings(session_factory)
+    assert settings.stripe_connected is False and settings.stripe_problem_code == "stripe_connection_refused"
