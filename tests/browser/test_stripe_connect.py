@@ -128,6 +128,9 @@ def test_connect_with_stripe_through_oauth_then_deauthorized_at_stripe(
         },
     )
     assert status == 200, business
+    # A card saved while the stack charged on the key's own account (the platform's).
+    earlier = st.client_with_card("pm_card_visa")
+    earlier_invoice = st.invoice(earlier["id"], total=2_500)
     admin_login(page, st)
 
     # A callback whose state this session never sent is refused, and nothing is exchanged.
@@ -146,6 +149,24 @@ def test_connect_with_stripe_through_oauth_then_deauthorized_at_stripe(
     endpoint_id = db_rows(st, "SELECT webhook_endpoint_id FROM settings")[0][0]
     endpoint = next(e for e in st.emulator_state()["webhook_endpoints"] if e["id"] == endpoint_id)
     assert endpoint["connect"] is True
+
+    # The card saved under the platform's account is not charged here: the blocker says why...
+    page.goto(f"{st.base}/admin/invoices/{earlier_invoice['id']}")
+    expect(page.get_by_role("button", name="Charge buyer")).to_be_disabled()
+    expect(page.locator("#charge-blockers")).to_contain_text(
+        "saved under another Stripe account: ask the client to add it again"
+    )
+    status, refused = st.charge(earlier_invoice["id"])
+    assert status == 409 and [b["code"] for b in refused["blockers"]] == ["card_saved_under_other_account"]
+    # ... and the card saved again (in the connected account, under a customer made there) is charged.
+    status, card = st.api("POST", f"/api/clients/{earlier['id']}/cards", {"payment_method": "pm_card_visa"})
+    assert status == 201 and card["stripe_account_id"] == business["id"], card
+    status, again = st.charge(earlier_invoice["id"])
+    assert status == 202, again
+    assert st.wait_charge(again["id"])["status"] == "succeeded"
+    [first_payment] = st.payment_intents_for(earlier_invoice["id"])
+    assert first_payment["account"] == business["id"]
+    assert first_payment["payment_method"] == card["payment_method"]
 
     # Every call now carries Stripe-Account: the customer, the card and the charge live there.
     client = st.client_with_card("pm_card_visa")
