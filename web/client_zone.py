@@ -24,7 +24,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.eligibility import charge_blockers, in_flight_attempt, usable_card
 from shared.domain.ledger import balance
 from shared.domain.link_tokens import AUTHENTICATE, SIGN_IN, UPDATE_CARD, LoginLinkError
 from shared.domain.models import Card, ChargeAttempt, Client
@@ -217,10 +217,17 @@ def invoices() -> ResponseReturnValue:
 def invoice(invoice_id: int) -> ResponseReturnValue:
     with session_scope() as db:
         inv = _own_invoice(db, invoice_id)
-        blockers = charge_blockers(inv, get_settings(db))
+        settings = get_settings(db)
+        blockers = charge_blockers(inv, settings)
         current = in_flight_attempt(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
         return render_template(
-            "client/invoice.html", invoice=inv, balance=balance(inv), blockers=blockers, current=current
+            "client/invoice.html",
+            invoice=inv,
+            balance=balance(inv),
+            blockers=blockers,
+            current=current,
+            # The card Pay now charges: one saved where the business's Stripe account is now.
+            card=usable_card(inv.client, settings),
         )
 
 

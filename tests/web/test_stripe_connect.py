@@ -135,6 +135,9 @@ def test_a_card_saved_under_another_account_is_not_charged_until_saved_again(env
     sign_in_client(zone, env, world.a.email)
     cards_page = zone.get("/client/cards").get_data(as_text=True)
     assert cards_page.count("saved under another Stripe account of the business") == len(world.a.cards)
+    invoice_page = zone.get(f"/client/invoices/{world.a.invoice_id}").get_data(as_text=True)
+    assert "Your saved card was saved under another Stripe account" in invoice_page
+    assert 'id="pay-button"' not in invoice_page
     card = api(client, "POST", f"/api/clients/{world.a.client_id}/cards", {"payment_method": "pm_card_visa"})
     assert card.status_code == 201, card.json
     assert card.json["stripe_account_id"] == other["id"] and card.json["is_default"] is True
