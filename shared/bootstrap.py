@@ -21,9 +21,10 @@ from shared.adapters.drain_flag import DrainRequests, drain_requests_from_config
 from shared.adapters.mail import mailer_from_config
 from shared.adapters.publisher import celery_publisher
 from shared.adapters.rate_budget import rate_limited_gateway
+from shared.adapters.secret_box import FernetSecretBox
 from shared.config import Config, load_config
 from shared.services.leases import LeaseKeeper
-from shared.services.ports import Mailer, Publisher, StripePort
+from shared.services.ports import Mailer, Publisher, SecretBox, StripePort
 
 __all__ = ["Runtime", "bootstrap"]
 
@@ -109,6 +110,11 @@ class Runtime:
         """Stripe, each call taking a token from the account's shared rate budget (shared.adapters.
         rate_budget), its wait and latency recorded for /metrics."""
         return self._once("gateway", lambda: rate_limited_gateway(self.config, self.sessions))
+
+    @property
+    def secret_box(self) -> SecretBox:
+        """Encrypts the secrets kept in the database, under a key derived from SECRET_KEY."""
+        return self._once("secret_box", lambda: FernetSecretBox(self.config.secret_key))
 
     @property
     def publisher(self) -> Publisher:

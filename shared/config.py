@@ -20,6 +20,9 @@ EMULATOR_API_KEY = "sk_test_emulator"
 EMULATOR_API_BASE = "http://127.0.0.1:12111"
 # The emulator signs its events with this secret, and it is printed in the README: anyone can sign with it.
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator"
+# STRIPE_WEBHOOK_SECRET=registered: the operator's explicit word that the webhook endpoint's secret is the
+# one Settings → Connect registered and stored (encrypted); no secret is configured by hand then.
+WEBHOOK_SECRET_REGISTERED = "registered"
 # With a live key, SECRET_KEY and OFFSESSION_API_TOKEN are at least this long (secrets.token_urlsafe(32)
 # gives 43 characters).
 MIN_LIVE_SECRET_LENGTH = 32
@@ -122,12 +125,23 @@ class Config:
     # Reverse proxies in front of the web app whose X-Forwarded-For/-Proto/-Host/-Port are believed
     # (werkzeug's ProxyFix); 0 = none, the socket's peer is the client.
     trusted_proxies: int = 0
+    # A Connect platform's OAuth client id (ca_...): Settings then offers "Connect with Stripe" (OAuth).
+    stripe_connect_client_id: str | None = None
 
     @property
     def stripe_webhook_secrets(self) -> tuple[str, ...]:
         """STRIPE_WEBHOOK_SECRET as a comma-separated list: an event signed with any of them is Stripe's
-        (the account's endpoint and a Connect endpoint each have one; rotating means two for a while)."""
-        return tuple(part.strip() for part in self.stripe_webhook_secret.split(",") if part.strip())
+        (the account's endpoint and a Connect endpoint each have one; rotating means two for a while).
+        The `registered` sentinel is no secret: the stored one is used (shared.services.stripe_connection)."""
+        return tuple(
+            part.strip()
+            for part in self.stripe_webhook_secret.split(",")
+            if part.strip() and part.strip() != WEBHOOK_SECRET_REGISTERED
+        )
+
+    @property
+    def uses_registered_webhook_secret(self) -> bool:
+        return WEBHOOK_SECRET_REGISTERED in (part.strip() for part in self.stripe_webhook_secret.split(","))
 
     def log_secrets(self) -> tuple[str, ...]:
         """Values no log line may contain, whatever their shape."""
@@ -135,7 +149,8 @@ class Config:
             s
             for s in (
                 self.stripe_api_key,
-                self.stripe_webhook_secret,
+                # Not the `registered` sentinel: a word, and log lines use it.
+                None if self.uses_registered_webhook_secret else self.stripe_webhook_secret,
                 *self.stripe_webhook_secrets,
                 self.api_token,
                 self.secret_key,
@@ -160,19 +175,14 @@ class Config:
         return self.stripe_api_key == EMULATOR_API_KEY
 
 
-def _webhook_secrets(config: Config) -> list[str]:
-    """Every signing secret configured for the webhook endpoint (a comma-separated list: old and new
-    while a secret is rolled)."""
-    return [part.strip() for part in config.stripe_webhook_secret.split(",") if part.strip()]
-
-
 def check_safe(config: Config) -> None:
     """Refuse, naming the variable, a configuration that must not run: every process checks it at start.
 
     - A live key aimed anywhere but Stripe would leak the key or fake real money.
     - With any key but the emulator's, the webhook endpoint needs the endpoint's own signing secret:
       without one, or with the emulator's (printed in the README), anyone could sign a
-      payment_intent.succeeded event and mark invoices paid.
+      payment_intent.succeeded event and mark invoices paid. `registered` declares that the secret is
+      the one Connect stored: until an admin connects, every webhook is refused (never accepted unsigned).
     - In live mode, links in emails go out over https, and the session key and API token are long.
     """
     live = config.stripe_mode == "live"
@@ -182,11 +192,12 @@ def check_safe(config: Config) -> None:
             "a live key may only talk to Stripe itself (unset STRIPE_API_BASE)."
         )
     if not config.uses_emulator_key:
-        configured = _webhook_secrets(config)
-        if not configured:
+        configured = config.stripe_webhook_secrets
+        if not configured and not config.uses_registered_webhook_secret:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: with a Stripe key other than the emulator's, set it to "
-                "the webhook endpoint's signing secret (Stripe dashboard, whsec_...)."
+                "the webhook endpoint's signing secret (Stripe dashboard, whsec_...), or to "
+                f"{WEBHOOK_SECRET_REGISTERED} to use the endpoint Settings → Connect registers."
             )
         if EMULATOR_WEBHOOK_SECRET in configured:
             raise ConfigError(
@@ -239,6 +250,7 @@ def load_config() -> Config:
         log_format=(env.get("OFFSESSION_LOG_FORMAT") or _default_log_format()).lower(),
         metrics_token=env.get("OFFSESSION_METRICS_TOKEN") or None,
         trusted_proxies=_int_env("OFFSESSION_TRUSTED_PROXIES", 0),
+        stripe_connect_client_id=(env.get("STRIPE_CONNECT_CLIENT_ID") or "").strip() or None,
     )
     if config.log_format not in ("json", "text"):
         raise ConfigError(f"OFFSESSION_LOG_FORMAT must be json or text, got {config.log_format!r}")

@@ -49,7 +49,18 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     app.config.update(overrides)
     app.extensions[RUNTIME_KEY] = runtime
 
-    from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
+    from web import (
+        admin,
+        api,
+        client_zone,
+        errors,
+        health,
+        metrics,
+        pages,
+        request_log,
+        stripe_settings,  # noqa: F401  (its routes join admin.bp before it is registered)
+        webhooks,
+    )
 
     # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
     # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.

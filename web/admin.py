@@ -9,7 +9,6 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     g,
     jsonify,
@@ -54,7 +53,7 @@ from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoice
 from shared.services.janitor import resolve_attempt
 from shared.services.login_throttle import admin_sign_in_counters
 from shared.services.reconciliation_records import recent_runs, run_findings
-from shared.services.settings import SettingsError, get_settings, update_settings
+from shared.services.settings import get_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
 from web.serializers import charge_json
@@ -478,39 +477,6 @@ def reconcile_now() -> ResponseReturnValue:
         return redirect(url_for("admin.reconciliation")), 303
     flash(f"Reconciliation of {day} queued: its results appear here within a minute or two.", "success")
     return redirect(url_for("admin.reconciliation")), 303
-
-
-# ---- settings --------------------------------------------------------------------------------------------
-
-
-@bp.route("/settings", methods=["GET", "POST"])
-@login_required_admin
-def settings() -> ResponseReturnValue:
-    config = current_app.config["OFFSESSION"]
-    error = None
-    with session_scope() as db:
-        if request.method == "POST":
-            try:
-                update_settings(
-                    db,
-                    g.actor,
-                    stripe_connected=request.form.get("stripe_connected") == "on",
-                    stripe_account_id=request.form.get("stripe_account_id", ""),
-                    online_card_payments_enabled=request.form.get("online_card_payments_enabled") == "on",
-                )
-                flash("Settings saved.", "success")
-                return redirect(url_for("admin.settings")), 303
-            except SettingsError as exc:
-                db.rollback()
-                error = str(exc)
-        current = get_settings(db)
-        return render_template(
-            "admin/settings.html",
-            settings=current,
-            mode=config.stripe_mode,
-            api_base=config.stripe_api_base,
-            error=error,
-        ), 422 if error else 200
 
 
 # ---- API documentation -----------------------------------------------------------------------------------

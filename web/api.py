@@ -23,16 +23,18 @@ from shared.domain.payments import (
     PermanentStripeError,
 )
 from shared.domain.states import AttemptStatus
-from shared.services import charge_requests, clients, invoices, payments
+from shared.services import charge_requests, clients, invoices, payments, stripe_connection
 from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
-from shared.services.settings import SettingsError, get_settings, update_settings
+from shared.services.settings import ACCOUNT_ID, SettingsError, get_settings, update_settings
+from shared.services.stripe_connection import ConnectionRefused
 from web import openapi, openapi_schemas
 from web.auth import require_api_token
 from web.errors import ApiError
 from web.serializers import card_json, charge_json, client_json, invoice_json, payment_json, settings_json
-from web.services import gateway, session_scope, sessions, unit_of_work
+from web.services import gateway, runtime, session_scope, sessions, unit_of_work
+from web.stripe_settings import oauth_settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -167,6 +169,9 @@ def get_settings_view() -> ResponseReturnValue:
 @bp.put("/settings")
 @require_api_token
 def put_settings() -> ResponseReturnValue:
+    """`stripe_connected: true` (or a new `stripe_account_id`) runs Settings' Connect: GET /v1/account and
+    the webhook endpoint's registration, 409 with Stripe's reason when it refuses; `false` disconnects."""
+    config = current_app.config["OFFSESSION"]
     body = json_body()
     account = field(body, "stripe_account_id", str, required=False)
     if account is not None and len(account.strip()) > openapi_schemas.MAX_ACCOUNT_ID_LENGTH:
@@ -177,21 +182,45 @@ def put_settings() -> ResponseReturnValue:
             f"stripe_account_id may be at most {openapi_schemas.MAX_ACCOUNT_ID_LENGTH} characters.",
             field="stripe_account_id",
         )
+    connected = field(body, "stripe_connected", bool, required=False)
+    enabled = field(body, "online_card_payments_enabled", bool, required=False)
+    if account is not None and account.strip() and not ACCOUNT_ID.fullmatch(account.strip()):
+        raise ApiError(
+            422,
+            "invalid",
+            "A connected account id looks like acct_ followed by letters and digits.",
+            field="stripe_account_id",
+        )
+    account_given = "stripe_account_id" in body
+    if connected is False:
+        stripe_connection.disconnect(sessions(), gateway(), actor=actor(), oauth=oauth_settings(config))
+    elif connected or account_given:
+        try:
+            if account_given:
+                stripe_connection.connect(
+                    sessions(),
+                    gateway(),
+                    runtime().secret_box,
+                    actor=actor(),
+                    public_base_url=config.public_base_url,
+                    stripe_account=(account or "").strip() or None,
+                )
+            else:
+                stripe_connection.connect_again(
+                    sessions(),
+                    gateway(),
+                    runtime().secret_box,
+                    actor=actor(),
+                    public_base_url=config.public_base_url,
+                )
+        except ConnectionRefused as exc:
+            raise ApiError(409, exc.code.value, exc.message) from exc
     try:
         with session_scope() as session:
-            settings = update_settings(
-                session,
-                actor(),
-                stripe_connected=field(body, "stripe_connected", bool, required=False),
-                stripe_account_id=account,
-                clear_stripe_account="stripe_account_id" in body and body["stripe_account_id"] is None,
-                online_card_payments_enabled=field(
-                    body, "online_card_payments_enabled", bool, required=False
-                ),
-            )
-            return jsonify(settings_json(settings, stripe_mode=current_app.config["OFFSESSION"].stripe_mode))
+            settings = update_settings(session, actor(), online_card_payments_enabled=enabled)
+            return jsonify(settings_json(settings, stripe_mode=config.stripe_mode))
     except SettingsError as exc:
-        raise ApiError(422, "invalid", str(exc)) from exc
+        raise ApiError(409, "not_verified", str(exc)) from exc
 
 
 # ---- clients and cards -------------------------------------------------------------------------------

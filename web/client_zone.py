@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from shared.domain.binding import Mismatch
-from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.eligibility import charge_blockers, in_flight_attempt, usable_card
 from shared.domain.ledger import balance
 from shared.domain.link_tokens import AUTHENTICATE, SIGN_IN, UPDATE_CARD, LoginLinkError
 from shared.domain.models import Card, ChargeAttempt, Client
@@ -208,10 +208,17 @@ def invoices() -> ResponseReturnValue:
 def invoice(invoice_id: int) -> ResponseReturnValue:
     with session_scope() as db:
         inv = _own_invoice(db, invoice_id)
-        blockers = charge_blockers(inv, get_settings(db))
+        settings = get_settings(db)
+        blockers = charge_blockers(inv, settings)
         current = in_flight_attempt(inv) or (inv.charge_attempts[-1] if inv.charge_attempts else None)
         return render_template(
-            "client/invoice.html", invoice=inv, balance=balance(inv), blockers=blockers, current=current
+            "client/invoice.html",
+            invoice=inv,
+            balance=balance(inv),
+            blockers=blockers,
+            current=current,
+            # The card Pay now charges: one saved where the business's Stripe account is now.
+            card=usable_card(inv.client, settings),
         )
 
 
@@ -315,7 +322,9 @@ def cards() -> ResponseReturnValue:
 def _cards_page() -> ResponseReturnValue:
     with session_scope() as db:
         client = _own_client(db)
-        return render_template("client/cards.html", client=client)
+        # Where the business charges now: a card saved under another Stripe account cannot be charged.
+        place = get_settings(db).verified_place
+        return render_template("client/cards.html", client=client, place=place)
 
 
 @bp.post("/cards")

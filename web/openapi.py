@@ -112,8 +112,17 @@ def _paths() -> dict[str, Schema]:
                 tags=["settings"],
             ),
             "put": _operation(
-                "Change the card-payment settings",
-                {"200": json_content(ref("Settings"), "The settings after the change."), "422": INVALID},
+                "Change the card-payment settings; `stripe_connected: true` connects (GET /v1/account, "
+                "the webhook endpoint registered), `false` disconnects",
+                {
+                    "200": json_content(ref("Settings"), "The settings after the change."),
+                    "409": error(
+                        "Stripe refused the connection (`stripe_connection_refused`: the key or the account; "
+                        "`stripe_not_connected`: Stripe could not be asked), or online card payments cannot "
+                        "be turned on before the connection is verified (`not_verified`)."
+                    ),
+                    "422": INVALID,
+                },
                 tags=["settings"],
                 body=_body(ref("SettingsUpdate")),
             ),

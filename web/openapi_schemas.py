@@ -83,6 +83,10 @@ def schemas() -> dict[str, Schema]:
             "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
             "exp_year": {"type": "integer"},
             "is_default": {"type": "boolean"},
+            "stripe_account_id": nullable(
+                {"type": "string", "description": "The Stripe account the card was saved in."}
+            ),
+            "mode": nullable({"type": "string", "enum": ["test", "live"]}),
         }
     )
     payment = closed(
@@ -174,6 +178,26 @@ def schemas() -> dict[str, Schema]:
                 "stripe_account_id": nullable(STRING),
                 "online_card_payments_enabled": {"type": "boolean"},
                 "stripe_mode": {"type": "string", "enum": ["test", "live"]},
+                "stripe_account": nullable(
+                    {
+                        **closed(
+                            {
+                                "id": STRING,
+                                "name": nullable(STRING),
+                                "mode": {"type": "string", "enum": ["test", "live"]},
+                                "charges_enabled": {"type": "boolean"},
+                                "connection_method": nullable(
+                                    {"type": "string", "enum": ["api_key", "oauth"]}
+                                ),
+                                "verified_at": nullable(TIME),
+                            }
+                        ),
+                        "description": "What GET /v1/account answered at the last Connect.",
+                    }
+                ),
+                "stripe_verified": {"type": "boolean"},
+                "webhook_endpoint_id": nullable(STRING),
+                "stripe_problem": nullable(blocker),
                 "updated_at": nullable(TIME),
             }
         ),

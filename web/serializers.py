@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.domain.eligibility import charge_blockers
+from shared.domain.eligibility import charge_blockers, connection_blocker
 from shared.domain.ledger import balance
 from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
 from shared.domain.money import format_money
 from shared.domain.states import AttemptStatus
 from shared.services.clients import SavedCard
+from shared.services.settings import is_verified
 
 
 def _time(value: datetime | None) -> str | None:
@@ -18,11 +19,28 @@ def _time(value: datetime | None) -> str | None:
 
 
 def settings_json(settings: Settings, *, stripe_mode: str) -> dict[str, Any]:
+    verified = settings.stripe_verified_account_id is not None and settings.stripe_livemode is not None
+    problem = connection_blocker(settings)
     return {
         "stripe_connected": settings.stripe_connected,
         "stripe_account_id": settings.stripe_account_id,
         "online_card_payments_enabled": settings.online_card_payments_enabled,
         "stripe_mode": stripe_mode,
+        # What GET /v1/account answered at the last Connect (null before any).
+        "stripe_account": {
+            "id": settings.stripe_verified_account_id,
+            "name": settings.stripe_account_name,
+            "mode": "live" if settings.stripe_livemode else "test",
+            "charges_enabled": bool(settings.stripe_charges_enabled),
+            "connection_method": settings.stripe_connection_method,
+            "verified_at": _time(settings.stripe_verified_at),
+        }
+        if verified
+        else None,
+        "stripe_verified": is_verified(settings),
+        "webhook_endpoint_id": settings.webhook_endpoint_id,
+        # Why card charges are blocked at the connection's level (null when they are not).
+        "stripe_problem": problem.as_dict() if problem is not None else None,
         "updated_at": _time(settings.updated_at),
     }
 
@@ -39,6 +57,8 @@ def card_json(card: Card | SavedCard) -> dict[str, Any]:
         "exp_month": card.exp_month,
         "exp_year": card.exp_year,
         "is_default": card.is_default,
+        "stripe_account_id": card.stripe_account_id,
+        "mode": None if card.livemode is None else ("live" if card.livemode else "test"),
     }
 
 

@@ -85,7 +85,8 @@ class StripeCalls:
         self._client = stripe.StripeClient(
             api_key,
             stripe_version=STRIPE_API_VERSION,
-            base_addresses={"api": base} if base else None,
+            # The emulator serves Connect OAuth (the SDK's "connect" base address) on its API's host.
+            base_addresses={"api": base, "connect": base} if base else None,
             max_network_retries=max_network_retries,
             http_client=http_client or requests_client(timeout_seconds),
         )

@@ -8,10 +8,12 @@ exceptions.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import stripe
 
+from shared.adapters.stripe_accounts import AccountCalls
 from shared.adapters.stripe_calls import AccountCallback, CallObserver
 from shared.adapters.stripe_cards import CardCalls
 from shared.adapters.stripe_checkout import CheckoutCalls
@@ -29,7 +31,7 @@ from shared.domain.payments import (
 __all__ = ["StripeGateway", "gateway_from_config"]
 
 
-class StripeGateway(CardCalls, CheckoutCalls, PaymentCalls):
+class StripeGateway(AccountCalls, CardCalls, CheckoutCalls, PaymentCalls):
     """Stripe, as the product needs it: one mixin per group of calls over StripeCalls's plumbing. Every
     method that touches account objects takes `stripe_account` (a Connect account id sent as
     Stripe-Account; None = the platform account itself)."""
@@ -37,16 +39,21 @@ class StripeGateway(CardCalls, CheckoutCalls, PaymentCalls):
     # ---- webhooks ----------------------------------------------------------------------------------
 
     def verify_webhook(
-        self, payload: bytes, sig_header: str | None, *, tolerance: int = WEBHOOK_TOLERANCE_SECONDS
+        self,
+        payload: bytes,
+        sig_header: str | None,
+        *,
+        tolerance: int = WEBHOOK_TOLERANCE_SECONDS,
+        also: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Check Stripe-Signature over the raw body (HMAC-SHA256, timestamp within `tolerance` seconds)
-        and return the event as a plain dict."""
+        and return the event as a plain dict. The configured secrets first, then `also` (stored ones)."""
         try:
             body = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WebhookPayloadError("the webhook body is not UTF-8 text") from exc
         refusal: stripe.SignatureVerificationError | None = None
-        for secret in self._webhook_secrets:
+        for secret in (*self._webhook_secrets, *also):
             try:
                 # Tolerance passed explicitly: verify_header's own default (None) skips the replay check.
                 stripe.WebhookSignature.verify_header(body, sig_header, secret, tolerance)

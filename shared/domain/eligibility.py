@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from shared.domain.ledger import balance
-from shared.domain.models import ChargeAttempt, Invoice, Settings
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Settings
 from shared.domain.money import format_money, minimum_charge
 from shared.domain.states import AttemptStatus
 
@@ -25,6 +25,12 @@ class BlockerCode(StrEnum):
     CHARGE_IN_PROGRESS = "charge_in_progress"
     AWAITING_CLIENT_AUTHENTICATION = "awaiting_client_authentication"
     AMOUNT_BELOW_MINIMUM = "amount_below_minimum"
+    # Stripe refused the key (401) or the account (403) when the connection was last verified.
+    STRIPE_CONNECTION_REFUSED = "stripe_connection_refused"
+    # The connected account cannot take card payments (charges_enabled false at GET /v1/account).
+    STRIPE_CHARGES_DISABLED = "stripe_charges_disabled"
+    # The client's cards were all saved under another Stripe account or mode than the connection's.
+    CARD_SAVED_UNDER_OTHER_ACCOUNT = "card_saved_under_other_account"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,46 @@ class Blocker:
 CHARGE_ALREADY_IN_PROGRESS = Blocker(
     BlockerCode.CHARGE_IN_PROGRESS, "A charge for this invoice is already in progress."
 )
+
+
+CARD_ELSEWHERE_MESSAGE = "saved under another Stripe account: ask the client to add it again"
+
+
+def usable_card(client: Client, settings: Settings) -> Card | None:
+    """The card a charge uses: the default one if it lives where the connection charges (account and
+    mode), else the newest that does. Before any verification (no place known) the default one."""
+    place = settings.verified_place
+    if place is None:
+        return client.default_card
+    default = client.default_card
+    if default is not None and default.lives_at(place):
+        return default
+    return next((card for card in reversed(client.cards) if card.lives_at(place)), None)
+
+
+def connection_blocker(settings: Settings) -> Blocker | None:
+    """Why Stripe cannot be charged at all now, or None."""
+    if settings.stripe_problem_code:
+        try:
+            code = BlockerCode(settings.stripe_problem_code)
+        except ValueError:
+            code = BlockerCode.STRIPE_NOT_CONNECTED
+        return Blocker(
+            code, settings.stripe_problem or "Stripe refused the connection: connect again in Settings."
+        )
+    if not settings.stripe_connected:
+        return Blocker(
+            BlockerCode.STRIPE_NOT_CONNECTED,
+            "Stripe is not connected: connect it in Settings before charging cards.",
+        )
+    if settings.stripe_charges_enabled is False:
+        name = settings.stripe_account_name or settings.stripe_verified_account_id
+        return Blocker(
+            BlockerCode.STRIPE_CHARGES_DISABLED,
+            f"The Stripe account {name} cannot take card payments yet (charges are not enabled): "
+            "finish its setup in Stripe's Dashboard, then connect again.",
+        )
+    return None
 
 
 def in_flight_attempt(invoice: Invoice) -> ChargeAttempt | None:
@@ -63,11 +109,9 @@ def charge_blockers(
     def block(code: BlockerCode, message: str) -> None:
         blockers.append(Blocker(code, message))
 
-    if not settings.stripe_connected:
-        block(
-            BlockerCode.STRIPE_NOT_CONNECTED,
-            "Stripe is not connected: connect it in Settings before charging cards.",
-        )
+    connection = connection_blocker(settings)
+    if connection is not None:
+        blockers.append(connection)
     if not settings.online_card_payments_enabled:
         block(
             BlockerCode.CARD_PAYMENTS_DISABLED,
@@ -79,8 +123,13 @@ def charge_blockers(
             BlockerCode.PAYMENT_METHOD_NOT_ONLINE_CARD,
             f"This invoice is set to be paid by {method}, not by online card payment.",
         )
-    if invoice.client.default_card is None:
+    if not invoice.client.cards:
         block(BlockerCode.NO_SAVED_CARD, f"{invoice.client.name} has no saved card.")
+    elif usable_card(invoice.client, settings) is None:
+        block(
+            BlockerCode.CARD_SAVED_UNDER_OTHER_ACCOUNT,
+            f"{invoice.client.name}'s card is {CARD_ELSEWHERE_MESSAGE}.",
+        )
     if invoice.is_void:
         block(BlockerCode.INVOICE_VOID, "The invoice is void.")
     due = balance(invoice).amount_due

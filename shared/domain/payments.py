@@ -216,6 +216,28 @@ class CardSetupView:
 
 
 @dataclass(frozen=True)
+class StripeAccountView:
+    """What GET /v1/account says of the account charges go to. `livemode` is the key's mode (the account
+    object carries none: a test key sees the account's test side)."""
+
+    id: str
+    name: str | None
+    charges_enabled: bool
+    card_payments: str | None  # capabilities.card_payments: active / inactive / pending / None
+    livemode: bool
+
+
+@dataclass(frozen=True)
+class WebhookEndpointView:
+    """A webhook endpoint as created; `secret` is Stripe's answer to create only (None afterwards)."""
+
+    id: str
+    url: str
+    enabled_events: tuple[str, ...]
+    secret: str | None
+
+
+@dataclass(frozen=True)
 class RefundView:
     id: str
     status: str

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +28,14 @@ from shared.domain.binding import Mismatch, MismatchReason, card_setup_mismatch
 from shared.domain.models import Card, Client
 from shared.domain.payments import CardDetails, CardSetupView
 from shared.services import audit, dunning
-from shared.services.clients import NotFound, SavedCard
+from shared.services.clients import (
+    Connection,
+    NotFound,
+    SavedCard,
+    current_connection,
+    customer_for_connection,
+    lives_here,
+)
 from shared.services.settings import get_settings
 
 if TYPE_CHECKING:
@@ -55,39 +62,13 @@ class StoredSetupCard:
     outcome: SetupOutcome
 
 
-def saving_account(factory: sessionmaker[Session]) -> str | None:
-    """The account cards are saved on: the one the business charges through (None: the platform)."""
-    with factory() as session:
-        account = get_settings(session).stripe_account_id
-        session.rollback()
-        return account
-
-
 def _customer_of(
-    factory: sessionmaker[Session], gateway: StripePort, client_id: int, account: str | None
+    factory: sessionmaker[Session], gateway: StripePort, client_id: int, connection: Connection, actor: str
 ) -> str:
-    """The client's Stripe customer, created when the client has none yet (as shared.services.clients
-    does for a new client). A concurrent creation keeps the first customer stored."""
-    with factory() as session:
-        client = session.get(Client, client_id)
-        if client is None:
-            raise NotFound("No such client.")
-        name, email, existing = client.name, client.email, client.stripe_customer_id
-        session.rollback()
-    if existing:
-        return existing
-    created = gateway.ensure_customer(
-        name, email, idempotency_key=f"offsession:customer:{client_id}:{uuid.uuid4()}", stripe_account=account
-    )
-    with factory() as session, session.begin():
-        session.execute(
-            update(Client)
-            .where(Client.id == client_id, Client.stripe_customer_id.is_(None))
-            .values(stripe_customer_id=created)
-        )
-        stored = session.scalar(select(Client.stripe_customer_id).where(Client.id == client_id))
-    assert stored is not None
-    return stored
+    """The client's Stripe customer where the connection charges, made there when the client has none
+    in that account and mode yet (shared.services.clients.customer_for_connection)."""
+    customer_id, _ = customer_for_connection(factory, gateway, client_id, connection, actor=actor)
+    return customer_id
 
 
 def start_card_setup(
@@ -101,8 +82,9 @@ def start_card_setup(
 ) -> str:
     """Create a Checkout Session (mode=setup) saving a card to the client's customer; returns Stripe's
     page to send the browser to. `success_url` should carry {CHECKOUT_SESSION_ID}."""
-    account = saving_account(factory)
-    customer_id = _customer_of(factory, gateway, client_id, account)
+    connection = current_connection(factory)
+    account = connection.stripe_account
+    customer_id = _customer_of(factory, gateway, client_id, connection, actor)
     view = gateway.create_card_setup_session(
         customer_id,
         success_url=success_url,
@@ -130,7 +112,7 @@ def finish_card_setup(
 ) -> StoredSetupCard:
     """The client's browser is back from Stripe's page: read the session and store its card. Raises
     CardSetupIncomplete when it saved none, Mismatch when the session is not this client's."""
-    account = saving_account(factory)
+    account = current_connection(factory).stripe_account
     view = gateway.retrieve_card_setup_session(session_id, stripe_account=account)
     if client_named_by(view) != client_id:
         raise NotFound("No such card setup for this client.")
@@ -160,31 +142,38 @@ def store_setup_card(
         client = session.get(Client, client_id)
         if client is None:
             raise NotFound("No such client.")
+        settings = get_settings(session)
         mismatch = card_setup_mismatch(
             view,
             client_id=client_id,
             client_customer_id=client.stripe_customer_id,
             account=account,
-            expected_account=get_settings(session).stripe_account_id,
+            expected_account=settings.stripe_account_id,
             livemode=gateway.livemode,
         )
         if mismatch is not None:
             raise mismatch
-        found = _stored(session, client_id, details.payment_method_id, details.fingerprint)
+        place = settings.verified_place
+        found = _stored(session, client_id, details.payment_method_id, details.fingerprint, place)
         if found is None and not view.still_attached:
             # Deleted since (a late webhook of a card the client removed): not brought back.
             raise CardSetupIncomplete("This card was removed since it was saved.")
         if found is None:
-            card = _new_card(client_id, details, is_default=_has_no_default(session, client_id))
+            default = client.default_card
+            if default is not None and not lives_here(default.stripe_account_id, default.livemode, place):
+                # The default cannot be charged where the connection is: the card saved here replaces it.
+                default.is_default = False
+                session.flush()
+            card = _new_card(client, details, place, is_default=_has_no_default(session, client_id))
             try:
                 with session.begin_nested():
                     session.add(card)
             except IntegrityError:
                 # Stored meanwhile by the other path (the return or the webhook), or another card became
                 # the default at the same moment: read again.
-                found = _stored(session, client_id, details.payment_method_id, details.fingerprint)
+                found = _stored(session, client_id, details.payment_method_id, details.fingerprint, place)
                 if found is None:
-                    card = _new_card(client_id, details, is_default=False)
+                    card = _new_card(client, details, place, is_default=False)
                     session.add(card)
         if found is not None:
             outcome = (
@@ -220,8 +209,15 @@ def store_setup_card(
     return result
 
 
-def _stored(session: Session, client_id: int, payment_method_id: str, fingerprint: str | None) -> Card | None:
-    """The client's card with this PaymentMethod, or else with this fingerprint."""
+def _stored(
+    session: Session,
+    client_id: int,
+    payment_method_id: str,
+    fingerprint: str | None,
+    place: tuple[str, bool] | None,
+) -> Card | None:
+    """The client's card with this PaymentMethod, or else with this fingerprint where the connection
+    charges (`place`; the same card saved under another account is another PaymentMethod there)."""
     by_pm = session.scalar(select(Card).where(Card.stripe_payment_method_id == payment_method_id))
     if by_pm is not None:
         if by_pm.client_id != client_id:
@@ -232,12 +228,21 @@ def _stored(session: Session, client_id: int, payment_method_id: str, fingerprin
         return by_pm
     if fingerprint is None:
         return None
-    return session.scalar(select(Card).where(Card.client_id == client_id, Card.fingerprint == fingerprint))
+    same_card = select(Card).where(Card.client_id == client_id, Card.fingerprint == fingerprint)
+    if place is not None:
+        same_card = same_card.where(Card.stripe_account_id == place[0], Card.livemode == place[1])
+    return session.scalar(same_card)
 
 
-def _new_card(client_id: int, details: CardDetails, *, is_default: bool) -> Card:
+def _new_card(
+    client: Client, details: CardDetails, place: tuple[str, bool] | None, *, is_default: bool
+) -> Card:
+    account_id, livemode = place or (None, None)
     return Card(
-        client_id=client_id,
+        client_id=client.id,
+        stripe_account_id=account_id,
+        livemode=livemode,
+        stripe_customer_id=client.stripe_customer_id,
         stripe_payment_method_id=details.payment_method_id,
         brand=details.brand,
         last4=details.last4,

@@ -17,10 +17,9 @@ from shared.services.card_setup import (
     CLIENT_METADATA_KEY,
     CardSetupIncomplete,
     client_named_by,
-    saving_account,
     store_setup_card,
 )
-from shared.services.clients import NotFound
+from shared.services.clients import NotFound, current_connection
 
 if TYPE_CHECKING:
     from shared.services.ports import StripePort
@@ -51,7 +50,7 @@ def apply_card_setup_event(
 ) -> str:
     """Store the card the event reports; returns what happened, in words. Raises Mismatch (nothing
     stored) when Stripe's copy is not the named client's."""
-    wrong_account = card_setup_account_mismatch(account, saving_account(factory))
+    wrong_account = card_setup_account_mismatch(account, current_connection(factory).stripe_account)
     if wrong_account is not None:
         raise wrong_account  # before asking Stripe: that account's objects are none of ours
     named = str((obj.get("metadata") or {}).get(CLIENT_METADATA_KEY, ""))

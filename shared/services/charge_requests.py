@@ -14,7 +14,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from shared.domain.eligibility import CHARGE_ALREADY_IN_PROGRESS, Blocker, charge_blockers
+from shared.domain.eligibility import CHARGE_ALREADY_IN_PROGRESS, Blocker, charge_blockers, usable_card
 from shared.domain.ledger import balance
 from shared.domain.models import ChargeAttempt, Client, Invoice, Settings
 from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, format_money
@@ -118,7 +118,7 @@ def request_charge(
     blockers = charge_blockers(invoice, settings, amount=amount)
     if blockers:
         raise NotChargeable(blockers)
-    card = invoice.client.default_card
+    card = usable_card(invoice.client, settings)
     assert card is not None  # charge_blockers checked it
     attempt_id = str(uuid.uuid4())
     attempt = ChargeAttempt(
@@ -131,7 +131,7 @@ def request_charge(
         status=AttemptStatus.QUEUED.value,
         idempotency_key=idempotency_key_for(attempt_id),
         # Resolved now and stored, so every retry sends byte-identical parameters.
-        stripe_customer_id=invoice.client.stripe_customer_id,
+        stripe_customer_id=card.stripe_customer_id or invoice.client.stripe_customer_id,
         payment_method_id=card.stripe_payment_method_id,
         stripe_account_id=settings.stripe_account_id,
         batch_run_id=batch_run_id,

@@ -33,7 +33,7 @@ from shared.domain.payments import (
     TransientStripeError,
 )
 from shared.log_context import bind_log_ids
-from shared.services import audit, outbox
+from shared.services import audit, outbox, stripe_connection
 from shared.services.attempts import (
     AttemptFields,
     S,
@@ -291,6 +291,8 @@ def _charge_claimed(
                 payment_intent_id=exc.payment_intent_id,
             )
             bind_log_ids(payment_intent_id=attempt.payment_intent_id)
+            # A refused key or account blocks every charge, with the reason, until an admin connects.
+            stripe_connection.record_refusal(session, exc, attempt.stripe_account_id)
             return RunReport(RunResult.APPLIED, attempt.status)
 
     # Stripe's word is applied whoever holds the lease now: it is the truth, and applying it is monotonic.

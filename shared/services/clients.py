@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from shared.domain.eligibility import CARD_ELSEWHERE_MESSAGE
 from shared.domain.models import Card, Client, table_of
 from shared.services import audit, dunning
 from shared.services.admins import AdminError, normalize_email
@@ -48,6 +49,9 @@ class SavedCard:
     exp_month: int
     exp_year: int
     is_default: bool
+    # Where the card lives: the Stripe account and mode it was saved in (None: before they were recorded).
+    stripe_account_id: str | None = None
+    livemode: bool | None = None
 
     @classmethod
     def of(cls, card: Card) -> SavedCard:
@@ -60,14 +64,30 @@ class SavedCard:
             card.exp_month,
             card.exp_year,
             card.is_default,
+            card.stripe_account_id,
+            card.livemode,
         )
 
 
-def _account(factory: sessionmaker[Session]) -> str | None:
+@dataclass(frozen=True)
+class Connection:
+    """Where Stripe calls for this business go now: `stripe_account` is the Stripe-Account header (None
+    = the key's own account); `place` is (account id, livemode) as verified at Connect, None before."""
+
+    stripe_account: str | None
+    place: tuple[str, bool] | None
+
+
+def current_connection(factory: sessionmaker[Session]) -> Connection:
     with factory() as session:
-        account = get_settings(session).stripe_account_id
+        settings = get_settings(session)
+        connection = Connection(settings.stripe_account_id, settings.verified_place)
         session.commit()
-        return account
+        return connection
+
+
+def lives_here(account_id: str | None, livemode: bool | None, place: tuple[str, bool] | None) -> bool:
+    return place is None or (account_id, livemode) == place
 
 
 def _client(session: Session, client_id: int) -> Client:
@@ -99,14 +119,24 @@ def create_client(
         raise ClientError(str(exc)) from exc
     with factory() as session:
         _refuse_taken_email(session, address)
-    account = _account(factory)
+    connection = current_connection(factory)
     # A key of its own for this request (not the row id, which a database may hand out again).
     customer_id = gateway.ensure_customer(
-        clean_name, address, idempotency_key=f"offsession:customer:{uuid.uuid4()}", stripe_account=account
+        clean_name,
+        address,
+        idempotency_key=f"offsession:customer:{uuid.uuid4()}",
+        stripe_account=connection.stripe_account,
     )
+    account_id, livemode = connection.place or (None, None)
     try:
         with factory() as session, session.begin():
-            client = Client(name=clean_name, email=address, stripe_customer_id=customer_id)
+            client = Client(
+                name=clean_name,
+                email=address,
+                stripe_customer_id=customer_id,
+                stripe_customer_account_id=account_id,
+                stripe_customer_livemode=livemode,
+            )
             session.add(client)
             session.flush()
             audit.record(session, actor, "client.created", client_id=client.id)
@@ -162,13 +192,9 @@ def add_card(
     token = (payment_method or "").strip()
     if not token.startswith("pm_"):
         raise ClientError("payment_method must be a Stripe PaymentMethod id (pm_...).")
-    account = _account(factory)
-    with factory() as session:
-        client = _client(session, client_id)
-        customer_id, first_card = client.stripe_customer_id, client.default_card is None
-        session.rollback()
-    if customer_id is None:
-        raise ClientError("This client has no Stripe customer yet.")
+    connection = current_connection(factory)
+    account = connection.stripe_account
+    customer_id, first_card = customer_for_connection(factory, gateway, client_id, connection, actor=actor)
     attach = gateway.attach_card if set_up else gateway.attach_payment_method
     details = attach(
         customer_id,
@@ -177,9 +203,20 @@ def add_card(
         make_default=first_card,
         stripe_account=account,
     )
+    account_id, livemode = connection.place or (None, None)
     with factory() as session, session.begin():
         client = _client(session, client_id)
+        default = client.default_card
+        if default is not None and not lives_here(
+            default.stripe_account_id, default.livemode, connection.place
+        ):
+            # The default card cannot be charged where the connection is: the card saved here replaces it.
+            default.is_default = False
+            session.flush()
         card = Card(
+            stripe_account_id=account_id,
+            livemode=livemode,
+            stripe_customer_id=customer_id,
             client_id=client_id,
             stripe_payment_method_id=details.payment_method_id,
             brand=details.brand,
@@ -201,16 +238,62 @@ def add_card(
         return SavedCard.of(card)
 
 
+def customer_for_connection(
+    factory: sessionmaker[Session],
+    gateway: StripePort,
+    client_id: int,
+    connection: Connection,
+    *,
+    actor: str,
+) -> tuple[str, bool]:
+    """The client's Stripe customer where the connection is, made there when the client's customer lives
+    in another account or mode (a customer, like a card, exists in one account and mode only); and
+    whether the client has no card usable there yet (the next one becomes Stripe's default)."""
+    with factory() as session:
+        client = _client(session, client_id)
+        customer_id = client.stripe_customer_id
+        here = lives_here(
+            client.stripe_customer_account_id, client.stripe_customer_livemode, connection.place
+        )
+        first_card = not any(
+            lives_here(c.stripe_account_id, c.livemode, connection.place) for c in client.cards
+        )
+        name, email = client.name, client.email
+        session.rollback()
+    if customer_id is not None and here:
+        return customer_id, first_card
+    customer_id = gateway.ensure_customer(
+        name,
+        email,
+        idempotency_key=f"offsession:customer:{client_id}:{uuid.uuid4()}",
+        stripe_account=connection.stripe_account,
+    )
+    account_id, livemode = connection.place or (None, None)
+    with factory() as session, session.begin():
+        client = _client(session, client_id)
+        client.stripe_customer_id = customer_id
+        client.stripe_customer_account_id = account_id
+        client.stripe_customer_livemode = livemode
+        audit.record(
+            session, actor, "client.customer_created", client_id=client_id, stripe_account=account_id
+        )
+    return customer_id, first_card
+
+
 def set_default_card(
     factory: sessionmaker[Session], gateway: StripePort, client_id: int, card_id: int, *, actor: str
 ) -> SavedCard:
-    account = _account(factory)
+    connection = current_connection(factory)
+    account = connection.stripe_account
     with factory() as session:
         client = _client(session, client_id)
         card = _card(client, card_id)
         if card.is_default:
             return SavedCard.of(card)
-        customer_id, pm_id = client.stripe_customer_id, card.stripe_payment_method_id
+        if not lives_here(card.stripe_account_id, card.livemode, connection.place):
+            raise ClientError(f"This card is {CARD_ELSEWHERE_MESSAGE}.")
+        customer_id = card.stripe_customer_id or client.stripe_customer_id
+        pm_id = card.stripe_payment_method_id
         session.rollback()
     assert customer_id is not None
     gateway.set_default_card(customer_id, pm_id, stripe_account=account)
@@ -226,13 +309,17 @@ def set_default_card(
 def delete_card(
     factory: sessionmaker[Session], gateway: StripePort, client_id: int, card_id: int, *, actor: str
 ) -> SavedCard | None:
-    """Detach and forget a card; returns the card that is now the default, if any."""
-    account = _account(factory)
+    """Detach and forget a card; returns the card that is now the default, if any. A card saved under
+    another Stripe account is only forgotten: this connection cannot reach it to detach it."""
+    connection = current_connection(factory)
+    account = connection.stripe_account
     with factory() as session:
         card = _card(_client(session, client_id), card_id)
         pm_id = card.stripe_payment_method_id
+        reachable = lives_here(card.stripe_account_id, card.livemode, connection.place)
         session.rollback()
-    gateway.detach_card(pm_id, stripe_account=account)
+    if reachable:
+        gateway.detach_card(pm_id, stripe_account=account)
     with factory() as session, session.begin():
         client = _client(session, client_id)
         card = _card(client, card_id)
@@ -247,8 +334,11 @@ def delete_card(
         if successor is not None:
             _make_default(session, client, successor)
         result = SavedCard.of(successor) if successor else None
-        customer_id = client.stripe_customer_id
-    if result is not None and customer_id:
+        customer_id = successor.stripe_customer_id or client.stripe_customer_id if successor else None
+        successor_here = successor is not None and lives_here(
+            successor.stripe_account_id, successor.livemode, connection.place
+        )
+    if result is not None and customer_id and successor_here:
         gateway.set_default_card(customer_id, result.payment_method_id, stripe_account=account)
     return result
 

@@ -6,7 +6,7 @@ shared.bootstrap picks the implementations; tests pass their own (tests/support)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +23,8 @@ from shared.domain.payments import (
     ChargeRequest,
     PaymentIntentView,
     RefundView,
+    StripeAccountView,
+    WebhookEndpointView,
 )
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "Publisher",
     "RateBudgetTimeout",
     "RateBudgetUnavailable",
+    "SecretBox",
+    "SecretUnreadable",
     "SessionFactory",
     "StripePort",
     "UnitOfWork",
@@ -220,9 +224,53 @@ class StripePort(Protocol):
     ) -> RefundView: ...
 
     def verify_webhook(
-        self, payload: bytes, sig_header: str | None, *, tolerance: int = WEBHOOK_TOLERANCE_SECONDS
+        self,
+        payload: bytes,
+        sig_header: str | None,
+        *,
+        tolerance: int = WEBHOOK_TOLERANCE_SECONDS,
+        also: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Check Stripe-Signature over the raw body and return the event as a plain dict."""
+        """Check Stripe-Signature over the raw body and return the event as a plain dict. The configured
+        secrets are tried first, then `also` (the secret stored when Connect registered the endpoint)."""
+        ...
+
+    # ---- the account, its webhook endpoint, Connect OAuth (shared.adapters.stripe_accounts) ----------
+
+    def retrieve_account(self, *, stripe_account: str | None = None) -> StripeAccountView: ...
+
+    def create_webhook_endpoint(
+        self,
+        url: str,
+        enabled_events: Sequence[str],
+        *,
+        idempotency_key: str,
+        connect: bool = False,
+        description: str | None = None,
+    ) -> WebhookEndpointView: ...
+
+    def list_webhook_endpoints(self) -> list[WebhookEndpointView]: ...
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None: ...
+
+    def oauth_authorize_url(self, client_id: str, state: str, redirect_uri: str) -> str: ...
+
+    def oauth_exchange_code(self, code: str) -> str: ...
+
+    def oauth_deauthorize(self, client_id: str, account_id: str) -> None: ...
+
+
+class SecretUnreadable(Exception):
+    """A stored secret that the current SECRET_KEY cannot decrypt."""
+
+
+class SecretBox(Protocol):
+    """Encrypts what must be stored secret (shared.adapters.secret_box.FernetSecretBox)."""
+
+    def seal(self, plaintext: str) -> str: ...
+
+    def open(self, sealed: str) -> str:
+        """The plaintext; raises SecretUnreadable."""
         ...
 
 

@@ -31,6 +31,15 @@ def get_settings(session: Session) -> Settings:
     return settings
 
 
+def is_verified(settings: Settings) -> bool:
+    """Connected, and Stripe confirmed the account at the last Connect (no refusal since)."""
+    return (
+        settings.stripe_connected
+        and settings.stripe_verified_at is not None
+        and not settings.stripe_problem_code
+    )
+
+
 def update_settings(
     session: Session,
     actor: str,
@@ -52,6 +61,12 @@ def update_settings(
     if stripe_connected is not None:
         changes["stripe_connected"] = stripe_connected
     if online_card_payments_enabled is not None:
+        refused = not settings.stripe_connected or bool(settings.stripe_problem_code)
+        if online_card_payments_enabled and not settings.online_card_payments_enabled and refused:
+            raise SettingsError(
+                "Online card payments cannot be turned on until Stripe is connected and verified: "
+                "connect it first (they will not work until the account is connected to Stripe)."
+            )
         changes["online_card_payments_enabled"] = online_card_payments_enabled
     changed: dict[str, Any] = {k: v for k, v in changes.items() if getattr(settings, k) != v}
     for key, value in changed.items():

@@ -27,6 +27,7 @@ from shared.services import audit, payments
 from shared.services.attempts import apply_payment_intent, reported_status
 from shared.services.card_setup_events import CARD_SETUP_EVENTS, apply_card_setup_event, is_card_setup_event
 from shared.services.ports import StripePort
+from shared.services.stripe_connection import DEAUTHORIZED_EVENT, apply_deauthorization
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ EVENTS_WITH_WORK = (
     "payment_intent.partially_funded",
     *sorted(REFUND_EVENTS),
     *CARD_SETUP_EVENTS,
+    # The connected account let go of the platform: charges are blocked (shared.services.stripe_connection).
+    DEAUTHORIZED_EVENT,
 )
 # The coalesced drain (drain_events): one task empties the table of events with work, instead of one
 # message per event (the flag in shared.adapters.drain_flag holds back needless ones).
@@ -278,7 +281,11 @@ def has_work(event_type: str, event: dict[str, Any]) -> bool:
     obj = (event.get("data") or {}).get("object") or {}
     if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
         return event_type != "payment_intent.created"
-    return event_type in REFUND_EVENTS or is_card_setup_event(event_type, obj)
+    return (
+        event_type in REFUND_EVENTS
+        or event_type == DEAUTHORIZED_EVENT
+        or is_card_setup_event(event_type, obj)
+    )
 
 
 def _mark_processed(session: Session, event_row_id: int) -> None:
@@ -300,6 +307,11 @@ def _apply(
     obj = (event.get("data") or {}).get("object") or {}
     actor = f"webhook:{event.get('id')}"
     account = event.get("account") or None
+    if event_type == DEAUTHORIZED_EVENT:
+        outcome = apply_deauthorization(factory, gateway, event)
+        with factory() as session, session.begin():
+            _mark_processed(session, event_row_id)
+        return outcome
     try:
         _check_livemode(gateway, event, obj)
         if event_type in CARD_SETUP_EVENTS:

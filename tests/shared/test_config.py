@@ -80,6 +80,21 @@ def test_a_real_key_without_a_webhook_secret_is_refused(
     assert refusal(monkeypatch, STRIPE_WEBHOOK_SECRET=" , ").startswith("STRIPE_WEBHOOK_SECRET is not set")
 
 
+def test_the_registered_sentinel_declares_the_secret_connect_stores(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRIPE_WEBHOOK_SECRET=registered: no hand-copied secret, the endpoint's (stored at Connect) is used;
+    the word is no secret (never a verifying secret, never scrubbed from logs), and only said explicitly."""
+    message = refusal(monkeypatch, STRIPE_API_KEY=TEST_KEY)
+    assert "registered" in message  # the refusal names the way out
+    configure(monkeypatch, STRIPE_API_KEY=TEST_KEY, STRIPE_WEBHOOK_SECRET="registered")
+    config = load_config()
+    assert config.uses_registered_webhook_secret and config.stripe_webhook_secrets == ()
+    assert "registered" not in config.log_secrets()
+    configure(monkeypatch, STRIPE_API_KEY=TEST_KEY, STRIPE_WEBHOOK_SECRET="whsec_own,registered")
+    assert load_config().stripe_webhook_secrets == ("whsec_own",)  # a configured one still wins (first)
+
+
 def test_a_refused_configuration_writes_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused before any embedded default makes var/ (no SQLite folder, no generated secrets)."""
     refusal(monkeypatch, STRIPE_API_KEY=TEST_KEY)

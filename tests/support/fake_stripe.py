@@ -40,7 +40,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlencode
 
+from shared.adapters.stripe_accounts import account_view
 from shared.adapters.stripe_checkout import card_setup_view
 from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
 from shared.domain.payments import (
@@ -56,7 +58,9 @@ from shared.domain.payments import (
     PermanentStripeError,
     RefundView,
     RequiresAction,
+    StripeAccountView,
     TransientStripeError,
+    WebhookEndpointView,
     WebhookPayloadError,
     WebhookSignatureError,
     classify_payment_intent,
@@ -150,6 +154,7 @@ class _KeyRecord:
 @dataclass
 class _Account:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    webhook_endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     setup_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -227,6 +232,16 @@ class FakeStripeServer:
         }
         self.counters = {"errors_injected": 0, "rate_limited": 0, "dropped_after_commit": 0}
         self._rate_window: tuple[int, int] = (0, 0)  # (second, requests in it)
+        # GET /v1/account: the key's own account, the connected accounts a Stripe-Account may name (any
+        # other is refused with 403, as Stripe does), keys refused with 401, and OAuth codes not yet used.
+        self.platform_account: dict[str, Any] = {
+            "id": "acct_fakeplatform",
+            "name": "Fake Platform Ltd",
+            "charges_enabled": True,
+        }
+        self.connected_accounts: dict[str, dict[str, Any]] = {}
+        self.refused_keys: set[str] = set()
+        self.oauth_codes: dict[str, str] = {}
         # Called with every request as it arrives, before anything happens to it (tests check there
         # what the caller had committed by then). It may raise to stand for anything the caller does.
         self.on_request: Callable[[RequestRecord], None] | None = None
@@ -322,7 +337,9 @@ class FakeStripeServer:
         if fault == "crash_before":
             finish("crash_before")
             raise WorkerCrashed(f"the caller died before {operation} was sent")
-        if not (api_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_"))):
+        if api_key in self.refused_keys or not (
+            api_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_"))
+        ):
             finish("authentication")
             raise _ApiError(401, f"Invalid API Key provided: {api_key[:8]}***", type_="invalid_request_error")
         if fault == "5xx":
@@ -1562,10 +1579,168 @@ class FakeStripe:
             payment_intent_id=data.get("payment_intent"),
         )
 
+    # ---- the account, its webhook endpoints, Connect OAuth ------------------------------------------
+
+    def retrieve_account(self, *, stripe_account: str | None = None) -> StripeAccountView:
+        server = self.server
+
+        def retrieve(acct: _Account) -> dict[str, Any]:
+            if stripe_account is None:
+                found = server.platform_account
+            else:
+                found = server.connected_accounts.get(stripe_account)
+                if found is None:
+                    raise _ApiError(
+                        403,
+                        "The provided key does not have access to account "
+                        f"'{stripe_account}' (or that account does not exist).",
+                        code="account_invalid",
+                    )
+            return {
+                "id": found["id"],
+                "object": "account",
+                "business_profile": {"name": found["name"]},
+                "charges_enabled": found["charges_enabled"],
+                "capabilities": {"card_payments": "active" if found["charges_enabled"] else "inactive"},
+            }
+
+        answer = self._call("retrieve_account", stripe_account, "get", "/v1/account", {}, retrieve)
+        return account_view(answer, self.livemode)
+
+    def create_webhook_endpoint(
+        self,
+        url: str,
+        enabled_events: Sequence[str],
+        *,
+        idempotency_key: str,
+        connect: bool = False,
+        description: str | None = None,
+    ) -> WebhookEndpointView:
+        server = self.server
+        params: dict[str, Any] = {
+            "url": url,
+            "enabled_events": list(enabled_events),
+            "api_version": STRIPE_API_VERSION,
+        }
+        if connect:
+            params["connect"] = True
+        if description:
+            params["description"] = description
+
+        def create(acct: _Account) -> dict[str, Any]:
+            endpoint = {
+                "id": server.new_id("we_"),
+                "object": "webhook_endpoint",
+                **params,
+                "connect": connect,
+                "status": "enabled",
+                "secret": "whsec_" + server.new_id("fake"),
+            }
+            acct.webhook_endpoints[endpoint["id"]] = endpoint
+            return copy.deepcopy(endpoint)
+
+        created = self._call(
+            "create_webhook_endpoint",
+            None,
+            "post",
+            "/v1/webhook_endpoints",
+            params,
+            create,
+            idempotency_key=idempotency_key,
+        )
+        return WebhookEndpointView(
+            created["id"], created["url"], tuple(created["enabled_events"]), created["secret"]
+        )
+
+    def list_webhook_endpoints(self) -> list[WebhookEndpointView]:
+        def listing(acct: _Account) -> dict[str, Any]:
+            return {"object": "list", "data": copy.deepcopy(list(reversed(acct.webhook_endpoints.values())))}
+
+        page = self._call(
+            "list_webhook_endpoints", None, "get", "/v1/webhook_endpoints", {"limit": 100}, listing
+        )
+        return [
+            WebhookEndpointView(row["id"], row["url"], tuple(row["enabled_events"]), None)
+            for row in page["data"]
+        ]
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        def delete(acct: _Account) -> dict[str, Any]:
+            if acct.webhook_endpoints.pop(endpoint_id, None) is None:
+                raise _ApiError(404, f"No such webhook endpoint: '{endpoint_id}'", code="resource_missing")
+            return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
+
+        try:
+            self._call(
+                "delete_webhook_endpoint", None, "delete", f"/v1/webhook_endpoints/{endpoint_id}", {}, delete
+            )
+        except PermanentStripeError as exc:
+            if exc.code != "resource_missing":
+                raise
+
+    def oauth_authorize_url(self, client_id: str, state: str, redirect_uri: str) -> str:
+        query = urlencode(
+            {
+                "client_id": client_id,
+                "response_type": "code",
+                "scope": "read_write",
+                "state": state,
+                "redirect_uri": redirect_uri,
+            }
+        )
+        return f"https://connect.stripe.com/oauth/authorize?{query}"
+
+    def oauth_exchange_code(self, code: str) -> str:
+        server = self.server
+
+        def token(acct: _Account) -> dict[str, Any]:
+            account = server.oauth_codes.pop(code, None)
+            if account is None:
+                raise _ApiError(400, f"Authorization code does not exist: {code}", code="invalid_grant")
+            return {"stripe_user_id": account, "scope": "read_write", "livemode": self.livemode}
+
+        return str(
+            self._call(
+                "oauth_exchange_code",
+                None,
+                "post",
+                "/oauth/token",
+                {"grant_type": "authorization_code"},
+                token,
+            )["stripe_user_id"]
+        )
+
+    def oauth_deauthorize(self, client_id: str, account_id: str) -> None:
+        server = self.server
+
+        def deauthorize(acct: _Account) -> dict[str, Any]:
+            if server.connected_accounts.pop(account_id, None) is None:
+                raise _ApiError(
+                    400,
+                    f"This application is not connected to stripe account {account_id}, or that account "
+                    "does not exist.",
+                    code="invalid_client",
+                )
+            return {"stripe_user_id": account_id}
+
+        self._call(
+            "oauth_deauthorize",
+            None,
+            "post",
+            "/oauth/deauthorize",
+            {"client_id": client_id, "stripe_user_id": account_id},
+            deauthorize,
+        )
+
     # ---- webhooks ----------------------------------------------------------------------------------
 
     def verify_webhook(
-        self, payload: bytes, sig_header: str | None, *, tolerance: int = WEBHOOK_TOLERANCE_SECONDS
+        self,
+        payload: bytes,
+        sig_header: str | None,
+        *,
+        tolerance: int = WEBHOOK_TOLERANCE_SECONDS,
+        also: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Stripe's scheme (HMAC-SHA256 of "t.body" under each v1), the timestamp checked against the
         server's clock."""
@@ -1583,7 +1758,7 @@ class FakeStripe:
         timestamp = int(timestamps[0])
         if not any(
             hmac.compare_digest(_sign(body, secret, timestamp).split("v1=", 1)[1], signature)
-            for secret in self._webhook_secrets
+            for secret in (*self._webhook_secrets, *also)
             for signature in signatures
         ):
             raise WebhookSignatureError("No signatures found matching the expected signature for payload")

@@ -30,6 +30,10 @@ from shared.domain.models.base import (
 )
 from shared.domain.states import AttemptStatus
 
+# How the business reaches Stripe: its own key (STRIPE_API_KEY), or Connect OAuth (a platform's key
+# acting for the connected account).
+CONNECTION_METHODS = ("api_key", "oauth")
+
 
 class Settings(Base):
     """One row (id 1): whether Stripe is connected and whether online card payments are on."""
@@ -44,8 +48,31 @@ class Settings(Base):
         Boolean, default=True, server_default=text("true")
     )
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # What Stripe answered the last time the connection was verified (GET /v1/account); all None until
+    # then. `stripe_verified_account_id` is where charges go: the key's own account, or the connected one.
+    stripe_connection_method: Mapped[str | None] = mapped_column(String(16))  # api_key / oauth
+    stripe_verified_account_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_account_name: Mapped[str | None] = mapped_column(String(200))
+    stripe_livemode: Mapped[bool | None] = mapped_column(Boolean)
+    stripe_charges_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    stripe_verified_at: Mapped[datetime | None] = mapped_column()
+    # Why charges are blocked although an admin connected (Stripe refused the key or the account, the
+    # account was deauthorized): a shared.domain.eligibility.BlockerCode value and the words shown.
+    stripe_problem_code: Mapped[str | None] = mapped_column(String(40))
+    stripe_problem: Mapped[str | None] = mapped_column(String(500))
+    # The webhook endpoint Connect registered, and its signing secret encrypted with a key derived from
+    # SECRET_KEY (shared.adapters.secret_box); never the secret in clear.
+    webhook_endpoint_id: Mapped[str | None] = mapped_column(String(64))
+    webhook_secret_encrypted: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    @property
+    def verified_place(self) -> tuple[str, bool] | None:
+        """(account id, livemode) where charges go now: None unless a verification succeeded."""
+        if self.stripe_verified_account_id is None or self.stripe_livemode is None:
+            return None
+        return self.stripe_verified_account_id, self.stripe_livemode
 
 
 class Client(Base):
@@ -57,6 +84,10 @@ class Client(Base):
     # client.
     email: Mapped[str] = mapped_column(String(254), index=True, unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Where that customer lives: a customer exists in one Stripe account and one mode. A client whose
+    # customer lives elsewhere gets a new one where the connection is when a card is next saved.
+    stripe_customer_account_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_customer_livemode: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # As AdminUser.session_version: signing out ends every Client Zone session of this client.
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
@@ -93,8 +124,16 @@ class Card(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the card lives: the Stripe account and mode it was saved in, and the customer it is attached
+    # to there. A card is charged only where the connection charges (shared.domain.eligibility).
+    stripe_account_id: Mapped[str | None] = mapped_column(String(64))
+    livemode: Mapped[bool | None] = mapped_column(Boolean)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
 
     client: Mapped[Client] = relationship(back_populates="cards")
+
+    def lives_at(self, place: tuple[str, bool]) -> bool:
+        return (self.stripe_account_id, self.livemode) == place
 
     __table_args__ = (
         # At most one default card per client, enforced by the database.
@@ -105,11 +144,14 @@ class Card(Base):
             sqlite_where=text("is_default"),
             postgresql_where=text("is_default"),
         ),
-        # A card (by its fingerprint) is saved once per client, enforced by the database.
+        # A card (by its fingerprint) is saved once per client in each account and mode, enforced by the
+        # database (saved again under another account, it is another PaymentMethod there).
         Index(
             "uq_card_fingerprint_per_client",
             "client_id",
             "fingerprint",
+            "stripe_account_id",
+            "livemode",
             unique=True,
             sqlite_where=text("fingerprint IS NOT NULL"),
             postgresql_where=text("fingerprint IS NOT NULL"),

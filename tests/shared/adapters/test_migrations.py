@@ -159,7 +159,7 @@ def test_one_default_card_per_client(session: Session) -> None:
         session.commit()
 
 
-def _card(pm: str, fingerprint: str | None) -> Card:
+def _card(pm: str, fingerprint: str | None, account: str = "acct_1", livemode: bool = False) -> Card:
     return Card(
         stripe_payment_method_id=pm,
         brand="visa",
@@ -167,14 +167,19 @@ def _card(pm: str, fingerprint: str | None) -> Card:
         exp_month=1,
         exp_year=2030,
         fingerprint=fingerprint,
+        stripe_account_id=account,
+        livemode=livemode,
     )
 
 
-def test_a_card_is_saved_once_per_client_by_fingerprint(session: Session) -> None:
+def test_a_card_is_saved_once_per_client_by_fingerprint_in_each_account_and_mode(session: Session) -> None:
     ada = Client(name="Ada", email="ada@example.com", cards=[_card("pm_1", "fp_a"), _card("pm_2", None)])
     # Another client may hold the same card; cards saved before fingerprints were kept have none.
     bob = Client(name="Bob", email="bob@example.com", cards=[_card("pm_3", "fp_a"), _card("pm_4", None)])
     session.add_all([ada, bob])
+    session.commit()
+    # Saved again under another account, or in live mode, it is another PaymentMethod: a card of its own.
+    ada.cards.extend([_card("pm_6", "fp_a", account="acct_2"), _card("pm_7", "fp_a", livemode=True)])
     session.commit()
     ada.cards.append(_card("pm_5", "fp_a"))
     with pytest.raises(IntegrityError):

@@ -932,3 +932,55 @@ def test_event_delivered_by_the_emulator_verifies(
     assert tampered != delivery.body
     with pytest.raises(WebhookSignatureError):
         gateway.verify_webhook(tampered, delivery.signature)
+
+
+# ---- the account, its webhook endpoint, Connect OAuth (shared/adapters/stripe_accounts.py) -------------
+
+
+def test_the_account_the_key_acts_for_and_a_connected_one(gateway: StripeGateway, backend: Backend) -> None:
+    own = gateway.retrieve_account()
+    assert own.id.startswith("acct_") and own.livemode is False
+    assert own.charges_enabled is True and own.card_payments == "active"
+    if backend.connected_account is None:
+        return
+    if backend.fake is not None:
+        backend.fake.connected_accounts[backend.connected_account] = {
+            "id": backend.connected_account, "name": "Connected Ltd", "charges_enabled": True
+        }
+    connected = gateway.retrieve_account(stripe_account=backend.connected_account)
+    assert connected.id == backend.connected_account != own.id
+
+
+def test_an_account_the_key_cannot_act_for_is_refused_with_403(gateway: StripeGateway) -> None:
+    with pytest.raises(PermanentStripeError) as refused:
+        gateway.retrieve_account(stripe_account="acct_1NobodyKnowsThis0")
+    assert refused.value.kind == "permission" and refused.value.http_status == 403
+
+
+def test_a_webhook_endpoint_is_created_with_its_secret_listed_and_deleted(gateway: StripeGateway) -> None:
+    url = f"https://example.com/webhooks/stripe/{unique('contract')}"
+    events = ("payment_intent.succeeded", "refund.updated")
+    endpoint = gateway.create_webhook_endpoint(
+        url, events, idempotency_key=unique("offsession:webhook_endpoint"), description="contract suite"
+    )
+    try:
+        assert endpoint.url == url and set(endpoint.enabled_events) == set(events)
+        assert endpoint.secret is not None and endpoint.secret.startswith("whsec_")
+        listed = {e.id: e for e in gateway.list_webhook_endpoints()}
+        assert endpoint.id in listed and listed[endpoint.id].secret is None  # only create shows it
+    finally:
+        gateway.delete_webhook_endpoint(endpoint.id)
+    assert endpoint.id not in {e.id for e in gateway.list_webhook_endpoints()}
+    gateway.delete_webhook_endpoint(endpoint.id)  # already gone: done
+
+
+def test_connect_oauth_urls_and_refusals(gateway: StripeGateway) -> None:
+    url = gateway.oauth_authorize_url("ca_contract", "state-123", "https://example.com/callback")
+    assert "/oauth/authorize?" in url
+    for part in ("client_id=ca_contract", "state=state-123", "scope=read_write", "response_type=code"):
+        assert part in url
+    with pytest.raises(PermanentStripeError) as grant:
+        gateway.oauth_exchange_code("ac_" + uuid.uuid4().hex)
+    assert grant.value.code == "invalid_grant"
+    with pytest.raises(PermanentStripeError):
+        gateway.oauth_deauthorize("ca_contract", "acct_1NobodyKnowsThis0")

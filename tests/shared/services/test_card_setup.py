@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.adapters.secret_box import FernetSecretBox
+from shared.domain.eligibility import usable_card
 from shared.domain.models import Card, Client, WebhookEvent
-from shared.services import card_setup, clients
+from shared.services import card_setup, clients, stripe_connection
 from shared.services.card_setup import CardSetupIncomplete, SetupOutcome
-from shared.services.settings import update_settings
+from shared.services.settings import get_settings, update_settings
 from shared.services.webhooks import process_event, store_event
 from tests.support.fake_stripe import FakeStripe
 
@@ -256,3 +258,48 @@ def test_a_late_webhook_does_not_bring_back_a_card_the_client_deleted(
     outcomes = deliver(session_factory, stripe, setup_events(stripe))
     assert all("removed since" in outcome for outcome in outcomes), outcomes
     assert saved_cards(session_factory, client_id) == []
+
+
+def test_after_switching_accounts_the_same_card_saved_again_is_stored_there_and_charged(
+    session_factory: sessionmaker[Session], stripe: FakeStripe
+) -> None:
+    """The fingerprint is the same card only within one account and mode: saved again through Checkout
+    under the newly connected account, it is a card of its own there, and the one a charge uses."""
+
+    box = FernetSecretBox("test-secret-key-" + "x" * 32)
+    base = "https://pay.example.com"
+    stripe_connection.connect(session_factory, stripe, box, actor="admin:test", public_base_url=base)
+    client_id = new_client(session_factory, stripe)
+    first = start(session_factory, stripe, client_id)
+    stripe.server.complete_checkout(first, "pm_card_visa")
+    card_setup.finish_card_setup(session_factory, stripe, first, client_id=client_id, actor="client:test")
+
+    stripe.server.connected_accounts["acct_1Bakery"] = {
+        "id": "acct_1Bakery",
+        "name": "Bakery",
+        "charges_enabled": True,
+    }
+    stripe.server.oauth_codes["ac_1"] = "acct_1Bakery"
+    stripe_connection.finish_oauth(
+        session_factory, stripe, box, code="ac_1", actor="admin:test", public_base_url=base
+    )
+    with session_factory() as session:
+        client = session.get_one(Client, client_id)
+        assert (
+            usable_card(client, get_settings(session)) is None
+        )  # the platform's card cannot be charged here
+
+    second = start(session_factory, stripe, client_id)
+    stripe.server.complete_checkout(second, "pm_card_visa", stripe_account="acct_1Bakery")
+    stored = card_setup.finish_card_setup(
+        session_factory, stripe, second, client_id=client_id, actor="client:test"
+    )
+    assert stored.outcome is SetupOutcome.SAVED
+    old, new = saved_cards(session_factory, client_id)
+    assert old.fingerprint == new.fingerprint
+    assert (old.stripe_account_id, new.stripe_account_id) == ("acct_fakeplatform", "acct_1Bakery")
+    assert new.stripe_customer_id != old.stripe_customer_id and new.is_default and not old.is_default
+    with session_factory() as session:
+        client = session.get_one(Client, client_id)
+        chosen = usable_card(client, get_settings(session))
+        assert chosen is not None and chosen.id == new.id
