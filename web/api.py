@@ -24,6 +24,7 @@ from shared.domain.payments import (
 )
 from shared.domain.states import AttemptStatus
 from shared.services import charge_requests, clients, invoices, payments
+from shared.services.invoice_changes import InvoiceChangeRefused, InvoiceChanges, change_invoice
 from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
@@ -334,6 +335,31 @@ def create_invoice() -> ResponseReturnValue:
 def get_invoice(invoice_id: int) -> ResponseReturnValue:
     with session_scope() as session:
         return jsonify(invoice_json(_invoice(session, invoice_id), get_settings(session)))
+
+
+@bp.patch("/invoices/<int:invoice_id>")
+@require_api_token
+def update_invoice(invoice_id: int) -> ResponseReturnValue:
+    """Change the payment method, auto-charge, due date, total or void flag; 409 when the invoice's state
+    does not allow it now (a charge in flight, payments recorded, void)."""
+    body = json_body()
+    due = field(body, "due_date", str, required=False)
+    changes = InvoiceChanges(
+        payment_method=field(body, "payment_method", str, required=False),
+        auto_charge=field(body, "auto_charge", bool, required=False),
+        due_date=parse_date(due, "due_date") if due is not None else None,
+        total=field(body, "total", int, required=False),
+        void=field(body, "void", bool, required=False),
+    )
+    try:
+        with session_scope() as session:
+            invoice = _invoice(session, invoice_id, lock=True)
+            change_invoice(session, invoice, changes, actor=actor())
+            return jsonify(invoice_json(invoice, get_settings(session)))
+    except invoices.InvoiceError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except InvoiceChangeRefused as exc:
+        raise ApiError(409, exc.code.value, exc.message) from exc
 
 
 @bp.post("/invoices/<int:invoice_id>/payments")
