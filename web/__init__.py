@@ -49,7 +49,11 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     app.config.update(overrides)
     app.extensions[RUNTIME_KEY] = runtime
 
-    from web import admin, api, api_lists, client_zone, errors, health, metrics, pages, request_log, webhooks
+    # web.admin_invoices and web.api_lists add their routes to the admin and API blueprints on import,
+    # before those blueprints are registered below.
+    import web.admin_invoices
+    import web.api_lists  # noqa: F401
+    from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
 
     # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
     # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.

@@ -27,6 +27,7 @@ from shared.domain import ledger
 from shared.domain.eligibility import charge_blockers, in_flight_attempt
 from shared.domain.ledger import LedgerError
 from shared.domain.models import (
+    INVOICE_PAYMENT_METHODS,
     LEDGER_METHODS,
     AdminUser,
     AuditEvent,
@@ -226,6 +227,7 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
             events=events,
             current=current,
             methods=[m for m in LEDGER_METHODS if m != "card"],
+            invoice_methods=INVOICE_PAYMENT_METHODS,
             due_default=to_major_string(bal.amount_due, inv.currency),
             today=date.today().isoformat(),
         )

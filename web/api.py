@@ -24,10 +24,10 @@ from shared.domain.payments import (
 )
 from shared.domain.states import AttemptStatus
 from shared.services import charge_requests, clients, invoices, payments
-from shared.services.invoice_changes import InvoiceChangeRefused, InvoiceChanges, change_invoice
 from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
+from shared.services.invoice_changes import InvoiceChangeRefused, InvoiceChanges, change_invoice
 from shared.services.settings import SettingsError, get_settings, update_settings
 from web import openapi, openapi_schemas
 from web.auth import require_api_token

@@ -160,7 +160,7 @@ def _paths() -> dict[str, Schema]:
                 },
                 tags=["clients"],
                 body=_body(ref("ClientCreate")),
-            )
+            ),
         },
         "/api/clients/{client_id}": {
             "get": _operation(
@@ -219,11 +219,31 @@ def _paths() -> dict[str, Schema]:
                 {"200": json_content(ref("InvoiceList"), "One page of invoices."), "422": INVALID},
                 tags=["invoices"],
                 parameters=[
-                    _query("status", "Only invoices in this status.", {"type": "string", "enum": list(INVOICE_STATUSES)}),
-                    _query("due", "Only overdue, due today or upcoming invoices.", {"type": "string", "enum": list(DUE_FILTERS)}),
-                    _query("auto_charge", "Only invoices with auto-charge on (true) or off (false).", {"type": "boolean"}),
-                    _query("client_id", "Only this client's invoices.", {"type": "integer", "minimum": 1, "maximum": MAX_ID}),
-                    _query("q", "Invoice number or client name contains this.", {"type": "string", "maxLength": 100}),
+                    _query(
+                        "status",
+                        "Only invoices in this status.",
+                        {"type": "string", "enum": list(INVOICE_STATUSES)},
+                    ),
+                    _query(
+                        "due",
+                        "Only overdue, due today or upcoming invoices.",
+                        {"type": "string", "enum": list(DUE_FILTERS)},
+                    ),
+                    _query(
+                        "auto_charge",
+                        "Only invoices with auto-charge on (true) or off (false).",
+                        {"type": "boolean"},
+                    ),
+                    _query(
+                        "client_id",
+                        "Only this client's invoices.",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                    ),
+                    _query(
+                        "q",
+                        "Invoice number or client name contains this.",
+                        {"type": "string", "maxLength": 100},
+                    ),
                     *PAGE_PARAMETERS,
                 ],
             ),
@@ -232,7 +252,7 @@ def _paths() -> dict[str, Schema]:
                 {"201": json_content(ref("Invoice"), "The invoice."), "422": INVALID},
                 tags=["invoices"],
                 body=_body(ref("InvoiceCreate")),
-            )
+            ),
         },
         "/api/invoices/{invoice_id}": {
             "get": _operation(

@@ -299,7 +299,9 @@ def schemas() -> dict[str, Schema]:
                 "auto_charge": nullable({"type": "boolean"}),
                 "due_date": nullable({"type": "string", "format": "date"}),
                 "total": nullable({**MINOR_UNITS, "minimum": 1, "maximum": STRIPE_MAXIMUM_AMOUNT}),
-                "void": nullable({"type": "boolean", "description": "true voids; a void invoice stays void."}),
+                "void": nullable(
+                    {"type": "boolean", "description": "true voids; a void invoice stays void."}
+                ),
             },
         },
         "InvoiceSummary": invoice_summary,

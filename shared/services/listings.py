@@ -59,7 +59,9 @@ def _contains(text: str | None) -> str | None:
     return f"%{escaped}%"
 
 
-def _cursor_page(session: Session, query: Select, id_column: Any, limit: int, after: int | None) -> CursorPage:
+def _cursor_page(
+    session: Session, query: Select, id_column: Any, limit: int, after: int | None
+) -> CursorPage:
     if after is not None:
         query = query.where(id_column < after)
     rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
@@ -77,7 +79,11 @@ def _clients_query(search: str | None) -> Select:
 
 
 def clients_after(
-    session: Session, *, search: str | None = None, limit: int = DEFAULT_PAGE_LIMIT, starting_after: int | None = None
+    session: Session,
+    *,
+    search: str | None = None,
+    limit: int = DEFAULT_PAGE_LIMIT,
+    starting_after: int | None = None,
 ) -> CursorPage[Client]:
     return _cursor_page(session, _clients_query(search), Client.id, limit, starting_after)
 
@@ -117,7 +123,9 @@ def invoices_after(
     return _cursor_page(session, query, Invoice.id, limit, starting_after)
 
 
-def numbered_page(session: Session, query: Select, *, page: int, per_page: int = DEFAULT_PAGE_LIMIT) -> NumberedPage:
+def numbered_page(
+    session: Session, query: Select, *, page: int, per_page: int = DEFAULT_PAGE_LIMIT
+) -> NumberedPage:
     """One page of `query` (already ordered), with the count of its rows done in SQL up to COUNT_CAP."""
     page = min(max(1, page), MAX_PAGE_NUMBER)
     counted = session.scalar(

@@ -46,7 +46,11 @@ def test_patch_bank_transfer_to_online_card_makes_the_invoice_chargeable(api_wor
 
     assert answer.status_code == 200, answer.get_json()
     body = answer.get_json()
-    assert (body["payment_method"], body["auto_charge"], body["due_date"]) == ("online_card", True, "2027-01-31")
+    assert (body["payment_method"], body["auto_charge"], body["due_date"]) == (
+        "online_card",
+        True,
+        "2027-01-31",
+    )
     assert body["charge"] == {"eligible": True, "blockers": []}
     assert api(api_world.client, "POST", f"/api/invoices/{invoice['id']}/charges").status_code == 202
 
@@ -81,7 +85,12 @@ def test_patch_void_and_total_follow_the_ledger(api_world: World) -> None:
 def test_patch_refuses_bad_values_with_422(api_world: World) -> None:
     invoice = new_invoice(api_world)
     path = f"/api/invoices/{invoice['id']}"
-    for body in ({"payment_method": "bitcoin"}, {"due_date": "tomorrow"}, {"auto_charge": "yes"}, {"total": -1}):
+    for body in (
+        {"payment_method": "bitcoin"},
+        {"due_date": "tomorrow"},
+        {"auto_charge": "yes"},
+        {"total": -1},
+    ):
         answer = api(api_world.client, "PATCH", path, body)
         assert answer.status_code == 422, body
     assert api(api_world.client, "PATCH", "/api/invoices/999999", {"auto_charge": True}).status_code == 404
@@ -90,7 +99,9 @@ def test_patch_refuses_bad_values_with_422(api_world: World) -> None:
 def test_list_endpoints_page_with_starting_after_and_filter(api_world: World) -> None:
     made = [new_invoice(api_world, auto_charge=n % 2 == 0)["id"] for n in range(5)]
     seen: list[int] = []
-    before = api(api_world.client, "GET", f"/api/invoices?client_id={api_world.a.client_id}&limit=100").get_json()
+    before = api(
+        api_world.client, "GET", f"/api/invoices?client_id={api_world.a.client_id}&limit=100"
+    ).get_json()
     query = f"/api/invoices?client_id={api_world.a.client_id}&limit=2"
     url = query
     while True:
@@ -103,7 +114,9 @@ def test_list_endpoints_page_with_starting_after_and_filter(api_world: World) ->
         url = f"{query}&starting_after={body['data'][-1]['id']}"
     assert seen == [row["id"] for row in before["data"]]  # the rows there when the walk began, once each
     assert set(made) <= set(seen)
-    auto_on = api(api_world.client, "GET", f"/api/invoices?client_id={api_world.a.client_id}&auto_charge=true").get_json()
+    auto_on = api(
+        api_world.client, "GET", f"/api/invoices?client_id={api_world.a.client_id}&auto_charge=true"
+    ).get_json()
     assert {row["id"] for row in auto_on["data"]} == {made[0], made[2], made[4]}
 
     clients = api(api_world.client, "GET", "/api/clients?q=alice").get_json()

@@ -17,7 +17,9 @@ from tests.support import factories
 
 
 def audit_of(session: Session, invoice_id: int) -> list[tuple[str, str, dict]]:
-    rows = session.scalars(select(AuditEvent).where(AuditEvent.invoice_id == invoice_id).order_by(AuditEvent.id))
+    rows = session.scalars(
+        select(AuditEvent).where(AuditEvent.invoice_id == invoice_id).order_by(AuditEvent.id)
+    )
     return [(e.actor, e.action, e.detail) for e in rows]
 
 
@@ -37,7 +39,11 @@ def test_bank_transfer_to_online_card_clears_the_blocker_and_is_audited(session:
     assert changed == ["payment_method", "auto_charge", "due_date"]
     assert charge_blockers(invoice, factories.settings()) == []
     assert audit_of(session, invoice.id) == [
-        ("admin:ops@example.com", "invoice.payment_method_changed", {"from": "bank_transfer", "to": "online_card"}),
+        (
+            "admin:ops@example.com",
+            "invoice.payment_method_changed",
+            {"from": "bank_transfer", "to": "online_card"},
+        ),
         ("admin:ops@example.com", "invoice.auto_charge_changed", {"from": False, "to": True}),
         ("admin:ops@example.com", "invoice.due_date_changed", {"from": "2026-11-01", "to": "2027-01-15"}),
     ]
@@ -46,7 +52,12 @@ def test_bank_transfer_to_online_card_clears_the_blocker_and_is_audited(session:
 def test_unchanged_values_write_nothing(session: Session) -> None:
     invoice = factories.invoice(auto_charge=True)
     factories.persist(session, invoice)
-    assert change_invoice(session, invoice, InvoiceChanges(payment_method="online_card", auto_charge=True), actor="a") == []
+    assert (
+        change_invoice(
+            session, invoice, InvoiceChanges(payment_method="online_card", auto_charge=True), actor="a"
+        )
+        == []
+    )
     assert audit_of(session, invoice.id) == []
 
 
@@ -56,7 +67,9 @@ def test_unchanged_values_write_nothing(session: Session) -> None:
     [InvoiceChanges(payment_method="cash"), InvoiceChanges(total=5_000), InvoiceChanges(void=True)],
     ids=["payment_method", "total", "void"],
 )
-def test_a_charge_in_flight_refuses_what_would_change_it(session: Session, status: str, changes: InvoiceChanges) -> None:
+def test_a_charge_in_flight_refuses_what_would_change_it(
+    session: Session, status: str, changes: InvoiceChanges
+) -> None:
     invoice = factories.invoice()
     factories.persist(session, invoice, factories.attempt(invoice, status))
     with pytest.raises(InvoiceChangeRefused) as refused:
@@ -70,7 +83,9 @@ def test_a_charge_in_flight_refuses_what_would_change_it(session: Session, statu
 def test_a_charge_in_flight_still_lets_auto_charge_and_due_date_change(session: Session) -> None:
     invoice = factories.invoice()
     factories.persist(session, invoice, factories.attempt(invoice, "processing"))
-    assert change_invoice(session, invoice, InvoiceChanges(auto_charge=True, due_date=date(2027, 2, 1)), actor="a") == [
+    assert change_invoice(
+        session, invoice, InvoiceChanges(auto_charge=True, due_date=date(2027, 2, 1)), actor="a"
+    ) == [
         "auto_charge",
         "due_date",
     ]
@@ -106,7 +121,8 @@ def test_the_total_changes_only_while_nothing_is_paid(session: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [InvoiceChanges(payment_method="bitcoin"), InvoiceChanges(total=0), InvoiceChanges(total=10**12)]
+    "changes",
+    [InvoiceChanges(payment_method="bitcoin"), InvoiceChanges(total=0), InvoiceChanges(total=10**12)],
 )
 def test_bad_values_are_refused_before_anything_is_written(session: Session, changes: InvoiceChanges) -> None:
     invoice = factories.invoice()

@@ -39,7 +39,11 @@ def test_invoice_filters_apply_to_cursor_pages(session: Session) -> None:
     factories.persist(session, paid, auto, plain)
     assert [i.id for i in invoices_after(session, client_id=owner.id, status="paid").rows] == [paid.id]
     assert [i.id for i in invoices_after(session, client_id=owner.id, auto_charge=True).rows] == [auto.id]
-    assert {i.id for i in invoices_after(session, search="filter client").rows} == {paid.id, auto.id, plain.id}
+    assert {i.id for i in invoices_after(session, search="filter client").rows} == {
+        paid.id,
+        auto.id,
+        plain.id,
+    }
     assert invoices_after(session, search=plain.number).rows == [plain]
 
 
