@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.domain.models import Client, Invoice
+from shared.domain.models import ChargeAttempt, Client, Invoice
 from shared.services.invoices import COUNT_CAP, filter_invoices
 
 DEFAULT_PAGE_LIMIT = 25
@@ -144,3 +144,22 @@ def numbered_page(
 
 def clients_page(session: Session, *, search: str | None = None, page: int = 1) -> NumberedPage[Client]:
     return numbered_page(session, _clients_query(search).order_by(Client.name, Client.id), page=page)
+
+
+RECENT_CHARGES_SHOWN = 20
+
+
+def recent_charges_of_client(
+    session: Session, client_id: int, *, limit: int = RECENT_CHARGES_SHOWN
+) -> list[ChargeAttempt]:
+    """The client's latest charges, newest first (off the charge_attempt.invoice_id index per invoice)."""
+    return list(
+        session.scalars(
+            select(ChargeAttempt)
+            .join(Invoice, Invoice.id == ChargeAttempt.invoice_id)
+            .where(Invoice.client_id == client_id)
+            .options(selectinload(ChargeAttempt.invoice))
+            .order_by(ChargeAttempt.created_at.desc(), ChargeAttempt.id)
+            .limit(limit)
+        )
+    )

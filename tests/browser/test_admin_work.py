@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 
 from tests.support.browser import admin_login
 from tests.support.stack import Stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +62,40 @@ def test_an_unpaid_invoice_is_voided_from_its_page(page: Page, web_stack: Stack)
     expect(page.get_by_role("button", name="Charge buyer")).to_be_disabled()
     expect(page.locator("#timeline")).to_contain_text("invoice voided by admin:ops@example.com")
     expect(page.get_by_role("button", name="Save invoice parameters")).to_have_count(0)
+
+
+def test_client_list_to_client_page_with_two_cards_and_a_sign_in_link(page: Page, web_stack: Stack) -> None:
+    st = web_stack
+    status, client = st.api("POST", "/api/clients", {"name": "Cora Twocards", "email": "cora@example.com"})
+    assert status == 201, client
+    for token in ("pm_card_visa", "pm_card_mastercard"):
+        status, card = st.api("POST", f"/api/clients/{client['id']}/cards", {"payment_method": token})
+        assert status == 201, card
+    invoice = st.invoice(client["id"], total=4_200)
+    outbox = st.dir / "var" / "outbox"
+    before = set(outbox.glob("*.eml")) if outbox.exists() else set()
+
+    admin_login(page, st)
+    page.get_by_role("link", name="Clients").click()
+    page.get_by_label("Search by name or email").fill("twocards")
+    page.get_by_role("button", name="Search clients").click()
+    page.get_by_role("link", name="Cora Twocards").click()
+
+    cards = page.locator("#cards tbody tr")
+    expect(cards).to_have_count(2)
+    expect(page.locator('#cards tr[data-default="yes"]')).to_have_count(1)
+    # The first card saved is the default (shared.services.clients): Visa, shown first with its badge.
+    expect(cards.nth(0)).to_contain_text("Visa ending 4242")
+    expect(cards.nth(0)).to_contain_text("Default")
+    expect(cards.nth(1)).to_contain_text("Mastercard ending 4444")
+    expect(cards.nth(1)).not_to_contain_text("Default")
+    expect(page.locator("#client-invoices")).to_contain_text(invoice["number"])
+    expect(page.locator("#client-invoices")).to_contain_text("$42.00")
+
+    page.get_by_role("button", name="Send sign-in link").click()
+    expect(page.get_by_text("Sign-in link sent to cora@example.com.")).to_be_visible()
+    # The worker sends it from the outbox: wait for the file, then check there is exactly one.
+    wait_until(lambda: set(outbox.glob("*.eml")) - before, timeout=30, what="the sign-in email")
+    sent = [path for path in set(outbox.glob("*.eml")) - before if "cora@example.com" in path.read_text()]
+    assert len(sent) == 1
+    assert "/client/login/" in sent[0].read_text()
