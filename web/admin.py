@@ -99,7 +99,7 @@ def login() -> ResponseReturnValue:
         if admin is not None:
             begin_session(ADMIN_KEY, admin_id, version)  # nothing carried over from before
             target = request.args.get("next", "")
-            return redirect(target if target.startswith("/admin/") else url_for("admin.invoices"))
+            return redirect(target if target.startswith("/admin/") else url_for("admin.home"))
         error = "That email and password do not match an admin."
     return render_template("admin/login.html", error=error), 401 if error else 200
 
@@ -144,12 +144,6 @@ def password() -> ResponseReturnValue:
             flash("Password changed. Every other session of yours is signed out.", "success")
             return redirect(url_for("admin.invoices")), 303
     return render_template("admin/password.html", error=error), 422 if error else 200
-
-
-@bp.get("/")
-@login_required_admin
-def home() -> ResponseReturnValue:
-    return redirect(url_for("admin.invoices"))
 
 
 # ---- invoices ----------------------------------------------------------------------------------------

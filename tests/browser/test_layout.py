@@ -125,10 +125,13 @@ def world(browser: Browser, web_stack: Stack) -> Iterator[World]:
         client_state=client_page.context.storage_state(),
         admin_paths={
             "sign-in": "/admin/login",
+            "dashboard": "/admin/",
             "invoices": "/admin/invoices",
             "invoices-filtered": "/admin/invoices?q=Adaeze&status=partially_paid&due=overdue&auto_charge=no",
             "invoice-blocked": f"/admin/invoices/{blocked['id']}",
             "invoice-declined": f"/admin/invoices/{declined['id']}",
+            "clients": "/admin/clients",
+            "client": f"/admin/clients/{ada['id']}",
             "charges": "/admin/charges",
             "batch-runs": "/admin/batches",
             "reconciliation": "/admin/reconciliation",
