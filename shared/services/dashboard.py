@@ -182,7 +182,7 @@ def _charges_in(session: Session, status: AttemptStatus) -> int:
 def _unknown_charges(session: Session, now: datetime) -> Attention:
     return Attention(
         "unknown_charges",
-        "Charges whose outcome is unknown",
+        "charges whose outcome is unknown",
         _charges_in(session, AttemptStatus.UNKNOWN),
         "admin.charges",
         {"status": AttemptStatus.UNKNOWN.value},
@@ -192,7 +192,7 @@ def _unknown_charges(session: Session, now: datetime) -> Attention:
 def _waiting_for_authentication(session: Session, now: datetime) -> Attention:
     return Attention(
         "waiting_for_authentication",
-        "Charges waiting for the client to authenticate",
+        "charges waiting for the client to authenticate",
         _charges_in(session, AttemptStatus.REQUIRES_ACTION),
         "admin.charges",
         {"status": AttemptStatus.REQUIRES_ACTION.value},
@@ -208,7 +208,7 @@ def _reconciliation_findings(session: Session, now: datetime) -> Attention:
     )
     return Attention(
         "reconciliation_findings",
-        f"Reconciliation findings of the last {FINDINGS_WINDOW_DAYS} days (money Stripe and we disagree on)",
+        f"reconciliation findings of the last {FINDINGS_WINDOW_DAYS} days (money Stripe and we disagree on)",
         int(count or 0),
         "admin.reconciliation",
     )
