@@ -383,7 +383,7 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
 
 def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result: Result) -> None:
     import web
-    from web.pages import ADMIN_KEY
+    from web.pages import ADMIN_KEY, SEEN_KEY, VERSION_KEY
 
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("OFFSESSION_HOME", tempfile.mkdtemp(prefix="offsession-scale-home-"))
@@ -407,7 +407,11 @@ def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result:
     logging.getLogger("offsession").setLevel(logging.WARNING)  # one log line per request would be noise
     http = app.test_client()
     with http.session_transaction() as s:
+        # As web.pages.begin_session signs an admin in (the session version and the time last seen are
+        # checked on every request: without them every page answered a redirect to the sign-in page).
         s[ADMIN_KEY] = admin_id
+        s[VERSION_KEY] = 0
+        s[SEEN_KEY] = int(time.time())
     app_engine = app.extensions["offsession"].engine
     pages = {
         "list: default, page 1": "/admin/invoices",

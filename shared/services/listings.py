@@ -112,15 +112,20 @@ def invoices_after(
         client_id=client_id,
         today=today,
     )
+    return _cursor_page(session, search_invoices(query, search), Invoice.id, limit, starting_after)
+
+
+def search_invoices(query: Select, search: str | None) -> Select:
+    """The query narrowed to invoices whose number or client's name contains `search` (any case)."""
     pattern = _contains(search)
-    if pattern is not None:
-        query = query.where(
-            or_(
-                Invoice.number.ilike(pattern, escape="\\"),
-                Invoice.client_id.in_(select(Client.id).where(Client.name.ilike(pattern, escape="\\"))),
-            )
+    if pattern is None:
+        return query
+    return query.where(
+        or_(
+            Invoice.number.ilike(pattern, escape="\\"),
+            Invoice.client_id.in_(select(Client.id).where(Client.name.ilike(pattern, escape="\\"))),
         )
-    return _cursor_page(session, query, Invoice.id, limit, starting_after)
+    )
 
 
 def numbered_page(
