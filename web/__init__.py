@@ -49,10 +49,11 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     app.config.update(overrides)
     app.extensions[RUNTIME_KEY] = runtime
 
-    # web.admin_clients, web.admin_dashboard, web.admin_invoices and web.api_lists add their routes to
-    # the admin and API blueprints on import, before those blueprints are registered below.
+    # web.admin_clients, web.admin_dashboard, web.admin_exports, web.admin_invoices and web.api_lists add
+    # their routes to the admin and API blueprints on import, before those blueprints are registered below.
     import web.admin_clients
     import web.admin_dashboard
+    import web.admin_exports
     import web.admin_invoices
     import web.api_lists  # noqa: F401
     from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
