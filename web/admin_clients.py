@@ -12,17 +12,12 @@ from shared.domain.models import Client
 from shared.services import audit
 from shared.services.client_links import request_login_link
 from shared.services.invoices import list_invoices
-from shared.services.listings import clients_page, recent_charges_of_client
+from shared.services.listings import clients_page, page_number, recent_charges_of_client
 from web.admin import bp
 from web.pages import login_required_admin
 from web.services import session_scope, unit_of_work
 
 CLIENT_INVOICES_PER_PAGE = 25
-
-
-def _page_number() -> int:
-    raw = request.args.get("page", "1")
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 1
 
 
 @bp.get("/clients")
@@ -31,7 +26,9 @@ def clients() -> ResponseReturnValue:
     search = (request.args.get("q") or "").strip()[:100]
     with session_scope() as db:
         return render_template(
-            "admin/clients.html", page=clients_page(db, search=search, page=_page_number()), q=search
+            "admin/clients.html",
+            page=clients_page(db, search=search, page=page_number(request.args.get("page"))),
+            q=search,
         )
 
 
@@ -49,7 +46,10 @@ def client(client_id: int) -> ResponseReturnValue:
             client=found,
             cards=sorted(found.cards, key=lambda c: (not c.is_default, -c.id)),
             invoices=list_invoices(
-                db, client_id=found.id, page=_page_number(), per_page=CLIENT_INVOICES_PER_PAGE
+                db,
+                client_id=found.id,
+                page=page_number(request.args.get("page")),
+                per_page=CLIENT_INVOICES_PER_PAGE,
             ),
             charges=recent_charges_of_client(db, found.id),
         )

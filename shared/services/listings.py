@@ -50,6 +50,14 @@ class NumberedPage(Generic[Row]):
         return max(1, counted, self.page + (1 if self.has_next else 0))
 
 
+def page_number(raw: str | None) -> int:
+    """A page number from a query string: 1 unless it is a whole number, at most MAX_PAGE_NUMBER."""
+    text = (raw or "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) < 10):
+        return 1
+    return min(max(1, int(text)), MAX_PAGE_NUMBER)
+
+
 def _contains(text: str | None) -> str | None:
     cleaned = (text or "").strip()[:100]
     if not cleaned:
