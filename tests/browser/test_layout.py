@@ -131,6 +131,7 @@ def world(browser: Browser, web_stack: Stack) -> Iterator[World]:
             "invoice-blocked": f"/admin/invoices/{blocked['id']}",
             "invoice-declined": f"/admin/invoices/{declined['id']}",
             "clients": "/admin/clients",
+            "exports": "/admin/exports",
             "client": f"/admin/clients/{ada['id']}",
             "charges": "/admin/charges",
             "batch-runs": "/admin/batches",
