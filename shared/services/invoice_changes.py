@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -122,13 +123,8 @@ def change_invoice(session: Session, invoice: Invoice, changes: InvoiceChanges, 
             audit.record(session, actor, "invoice.voided", invoice_id=invoice.id)
             continue
         setattr(invoice, name, after)
-        audit.record(
-            session,
-            actor,
-            f"invoice.{name}_changed",
-            invoice_id=invoice.id,
-            **{"from": _shown(before), "to": _shown(after)},
-        )
+        detail: dict[str, Any] = {"from": _shown(before), "to": _shown(after)}
+        audit.record(session, actor, f"invoice.{name}_changed", invoice_id=invoice.id, **detail)
     session.flush()
     return list(changed)
 

@@ -210,7 +210,7 @@ def day_findings(session: Session, day: date) -> list[ReconciliationFinding]:
     )
 
 
-def runs_query() -> Select[tuple[ReconciliationRun]]:
+def runs_query() -> Select[ReconciliationRun]:
     """Every run, newest day first (the admin's page shows it a page at a time)."""
     return select(ReconciliationRun).order_by(
         ReconciliationRun.day.desc(), ReconciliationRun.stripe_account, ReconciliationRun.id
