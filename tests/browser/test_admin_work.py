@@ -29,7 +29,7 @@ def test_bank_transfer_to_online_card_unblocks_charge_buyer(page: Page, web_stac
         "title", re.compile("set to be paid by bank transfer")
     )
 
-    page.get_by_label("Payment method").select_option("online_card")
+    page.get_by_label("How the client pays").select_option("online_card")
     page.get_by_role("button", name="Save invoice parameters").click()
 
     # Only this page was drawn again: the button is usable, its tooltip and blockers gone.
