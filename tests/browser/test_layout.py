@@ -39,10 +39,14 @@ ONE_LINE = ".figure, .num, .badge"
 
 ADMIN_PAGES = (
     "sign-in",
+    "dashboard",
     "invoices",
     "invoices-filtered",
     "invoice-blocked",
     "invoice-declined",
+    "clients",
+    "client",
+    "exports",
     "charges",
     "batch-runs",
     "reconciliation",
