@@ -1,4 +1,4 @@
-"""The admin's whole job in the browser (issue 20's pages): invoice parameters, clients, the dashboard.
+"""The admin's work in the browser: invoice parameters, clients and their cards, the dashboard.
 One stack for the module (real web, worker, emulator, PostgreSQL, Redis)."""
 
 from __future__ import annotations
