@@ -49,18 +49,16 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     app.config.update(overrides)
     app.extensions[RUNTIME_KEY] = runtime
 
-    from web import (
-        admin,
-        api,
-        client_zone,
-        errors,
-        health,
-        metrics,
-        pages,
-        request_log,
-        stripe_settings,  # noqa: F401  (its routes join admin.bp before it is registered)
-        webhooks,
-    )
+    # web.admin_clients, web.admin_dashboard, web.admin_exports, web.admin_invoices, web.api_lists and
+    # web.stripe_settings add their routes to the admin and API blueprints on import, before those
+    # blueprints are registered below.
+    import web.admin_clients
+    import web.admin_dashboard
+    import web.admin_exports
+    import web.admin_invoices
+    import web.api_lists
+    import web.stripe_settings  # noqa: F401
+    from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
 
     # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
     # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.

@@ -26,6 +26,7 @@ from shared.domain import ledger
 from shared.domain.eligibility import charge_blockers, in_flight_attempt
 from shared.domain.ledger import LedgerError
 from shared.domain.models import (
+    INVOICE_PAYMENT_METHODS,
     LEDGER_METHODS,
     AdminUser,
     AuditEvent,
@@ -51,8 +52,9 @@ from shared.services.daily_reconciliation import (
 )
 from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.services.janitor import resolve_attempt
+from shared.services.listings import numbered_page, page_number
 from shared.services.login_throttle import admin_sign_in_counters
-from shared.services.reconciliation_records import recent_runs, run_findings
+from shared.services.reconciliation_records import run_findings, runs_query
 from shared.services.settings import get_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
@@ -66,6 +68,8 @@ protect_with_csrf(bp)
 MAX_PAGE = 100_000  # keeps OFFSET a number the database takes
 OPERATOR_STATUSES = ("queued", "processing", "unknown", "requires_action", "failed")
 FLAGGED_EVENTS_SHOWN = 50
+CHARGES_PER_PAGE = 50
+BATCH_RUNS_PER_PAGE = 20
 
 
 # ---- sign-in ---------------------------------------------------------------------------------------
@@ -97,7 +101,7 @@ def login() -> ResponseReturnValue:
         if admin is not None:
             begin_session(ADMIN_KEY, admin_id, version)  # nothing carried over from before
             target = request.args.get("next", "")
-            return redirect(target if target.startswith("/admin/") else url_for("admin.invoices"))
+            return redirect(target if target.startswith("/admin/") else url_for("admin.home"))
         error = "That email and password do not match an admin."
     return render_template("admin/login.html", error=error), 401 if error else 200
 
@@ -142,12 +146,6 @@ def password() -> ResponseReturnValue:
             flash("Password changed. Every other session of yours is signed out.", "success")
             return redirect(url_for("admin.invoices")), 303
     return render_template("admin/password.html", error=error), 422 if error else 200
-
-
-@bp.get("/")
-@login_required_admin
-def home() -> ResponseReturnValue:
-    return redirect(url_for("admin.invoices"))
 
 
 # ---- invoices ----------------------------------------------------------------------------------------
@@ -225,6 +223,7 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
             events=events,
             current=current,
             methods=[m for m in LEDGER_METHODS if m != "card"],
+            invoice_methods=INVOICE_PAYMENT_METHODS,
             due_default=to_major_string(bal.amount_due, inv.currency),
             today=date.today().isoformat(),
         )
@@ -368,13 +367,13 @@ def check_with_stripe(charge_id: str) -> ResponseReturnValue:
 def charges() -> ResponseReturnValue:
     status = request.args.get("status")
     with session_scope() as db:
-        query = select(ChargeAttempt).order_by(ChargeAttempt.updated_at)
+        query = select(ChargeAttempt).order_by(ChargeAttempt.updated_at, ChargeAttempt.id)
         if status in {s.value for s in AttemptStatus}:
             query = query.where(ChargeAttempt.status == status)
         else:
             status = None
             query = query.where(ChargeAttempt.status.in_(OPERATOR_STATUSES))
-        attempts = db.scalars(query.limit(500)).all()
+        page = numbered_page(db, query, page=page_number(request.args.get("page")), per_page=CHARGES_PER_PAGE)
         counts = {s: 0 for s in OPERATOR_STATUSES}
         in_sql = (
             select(ChargeAttempt.status, func.count())
@@ -393,7 +392,8 @@ def charges() -> ResponseReturnValue:
         )
         return render_template(
             "admin/charges.html",
-            attempts=attempts,
+            attempts=page.rows,
+            page=page,
             status=status,
             counts=counts,
             in_flight={s.value for s in IN_FLIGHT},
@@ -427,8 +427,13 @@ def _batch_json(db: Any, run: BatchRun) -> dict[str, Any]:
 @login_required_admin
 def batches() -> ResponseReturnValue:
     with session_scope() as db:
-        runs = db.scalars(select(BatchRun).order_by(BatchRun.id.desc()).limit(50)).all()
-        return render_template("admin/batches.html", runs=[_batch_json(db, r) for r in runs])
+        page = numbered_page(
+            db,
+            select(BatchRun).order_by(BatchRun.id.desc()),
+            page=page_number(request.args.get("page")),
+            per_page=BATCH_RUNS_PER_PAGE,
+        )
+        return render_template("admin/batches.html", runs=[_batch_json(db, r) for r in page.rows], page=page)
 
 
 @bp.get("/batches/<int:run_id>.json")
@@ -448,8 +453,9 @@ def batch_status(run_id: int) -> ResponseReturnValue:
 @login_required_admin
 def reconciliation() -> ResponseReturnValue:
     with session_scope() as db:
+        page = numbered_page(db, runs_query(), page=page_number(request.args.get("page")))
         return render_template(
-            "admin/reconciliation.html", runs=recent_runs(db), yesterday=yesterday_utc().isoformat()
+            "admin/reconciliation.html", runs=page.rows, page=page, yesterday=yesterday_utc().isoformat()
         )
 
 

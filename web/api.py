@@ -27,6 +27,7 @@ from shared.services import charge_requests, clients, invoices, payments, stripe
 from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
 from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
 from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
+from shared.services.invoice_changes import InvoiceChangeRefused, InvoiceChanges, change_invoice
 from shared.services.settings import ACCOUNT_ID, SettingsError, get_settings, update_settings
 from shared.services.stripe_connection import ConnectionRefused
 from web import openapi, openapi_schemas
@@ -358,11 +359,38 @@ def create_invoice() -> ResponseReturnValue:
         raise ApiError(422, "invalid", str(exc)) from exc
 
 
-@bp.get("/invoices/<int:invoice_id>")
+# GET and PATCH on one rule: with two, werkzeug answers a PATCH to an id beyond the converter's range
+# with 405 (the GET rule's path matched before its converter refused) instead of 404.
+@bp.route("/invoices/<int:invoice_id>", methods=["GET", "PATCH"])
 @require_api_token
 def get_invoice(invoice_id: int) -> ResponseReturnValue:
+    if request.method == "PATCH":
+        return update_invoice(invoice_id)
     with session_scope() as session:
         return jsonify(invoice_json(_invoice(session, invoice_id), get_settings(session)))
+
+
+def update_invoice(invoice_id: int) -> ResponseReturnValue:
+    """Change the payment method, auto-charge, due date, total or void flag; 409 when the invoice's state
+    does not allow it now (a charge in flight, payments recorded, void)."""
+    body = json_body()
+    due = field(body, "due_date", str, required=False)
+    changes = InvoiceChanges(
+        payment_method=field(body, "payment_method", str, required=False),
+        auto_charge=field(body, "auto_charge", bool, required=False),
+        due_date=parse_date(due, "due_date") if due is not None else None,
+        total=field(body, "total", int, required=False),
+        void=field(body, "void", bool, required=False),
+    )
+    try:
+        with session_scope() as session:
+            invoice = _invoice(session, invoice_id, lock=True)
+            change_invoice(session, invoice, changes, actor=actor())
+            return jsonify(invoice_json(invoice, get_settings(session)))
+    except invoices.InvoiceError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except InvoiceChangeRefused as exc:
+        raise ApiError(409, exc.code.value, exc.message) from exc
 
 
 @bp.post("/invoices/<int:invoice_id>/payments")

@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from shared.domain.states import AttemptStatus
+from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES
+from shared.services.listings import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
 from web.openapi_schemas import (
     MAX_ID,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -55,6 +57,26 @@ CHARGE_ID: Schema = {
     "description": "The charge's id (a UUID, lowercase).",
     "schema": {"type": "string", "format": "uuid"},
 }
+
+
+def _query(name: str, description: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+# Cursor pagination: ordered by id, newest first; a page after the row `starting_after` holds only
+# older rows, so rows inserted between two requests never shift a page (none twice, none skipped).
+PAGE_PARAMETERS = [
+    _query(
+        "limit",
+        f"At most this many (default {DEFAULT_PAGE_LIMIT}, 1 to {MAX_PAGE_LIMIT}).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
+    ),
+    _query(
+        "starting_after",
+        "The id of the last row of the previous page: the page after it.",
+        {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    ),
+]
 
 
 def _body(schema: Schema, *, required: bool = True) -> Schema:
@@ -128,6 +150,15 @@ def _paths() -> dict[str, Schema]:
             ),
         },
         "/api/clients": {
+            "get": _operation(
+                "Clients, newest first, a page at a time",
+                {"200": json_content(ref("ClientList"), "One page of clients."), "422": INVALID},
+                tags=["clients"],
+                parameters=[
+                    _query("q", "Name or email contains this.", {"type": "string", "maxLength": 100}),
+                    *PAGE_PARAMETERS,
+                ],
+            ),
             "post": _operation(
                 "Create a client (and its Stripe customer)",
                 {
@@ -138,7 +169,7 @@ def _paths() -> dict[str, Schema]:
                 },
                 tags=["clients"],
                 body=_body(ref("ClientCreate")),
-            )
+            ),
         },
         "/api/clients/{client_id}": {
             "get": _operation(
@@ -192,12 +223,45 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/api/invoices": {
+            "get": _operation(
+                "Invoices, newest first, a page at a time",
+                {"200": json_content(ref("InvoiceList"), "One page of invoices."), "422": INVALID},
+                tags=["invoices"],
+                parameters=[
+                    _query(
+                        "status",
+                        "Only invoices in this status.",
+                        {"type": "string", "enum": list(INVOICE_STATUSES)},
+                    ),
+                    _query(
+                        "due",
+                        "Only overdue, due today or upcoming invoices.",
+                        {"type": "string", "enum": list(DUE_FILTERS)},
+                    ),
+                    _query(
+                        "auto_charge",
+                        "Only invoices with auto-charge on (true) or off (false).",
+                        {"type": "boolean"},
+                    ),
+                    _query(
+                        "client_id",
+                        "Only this client's invoices.",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                    ),
+                    _query(
+                        "q",
+                        "Invoice number or client name contains this.",
+                        {"type": "string", "maxLength": 100},
+                    ),
+                    *PAGE_PARAMETERS,
+                ],
+            ),
             "post": _operation(
                 "Create an invoice",
                 {"201": json_content(ref("Invoice"), "The invoice."), "422": INVALID},
                 tags=["invoices"],
                 body=_body(ref("InvoiceCreate")),
-            )
+            ),
         },
         "/api/invoices/{invoice_id}": {
             "get": _operation(
@@ -208,7 +272,23 @@ def _paths() -> dict[str, Schema]:
                 },
                 tags=["invoices"],
                 parameters=[INVOICE_ID],
-            )
+            ),
+            "patch": _operation(
+                "Change an invoice's payment method, auto-charge, due date, total or void flag",
+                {
+                    "200": json_content(ref("Invoice"), "The invoice after the change."),
+                    "404": error("No such invoice (`not_found`)."),
+                    "409": error(
+                        "The invoice's state forbids the change now: a charge in flight "
+                        "(`charge_in_progress`), payments recorded (`invoice_has_payments`: no new total, "
+                        "no void), or the invoice is void (`invoice_void`)."
+                    ),
+                    "422": INVALID,
+                },
+                tags=["invoices"],
+                parameters=[INVOICE_ID],
+                body=_body(ref("InvoiceUpdate")),
+            ),
         },
         "/api/invoices/{invoice_id}/payments": {
             "post": _operation(

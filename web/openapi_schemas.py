@@ -154,6 +154,10 @@ def schemas() -> dict[str, Schema]:
             "charges": {"type": "array", "items": ref("Charge")},
         }
     )
+    # An invoice in a list: without its payments and charges (GET /api/invoices/{id} has them).
+    invoice_summary = closed(
+        {k: v for k, v in invoice["properties"].items() if k not in ("payments", "charges")}
+    )
     return {
         "Error": {
             "type": "object",
@@ -308,6 +312,29 @@ def schemas() -> dict[str, Schema]:
                 ),
             },
         },
+        "InvoiceUpdate": {
+            "type": "object",
+            "example": {"payment_method": "online_card", "auto_charge": True},
+            "description": "Any of the fields; those left out (or null) stay as they are. The total can "
+            "change only while nothing is paid; void only an invoice with nothing paid; the payment "
+            "method, total and void not while a charge is in flight (each a 409).",
+            "properties": {
+                "payment_method": nullable({"type": "string", "enum": list(INVOICE_PAYMENT_METHODS)}),
+                "auto_charge": nullable({"type": "boolean"}),
+                "due_date": nullable({"type": "string", "format": "date"}),
+                "total": nullable({**MINOR_UNITS, "minimum": 1, "maximum": STRIPE_MAXIMUM_AMOUNT}),
+                "void": nullable(
+                    {"type": "boolean", "description": "true voids; a void invoice stays void."}
+                ),
+            },
+        },
+        "InvoiceSummary": invoice_summary,
+        "InvoiceList": closed(
+            {"data": {"type": "array", "items": ref("InvoiceSummary")}, "has_more": {"type": "boolean"}}
+        ),
+        "ClientList": closed(
+            {"data": {"type": "array", "items": ref("Client")}, "has_more": {"type": "boolean"}}
+        ),
         "Payment": payment,
         "PaymentCreate": {
             "type": "object",

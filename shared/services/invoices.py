@@ -146,6 +146,33 @@ def _status_expression(paid):  # type: ignore[no-untyped-def]
     )
 
 
+def filter_invoices(
+    query: Select,
+    *,
+    status: str | None = None,
+    due: str | None = None,
+    auto_charge: bool | None = None,
+    client_id: int | None = None,
+    today: date | None = None,
+) -> Select:
+    """The query narrowed to the invoices matching the filters (None: any), all in SQL."""
+    status_sql = _status_expression(amount_paid_subquery())
+    if status in INVOICE_STATUSES:
+        query = query.where(status_sql == status)
+    day = today or date.today()
+    if due == "overdue":
+        query = query.where(Invoice.due_date < day, status_sql.in_(("open", "partially_paid")))
+    elif due == "today":
+        query = query.where(Invoice.due_date == day)
+    elif due == "upcoming":
+        query = query.where(Invoice.due_date > day)
+    if auto_charge is not None:
+        query = query.where(Invoice.auto_charge.is_(auto_charge))
+    if client_id is not None:
+        query = query.where(Invoice.client_id == client_id)
+    return query
+
+
 def list_invoices(
     session: Session,
     *,
@@ -166,20 +193,14 @@ def list_invoices(
     """
     paid = amount_paid_subquery()
     status_sql = _status_expression(paid)
-    matching: Select = select(Invoice.id, Invoice.due_date)
-    if status in INVOICE_STATUSES:
-        matching = matching.where(status_sql == status)
-    day = today or date.today()
-    if due == "overdue":
-        matching = matching.where(Invoice.due_date < day, status_sql.in_(("open", "partially_paid")))
-    elif due == "today":
-        matching = matching.where(Invoice.due_date == day)
-    elif due == "upcoming":
-        matching = matching.where(Invoice.due_date > day)
-    if auto_charge is not None:
-        matching = matching.where(Invoice.auto_charge.is_(auto_charge))
-    if client_id is not None:
-        matching = matching.where(Invoice.client_id == client_id)
+    matching = filter_invoices(
+        select(Invoice.id, Invoice.due_date),
+        status=status,
+        due=due,
+        auto_charge=auto_charge,
+        client_id=client_id,
+        today=today,
+    )
     found = matching.subquery()
     if search and search.strip():
         pattern = f"%{search.strip()}%"

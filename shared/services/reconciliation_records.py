@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import Select, case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -210,14 +210,10 @@ def day_findings(session: Session, day: date) -> list[ReconciliationFinding]:
     )
 
 
-def recent_runs(session: Session, *, limit: int = 100) -> list[ReconciliationRun]:
-    """The latest runs, newest day first."""
-    return list(
-        session.scalars(
-            select(ReconciliationRun)
-            .order_by(ReconciliationRun.day.desc(), ReconciliationRun.stripe_account)
-            .limit(limit)
-        )
+def runs_query() -> Select[ReconciliationRun]:
+    """Every run, newest day first (the admin's page shows it a page at a time)."""
+    return select(ReconciliationRun).order_by(
+        ReconciliationRun.day.desc(), ReconciliationRun.stripe_account, ReconciliationRun.id
     )
 
 

@@ -83,11 +83,13 @@ class ChromiumThread:
 
 
 def admin_login(page: Page, st: Stack) -> None:
+    """Sign in (the admin lands on the dashboard), then open the invoice list, where most tests begin."""
     page.goto(st.base + "/admin/login")
     page.get_by_label("Email").fill(ADMIN_EMAIL)
     page.get_by_label("Password").fill(ADMIN_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/admin/invoices")
+    page.wait_for_url("**/admin/")  # the dashboard, the admin's home
+    page.goto(st.base + "/admin/invoices")
 
 
 def client_login(page: Page, st: Stack, address: str) -> None:

@@ -205,6 +205,17 @@ class Invoice(Base):
         Index("ix_invoice_due_date_id", "due_date", "id"),
         # A client's invoices in that order (Client Zone, search by client name), off the index alone.
         Index("ix_invoice_client_id_due_date", "client_id", "due_date", "id"),
+        # The dashboard's due and overdue money: the unvoided invoices by id beside their ledger sums.
+        Index(
+            "ix_invoice_not_void_id",
+            "id",
+            "due_date",
+            "total",
+            "auto_charge",
+            "currency",
+            sqlite_where=text("NOT is_void"),
+            postgresql_where=text("NOT is_void"),
+        ),
         # Substring search by number (ILIKE '%...%') on PostgreSQL through trigrams (pg_trgm).
         Index(
             "ix_invoice_number_trgm",
@@ -241,6 +252,8 @@ class Payment(Base):
         CheckConstraint(f"method IN ({in_list(LEDGER_METHODS)})", name="method_known"),
         # An invoice's payments, and with the amount beside the id its balance, off the index alone.
         Index("ix_payment_invoice_id_amount", "invoice_id", "amount"),
+        # The dashboard's money collected since a day: a range of the latest payments.
+        Index("ix_payment_received_at", "received_at", "invoice_id", "amount"),
     )
 
 

@@ -126,4 +126,6 @@ class ReconciliationFinding(Base):
             "stripe_account", "payment_intent_id", "kind", name="uq_reconciliation_finding_once"
         ),
         CheckConstraint(f"kind IN ({in_list(RECONCILIATION_FINDING_KINDS)})", name="kind_known"),
+        # The dashboard's findings for a person: recent ones of a kind.
+        Index("ix_reconciliation_finding_kind_found_at", "kind", "found_at"),
     )
