@@ -702,14 +702,14 @@ def test_partial_then_full_refund(gateway: StripeGateway, customer_id: str) -> N
     outcome = gateway.create_offsession_payment_intent(charge_for(customer_id, "pm_card_visa"))
     assert isinstance(outcome, Succeeded)
     key = unique("refund")
-    partial = gateway.refund(outcome.payment_intent_id, amount=234, idempotency_key=key)
+    partial = gateway.create_refund(outcome.payment_intent_id, amount=234, idempotency_key=key)
     assert (partial.status, partial.amount, partial.currency) == ("succeeded", 234, CURRENCY)
     assert partial.payment_intent_id == outcome.payment_intent_id
-    assert gateway.refund(outcome.payment_intent_id, amount=234, idempotency_key=key).id == partial.id
-    rest = gateway.refund(outcome.payment_intent_id, idempotency_key=unique("refund"))
+    assert gateway.create_refund(outcome.payment_intent_id, amount=234, idempotency_key=key).id == partial.id
+    rest = gateway.create_refund(outcome.payment_intent_id, idempotency_key=unique("refund"))
     assert rest.amount == AMOUNT - 234
     with pytest.raises(PermanentStripeError) as caught:
-        gateway.refund(outcome.payment_intent_id, amount=1, idempotency_key=unique("refund"))
+        gateway.create_refund(outcome.payment_intent_id, amount=1, idempotency_key=unique("refund"))
     assert caught.value.kind == "invalid_request"
 
 
