@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, jsonify, redirect, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from shared.domain.models import ChargeAttempt, Dispute, Invoice, Refund
+from shared.domain.models import ChargeAttempt, Dispute, Refund
 from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.domain.refunds import OPEN_DISPUTE_STATUSES, REFUND_REASONS, RefundRefused
 from shared.services.disputes import open_disputes, reason_words
@@ -22,7 +23,7 @@ from shared.services.refunds import RefundNotFound, charge_refunds, request_refu
 from web.api import field, json_body
 from web.auth import require_api_token
 from web.errors import ApiError
-from web.pages import login_required_admin, protect_with_csrf
+from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
 from web.services import session_scope, unit_of_work
 
 admin_bp = Blueprint("admin_refunds", __name__, url_prefix="/admin")
@@ -66,42 +67,65 @@ def refund_json(refund: Refund) -> dict[str, Any]:
 # ---- the panels the pages include ------------------------------------------------------------------
 
 
+# The pages these panels go on. Their data is read before the page's view opens its own transaction
+# (on SQLite a second transaction inside it would wait for the first), and only for a signed-in admin
+# (the view itself checks the session is still good before it renders anything).
+_PANELS = {"admin.invoice", "admin.charges"}
+
+
+@admin_bp.before_app_request
+def _read_panels() -> None:
+    if request.endpoint not in _PANELS or request.method != "GET" or ADMIN_KEY not in session:
+        return
+    with session_scope() as db:
+        if request.endpoint == "admin.charges":
+            g.open_disputes_panel = [dispute_json(d) for d in open_disputes(db)]
+        else:
+            g.refund_panel = _refund_panel(db, int((request.view_args or {})["invoice_id"]))
+
+
 @admin_bp.app_template_global("refund_panel")
-def refund_panel(invoice: Invoice) -> dict[str, Any]:
+def refund_panel() -> dict[str, Any]:
+    return g.get("refund_panel") or {"charges": [], "refunds": [], "disputes": [], "reasons": REASON_WORDS}
+
+
+@admin_bp.app_template_global("open_disputes_panel")
+def open_disputes_panel() -> list[dict[str, Any]]:
+    return list(g.get("open_disputes_panel") or [])
+
+
+def _refund_panel(db: Session, invoice_id: int) -> dict[str, Any]:
     """What the invoice page's refunds section shows: each card charge that can be refunded (what
     remains), the invoice's refunds, and its disputes."""
-    with session_scope() as db:
-        charges = []
-        for attempt in db.scalars(
-            select(ChargeAttempt)
-            .where(ChargeAttempt.invoice_id == invoice.id)
-            .order_by(ChargeAttempt.created_at)
-        ):
-            figures = charge_refunds(db, attempt)
-            if figures is not None:
-                charges.append(
-                    {
-                        "id": attempt.id,
-                        "paid": figures.paid,
-                        "remaining": figures.remaining,
-                        "remaining_display": format_money(figures.remaining, attempt.currency),
-                        "remaining_input": to_major_string(figures.remaining, attempt.currency),
-                        "disputed": figures.open_dispute is not None,
-                        "payment_intent_id": attempt.payment_intent_id,
-                    }
-                )
-        refunds = [
-            refund_json(r)
-            for r in db.scalars(
-                select(Refund).where(Refund.invoice_id == invoice.id).order_by(Refund.created_at.desc())
+    charges = []
+    for attempt in db.scalars(
+        select(ChargeAttempt).where(ChargeAttempt.invoice_id == invoice_id).order_by(ChargeAttempt.created_at)
+    ):
+        figures = charge_refunds(db, attempt)
+        if figures is not None:
+            charges.append(
+                {
+                    "id": attempt.id,
+                    "paid": figures.paid,
+                    "remaining": figures.remaining,
+                    "remaining_display": format_money(figures.remaining, attempt.currency),
+                    "remaining_input": to_major_string(figures.remaining, attempt.currency),
+                    "disputed": figures.open_dispute is not None,
+                    "payment_intent_id": attempt.payment_intent_id,
+                }
             )
-        ]
-        disputes = [
-            dispute_json(d)
-            for d in db.scalars(
-                select(Dispute).where(Dispute.invoice_id == invoice.id).order_by(Dispute.id.desc())
-            )
-        ]
+    refunds = [
+        refund_json(r)
+        for r in db.scalars(
+            select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.created_at.desc())
+        )
+    ]
+    disputes = [
+        dispute_json(d)
+        for d in db.scalars(
+            select(Dispute).where(Dispute.invoice_id == invoice_id).order_by(Dispute.id.desc())
+        )
+    ]
     return {"charges": charges, "refunds": refunds, "disputes": disputes, "reasons": REASON_WORDS}
 
 
@@ -120,12 +144,6 @@ def dispute_json(dispute: Dispute) -> dict[str, Any]:
         "withdrawn": dispute.withdrawal_payment_id is not None,
         "reinstated": dispute.reinstatement_payment_id is not None,
     }
-
-
-@admin_bp.app_template_global("open_disputes_panel")
-def open_disputes_panel() -> list[dict[str, Any]]:
-    with session_scope() as db:
-        return [dispute_json(d) for d in open_disputes(db)]
 
 
 # ---- the admin's Refund form -----------------------------------------------------------------------
