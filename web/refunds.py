@@ -115,7 +115,7 @@ def _refund_panel(db: Session, invoice_id: int) -> dict[str, Any]:
                 }
             )
     refunds = [
-        refund_json(r)
+        {**refund_json(r), "requested_at": r.created_at}
         for r in db.scalars(
             select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.created_at.desc())
         )

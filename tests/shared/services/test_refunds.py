@@ -4,14 +4,18 @@ refund, and a worker lost after Stripe accepted it is settled by the janitor und
 
 from __future__ import annotations
 
+import email
+import email.policy
 import threading
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.adapters.mail import FileMailer
 from shared.domain.ledger import balance
 from shared.domain.models import Client, Invoice, OutboxMessage, Payment, Refund, utcnow
 from shared.domain.refunds import RefundRefused
@@ -19,6 +23,7 @@ from shared.services import clients, invoices
 from shared.services.charge_requests import request_charge
 from shared.services.charging import run_attempt
 from shared.services.janitor import run_janitor
+from shared.services.notifications import deliver_refund_receipt
 from shared.services.refunds import (
     STALE_AFTER,
     TASK_NOTIFY_REFUND,
@@ -268,3 +273,21 @@ def test_a_dashboard_refund_lands_once_and_holds_its_amount(session_factory: ses
     with pytest.raises(RefundRefused) as refused:
         _request(session_factory, attempt_id, amount=3_001)
     assert refused.value.code == "amount_too_large"
+
+
+def test_the_client_gets_a_receipt_for_a_refund_once(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    stripe = FakeStripe()
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=1_250)
+    mailer = FileMailer(tmp_path)
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is False  # not refunded yet
+    run_refund(session_factory, stripe, refund_id)
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is True
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is False
+    [sent] = [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in tmp_path.glob("*.eml")
+    ]
+    assert sent["To"] == "c1@example.com" and sent["Subject"] == "Refund: $12.50 for invoice INV-1"
+    assert "Visa card ending in 4242" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
