@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +54,11 @@ RETRY_DELAY = timedelta(seconds=5)
 # lost. Stripe keeps a key at least 24 h: the create is replayed well inside that, listed after.
 STALE_AFTER = timedelta(seconds=60)
 KEY_REPLAY_WINDOW = timedelta(hours=23)
+
+
+# apply_refund_view's account when the caller asked Stripe itself, under the refund's own account (the
+# worker, the janitor); a webhook passes the account its event came from, None for the platform.
+ITS_OWN = object()
 
 
 class RefundNotFound(LookupError):
@@ -269,12 +274,13 @@ def _check_binding(refund: Refund, view: RefundView, account: str | None) -> Non
 
 
 def apply_refund_view(
-    session: Session, refund: Refund, view: RefundView, *, actor: str, account: str | None = None
+    session: Session, refund: Refund, view: RefundView, *, actor: str, account: str | object | None = ITS_OWN
 ) -> bool:
     """Apply what Stripe says of this refund (locked by the caller), monotonically: the ledger's negative
     entry when it succeeds, the entry that gives it back when a succeeded refund then fails. Returns
     whether the ledger changed. Raises Mismatch when `view` is not this refund's."""
-    _check_binding(refund, view, account if account is not None else refund.stripe_account_id)
+    bound_to = refund.stripe_account_id if account is ITS_OWN else cast(str | None, account)
+    _check_binding(refund, view, bound_to)
     if refund.stripe_refund_id is None:
         refund.stripe_refund_id = view.id
     reported = refund_status(view.status)

@@ -15,7 +15,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.domain.models.base import Base, in_list, new_uuid, utcnow
-from shared.domain.models.billing import ChargeAttempt, Invoice, Payment
+from shared.domain.models.billing import ChargeAttempt, Invoice
 from shared.domain.refunds import DISPUTE_STATUSES, REFUND_REASONS, REFUND_SOURCES, RefundStatus
 
 # A refund not yet known to Stripe: the one per charge the database lets exist at a time.
@@ -54,7 +54,6 @@ class Refund(Base):
 
     invoice: Mapped[Invoice] = relationship()
     charge_attempt: Mapped[ChargeAttempt] = relationship()
-    ledger_payment: Mapped[Payment | None] = relationship(foreign_keys=[ledger_payment_id])
 
     __table_args__ = (
         # Two clicks at once make one refund: a second refund of a charge cannot be opened while one is

@@ -291,3 +291,36 @@ def test_the_client_gets_a_receipt_for_a_refund_once(
     ]
     assert sent["To"] == "c1@example.com" and sent["Subject"] == "Refund: $12.50 for invoice INV-1"
     assert "Visa card ending in 4242" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_an_event_naming_our_refund_from_another_account_or_for_another_amount_changes_nothing(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=2_000)
+    run_refund(session_factory, stripe, refund_id)
+    stripe.server.take_events()
+    refund = _refund(session_factory, refund_id)
+    succeeded = {
+        "id": refund.stripe_refund_id,
+        "object": "refund",
+        "amount": 2_000,
+        "currency": "usd",
+        "payment_intent": refund.payment_intent_id,
+        "metadata": {"refund_id": refund_id},
+        "status": "succeeded",
+    }
+    forged = [
+        {"id": "evt_f1", "type": "refund.updated", "account": "acct_other", "data": {"object": succeeded}},
+        {"id": "evt_f2", "type": "refund.updated", "data": {"object": {**succeeded, "amount": 9_000}}},
+    ]
+    outcomes = []
+    for event in forged:
+        with session_factory() as session, session.begin():
+            row = store_event(session, event)
+        outcomes.append(process_event(session_factory, stripe, row.id))
+    assert [o.split(" ")[0] for o in outcomes] == ["flagged", "flagged"], outcomes
+    assert _refund(session_factory, refund_id).status == "pending"
+    assert _ledger(session_factory, invoice_id) == [TOTAL]
