@@ -165,7 +165,7 @@ def _follow_funds(
         dispute.withdrawal_payment_id = _entry(session, dispute, -dispute.amount, "funds withdrawn", actor)
         done.append("funds withdrawn")
     if reinstated and dispute.reinstatement_payment_id is None and dispute.withdrawal_payment_id is not None:
-        withdrawn_amount = -session.get(Payment, dispute.withdrawal_payment_id).amount  # type: ignore[union-attr]
+        withdrawn_amount = -session.get_one(Payment, dispute.withdrawal_payment_id).amount
         dispute.reinstatement_payment_id = _entry(
             session, dispute, withdrawn_amount, "funds reinstated", actor
         )

@@ -61,6 +61,9 @@ KEY_REPLAY_WINDOW = timedelta(hours=23)
 ITS_OWN = object()
 
 
+IN_PROGRESS = "A refund of this charge is on its way to Stripe already."
+
+
 class RefundNotFound(LookupError):
     pass
 
@@ -129,7 +132,7 @@ def request_refund(
             "The client's bank disputes this charge: it cannot be refunded while the dispute is open.",
         )
     if any(r.status == RefundStatus.PENDING.value and r.stripe_refund_id is None for r in figures.refunds):
-        raise RefundRefused("refund_in_progress", "A refund of this charge is on its way to Stripe already.")
+        raise RefundRefused("refund_in_progress", IN_PROGRESS)
     value = check_refund_amount(amount, figures.remaining, attempt.currency)
     refund_id = str(uuid.uuid4())
     refund = Refund(
@@ -151,9 +154,7 @@ def request_refund(
         with session.begin_nested():
             session.flush()
     except IntegrityError as exc:  # the partial unique index: another refund of this charge meanwhile
-        raise RefundRefused(
-            "refund_in_progress", "A refund of this charge is on its way to Stripe already."
-        ) from exc
+        raise RefundRefused("refund_in_progress", IN_PROGRESS) from exc
     outbox.enqueue_after_commit(uow, TASK_RUN_REFUND, {"refund_id": refund_id})
     audit.record(
         session,
