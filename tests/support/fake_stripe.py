@@ -720,6 +720,12 @@ class FakeStripeServer:
         reason: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
+            raise _ApiError(
+                400,
+                "Invalid reason: must be one of duplicate, fraudulent or requested_by_customer",
+                param="reason",
+            )
         pi = acct.payment_intents.get(payment_intent_id)
         if pi is None:
             raise _ApiError(
@@ -1438,8 +1444,6 @@ class FakeStripe:
                 raise ValueError("a refund amount must be positive")
             params["amount"] = amount
         if reason is not None:
-            if reason not in ("duplicate", "fraudulent", "requested_by_customer"):
-                raise PermanentStripeError(f"Invalid reason: {reason}", param="reason", http_status=400)
             params["reason"] = reason
         if metadata:
             params["metadata"] = dict(metadata)
