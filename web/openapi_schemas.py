@@ -350,6 +350,7 @@ def schemas() -> dict[str, Schema]:
                 "amount_display": STRING,
                 "reason": nullable({"type": "string", "enum": list(REFUND_REASONS)}),
                 "source": {"type": "string", "enum": list(REFUND_SOURCES)},
+                "requested_by": STRING,
                 "stripe_refund_id": nullable(STRING),
                 "failure_reason": nullable(STRING),
                 "created_at": TIME,

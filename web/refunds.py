@@ -57,6 +57,7 @@ def refund_json(refund: Refund) -> dict[str, Any]:
         "amount_display": format_money(refund.amount, refund.currency),
         "reason": refund.reason,
         "source": refund.source,
+        "requested_by": refund.requested_by,
         "stripe_refund_id": refund.stripe_refund_id,
         "failure_reason": refund.failure_reason,
         "created_at": refund.created_at.isoformat().replace("+00:00", "Z"),

@@ -104,3 +104,21 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
         page.reload()
     expect(page.locator("#amount-due")).to_have_text("$0.00")  # the funds reinstated
     expect(page.locator(".dispute-banner")).to_have_count(0)
+
+
+def test_a_refund_the_emulator_fails_never_leaves_the_ledger(page: Page, web_stack: Stack) -> None:
+    st = web_stack
+    invoice = _paid_invoice(st, "pm_card_visa")
+    st.faults(refund_failure_rate=1.0)  # every new refund: pending, then failed (refund.failed)
+    try:
+        admin_login(page, st)
+        page.goto(f"{st.base}/admin/invoices/{invoice['id']}")
+        page.get_by_label("Amount to refund (USD)").fill("40")
+        page.get_by_role("button", name="Refund").click()
+        status = page.locator("#refund-list .refund-status").first
+        expect(status).to_have_text("Failed", timeout=20_000)
+    finally:
+        st.faults(refund_failure_rate=0.0)
+    expect(page.locator("#amount-due")).to_have_text("$0.00")
+    expect(page.locator("#payments")).not_to_contain_text("Refund re_")
+    expect(page.locator("#refunds")).to_contain_text("$100.00 remains refundable")
