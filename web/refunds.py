@@ -13,9 +13,9 @@ from typing import Any
 from flask import Blueprint, abort, flash, g, jsonify, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from shared.domain.models import ChargeAttempt, Dispute, Refund
+from shared.domain.models import ChargeAttempt, Dispute, Invoice, Refund
 from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.domain.refunds import OPEN_DISPUTE_STATUSES, REFUND_REASONS, RefundRefused
 from shared.services.disputes import open_disputes, reason_words
@@ -68,26 +68,26 @@ def refund_json(refund: Refund) -> dict[str, Any]:
 # ---- the panels the pages include ------------------------------------------------------------------
 
 
-# The pages these panels go on. Their data is read before the page's view opens its own transaction
-# (on SQLite a second transaction inside it would wait for the first), and only for a signed-in admin
-# (the view itself checks the session is still good before it renders anything).
-_PANELS = {"admin.invoice", "admin.charges"}
+@admin_bp.app_template_global("refund_panel")
+def refund_panel(invoice: Invoice) -> dict[str, Any]:
+    """The invoice page's refunds and disputes, read in the page's own transaction (the invoice's
+    session): what it shows agrees with the page's ledger figures."""
+    db = object_session(invoice)
+    if db is not None:
+        return _refund_panel(db, invoice.id)
+    with session_scope() as own:
+        return _refund_panel(own, invoice.id)
 
 
 @admin_bp.before_app_request
-def _read_panels() -> None:
-    if request.endpoint not in _PANELS or request.method != "GET" or ADMIN_KEY not in session:
+def _read_open_disputes() -> None:
+    """The Charges page's open disputes, read before its view opens its transaction (on SQLite a second
+    transaction inside it would wait for the first), and only for a signed-in admin (the view checks
+    the session is still good before it renders anything)."""
+    if request.endpoint != "admin.charges" or request.method != "GET" or ADMIN_KEY not in session:
         return
     with session_scope() as db:
-        if request.endpoint == "admin.charges":
-            g.open_disputes_panel = [dispute_json(d) for d in open_disputes(db)]
-        else:
-            g.refund_panel = _refund_panel(db, int((request.view_args or {})["invoice_id"]))
-
-
-@admin_bp.app_template_global("refund_panel")
-def refund_panel() -> dict[str, Any]:
-    return g.get("refund_panel") or {"charges": [], "refunds": [], "disputes": [], "reasons": REASON_WORDS}
+        g.open_disputes_panel = [dispute_json(d) for d in open_disputes(db)]
 
 
 @admin_bp.app_template_global("open_disputes_panel")

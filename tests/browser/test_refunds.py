@@ -3,6 +3,9 @@ worker, the emulator sending its webhooks)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -18,6 +21,15 @@ def _paid_invoice(st: Stack, token: str) -> dict[str, object]:
     assert status == 202, charge
     assert st.wait_charge(charge["id"])["status"] == "succeeded"
     return invoice
+
+
+def _reload_until(page: Page, shown: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Reload the page until `shown()` is true (what the webhooks bring has no live update)."""
+    deadline = time.monotonic() + timeout
+    while not shown():
+        assert time.monotonic() < deadline, f"not shown after {timeout}s"
+        page.wait_for_timeout(200)
+        page.reload()
 
 
 def test_an_admin_refunds_part_of_a_paid_invoice_and_more_than_remains_is_refused(
@@ -77,12 +89,9 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
     invoice = _paid_invoice(st, "pm_card_createDispute")
     admin_login(page, st)
     page.goto(f"{st.base}/admin/invoices/{invoice['id']}")
+    # The dispute's webhooks arrive after the charge's: look again until the funds withdrawn are in.
+    _reload_until(page, lambda: page.locator("#amount-due").inner_text() == "$100.00")
     banner = page.locator(".dispute-banner")
-    for _ in range(40):  # the dispute's webhooks arrive after the charge's: look until they have
-        if banner.count():
-            break
-        page.wait_for_timeout(250)
-        page.reload()
     expect(banner).to_contain_text("Disputed")
     expect(banner).to_contain_text("$100.00")
     expect(banner).to_contain_text("fraudulent")
@@ -97,11 +106,7 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
     status, body = http("POST", f"{st.emu}/_emulator/disputes/{dispute_id}/settle", {"status": "won"})
     assert status == 200, body
     page.goto(f"{st.base}/admin/invoices/{invoice['id']}")
-    for _ in range(40):
-        if page.locator("#amount-due").inner_text() == "$0.00":
-            break
-        page.wait_for_timeout(250)
-        page.reload()
+    _reload_until(page, lambda: page.locator("#amount-due").inner_text() == "$0.00")
     expect(page.locator("#amount-due")).to_have_text("$0.00")  # the funds reinstated
     expect(page.locator(".dispute-banner")).to_have_count(0)
 
