@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,6 +61,9 @@ KEY_REPLAY_WINDOW = timedelta(hours=23)
 ITS_OWN = object()
 
 
+_LOCK_INVOICE = (
+    select(Invoice.id).where(Invoice.id == bindparam("invoice_id")).with_for_update(key_share=True)
+)
 IN_PROGRESS = "A refund of this charge is on its way to Stripe already."
 
 
@@ -119,8 +122,10 @@ def request_refund(
     if attempt is None:
         raise RefundNotFound(attempt_id)
     # Concurrent requests for one invoice queue up here (PostgreSQL; SQLite serialises writers anyway):
-    # the second sees the first's refund holding its amount.
-    session.execute(select(Invoice.id).where(Invoice.id == attempt.invoice_id).with_for_update())
+    # the second sees the first's refund holding its amount. NO KEY UPDATE, as a charge request's: rows
+    # that reference the invoice (a webhook's ledger entry, under its attempt's lock) do not wait, so
+    # the two cannot deadlock on the attempt this refund's row references.
+    session.execute(_LOCK_INVOICE, {"invoice_id": attempt.invoice_id})
     if reason is not None and reason not in REFUND_REASONS:
         raise RefundRefused("invalid_reason", f"reason must be one of {', '.join(REFUND_REASONS)}.")
     figures = charge_refunds(session, attempt)
@@ -389,7 +394,7 @@ def _refund_made_elsewhere(session: Session, view: RefundView, account: str | No
             MismatchReason.REFUND,
             f"Refund {view.id}: payment {view.payment_intent_id} is not a charge of ours.",
         )
-    session.execute(select(Invoice.id).where(Invoice.id == attempt.invoice_id).with_for_update())
+    session.execute(_LOCK_INVOICE, {"invoice_id": attempt.invoice_id})
     if (account or None) != (attempt.stripe_account_id or None):
         raise Mismatch(
             MismatchReason.ACCOUNT,

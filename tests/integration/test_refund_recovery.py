@@ -58,6 +58,8 @@ def test_two_clicks_make_one_refund_and_a_worker_killed_after_stripe_accepted_it
         url = f"/api/charges/{charge['id']}/refunds"
         with ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(lambda _: st.api("POST", url, {"reason": "duplicate"}), range(2)))
+        if sorted(status for status, _ in answers) != [202, 409]:
+            st.dump_logs()
         assert sorted(status for status, _ in answers) == [202, 409], answers
         refund_id = next(body["id"] for status, body in answers if status == 202)
         refused = next(body for status, body in answers if status == 409)
