@@ -58,7 +58,7 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     import web.admin_invoices
     import web.api_lists
     import web.stripe_settings  # noqa: F401
-    from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
+    from web import admin, api, client_zone, errors, health, metrics, pages, refunds, request_log, webhooks
 
     # Every <int:...> in a URL is a database id: beyond a 32-bit integer no row can match, and the
     # database would refuse the number (PostgreSQL) or overflow (SQLite) — a 404, not a 500.
@@ -72,6 +72,8 @@ def create_app(config: Config | None = None, *, runtime: Runtime | None = None, 
     app.register_blueprint(metrics.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(client_zone.bp)
+    app.register_blueprint(refunds.admin_bp)
+    app.register_blueprint(refunds.api_bp)
     app.add_url_rule("/", "index", lambda: redirect(url_for("client.login")))
     app.after_request(_security_headers)
     if https:

@@ -403,6 +403,48 @@ def _paths() -> dict[str, Schema]:
                 parameters=[CHARGE_ID],
             )
         },
+        "/api/charges/{charge_id}/refunds": {
+            "post": _operation(
+                "Refund a card charge",
+                {
+                    "202": json_content(
+                        ref("Refund"),
+                        "Requested (`pending`): a worker asks Stripe under the refund's own idempotency key; "
+                        "read it back with GET /api/refunds/{refund_id}.",
+                    ),
+                    "404": error("No such charge (`not_found`)."),
+                    "409": error(
+                        "The charge cannot be refunded so: not a succeeded card charge (`not_refundable`), "
+                        "disputed (`charge_disputed`), more than remains refundable (`amount_too_large`), "
+                        "nothing left (`nothing_refundable`), or a refund of it on its way to Stripe "
+                        "(`refund_in_progress`)."
+                    ),
+                    "422": INVALID,
+                },
+                tags=["refunds"],
+                parameters=[CHARGE_ID],
+                body=_body(ref("RefundRequest"), required=False),
+            )
+        },
+        "/api/refunds/{refund_id}": {
+            "get": _operation(
+                "A refund",
+                {
+                    "200": json_content(ref("Refund"), "The refund, in Stripe's states."),
+                    "404": error("No such refund (`not_found`)."),
+                },
+                tags=["refunds"],
+                parameters=[
+                    {
+                        "name": "refund_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The refund's id (a UUID, lowercase).",
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+            )
+        },
         "/webhooks/stripe": {
             "post": _operation(
                 "Receive a Stripe event",
@@ -460,7 +502,8 @@ def document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "tags": [
-            {"name": name} for name in ("settings", "clients", "invoices", "charges", "webhooks", "meta")
+            {"name": name}
+            for name in ("settings", "clients", "invoices", "charges", "refunds", "webhooks", "meta")
         ],
         "paths": _paths(),
         "components": {

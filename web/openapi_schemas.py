@@ -9,6 +9,7 @@ from shared.domain.eligibility import BlockerCode
 from shared.domain.ledger import InvoiceStatus
 from shared.domain.models import ATTEMPT_SOURCES, INVOICE_PAYMENT_METHODS, LEDGER_METHODS
 from shared.domain.money import STRIPE_MAXIMUM_AMOUNT, THREE_DECIMAL
+from shared.domain.refunds import REFUND_REASONS, REFUND_SOURCES, RefundStatus
 from shared.domain.states import AttemptStatus
 from web import MAX_DATABASE_ID
 
@@ -388,6 +389,39 @@ def schemas() -> dict[str, Schema]:
             },
         },
         "ChargeList": closed({"data": {"type": "array", "items": ref("Charge")}}),
+        "Refund": closed(
+            {
+                "id": {"type": "string", "format": "uuid"},
+                "charge_id": {"type": "string", "format": "uuid"},
+                "invoice_id": {"type": "integer"},
+                "status": {"type": "string", "enum": [s.value for s in RefundStatus]},
+                "status_label": STRING,
+                "amount": MINOR_UNITS,
+                "currency": STRING,
+                "amount_display": STRING,
+                "reason": nullable({"type": "string", "enum": list(REFUND_REASONS)}),
+                "source": {"type": "string", "enum": list(REFUND_SOURCES)},
+                "requested_by": STRING,
+                "stripe_refund_id": nullable(STRING),
+                "failure_reason": nullable(STRING),
+                "created_at": TIME,
+                "updated_at": TIME,
+            }
+        ),
+        "RefundRequest": {
+            "type": "object",
+            "example": {"amount": 2500, "reason": "requested_by_customer"},
+            "properties": {
+                "amount": nullable(
+                    {
+                        **MINOR_UNITS,
+                        "minimum": 1,
+                        "description": "Part of what remains refundable (more: a 409); null or absent: all.",
+                    }
+                ),
+                "reason": nullable({"type": "string", "enum": list(REFUND_REASONS)}),
+            },
+        },
         "StripeEvent": {
             "type": "object",
             "description": "A Stripe event, verified against Stripe-Signature over the raw body.",

@@ -20,10 +20,16 @@ from shared.services.daily_reconciliation import (
     reconcile_day,
     yesterday_utc,
 )
+from shared.services.disputes import TASK_NOTIFY_DISPUTE, deliver_dispute_notification
 from shared.services.janitor import recover_charges, run_janitor
-from shared.services.notifications import deliver_charge_notification, deliver_login_link
+from shared.services.notifications import (
+    deliver_charge_notification,
+    deliver_login_link,
+    deliver_refund_receipt,
+)
 from shared.services.ports import Publisher, RateBudgetTimeout, RateBudgetUnavailable
 from shared.services.reconciliation_records import DayReport
+from shared.services.refunds import TASK_NOTIFY_REFUND, TASK_RUN_REFUND, run_refund
 from shared.services.webhook_drain import drain_events
 from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, process_event
 
@@ -153,6 +159,27 @@ def open_due_retries_task() -> int:
 def notify_charge(attempt_id: str, kind: str) -> bool:
     rt = runtime()
     return deliver_charge_notification(rt.sessions, rt.config, rt.mailer, attempt_id, kind)
+
+
+@shared_task(name=TASK_RUN_REFUND, acks_late=True)
+def run_refund_task(refund_id: str) -> str:
+    """Make a requested refund at Stripe under its key (shared.services.refunds.run_refund); a retry is
+    an outbox row the relay publishes when due, a worker lost midway is the janitor's."""
+    outcome = run_refund(runtime().sessions, runtime().gateway, refund_id)
+    log.info("refund %s", outcome)
+    return outcome
+
+
+@shared_task(name=TASK_NOTIFY_REFUND, acks_late=True)
+def notify_refund(refund_id: str) -> bool:
+    rt = runtime()
+    return deliver_refund_receipt(rt.sessions, rt.mailer, refund_id)
+
+
+@shared_task(name=TASK_NOTIFY_DISPUTE, acks_late=True)
+def notify_dispute(dispute_id: int) -> int:
+    rt = runtime()
+    return deliver_dispute_notification(rt.sessions, rt.config, rt.mailer, dispute_id)
 
 
 @shared_task(

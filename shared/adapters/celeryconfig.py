@@ -67,6 +67,10 @@ _FIXED: dict[str, Any] = {
         "offsession.process_webhook_event": {"queue": "webhooks"},
         "offsession.drain_webhook_events": {"queue": "webhooks"},
         "offsession.notify_charge": {"queue": "webhooks"},
+        # A refund moves money: beside the charges, not behind a long maintenance job.
+        "offsession.run_refund": {"queue": "charges"},
+        "offsession.notify_refund": {"queue": "webhooks"},
+        "offsession.notify_dispute": {"queue": "webhooks"},
         "offsession.*": {"queue": "maintenance"},
     },
     "task_default_queue": "maintenance",

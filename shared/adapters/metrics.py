@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Config
 from shared.domain.binding import MismatchReason
-from shared.domain.models import BatchRun, ChargeAttempt, WebhookEvent, utcnow
+from shared.domain.models import BatchRun, ChargeAttempt, Dispute, Refund, WebhookEvent, utcnow
+from shared.domain.refunds import OPEN_DISPUTE_STATUSES, RefundStatus
 from shared.domain.states import AttemptStatus
 
 __all__ = [
@@ -278,6 +279,10 @@ class OffsessionCollector(Collector):
                     .group_by(WebhookEvent.flagged_reason)
                 ).all()
             )
+            open_disputes = session.scalar(
+                select(func.count()).where(Dispute.status.in_(OPEN_DISPUTE_STATUSES))
+            )
+            refunds = dict(session.execute(select(Refund.status, func.count()).group_by(Refund.status)).all())
             latest_run = session.execute(
                 select(
                     BatchRun.id,
@@ -344,6 +349,17 @@ class OffsessionCollector(Collector):
         for reason in MismatchReason:
             flagged_events.add_metric([reason.value], int(flagged.get(reason.value, 0)))
         families.append(flagged_events)
+        families.append(
+            GaugeMetricFamily(
+                "offsession_disputes_open",
+                "Disputes of card payments still open at Stripe (needing a response or under review).",
+                value=int(open_disputes or 0),
+            )
+        )
+        refund_family = GaugeMetricFamily("offsession_refunds", "Refunds by status.", labels=["status"])
+        for refund_status in RefundStatus:
+            refund_family.add_metric([refund_status.value], int(refunds.get(refund_status.value, 0)))
+        families.append(refund_family)
         families.extend(self._batch_families(latest_run, run_outcomes))
         return families
 

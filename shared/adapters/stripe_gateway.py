@@ -18,6 +18,7 @@ from shared.adapters.stripe_calls import AccountCallback, CallObserver
 from shared.adapters.stripe_cards import CardCalls
 from shared.adapters.stripe_checkout import CheckoutCalls
 from shared.adapters.stripe_payments import PaymentCalls
+from shared.adapters.stripe_refunds import RefundCalls
 from shared.adapters.stripe_wire import (
     STRIPE_NETWORK_RETRIES,
 )
@@ -31,7 +32,7 @@ from shared.domain.payments import (
 __all__ = ["StripeGateway", "gateway_from_config"]
 
 
-class StripeGateway(AccountCalls, CardCalls, CheckoutCalls, PaymentCalls):
+class StripeGateway(AccountCalls, CardCalls, CheckoutCalls, PaymentCalls, RefundCalls):
     """Stripe, as the product needs it: one mixin per group of calls over StripeCalls's plumbing. Every
     method that touches account objects takes `stripe_account` (a Connect account id sent as
     Stripe-Account; None = the platform account itself)."""

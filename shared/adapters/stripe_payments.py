@@ -1,4 +1,4 @@
-"""PaymentIntents and refunds at Stripe: the calls that move money, and the reads that tell what moved."""
+"""PaymentIntents at Stripe: the calls that move money, and the reads that tell what moved."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from stripe.params import PaymentIntentListParams, RefundCreateParams
+from stripe.params import PaymentIntentListParams
 
 from shared.adapters.stripe_calls import StripeCalls
 from shared.adapters.stripe_wire import (
@@ -21,10 +21,8 @@ from shared.domain.payments import (
     ChargeRequest,
     PaymentIntentView,
     PermanentStripeError,
-    RefundView,
     RequiresAction,
     classify_payment_intent,
-    id_of,
     outcome_from_card_error,
     payment_intent_view,
 )
@@ -33,7 +31,7 @@ __all__ = ["PaymentCalls"]
 
 
 class PaymentCalls(StripeCalls):
-    """Off-session charges, their on-session confirmation, reads and lists, and refunds."""
+    """Off-session charges, their on-session confirmation, reads and lists."""
 
     # ---- charges -----------------------------------------------------------------------------------
 
@@ -173,32 +171,3 @@ class PaymentCalls(StripeCalls):
             "created": {"gte": unix_seconds(created_gte), "lt": unix_seconds(created_lt)}
         }
         return self._list_payment_intents(params, stripe_account)
-
-    def refund(
-        self,
-        payment_intent_id: str,
-        *,
-        idempotency_key: str,
-        amount: int | None = None,
-        stripe_account: str | None = None,
-    ) -> RefundView:
-        """Refund all (amount=None) or part of a succeeded PaymentIntent."""
-        params: RefundCreateParams = {"payment_intent": payment_intent_id}
-        if amount is not None:
-            if amount <= 0:
-                raise ValueError("a refund amount must be positive")
-            params["amount"] = amount
-        data = self._call(
-            "refund",
-            stripe_account,
-            lambda: self._client.v1.refunds.create(
-                params, options=request_options(idempotency_key, stripe_account)
-            ),
-        )
-        return RefundView(
-            id=data["id"],
-            status=str(data.get("status")),
-            amount=int(data.get("amount") or 0),
-            currency=str(data.get("currency") or ""),
-            payment_intent_id=id_of(data.get("payment_intent")),
-        )

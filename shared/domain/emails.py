@@ -24,9 +24,11 @@ __all__ = [
     "NotificationKind",
     "authentication_email",
     "compose_message",
+    "dispute_email",
     "failure_email",
     "login_link_email",
     "receipt_email",
+    "refund_receipt_email",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -176,8 +178,68 @@ def authentication_email(
 
 # The dunning decision's notify_kind values plus the receipt.
 NotificationKind = Literal[
-    "receipt", "will_retry", "card_update_needed", "authentication_needed", "login_link"
+    "receipt",
+    "will_retry",
+    "card_update_needed",
+    "authentication_needed",
+    "login_link",
+    "refund_receipt",
+    "dispute_opened",
 ]
+
+
+def refund_receipt_email(
+    *,
+    client_name: str,
+    invoice_number: str,
+    amount: int,
+    currency: str,
+    card_brand: str,
+    card_last4: str,
+    refunded_at: datetime,
+) -> EmailContent:
+    """Sent once a refund succeeded at Stripe."""
+    money = format_money(amount, currency)
+    card = f"{card_brand.title()} card ending in {card_last4}"
+    subject = f"Refund: {money} for invoice {invoice_number}"
+    lines = [
+        _greeting(client_name),
+        f"We refunded {money} of your payment for invoice {invoice_number} on {_day(refunded_at)}.",
+        f"It goes back to your {card}; banks usually show it within 5 to 10 business days.",
+    ]
+    text = "\n\n".join(lines) + "\n"
+    return EmailContent(subject, text, _html_document([html.escape(line) for line in lines]))
+
+
+def dispute_email(
+    *,
+    invoice_number: str,
+    client_name: str,
+    amount: int,
+    currency: str,
+    reason: str,
+    status: str,
+    evidence_due_by: datetime | None,
+    invoice_url: str,
+) -> EmailContent:
+    """Sent to the admins when a client's bank opens a dispute of a card payment."""
+    money = format_money(amount, currency)
+    subject = f"Dispute: {money} of invoice {invoice_number} ({reason})"
+    lines = [
+        f"{client_name}'s bank disputes {money} paid by card for invoice {invoice_number}.",
+        f"Reason: {reason}. Status at Stripe: {status.replace('_', ' ')}.",
+        (
+            f"Evidence is due by {_moment(evidence_due_by)}: answer it in the Stripe Dashboard."
+            if evidence_due_by is not None
+            else "Answer it in the Stripe Dashboard."
+        ),
+    ]
+    text = "\n\n".join([*lines, invoice_url]) + "\n"
+    return EmailContent(
+        subject,
+        text,
+        _html_document([html.escape(line) for line in lines], ("Open the invoice", invoice_url)),
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Pure: no I/O, no SDK. Stripe's JSON comes in as plain mappings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 REQUIRED_CHARGE_METADATA = ("invoice_id", "invoice_number", "charge_attempt_id")
@@ -239,11 +239,27 @@ class WebhookEndpointView:
 
 @dataclass(frozen=True)
 class RefundView:
+    """A Stripe Refund as the product reads it (docs.stripe.com/api/refunds/object)."""
+
     id: str
     status: str
     amount: int
     currency: str
     payment_intent_id: str | None
+    failure_reason: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def refund_view(data: Mapping[str, Any]) -> RefundView:
+    return RefundView(
+        id=str(data["id"]),
+        status=str(data.get("status")),
+        amount=int(data.get("amount") or 0),
+        currency=str(data.get("currency") or ""),
+        payment_intent_id=id_of(data.get("payment_intent")),
+        failure_reason=data.get("failure_reason") or None,
+        metadata=dict(data.get("metadata") or {}),
+    )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from shared.services.charging import KEY_REPLAY_WINDOW, charge_request_for
 from shared.services.dunning import retry_policy
 from shared.services.leases import lease_lapsed
 from shared.services.ports import Publisher, StripePort
+from shared.services.refunds import settle_stale_refunds
 from shared.services.webhook_drain import redrive_cutoff, unprocessed_event_ids
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class JanitorReport:
     webhook_events_redriven: int = 0
     outbox_published: int = 0
     expired_authentications: int = 0
+    # Refunds left pending whose worker died or whose news was lost, settled from Stripe, by outcome.
+    refunds_settled: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
         resolved = ", ".join(f"{n} {status}" for status, n in sorted(self.resolved.items())) or "none"
@@ -81,6 +84,11 @@ class JanitorReport:
             f"{self.flagged_for_operator}; re-queued: {self.requeued}; webhook events re-driven: "
             f"{self.webhook_events_redriven}; outbox messages published: {self.outbox_published}; "
             f"authentications expired: {self.expired_authentications}"
+            + (
+                "; refunds settled: " + ", ".join(f"{n} {o}" for o, n in sorted(self.refunds_settled.items()))
+                if self.refunds_settled
+                else ""
+            )
         )
 
 
@@ -372,6 +380,7 @@ def run_janitor(
     report.expired_authentications = expire_authentications(
         factory, gateway, now=moment, ttl=retry_policy().authentication_ttl
     )
+    report.refunds_settled.update(settle_stale_refunds(factory, gateway, now=moment))
     report.requeued = len(republish_stranded(factory, now=moment))
     with factory() as session:
         event_ids = unprocessed_event_ids(session, older_than=redrive_cutoff(moment))

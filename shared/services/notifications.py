@@ -24,9 +24,10 @@ from shared.domain.emails import (
     failure_email,
     login_link_email,
     receipt_email,
+    refund_receipt_email,
 )
 from shared.domain.link_tokens import AUTHENTICATE, LINK_LIFETIMES, SIGN_IN, UPDATE_CARD, link_url
-from shared.domain.models import ChargeAttempt, Client, DunningState, NotificationLog, utcnow
+from shared.domain.models import ChargeAttempt, Client, DunningState, NotificationLog, Refund, utcnow
 from shared.services import audit
 from shared.services.admins import AdminError, normalize_email
 from shared.services.client_links import issue_link
@@ -94,7 +95,7 @@ def build_charge_notification(
     return Notification(kind, attempt.id, client.email, content)  # type: ignore[arg-type]
 
 
-def _claim(session: Session, row: NotificationLog) -> bool:
+def claim_notification(session: Session, row: NotificationLog) -> bool:
     """Insert the claim in a savepoint of the caller's transaction; False when the event was claimed
     before (then the caller does nothing else: no link is issued)."""
     try:
@@ -135,11 +136,48 @@ def deliver_charge_notification(
             subject="",
             sent_at=utcnow(),
         )
-        if not _claim(session, claim):
+        if not claim_notification(session, claim):
             return False
         notification = build_charge_notification(session, config, attempt, kind)
         assert notification is not None  # every kind of CHARGE_KINDS has its email
         claim.subject = notification.content.subject[:300]
+    send_claimed(notification, mailer, release=_releaser(factory))
+    return True
+
+
+def deliver_refund_receipt(factory: sessionmaker[Session], mailer: Mailer, refund_id: str) -> bool:
+    """The client's receipt for a refund that succeeded, once; True when sent now."""
+    with factory() as session, session.begin():
+        refund = session.get(Refund, refund_id)
+        if refund is None or refund.status != "succeeded":
+            return False
+        attempt = refund.charge_attempt
+        client = refund.invoice.client
+        claim = NotificationLog(
+            dedupe_key=f"refund_receipt:{refund_id}",
+            kind="refund_receipt",
+            client_id=client.id,
+            charge_attempt_id=attempt.id,
+            recipient=client.email,
+            subject="",
+            sent_at=utcnow(),
+        )
+        if not claim_notification(session, claim):
+            return False
+        card = next(
+            (c for c in client.cards if c.stripe_payment_method_id == attempt.payment_method_id), None
+        )
+        content = refund_receipt_email(
+            client_name=client.name,
+            invoice_number=refund.invoice.number,
+            amount=refund.amount,
+            currency=refund.currency,
+            card_brand=card.brand if card else "card",
+            card_last4=card.last4 if card else "••••",
+            refunded_at=refund.updated_at or utcnow(),
+        )
+        claim.subject = content.subject[:300]
+        notification = Notification("refund_receipt", refund_id, client.email, content)
     send_claimed(notification, mailer, release=_releaser(factory))
     return True
 
@@ -166,7 +204,7 @@ def deliver_login_link(
             subject="",
             sent_at=utcnow(),
         )
-        if not _claim(session, claim):
+        if not claim_notification(session, claim):
             return False
         link = issue_link(session, client.id, SIGN_IN)
         audit.record(session, f"client:{client.id}", "client.login_link_sent")

@@ -214,14 +214,27 @@ class StripePort(Protocol):
         """Every PaymentIntent created in [created_gte, created_lt), newest first."""
         ...
 
-    def refund(
+    def create_refund(
         self,
         payment_intent_id: str,
         *,
         idempotency_key: str,
         amount: int | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
-    ) -> RefundView: ...
+    ) -> RefundView:
+        """Refund all (amount=None) or part of a succeeded PaymentIntent; a replay of the same request
+        (same key, same parameters) answers the first refund."""
+        ...
+
+    def retrieve_refund(self, refund_id: str, *, stripe_account: str | None = None) -> RefundView: ...
+
+    def find_refunds(
+        self, payment_intent_id: str, metadata_key: str, value: str, *, stripe_account: str | None = None
+    ) -> list[RefundView]:
+        """The PaymentIntent's refunds whose metadata[metadata_key] is `value`."""
+        ...
 
     def verify_webhook(
         self,

@@ -23,9 +23,11 @@ from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, table_of,
 from shared.domain.payments import PaymentIntentView, payment_intent_view
 from shared.domain.states import observe
 from shared.log_context import bind_log_ids
-from shared.services import audit, payments
+from shared.services import audit
+from shared.services import refunds as refunds_service
 from shared.services.attempts import apply_payment_intent, reported_status
 from shared.services.card_setup_events import CARD_SETUP_EVENTS, apply_card_setup_event, is_card_setup_event
+from shared.services.disputes import DISPUTE_EVENTS, apply_dispute_event
 from shared.services.ports import StripePort
 from shared.services.stripe_connection import DEAUTHORIZED_EVENT, apply_deauthorization
 
@@ -33,7 +35,9 @@ log = logging.getLogger(__name__)
 
 # A poison event (one that crashes its worker every time) is given up after this many tries.
 MAX_PROCESSING_ATTEMPTS = 8
-REFUND_EVENTS = frozenset({"charge.refunded", "refund.created", "refund.updated", "charge.refund.updated"})
+REFUND_EVENTS = frozenset(
+    {"charge.refunded", "refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
 # The event types a Stripe webhook endpoint for Offsession subscribes to (enabled_events): those has_work
 # acts on. Every payment_intent.* outcome but .created (the outcome comes in its own event); the rest
 # (customers, cards, charge.succeeded beside payment_intent.succeeded, ...) would only be stored.
@@ -49,6 +53,7 @@ EVENTS_WITH_WORK = (
     *CARD_SETUP_EVENTS,
     # The connected account let go of the platform: charges are blocked (shared.services.stripe_connection).
     DEAUTHORIZED_EVENT,
+    *sorted(DISPUTE_EVENTS),
 )
 # The coalesced drain (drain_events): one task empties the table of events with work, instead of one
 # message per event (the flag in shared.adapters.drain_flag holds back needless ones).
@@ -275,14 +280,15 @@ def _why_not_claimed(session: Session, event_row_id: int) -> str:
 
 
 def has_work(event_type: str, event: dict[str, Any]) -> bool:
-    """Whether processing may change anything: a PaymentIntent's outcome, a refund or a card saved through
-    Checkout. The rest (created, charge.succeeded beside its payment_intent.succeeded, customers, ...) is
-    only kept."""
+    """Whether processing may change anything: a PaymentIntent's outcome, a refund, a dispute, a card
+    saved through Checkout or a deauthorization. The rest (created, charge.succeeded beside its
+    payment_intent.succeeded, customers, ...) is only kept."""
     obj = (event.get("data") or {}).get("object") or {}
     if event_type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
         return event_type != "payment_intent.created"
     return (
         event_type in REFUND_EVENTS
+        or event_type in DISPUTE_EVENTS
         or event_type == DEAUTHORIZED_EVENT
         or is_card_setup_event(event_type, obj)
     )
@@ -299,7 +305,7 @@ def _apply(
     event_type: str,
     event: dict[str, Any],
 ) -> str:
-    """A payment_intent.*, refund or card setup event (see has_work), marked processed in its last
+    """A payment_intent.*, refund, dispute or card setup event (see has_work), marked processed in its last
     transaction.
 
     An event that does not match what it would change (mode, account, PaymentIntent, customer,
@@ -322,6 +328,11 @@ def _apply(
         if event_type in REFUND_EVENTS:
             outcome = _apply_refunds(factory, gateway, event_type, obj, actor, account)
             with factory() as session, session.begin():
+                _mark_processed(session, event_row_id)
+            return outcome
+        if event_type in DISPUTE_EVENTS:
+            with factory() as session, session.begin():
+                outcome = apply_dispute_event(session, event_type, event, obj, actor=actor, account=account)
                 _mark_processed(session, event_row_id)
             return outcome
         return _apply_payment_intent_event(factory, gateway, event_row_id, obj, actor, account)
@@ -423,15 +434,14 @@ def _apply_refunds(
     actor: str,
     account: str | None,
 ) -> str:
-    """Record the event's succeeded refunds, all of them or (Mismatch) none."""
+    """Apply the event's refunds (shared.services.refunds.apply_stripe_refund), all of them or (Mismatch)
+    none: a refund of ours moves to Stripe's status, one made elsewhere is recorded; the ledger follows."""
     if obj.get("object") == "refund":
         refunds = [obj]
     else:  # a Charge: its refunds list, when the API version includes it
         refunds = list(((obj.get("refunds") or {}).get("data")) or [])
     ours: list[tuple[dict[str, Any], str]] = []
     for refund in refunds:
-        if refund.get("status") != "succeeded":
-            continue
         pi_id = _id(refund.get("payment_intent")) or _id(obj.get("payment_intent"))
         if pi_id is None:
             continue
@@ -449,7 +459,7 @@ def _apply_refunds(
     recorded = 0
     with factory() as session, session.begin():
         for refund, pi_id in ours:
-            recorded += payments.record_card_refund(session, refund, pi_id, actor, account)
+            recorded += refunds_service.apply_stripe_refund(session, refund, pi_id, actor, account)
     return f"{event_type}: {recorded} refund(s) recorded"
 
 

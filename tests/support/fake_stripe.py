@@ -65,6 +65,7 @@ from shared.domain.payments import (
     WebhookSignatureError,
     classify_payment_intent,
     payment_intent_view,
+    refund_view,
 )
 from stripe_emulator import cards
 
@@ -231,6 +232,8 @@ class FakeStripeServer:
             "latency_ms": 0,
         }
         self.counters = {"errors_injected": 0, "rate_limited": 0, "dropped_after_commit": 0}
+        # The status a new refund starts in ("pending" as pm_card_pendingRefund; settle_refund moves it).
+        self.new_refund_status = "succeeded"
         self._rate_window: tuple[int, int] = (0, 0)  # (second, requests in it)
         # GET /v1/account: the key's own account, the connected accounts a Stripe-Account may name (any
         # other is refused with 403, as Stripe does), keys refused with 401, and OAuth codes not yet used.
@@ -758,7 +761,20 @@ class FakeStripeServer:
             pm["customer"] = setup["customer"]
         acct.set_up.add(pm["id"])
 
-    def _refund(self, acct: _Account, payment_intent_id: str, amount: int | None) -> dict[str, Any]:
+    def _refund(
+        self,
+        acct: _Account,
+        payment_intent_id: str,
+        amount: int | None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
+            raise _ApiError(
+                400,
+                "Invalid reason: must be one of duplicate, fraudulent or requested_by_customer",
+                param="reason",
+            )
         pi = acct.payment_intents.get(payment_intent_id)
         if pi is None:
             raise _ApiError(
@@ -797,9 +813,11 @@ class FakeStripeServer:
             "charge": pi["latest_charge"],
             "created": self.now(),
             "currency": pi["currency"],
-            "metadata": {},
+            "failure_reason": None,
+            "metadata": dict(metadata or {}),
             "payment_intent": pi["id"],
-            "status": "succeeded",
+            "reason": reason,
+            "status": self.new_refund_status,
         }
         acct.refunds[refund["id"]] = refund
         pi["_amount_refunded"] += amount
@@ -818,6 +836,21 @@ class FakeStripeServer:
         self.emit(acct, "refund.created", refund)
         self.emit(acct, "charge.refunded", charge)
         return copy.deepcopy(refund)
+
+    def settle_refund(self, refund_id: str, status: str, stripe_account: str | None = None) -> dict[str, Any]:
+        """A refund's later step, as Stripe's: pending -> succeeded or failed, succeeded -> failed (the
+        card was closed); a failed refund's amount is refundable again."""
+        with self.lock:
+            acct = self.account(stripe_account)
+            refund = acct.refunds[refund_id]
+            assert status in ("succeeded", "failed"), status
+            refund["status"] = status
+            if status == "failed":
+                refund["failure_reason"] = "expired_or_canceled_card"
+                acct.payment_intents[refund["payment_intent"]]["_amount_refunded"] -= refund["amount"]
+                self.emit(acct, "refund.failed", refund)
+            self.emit(acct, "refund.updated", refund)
+            return copy.deepcopy(refund)
 
     def rendered(self, pi: dict[str, Any]) -> dict[str, Any]:
         """A PaymentIntent as the API renders it (without the fake's private fields)."""
@@ -1549,12 +1582,14 @@ class FakeStripe:
             )
         )
 
-    def refund(
+    def create_refund(
         self,
         payment_intent_id: str,
         *,
         idempotency_key: str,
         amount: int | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
     ) -> RefundView:
         params: dict[str, Any] = {"payment_intent": payment_intent_id}
@@ -1562,21 +1597,30 @@ class FakeStripe:
             if amount <= 0:
                 raise ValueError("a refund amount must be positive")
             params["amount"] = amount
+        if reason is not None:
+            params["reason"] = reason
+        if metadata:
+            params["metadata"] = dict(metadata)
         data = self._call(
-            "refund",
+            "create_refund",
             stripe_account,
             "post",
             "/v1/refunds",
             params,
-            lambda acct: self.server._refund(acct, payment_intent_id, amount),
+            lambda acct: self.server._refund(acct, payment_intent_id, amount, reason, dict(metadata or {})),
             idempotency_key=idempotency_key,
         )
-        return RefundView(
-            id=data["id"],
-            status=str(data["status"]),
-            amount=int(data["amount"]),
-            currency=str(data["currency"]),
-            payment_intent_id=data.get("payment_intent"),
+        return refund_view(data)
+
+    def retrieve_refund(self, refund_id: str, *, stripe_account: str | None = None) -> RefundView:
+        def read(acct: _Account) -> dict[str, Any]:
+            refund = acct.refunds.get(refund_id)
+            if refund is None:
+                raise _ApiError(404, f"No such refund: '{refund_id}'", code="resource_missing", param="id")
+            return copy.deepcopy(refund)
+
+        return refund_view(
+            self._call("retrieve_refund", stripe_account, "get", f"/v1/refunds/{refund_id}", {}, read)
         )
 
     # ---- the account, its webhook endpoints, Connect OAuth ------------------------------------------
@@ -1731,6 +1775,27 @@ class FakeStripe:
             {"client_id": client_id, "stripe_user_id": account_id},
             deauthorize,
         )
+
+    def find_refunds(
+        self, payment_intent_id: str, metadata_key: str, value: str, *, stripe_account: str | None = None
+    ) -> list[RefundView]:
+        def listing(acct: _Account) -> dict[str, Any]:
+            rows = [
+                copy.deepcopy(r)
+                for r in reversed(acct.refunds.values())
+                if r["payment_intent"] == payment_intent_id
+            ]
+            return {"object": "list", "data": rows, "has_more": False}
+
+        page = self._call(
+            "find_refunds",
+            stripe_account,
+            "get",
+            "/v1/refunds",
+            {"payment_intent": payment_intent_id},
+            listing,
+        )
+        return [refund_view(r) for r in page["data"] if (r.get("metadata") or {}).get(metadata_key) == value]
 
     # ---- webhooks ----------------------------------------------------------------------------------
 

@@ -232,6 +232,8 @@ def url_for_rule(rule: Rule, party: Party) -> str:
             values[arg] = party.client_id
         elif arg == "run_id":
             values[arg] = 1
+        elif arg == "refund_id":
+            values[arg] = "00000000-0000-4000-8000-000000000000"
         elif arg == "token":
             values[arg] = "not-a-real-token"
         else:  # a new route: say so instead of testing it with a made-up value

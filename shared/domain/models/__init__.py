@@ -35,6 +35,7 @@ from shared.domain.models.operations import (
     ReconciliationFinding,
     ReconciliationRun,
 )
+from shared.domain.models.refunds import Dispute, Refund
 
 __all__ = [
     "ATTEMPT_SOURCES",
@@ -53,6 +54,7 @@ __all__ = [
     "ChargeAttempt",
     "Client",
     "ClientLoginToken",
+    "Dispute",
     "DunningState",
     "Invoice",
     "LoginAttempt",
@@ -62,6 +64,7 @@ __all__ = [
     "RateLimitState",
     "ReconciliationFinding",
     "ReconciliationRun",
+    "Refund",
     "Settings",
     "UTCDateTime",
     "WebhookEvent",

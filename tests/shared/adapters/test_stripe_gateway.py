@@ -761,7 +761,7 @@ def test_list_created_between_bounds(http: RecordingHTTPClient) -> None:
 def test_partial_refund(http: RecordingHTTPClient) -> None:
     refund_body = {"id": "re_1", "object": "refund", "status": "succeeded", "amount": 500, "currency": "eur"}
     http.queue(200, {**refund_body, "payment_intent": "pi_1"})
-    refund = make_gateway(http).refund("pi_1", amount=500, idempotency_key="offsession:refund:1")
+    refund = make_gateway(http).create_refund("pi_1", amount=500, idempotency_key="offsession:refund:1")
     assert (refund.id, refund.status, refund.amount) == ("re_1", "succeeded", 500)
     assert refund.payment_intent_id == "pi_1"
     assert http.requests[0].form == {"payment_intent": ["pi_1"], "amount": ["500"]}

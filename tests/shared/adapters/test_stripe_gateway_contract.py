@@ -789,15 +789,59 @@ def test_partial_then_full_refund(gateway: StripeGateway, customer_id: str) -> N
     outcome = gateway.create_offsession_payment_intent(charge_for(customer_id, "pm_card_visa"))
     assert isinstance(outcome, Succeeded)
     key = unique("refund")
-    partial = gateway.refund(outcome.payment_intent_id, amount=234, idempotency_key=key)
+    partial = gateway.create_refund(outcome.payment_intent_id, amount=234, idempotency_key=key)
     assert (partial.status, partial.amount, partial.currency) == ("succeeded", 234, CURRENCY)
     assert partial.payment_intent_id == outcome.payment_intent_id
-    assert gateway.refund(outcome.payment_intent_id, amount=234, idempotency_key=key).id == partial.id
-    rest = gateway.refund(outcome.payment_intent_id, idempotency_key=unique("refund"))
+    assert gateway.create_refund(outcome.payment_intent_id, amount=234, idempotency_key=key).id == partial.id
+    rest = gateway.create_refund(outcome.payment_intent_id, idempotency_key=unique("refund"))
     assert rest.amount == AMOUNT - 234
     with pytest.raises(PermanentStripeError) as caught:
-        gateway.refund(outcome.payment_intent_id, amount=1, idempotency_key=unique("refund"))
+        gateway.create_refund(outcome.payment_intent_id, amount=1, idempotency_key=unique("refund"))
     assert caught.value.kind == "invalid_request"
+
+
+def test_a_refund_with_reason_and_metadata_is_replayed_read_back_and_found_by_its_metadata(
+    gateway: StripeGateway, customer_id: str
+) -> None:
+    outcome = gateway.create_offsession_payment_intent(charge_for(customer_id, "pm_card_visa"))
+    assert isinstance(outcome, Succeeded)
+    key, ours = unique("refund"), unique("r")
+    metadata = {"refund_id": ours, "invoice_id": "7"}
+    made = gateway.create_refund(
+        outcome.payment_intent_id,
+        amount=300,
+        reason="requested_by_customer",
+        metadata=metadata,
+        idempotency_key=key,
+    )
+    assert (made.status, made.amount, dict(made.metadata)) == ("succeeded", 300, metadata)
+    replay = gateway.create_refund(
+        outcome.payment_intent_id,
+        amount=300,
+        reason="requested_by_customer",
+        metadata=metadata,
+        idempotency_key=key,
+    )
+    assert replay == made  # the same refund, not a second one
+    with pytest.raises(PermanentStripeError) as other_params:  # the key with other parameters
+        gateway.create_refund(
+            outcome.payment_intent_id,
+            amount=301,
+            reason="requested_by_customer",
+            metadata=metadata,
+            idempotency_key=key,
+        )
+    assert other_params.value.is_idempotency_error
+    assert gateway.retrieve_refund(made.id) == made
+    assert [view.id for view in gateway.find_refunds(outcome.payment_intent_id, "refund_id", ours)] == [
+        made.id
+    ]
+    assert gateway.find_refunds(outcome.payment_intent_id, "refund_id", "someone-else") == []
+    with pytest.raises(PermanentStripeError) as bad_reason:
+        gateway.create_refund(
+            outcome.payment_intent_id, amount=1, reason="because", idempotency_key=unique("refund")
+        )
+    assert (bad_reason.value.kind, bad_reason.value.param) == ("invalid_request", "reason")
 
 
 def test_bad_api_key_is_permanent(backend: Backend) -> None:
@@ -867,7 +911,7 @@ def test_the_suite_exercises_every_gateway_call() -> None:
     # `make test-stripe` proves the integration only if every call the product makes to Stripe is here.
     calls = {name for name, _ in inspect.getmembers(StripeGateway, callable) if not name.startswith("_")}
     source = Path(__file__).read_text(encoding="utf-8")
-    assert calls >= {"create_offsession_payment_intent", "refund", "verify_webhook"}
+    assert calls >= {"create_offsession_payment_intent", "create_refund", "verify_webhook"}
     assert sorted(name for name in calls if f".{name}(" not in source) == []
 
 

@@ -82,7 +82,7 @@ def _finish_on_stripe(base: str, gateway: StripeGateway, scenario: str, pi_id: s
         )
         assert status == 200, body
     if scenario == "refunded":
-        gateway.refund(pi_id, amount=2_500, idempotency_key=f"refund-{pi_id}")
+        gateway.create_refund(pi_id, amount=2_500, idempotency_key=f"refund-{pi_id}")
 
 
 def _outcome(factory: sessionmaker[Session]) -> dict[str, tuple[str, int]]:

@@ -1,0 +1,326 @@
+"""Refunds of card charges: asked here or made in Stripe's dashboard, each lands once; the ledger and the
+invoice's amount due follow Stripe's word, a refund that fails is given back, two clicks make one
+refund, and a worker lost after Stripe accepted it is settled by the janitor under the same key."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.adapters.mail import FileMailer
+from shared.domain.ledger import balance
+from shared.domain.models import Client, Invoice, OutboxMessage, Payment, Refund, utcnow
+from shared.domain.refunds import RefundRefused
+from shared.services import clients, invoices
+from shared.services.charge_requests import request_charge
+from shared.services.charging import run_attempt
+from shared.services.janitor import run_janitor
+from shared.services.notifications import deliver_refund_receipt
+from shared.services.refunds import (
+    STALE_AFTER,
+    TASK_NOTIFY_REFUND,
+    TASK_RUN_REFUND,
+    request_refund,
+    run_refund,
+)
+from shared.services.settings import update_settings
+from shared.services.webhooks import process_event, store_event
+from tests.support.fake_stripe import FakeStripe, WorkerCrashed
+from tests.support.unit_of_work import InSession
+
+TOTAL = 10_000
+
+
+def _paid_invoice(factory: sessionmaker[Session], stripe: FakeStripe, n: int = 1) -> tuple[int, str]:
+    """An invoice paid in full by card: (invoice id, charge attempt id)."""
+    with factory() as session, session.begin():
+        update_settings(session, "test", stripe_connected=True)
+    client_id = clients.create_client(
+        factory, stripe, name=f"Client {n}", email=f"c{n}@example.com", actor="t"
+    )
+    clients.add_card(factory, stripe, client_id, "pm_card_visa", actor="t")
+    with factory() as session, session.begin():
+        invoice = invoices.create_invoice(
+            session,
+            session.get_one(Client, client_id),
+            number=f"INV-{n}",
+            currency="usd",
+            total=TOTAL,
+            due_date=date(2026, 11, 1),
+            actor="t",
+        )
+        attempt_id = request_charge(InSession(session), invoice, source="admin", requested_by="t").id
+        invoice_id = invoice.id
+    run_attempt(factory, stripe, attempt_id, lease_seconds=60, max_transient_retries=3)
+    return invoice_id, attempt_id
+
+
+def _request(factory: sessionmaker[Session], attempt_id: str, **kw: Any) -> str:
+    with factory() as session, session.begin():
+        return request_refund(InSession(session), attempt_id, requested_by="admin@example.com", **kw).id
+
+
+def _due(factory: sessionmaker[Session], invoice_id: int) -> int:
+    with factory() as session:
+        return balance(session.get_one(Invoice, invoice_id)).amount_due
+
+
+def _ledger(factory: sessionmaker[Session], invoice_id: int) -> list[int]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(Payment.amount).where(Payment.invoice_id == invoice_id).order_by(Payment.id)
+            )
+        )
+
+
+def _refund(factory: sessionmaker[Session], refund_id: str) -> Refund:
+    with factory() as session:
+        refund = session.get_one(Refund, refund_id)
+        session.expunge(refund)
+        return refund
+
+
+def _deliver_events(factory: sessionmaker[Session], stripe: FakeStripe, *, twice: bool = False) -> list[str]:
+    outcomes = []
+    for event in stripe.server.take_events() * (2 if twice else 1):
+        with factory() as session, session.begin():
+            row = store_event(session, event)
+        outcomes.append(process_event(factory, stripe, row.id))
+    return outcomes
+
+
+def test_a_partial_refund_is_pending_until_stripe_says_it_succeeded_then_the_ledger_follows(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    assert _due(session_factory, invoice_id) == 0
+    refund_id = _request(session_factory, attempt_id, amount=2_500, reason="requested_by_customer")
+    refund = _refund(session_factory, refund_id)
+    assert (refund.status, refund.amount, refund.idempotency_key) == (
+        "pending",
+        2_500,
+        f"offsession:refund:{refund_id}",
+    )
+    with session_factory() as session:  # the key and the message were committed before any call
+        assert session.scalar(
+            select(OutboxMessage.payload).where(OutboxMessage.task_name == TASK_RUN_REFUND)
+        ) == {"refund_id": refund_id}
+    assert stripe.server.refunds() == [] and _due(session_factory, invoice_id) == 0
+
+    stripe.server.new_refund_status = "pending"  # as pm_card_pendingRefund: pending first
+    assert run_refund(session_factory, stripe, refund_id).endswith("pending")
+    assert _ledger(session_factory, invoice_id) == [TOTAL]  # nothing taken back while pending
+    [at_stripe] = stripe.server.refunds()
+    assert at_stripe["amount"] == 2_500 and at_stripe["reason"] == "requested_by_customer"
+    assert at_stripe["metadata"]["refund_id"] == refund_id
+
+    stripe.server.settle_refund(at_stripe["id"], "succeeded")
+    _deliver_events(session_factory, stripe, twice=True)
+    assert _refund(session_factory, refund_id).status == "succeeded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -2_500]
+    assert _due(session_factory, invoice_id) == 2_500
+    with session_factory() as session:  # the client's receipt, once
+        receipts = session.scalars(
+            select(OutboxMessage.payload).where(OutboxMessage.task_name == TASK_NOTIFY_REFUND)
+        )
+        assert list(receipts) == [{"refund_id": refund_id}]
+
+
+def test_more_than_remains_refundable_is_refused_with_the_reason(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    run_refund(session_factory, stripe, _request(session_factory, attempt_id, amount=6_000))
+    with pytest.raises(RefundRefused) as refused:
+        _request(session_factory, attempt_id, amount=4_001)
+    assert refused.value.code == "amount_too_large"
+    assert "$40.01 is more than the $40.00 that remains refundable" in refused.value.message
+    with pytest.raises(RefundRefused) as bad_reason:
+        _request(session_factory, attempt_id, amount=1, reason="because")
+    assert bad_reason.value.code == "invalid_reason"
+    run_refund(session_factory, stripe, _request(session_factory, attempt_id))  # the rest, by default
+    with pytest.raises(RefundRefused) as nothing:
+        _request(session_factory, attempt_id)
+    assert nothing.value.code == "nothing_refundable"
+    assert sorted(r["amount"] for r in stripe.server.refunds()) == [4_000, 6_000]
+
+
+def test_two_clicks_at_once_make_one_refund(session_factory: sessionmaker[Session]) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    start = threading.Barrier(2)
+    results: list[object] = []
+
+    def click() -> None:
+        start.wait()
+        try:
+            results.append(_request(session_factory, attempt_id))
+        except RefundRefused as exc:
+            results.append(exc.code)
+        except Exception as exc:  # SQLite's writer lock under two threads
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    opened = [r for r in results if isinstance(r, str) and len(r) == 36]
+    assert len(opened) == 1, results
+    for refund_id in opened * 2:  # the message delivered twice: one refund at Stripe
+        run_refund(session_factory, stripe, refund_id)
+    assert len(stripe.server.refunds()) == 1
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
+
+
+def test_a_worker_lost_after_stripe_accepted_the_refund_is_settled_by_the_janitor_under_the_same_key(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=3_000)
+    stripe.server.fail_next("crash", "create_refund")  # Stripe commits it, the worker dies
+    with pytest.raises(WorkerCrashed):
+        run_refund(session_factory, stripe, refund_id)
+    assert len(stripe.server.refunds()) == 1
+    assert _refund(session_factory, refund_id).stripe_refund_id is None
+    stripe.server.take_events()  # its webhooks are lost too
+
+    run_janitor(session_factory, stripe, lambda *a: None)  # too early: the worker may still be at it
+    assert _refund(session_factory, refund_id).status == "pending"
+    report = run_janitor(
+        session_factory, stripe, lambda *a: None, now=utcnow() + STALE_AFTER + timedelta(seconds=1)
+    )
+    assert report.refunds_settled == {"succeeded": 1}
+    refund = _refund(session_factory, refund_id)
+    assert refund.status == "succeeded" and refund.stripe_refund_id == stripe.server.refunds()[0]["id"]
+    assert len(stripe.server.refunds()) == 1
+    creates = [r for r in stripe.server.requests if r.method == "post" and r.path == "/v1/refunds"]
+    assert len(creates) == 2  # the lost call and the janitor's replay: same key, same parameters
+    assert {r.idempotency_key for r in creates} == {f"offsession:refund:{refund_id}"}
+    assert creates[0].params == creates[1].params
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -3_000]
+    run_refund(session_factory, stripe, refund_id)  # the lost message redelivered: nothing more
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -3_000] and len(stripe.server.refunds()) == 1
+
+
+def test_a_refund_that_fails_after_succeeding_is_given_back(session_factory: sessionmaker[Session]) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=4_000)
+    run_refund(session_factory, stripe, refund_id)
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -4_000]
+    stripe.server.settle_refund(_refund(session_factory, refund_id).stripe_refund_id or "", "failed")
+    events = stripe.server.take_events()
+    for event in reversed(events * 2):  # late, twice, out of order
+        with session_factory() as session, session.begin():
+            row = store_event(session, event)
+        process_event(session_factory, stripe, row.id)
+    refund = _refund(session_factory, refund_id)
+    assert refund.status == "failed" and refund.failure_reason == "expired_or_canceled_card"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -4_000, 4_000]
+    assert _due(session_factory, invoice_id) == 0
+    run_refund(session_factory, stripe, _request(session_factory, attempt_id))  # refundable again
+    assert _ledger(session_factory, invoice_id)[-1] == -TOTAL
+
+
+def test_a_refund_stripe_refuses_fails_with_stripes_reason_and_moves_no_money(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=1_000)
+    stripe.server.dashboard_refund(
+        _payment_intent(session_factory, attempt_id), 9_500
+    )  # meanwhile, elsewhere
+    stripe.server.take_events()
+    assert "refused by Stripe" in run_refund(session_factory, stripe, refund_id)
+    refund = _refund(session_factory, refund_id)
+    assert refund.status == "failed" and "greater than unrefunded amount" in (refund.failure_reason or "")
+    assert _ledger(session_factory, invoice_id) == [TOTAL]
+
+
+def _payment_intent(factory: sessionmaker[Session], attempt_id: str) -> str:
+    with factory() as session:
+        return (
+            session.scalars(
+                select(Payment.stripe_payment_intent_id).where(Payment.charge_attempt_id == attempt_id)
+            ).one()
+            or ""
+        )
+
+
+def test_a_dashboard_refund_lands_once_and_holds_its_amount(session_factory: sessionmaker[Session]) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    stripe.server.dashboard_refund(_payment_intent(session_factory, attempt_id), 7_000)
+    _deliver_events(session_factory, stripe, twice=True)
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -7_000]
+    with session_factory() as session:
+        [row] = session.scalars(select(Refund)).all()
+        assert (row.source, row.status, row.idempotency_key) == ("stripe", "succeeded", None)
+    with pytest.raises(RefundRefused) as refused:
+        _request(session_factory, attempt_id, amount=3_001)
+    assert refused.value.code == "amount_too_large"
+
+
+def test_the_client_gets_a_receipt_for_a_refund_once(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    stripe = FakeStripe()
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=1_250)
+    mailer = FileMailer(tmp_path)
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is False  # not refunded yet
+    run_refund(session_factory, stripe, refund_id)
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is True
+    assert deliver_refund_receipt(session_factory, mailer, refund_id) is False
+    [sent] = [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in tmp_path.glob("*.eml")
+    ]
+    assert sent["To"] == "c1@example.com" and sent["Subject"] == "Refund: $12.50 for invoice INV-1"
+    assert "Visa card ending in 4242" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_an_event_naming_our_refund_from_another_account_or_for_another_amount_changes_nothing(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=2_000)
+    run_refund(session_factory, stripe, refund_id)
+    stripe.server.take_events()
+    refund = _refund(session_factory, refund_id)
+    succeeded = {
+        "id": refund.stripe_refund_id,
+        "object": "refund",
+        "amount": 2_000,
+        "currency": "usd",
+        "payment_intent": refund.payment_intent_id,
+        "metadata": {"refund_id": refund_id},
+        "status": "succeeded",
+    }
+    forged = [
+        {"id": "evt_f1", "type": "refund.updated", "account": "acct_other", "data": {"object": succeeded}},
+        {"id": "evt_f2", "type": "refund.updated", "data": {"object": {**succeeded, "amount": 9_000}}},
+    ]
+    outcomes = []
+    for event in forged:
+        with session_factory() as session, session.begin():
+            row = store_event(session, event)
+        outcomes.append(process_event(session_factory, stripe, row.id))
+    assert [o.split(" ")[0] for o in outcomes] == ["flagged", "flagged"], outcomes
+    assert _refund(session_factory, refund_id).status == "pending"
+    assert _ledger(session_factory, invoice_id) == [TOTAL]
