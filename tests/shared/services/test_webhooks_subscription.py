@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from shared.services.webhooks import EVENTS_WITH_WORK, has_work
@@ -37,3 +39,13 @@ def test_the_types_left_out_would_only_be_stored() -> None:
     for event_type in ("payment_intent.created", "charge.succeeded", "charge.failed", "customer.created"):
         assert event_type not in EVENTS_WITH_WORK
         assert not has_work(event_type, _event_of(event_type))
+
+
+def test_the_readme_lists_exactly_the_events_to_subscribe_to() -> None:
+    """Operators subscribe by hand from the README's list (Operations, the webhook endpoint): it must be
+    the list Connect registers."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    start = readme.index("Offsession acts on these events")
+    paragraph = readme[start : readme.index("Connect registers", start)]
+    listed = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", paragraph)
+    assert sorted(set(listed) - {"shared.services.webhooks"}) == sorted(EVENTS_WITH_WORK)
