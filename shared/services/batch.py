@@ -71,8 +71,9 @@ def due_invoice_ids(session: Session, today: date, after_id: int, limit: int) ->
     them to drop them in Python made the walk read every past invoice. The ledger sums come from one
     ordered pass over the payments of the same id range (a merge join on the invoice_id index), not
     one lookup per invoice. An invoice with an open dispute is left out too (the card may not be
-    charged again for the withdrawn funds): a NOT EXISTS probing the dispute.invoice_id index. Only ids: the ORM rows charging needs are loaded by load_for_charging, a
-    page at a time (building 1,000 ORM invoices costs several times the query).
+    charged again for the withdrawn funds): a NOT EXISTS probing the dispute.invoice_id index. Only
+    ids: the ORM rows charging needs are loaded by load_for_charging, a page at a time (building 1,000
+    ORM invoices costs several times the query).
     """
     paid = (
         select(Payment.invoice_id, func.sum(Payment.amount).label("amount"))

@@ -145,7 +145,7 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
     assert "<strong>Disputed</strong>" in page and "$50.00" in page and "product not received" in page
     assert "It cannot be refunded while the client's bank disputes it." in page
     # The withdrawn funds are due again, but the card may not be charged for them while it is open.
-    greyed = 'title="A card payment of $50.00 is disputed with the card&#39;s bank: the card cannot be charged'
+    greyed = 'title="A card payment of $50.00 is disputed with the card&#39;s bank: the card cannot'
     assert greyed in page and 'data-code="charge_disputed"' in page
     assert re.search(r'<button type="submit" id="charge-button" disabled', page)
     refused = api(http, "POST", f"/api/invoices/{invoice_id}/charges")

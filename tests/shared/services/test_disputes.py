@@ -31,8 +31,8 @@ from shared.services import batch, clients, invoices
 from shared.services.admins import create_admin
 from shared.services.charge_requests import NotChargeable, load_invoice_for_charge, request_charge
 from shared.services.charging import RunResult, run_attempt
-from shared.services.settings import update_settings
 from shared.services.disputes import TASK_NOTIFY_DISPUTE, count_open_disputes, deliver_dispute_notification
+from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
 from tests.shared.services.test_refunds import TOTAL, _ledger, _paid_invoice, _payment_intent
 from tests.support.factories import TODAY

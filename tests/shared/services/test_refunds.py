@@ -34,8 +34,8 @@ from shared.services.refunds import (
 )
 from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
-from tests.support.fake_stripe import FakeStripe, WorkerCrashed
 from tests.support.factories import TODAY
+from tests.support.fake_stripe import FakeStripe, WorkerCrashed
 from tests.support.unit_of_work import InSession, published, units
 
 TOTAL = 10_000
