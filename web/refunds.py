@@ -19,7 +19,12 @@ from shared.domain.models import ChargeAttempt, Dispute, Invoice, Refund
 from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
 from shared.domain.refunds import OPEN_DISPUTE_STATUSES, REFUND_REASONS, RefundRefused
 from shared.services.disputes import open_disputes, reason_words
-from shared.services.refunds import RefundNotFound, charge_refunds, request_refund
+from shared.services.refunds import (
+    AUTO_CHARGE_OFF_AFTER_REFUND,
+    RefundNotFound,
+    charge_refunds,
+    request_refund,
+)
 from web.api import field, json_body
 from web.auth import require_api_token
 from web.errors import ApiError
@@ -166,8 +171,10 @@ def refund(charge_id: str) -> ResponseReturnValue:
     try:
         amount = parse_amount(raw_amount, currency) if raw_amount else None
         with unit_of_work() as uow:
+            was_on = uow.session.get_one(Invoice, invoice_id).auto_charge
             made = request_refund(uow, charge_id, requested_by=g.actor, amount=amount, reason=reason)
             words = format_money(made.amount, made.currency)
+            stopped = was_on and not made.invoice.auto_charge
     except MoneyError as exc:
         flash(f"Refund not made: {exc}", "error")
         return redirect(back), 303
@@ -175,6 +182,8 @@ def refund(charge_id: str) -> ResponseReturnValue:
         flash(f"Refund not made: {exc.message}", "error")
         return redirect(back), 303
     flash(f"Refund of {words} requested: it shows as pending until Stripe confirms it.", "success")
+    if stopped:
+        flash(AUTO_CHARGE_OFF_AFTER_REFUND, "info")
     return redirect(back), 303
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from shared.domain.ledger import balance
-from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Settings
+from shared.domain.models import Card, ChargeAttempt, Client, Dispute, Invoice, Settings
 from shared.domain.money import format_money, minimum_charge
+from shared.domain.refunds import OPEN_DISPUTE_STATUSES
 from shared.domain.states import AttemptStatus
 
 
@@ -31,6 +32,9 @@ class BlockerCode(StrEnum):
     STRIPE_CHARGES_DISABLED = "stripe_charges_disabled"
     # The client's cards were all saved under another Stripe account or mode than the connection's.
     CARD_SAVED_UNDER_OTHER_ACCOUNT = "card_saved_under_other_account"
+    # A card payment of the invoice is disputed and the dispute is not closed: the withdrawn funds raise
+    # what is due, but charging the card again for them goes against the card networks' rules.
+    CHARGE_DISPUTED = "charge_disputed"
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ def in_flight_attempt(invoice: Invoice) -> ChargeAttempt | None:
     return next((a for a in invoice.charge_attempts if not a.status_enum.is_terminal), None)
 
 
+def open_disputes(invoice: Invoice) -> list[Dispute]:
+    """The invoice's disputes Stripe has not closed (won, lost, warning_closed, prevented are closed)."""
+    return [d for d in invoice.disputes if d.status in OPEN_DISPUTE_STATUSES]
+
+
 def charge_blockers(
     invoice: Invoice,
     settings: Settings,
@@ -132,6 +141,14 @@ def charge_blockers(
         )
     if invoice.is_void:
         block(BlockerCode.INVOICE_VOID, "The invoice is void.")
+    disputed = open_disputes(invoice)
+    if disputed:
+        amounts = " and ".join(format_money(d.amount, d.currency) for d in disputed)
+        block(
+            BlockerCode.CHARGE_DISPUTED,
+            f"A card payment of {amounts} is disputed with the card's bank: the card cannot be charged "
+            "again until the dispute is resolved.",
+        )
     due = balance(invoice).amount_due
     if not invoice.is_void and due <= 0:
         block(BlockerCode.NOTHING_DUE, "Nothing is due: the invoice is paid.")

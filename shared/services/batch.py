@@ -12,13 +12,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared.domain.eligibility import BlockerCode, charge_blockers
 from shared.domain.ledger import balance
-from shared.domain.models import BatchRun, ChargeAttempt, Client, DunningState, Invoice, Payment, utcnow
+from shared.domain.models import (
+    BatchRun,
+    ChargeAttempt,
+    Client,
+    Dispute,
+    DunningState,
+    Invoice,
+    Payment,
+    utcnow,
+)
+from shared.domain.refunds import OPEN_DISPUTE_STATUSES
 from shared.domain.states import IN_FLIGHT
 from shared.services import audit, charge_requests
 from shared.services.charge_requests import NotChargeable, load_invoice_for_charge
@@ -60,8 +70,10 @@ def due_invoice_ids(session: Session, today: date, after_id: int, limit: int) ->
     Paid invoices are left out in SQL: over a large book most invoices due by now are paid, and loading
     them to drop them in Python made the walk read every past invoice. The ledger sums come from one
     ordered pass over the payments of the same id range (a merge join on the invoice_id index), not
-    one lookup per invoice. Only ids: the ORM rows charging needs are loaded by load_for_charging, a
-    page at a time (building 1,000 ORM invoices costs several times the query).
+    one lookup per invoice. An invoice with an open dispute is left out too (the card may not be
+    charged again for the withdrawn funds): a NOT EXISTS probing the dispute.invoice_id index. Only
+    ids: the ORM rows charging needs are loaded by load_for_charging, a page at a time (building 1,000
+    ORM invoices costs several times the query).
     """
     paid = (
         select(Payment.invoice_id, func.sum(Payment.amount).label("amount"))
@@ -81,6 +93,9 @@ def due_invoice_ids(session: Session, today: date, after_id: int, limit: int) ->
                 Invoice.due_date <= today,
                 Invoice.id > after_id,
                 func.coalesce(paid.c.amount, 0) < Invoice.total,
+                ~exists().where(
+                    Dispute.invoice_id == Invoice.id, Dispute.status.in_(OPEN_DISPUTE_STATUSES)
+                ),
             )
             .order_by(Invoice.id)
             .limit(limit)
@@ -103,6 +118,7 @@ def load_for_charging(session: Session, invoice_ids: list[int]) -> list[Invoice]
                 selectinload(Invoice.client).selectinload(Client.cards),
                 selectinload(Invoice.payments),
                 selectinload(Invoice.charge_attempts.and_(ChargeAttempt.status.in_(IN_FLIGHT_STATUSES))),
+                selectinload(Invoice.disputes.and_(Dispute.status.in_(OPEN_DISPUTE_STATUSES))),
             )
         )
     )

@@ -72,6 +72,7 @@ def _invoice_for_charge_query(lock: bool) -> Select[Invoice, Settings]:
             joinedload(Invoice.client, innerjoin=True).joinedload(Client.cards),
             joinedload(Invoice.payments),
             joinedload(Invoice.charge_attempts),
+            joinedload(Invoice.disputes),
         )
     )
     if lock:

@@ -113,6 +113,7 @@ def invoices_after(
             selectinload(Invoice.client).selectinload(Client.cards),
             selectinload(Invoice.payments),
             selectinload(Invoice.charge_attempts),
+            selectinload(Invoice.disputes),
         ),
         status=status,
         due=due,

@@ -172,7 +172,35 @@ def request_refund(
         currency=attempt.currency,
         reason=reason,
     )
+    stop_auto_charge_after_refund(session, refund, actor=requested_by)
     return refund
+
+
+AUTO_CHARGE_OFF_AFTER_REFUND = (
+    "Auto-charge is now off for this invoice so the refunded amount is not charged again; "
+    "turn it back on to collect it."
+)
+
+
+def stop_auto_charge_after_refund(session: Session, refund: Refund, *, actor: str) -> bool:
+    """A refund raises the invoice's amount due by what the business chose to give back: turn its
+    auto-charge off (the batch and the dunning retries would charge the card for it again), in the
+    refund's transaction, audited. A manual charge stays possible. Returns whether it was on.
+    The caller holds the invoice row locked (_LOCK_INVOICE)."""
+    invoice = session.get_one(Invoice, refund.invoice_id, populate_existing=True)  # as of the lock
+    if not invoice.auto_charge:
+        return False
+    invoice.auto_charge = False
+    audit.record(
+        session,
+        actor,
+        "invoice.auto_charge_changed",
+        invoice_id=invoice.id,
+        charge_attempt_id=refund.charge_attempt_id,
+        **{"from": True, "to": False},
+        because=f"refund {refund.stripe_refund_id or refund.id}",
+    )
+    return True
 
 
 def refund_metadata(refund: Refund) -> dict[str, str]:
@@ -434,6 +462,8 @@ def _refund_made_elsewhere(session: Session, view: RefundView, account: str | No
     )
     session.add(refund)
     session.flush()
+    if reported not in (RefundStatus.FAILED, RefundStatus.CANCELED):
+        stop_auto_charge_after_refund(session, refund, actor="stripe")
     return refund
 
 

@@ -97,6 +97,13 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
     expect(banner).to_contain_text("fraudulent")
     expect(banner.locator(".dispute-due")).to_contain_text("UTC")
     expect(page.locator("#amount-due")).to_have_text("$100.00")  # the funds withdrawn
+    # Due again, but the card may not be charged for it while the dispute is open: greyed, with why.
+    expect(page.locator("#charge-button")).to_be_disabled()
+    expect(page.locator("#charge-button-wrap")).to_have_attribute(
+        "title",
+        "A card payment of $100.00 is disputed with the card's bank: the card cannot be charged again "
+        "until the dispute is resolved.",
+    )
     page.goto(f"{st.base}/admin/charges")
     row = page.locator("#disputes tr.open-dispute").filter(has_text=str(invoice["number"]))
     expect(row).to_contain_text("$100.00")

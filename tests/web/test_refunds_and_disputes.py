@@ -99,6 +99,33 @@ def test_the_invoice_page_refunds_and_refuses_more_than_remains_with_the_reason(
     assert "$30.00 remains refundable" in after
 
 
+def test_a_refund_from_the_invoice_page_says_auto_charge_is_now_off_and_the_timeline_shows_it(
+    env: Env, world: World
+) -> None:
+    invoice_id, charge_id, _ = _paid(env, world)
+    http = env.app.test_client()
+    turned_on = api(http, "PATCH", f"/api/invoices/{invoice_id}", {"auto_charge": True})
+    assert turned_on.status_code == 200, turned_on.json
+    assert sign_in_admin(http).status_code == 302
+    form = {"csrf_token": csrf_of(http), "amount": "20.00"}
+    page = http.post(f"/admin/charges/{charge_id}/refunds", data=form, follow_redirects=True).get_data(
+        as_text=True
+    )
+    assert (
+        "Auto-charge is now off for this invoice so the refunded amount is not charged again; turn it back "
+        "on to collect it." in page
+    )
+    assert re.search(
+        r"invoice auto charge changed</strong> by admin:ops@example.com\s*<small>from: True, to: False, "
+        r"because: refund [0-9a-f-]{36}</small>",
+        page,
+    )
+    assert _invoice(http, invoice_id)["auto_charge"] is False
+    # Refunding again says nothing more: it is off already.
+    again = http.post(f"/admin/charges/{charge_id}/refunds", data=form, follow_redirects=True)
+    assert "Auto-charge is now off" not in again.get_data(as_text=True)
+
+
 def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_follows_its_funds(
     env: Env, world: World
 ) -> None:
@@ -117,6 +144,14 @@ def test_a_dispute_shows_on_the_invoice_and_the_charges_page_and_the_ledger_foll
     page = http.get(f"/admin/invoices/{invoice_id}").get_data(as_text=True)
     assert "<strong>Disputed</strong>" in page and "$50.00" in page and "product not received" in page
     assert "It cannot be refunded while the client's bank disputes it." in page
+    # The withdrawn funds are due again, but the card may not be charged for them while it is open.
+    greyed = 'title="A card payment of $50.00 is disputed with the card&#39;s bank: the card cannot'
+    assert greyed in page and 'data-code="charge_disputed"' in page
+    assert re.search(r'<button type="submit" id="charge-button" disabled', page)
+    refused = api(http, "POST", f"/api/invoices/{invoice_id}/charges")
+    assert refused.status_code == 409
+    assert [b["code"] for b in refused.json["blockers"]] == ["charge_disputed"]
+    assert _invoice(http, invoice_id)["charge"]["blockers"][0]["code"] == "charge_disputed"
     charges_page = http.get("/admin/charges").get_data(as_text=True)
     assert "Open disputes (1)" in charges_page and dispute["id"] in charges_page
     metrics = http.get("/metrics", headers={"Authorization": f"Bearer {env.runtime.config.api_token}"})

@@ -4,6 +4,7 @@ attempts. Amounts are integers in minor units; derived values are computed in sh
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     Boolean,
@@ -29,6 +30,9 @@ from shared.domain.models.base import (
     utcnow,
 )
 from shared.domain.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from shared.domain.models.refunds import Dispute
 
 # How the business reaches Stripe: its own key (STRIPE_API_KEY), or Connect OAuth (a platform's key
 # acting for the connected account).
@@ -183,6 +187,8 @@ class Invoice(Base):
     charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
         back_populates="invoice", order_by="ChargeAttempt.created_at"
     )
+    # Its card payments' disputes: an open one blocks charging the card again (eligibility).
+    disputes: Mapped[list[Dispute]] = relationship(back_populates="invoice", order_by="Dispute.id")
 
     __table_args__ = (
         CheckConstraint("total > 0", name="total_positive"),

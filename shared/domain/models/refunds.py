@@ -96,7 +96,7 @@ class Dispute(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    invoice: Mapped[Invoice] = relationship()
+    invoice: Mapped[Invoice] = relationship(back_populates="disputes")
 
     __table_args__ = (
         Index("ix_dispute_status", "status"),

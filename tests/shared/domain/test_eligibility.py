@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from shared.domain.eligibility import BlockerCode, charge_blockers
-from shared.domain.models import Client
+from shared.domain.models import Client, Dispute
 from tests.support import factories
 
 B = BlockerCode
@@ -90,3 +90,34 @@ def test_blockers_serialize_for_the_api() -> None:
         "code": "stripe_not_connected",
         "message": "Stripe is not connected: connect it in Settings before charging cards.",
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "blocked"),
+    [
+        ("warning_needs_response", True),
+        ("warning_under_review", True),
+        ("needs_response", True),
+        ("under_review", True),
+        ("warning_closed", False),
+        ("won", False),
+        ("lost", False),
+        ("prevented", False),
+    ],
+)
+def test_an_open_dispute_blocks_charging_the_withdrawn_funds_again(status: str, blocked: bool) -> None:
+    inv = factories.invoice(total=10_000, paid=(10_000, -7_500))  # the dispute's funds withdrawn
+    inv.disputes.append(
+        Dispute(stripe_dispute_id="du_1", amount=7_500, currency="usd", reason="fraudulent", status=status)
+    )
+    blockers = charge_blockers(inv, factories.settings())
+    if not blocked:
+        assert blockers == []
+        return
+    assert [(b.code.value, b.message) for b in blockers] == [
+        (
+            "charge_disputed",
+            "A card payment of $75.00 is disputed with the card's bank: the card cannot be charged again "
+            "until the dispute is resolved.",
+        )
+    ]

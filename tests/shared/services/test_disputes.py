@@ -6,22 +6,41 @@ from __future__ import annotations
 
 import email
 import email.policy
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adapters.mail import FileMailer
-from shared.domain.models import Dispute, OutboxMessage, Payment, WebhookEvent
+from shared.domain.models import (
+    AuditEvent,
+    ChargeAttempt,
+    Client,
+    Dispute,
+    DunningState,
+    Invoice,
+    OutboxMessage,
+    Payment,
+    WebhookEvent,
+)
+from shared.services import batch, clients, invoices
 from shared.services.admins import create_admin
+from shared.services.charge_requests import NotChargeable, load_invoice_for_charge, request_charge
+from shared.services.charging import RunResult, run_attempt
 from shared.services.disputes import TASK_NOTIFY_DISPUTE, count_open_disputes, deliver_dispute_notification
+from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
 from tests.shared.services.test_refunds import TOTAL, _ledger, _paid_invoice, _payment_intent
+from tests.support.factories import TODAY
 from tests.support.fake_stripe import FakeStripe
+from tests.support.unit_of_work import InSession, published, units
 
 DUE_BY = 1_800_000_000
+NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
 
 def _event(
@@ -157,3 +176,91 @@ def test_the_admins_are_emailed_once_each_about_a_new_dispute(
     assert messages[0]["Subject"].startswith("Dispute: $100.00 of invoice INV-1")
     with session_factory() as session:
         assert session.scalars(select(Payment.amount).order_by(Payment.id)).all() == [TOTAL, -TOTAL]
+
+
+def _half_paid_invoice_with_a_queued_charge(
+    factory: sessionmaker[Session], stripe: FakeStripe
+) -> tuple[int, str, str]:
+    """An invoice of 2 x TOTAL, TOTAL paid by card, a charge of the rest queued (not run yet):
+    (invoice id, the paid charge's PaymentIntent, the queued attempt's id)."""
+    with factory() as session, session.begin():
+        update_settings(session, "test", stripe_connected=True)
+    client_id = clients.create_client(factory, stripe, name="Dee Spute", email="d@example.com", actor="t")
+    clients.add_card(factory, stripe, client_id, "pm_card_visa", actor="t")
+    with factory() as session, session.begin():
+        invoice = invoices.create_invoice(
+            session,
+            session.get_one(Client, client_id),
+            number="INV-D",
+            currency="usd",
+            total=2 * TOTAL,
+            due_date=date(2026, 11, 1),
+            actor="t",
+        )
+        first = request_charge(InSession(session), invoice, source="admin", requested_by="t", amount=TOTAL).id
+        invoice_id = invoice.id
+    run_attempt(factory, stripe, first, lease_seconds=60, max_transient_retries=3)
+    with factory() as session, session.begin():
+        invoice = load_invoice_for_charge(session, invoice_id, lock=True)
+        assert invoice is not None
+        queued = request_charge(InSession(session), invoice, source="admin", requested_by="t").id
+    return invoice_id, _payment_intent(factory, first), queued
+
+
+def test_an_open_dispute_stops_every_way_of_charging_the_card_again_until_it_is_closed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, pi_id, queued_id = _half_paid_invoice_with_a_queued_charge(session_factory, stripe)
+    _deliver(session_factory, stripe, _won_dispute_events(pi_id)[:2])  # opened, funds withdrawn
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
+    intents_before = len(stripe.server.payment_intents())
+
+    # The worker's last look cancels the charge queued before the dispute opened.
+    report = run_attempt(session_factory, stripe, queued_id, lease_seconds=60, max_transient_retries=3)
+    assert report.result is RunResult.CANCELED_BY_LAST_LOOK and "charge_disputed" in report.notes
+    assert len(stripe.server.payment_intents()) == intents_before  # Stripe never asked
+    with session_factory() as session:
+        attempt = session.get_one(ChargeAttempt, queued_id)
+        assert attempt.status == "canceled" and "disputed" in (attempt.failure_message or "")
+
+    # A click (the admin page, the API, the Client Zone) is refused with the code and the sentence.
+    with session_factory() as session, session.begin():
+        invoice = load_invoice_for_charge(session, invoice_id, lock=True)
+        assert invoice is not None
+        with pytest.raises(NotChargeable) as refused:
+            request_charge(InSession(session), invoice, source="admin", requested_by="t")
+        [blocker] = refused.value.blockers
+        assert blocker.code.value == "charge_disputed"
+        assert blocker.message.startswith("A card payment of $100.00 is disputed")
+        session.get_one(Invoice, invoice_id).auto_charge = True
+        session.add(
+            DunningState(
+                invoice_id=invoice_id,
+                first_failure_at=NOW,
+                failures=1,
+                decline_class="soft",
+                next_attempt_at=NOW,
+                attempts_left=2,
+            )
+        )
+
+    # The batch does not select it; the due retry is skipped and looked at again later.
+    _, publish = published()
+    report_run = batch.run_batch(
+        units(session_factory, publish), slot="schedule:d", trigger="schedule", today=TODAY, now=NOW
+    )
+    assert (report_run.selected, report_run.queued) == (0, 0)
+    assert batch.open_due_retries(session_factory, units(session_factory, publish), now=NOW) == 0
+    with session_factory() as session:
+        skipped = session.scalars(
+            select(AuditEvent.detail).where(AuditEvent.action == "dunning.retry_skipped")
+        ).one()
+        assert skipped["reasons"] == ["charge_disputed"]
+        assert session.get_one(DunningState, invoice_id).next_attempt_at == NOW + batch.RETRY_BLOCKED_DELAY
+        assert session.scalar(select(func.count()).select_from(ChargeAttempt)) == 2
+
+    # Closed (lost: the money stays with the cardholder): the retry may collect the rest again.
+    _deliver(session_factory, stripe, [_event(9, "charge.dispute.closed", pi_id, "lost", created=200)])
+    later = NOW + batch.RETRY_BLOCKED_DELAY
+    assert batch.open_due_retries(session_factory, units(session_factory, publish), now=later) == 1

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adapters.mail import FileMailer
 from shared.domain.ledger import balance
-from shared.domain.models import Client, Invoice, OutboxMessage, Payment, Refund, utcnow
+from shared.domain.models import AuditEvent, Client, Invoice, OutboxMessage, Payment, Refund, utcnow
 from shared.domain.refunds import RefundRefused
 from shared.services import clients, invoices
-from shared.services.charge_requests import request_charge
+from shared.services.batch import run_batch
+from shared.services.charge_requests import load_invoice_for_charge, request_charge
 from shared.services.charging import run_attempt
 from shared.services.janitor import run_janitor
 from shared.services.notifications import deliver_refund_receipt
@@ -33,13 +34,16 @@ from shared.services.refunds import (
 )
 from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
+from tests.support.factories import TODAY
 from tests.support.fake_stripe import FakeStripe, WorkerCrashed
-from tests.support.unit_of_work import InSession
+from tests.support.unit_of_work import InSession, published, units
 
 TOTAL = 10_000
 
 
-def _paid_invoice(factory: sessionmaker[Session], stripe: FakeStripe, n: int = 1) -> tuple[int, str]:
+def _paid_invoice(
+    factory: sessionmaker[Session], stripe: FakeStripe, n: int = 1, *, auto_charge: bool = False
+) -> tuple[int, str]:
     """An invoice paid in full by card: (invoice id, charge attempt id)."""
     with factory() as session, session.begin():
         update_settings(session, "test", stripe_connected=True)
@@ -55,6 +59,7 @@ def _paid_invoice(factory: sessionmaker[Session], stripe: FakeStripe, n: int = 1
             currency="usd",
             total=TOTAL,
             due_date=date(2026, 11, 1),
+            auto_charge=auto_charge,
             actor="t",
         )
         attempt_id = request_charge(InSession(session), invoice, source="admin", requested_by="t").id
@@ -273,6 +278,57 @@ def test_a_dashboard_refund_lands_once_and_holds_its_amount(session_factory: ses
     with pytest.raises(RefundRefused) as refused:
         _request(session_factory, attempt_id, amount=3_001)
     assert refused.value.code == "amount_too_large"
+
+
+def _auto_charge_changes(factory: sessionmaker[Session], invoice_id: int) -> list[tuple[str, dict[str, Any]]]:
+    with factory() as session:
+        rows = session.execute(
+            select(AuditEvent.actor, AuditEvent.detail)
+            .where(AuditEvent.invoice_id == invoice_id, AuditEvent.action == "invoice.auto_charge_changed")
+            .order_by(AuditEvent.id)
+        ).all()
+        return [(actor, detail) for actor, detail in rows]
+
+
+def test_a_refund_turns_auto_charge_off_so_the_refunded_amount_is_not_charged_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe, auto_charge=True)
+    refund_id = _request(session_factory, attempt_id, amount=2_500)
+    with session_factory() as session:  # in the refund's own transaction, audited
+        assert session.get_one(Invoice, invoice_id).auto_charge is False
+    assert _auto_charge_changes(session_factory, invoice_id) == [
+        ("admin@example.com", {"from": True, "to": False, "because": f"refund {refund_id}"})
+    ]
+    run_refund(session_factory, stripe, refund_id)
+    assert _due(session_factory, invoice_id) == 2_500
+    _, publish = published()
+    report = run_batch(
+        units(session_factory, publish), slot="schedule:r", trigger="schedule", today=TODAY, now=utcnow()
+    )
+    assert (report.selected, report.queued) == (0, 0)  # the batch leaves the refunded money alone
+    with session_factory() as session, session.begin():  # a click stays the admin's explicit decision
+        invoice = load_invoice_for_charge(session, invoice_id, lock=True)
+        assert invoice is not None
+        again = request_charge(InSession(session), invoice, source="admin", requested_by="t")
+        assert again.amount == 2_500
+    # A second refund finds it off already: nothing more to turn off, nothing more audited.
+    _request(session_factory, attempt_id, amount=1_000)
+    assert len(_auto_charge_changes(session_factory, invoice_id)) == 1
+
+
+def test_a_dashboard_refund_turns_auto_charge_off_once(session_factory: sessionmaker[Session]) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe, auto_charge=True)
+    stripe.server.dashboard_refund(_payment_intent(session_factory, attempt_id), 7_000)
+    _deliver_events(session_factory, stripe, twice=True)
+    with session_factory() as session:
+        assert session.get_one(Invoice, invoice_id).auto_charge is False
+        stripe_refund_id = session.scalars(select(Refund.stripe_refund_id)).one()
+    assert _auto_charge_changes(session_factory, invoice_id) == [
+        ("stripe", {"from": True, "to": False, "because": f"refund {stripe_refund_id}"})
+    ]
 
 
 def test_the_client_gets_a_receipt_for_a_refund_once(
