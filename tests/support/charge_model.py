@@ -697,7 +697,11 @@ class ChargeMachine(RuleBasedStateMachine):
         if key is None:
             self.violations.append(f"PaymentIntent created without an idempotency key: {record}")
             return
-        first_send = (record.account, key) not in self.server.key_fingerprints
+        # The first time the key is tried at all: a try Stripe refused with a 5xx or a 429 may have run
+        # as far as the product can tell, so what follows it is a replay.
+        first_send = [(r.account, r.idempotency_key) for r in self.server.requests].count(
+            (record.account, key)
+        ) == 1
         with self.factory() as session:
             attempt = session.scalars(
                 select(ChargeAttempt).where(ChargeAttempt.idempotency_key == key)

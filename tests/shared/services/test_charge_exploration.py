@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from shared.migrate import upgrade
@@ -22,6 +22,12 @@ from tests.support.services import PostgresServer
 
 EXAMPLES = int(os.environ.get("EXPLORE_EXAMPLES", "25"))
 STEPS = int(os.environ.get("EXPLORE_STEPS", "30"))
+# EXPLORE_SHRINK=0: report a counterexample as found (the mutant runs only need a verdict).
+PHASES = (
+    tuple(Phase)
+    if os.environ.get("EXPLORE_SHRINK", "1") != "0"
+    else (Phase.explicit, Phase.reuse, Phase.generate)
+)
 
 
 def explore(world: World) -> None:
@@ -34,6 +40,7 @@ def explore(world: World) -> None:
             deadline=None,
             suppress_health_check=list(HealthCheck),
             report_multiple_bugs=False,
+            phases=PHASES,
         ),
     )
     print(
