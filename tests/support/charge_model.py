@@ -289,6 +289,7 @@ class ChargeMachine(RuleBasedStateMachine):
         self.account: str | None = None
         self.slots = 0
         self.workers = 0
+        self.janitor_first = False
         self._patches = product_time_and_holders(self.clock)
         self._patches.__enter__()
 
@@ -299,9 +300,14 @@ class ChargeMachine(RuleBasedStateMachine):
         cards=st.lists(st.sampled_from(CARD_TOKENS), min_size=2, max_size=2),
         totals=st.lists(st.sampled_from((1_000, 2_500, 5_000, 12_345)), min_size=2, max_size=3),
         yen=st.booleans(),
+        janitor_first=st.booleans(),
     )
-    def setup(self, connected_account: bool, cards: list[str], totals: list[int], yen: bool) -> None:
+    def setup(
+        self, connected_account: bool, cards: list[str], totals: list[int], yen: bool, janitor_first: bool
+    ) -> None:
         self.account = CONNECTED_ACCOUNT if connected_account else None
+        # Whether, once the rules stop, the janitor finds what crashed before the redelivered messages do.
+        self.janitor_first = janitor_first
         with self.factory() as session, session.begin():
             update_settings(session, "admin", stripe_connected=True, stripe_account_id=self.account or "")
         for n, token in enumerate(cards):
@@ -863,6 +869,9 @@ class ChargeMachine(RuleBasedStateMachine):
         """Stripe stops failing and every event arrives; workers take every message; the janitor runs
         with the clock past the lease; a client who never authenticates runs out of time."""
         self.server.clear_faults()
+        if self.janitor_first:
+            self.clock.advance(timedelta(seconds=LEASE_SECONDS + 1))
+            self.run_alone(self.op_janitor(quick=False))
         for rounds in range(8):
             self.racing = False
             self.events.extend(self.server.take_events())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make explore`: the charge path's state machine (tests/support/charge_model.py) for much longer than
+# `make test` runs it: EXPLORE_EXAMPLES sequences (default 20000) of up to EXPLORE_STEPS steps (default
+# 30) on SQLite and on PostgreSQL each, split over EXPLORE_JOBS processes (default 2) that draw their
+# own random sequences. Prints each process's count and time and the totals per database; exits non-zero
+# when any invariant failed (the counterexample, shrunk, is in that process's output under
+# test-artifacts/explore/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+examples="${EXPLORE_EXAMPLES:-20000}"
+steps="${EXPLORE_STEPS:-30}"
+jobs="${EXPLORE_JOBS:-2}"
+out="test-artifacts/explore"
+mkdir -p "$out"
+per_job=$(( (examples + jobs - 1) / jobs ))
+
+status=0
+for database in sqlite postgresql; do
+  started=$(date +%s)
+  pids=()
+  for job in $(seq 1 "$jobs"); do
+    EXPLORE_EXAMPLES="$per_job" EXPLORE_STEPS="$steps" \
+      .venv/bin/python -m pytest "tests/shared/services/test_charge_exploration.py::test_charge_path_explored_on_${database}" \
+      -p no:cacheprovider -o addopts="" -q -s --timeout=0 >"$out/$database-$job.log" 2>&1 &
+    pids+=("$!")
+  done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  seconds=$(( $(date +%s) - started ))
+  total=$(cat "$out/$database"-*.log | sed -n 's/^explored \([0-9]*\) sequences.*/\1/p' | awk "{s+=\$1} END {print s+0}")
+  grep -h "^explored" "$out/$database"-*.log || true
+  echo "explore: $database: ${total:-0} sequences of up to $steps steps in ${seconds} s ($jobs processes)"
+  if [ "$failed" -ne 0 ]; then
+    echo "explore: $database: an invariant failed; see $out/$database-*.log" >&2
+    status=1
+  fi
+done
+exit "$status"
