@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from shared.migrate import upgrade
-from tests.support.charge_model import World, machine_for
+from tests.support.charge_model import REACHED, World, machine_for
 from tests.support.services import PostgresServer
 
 EXAMPLES = int(os.environ.get("EXPLORE_EXAMPLES", "25"))
@@ -32,6 +32,7 @@ PHASES = (
 
 def explore(world: World) -> None:
     started = time.monotonic()
+    REACHED.clear()
     run_state_machine_as_test(
         machine_for(world),
         settings=settings(
@@ -45,7 +46,8 @@ def explore(world: World) -> None:
     )
     print(
         f"explored {EXAMPLES} sequences of up to {STEPS} steps on {world.engine.dialect.name} "
-        f"in {time.monotonic() - started:.1f} s"
+        f"in {time.monotonic() - started:.1f} s; sequences that reached: "
+        + ", ".join(f"{what}: {n}" for what, n in sorted(REACHED.items()))
     )
 
 
