@@ -10,7 +10,6 @@ Stripe is never canceled that way: only a replay under its own key says what hap
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -22,22 +21,10 @@ from shared import charging, clients, invoices
 from shared.models import ChargeAttempt, Client, Invoice, Payment
 from shared.reconcile import recover_charges, run_janitor
 from shared.settings import update_settings
-from tests.support.charge_model import LEASE_SECONDS, START, product_time_and_holders
+from tests.support.charge_model import LEASE_SECONDS, START
 from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
 
 CREATE = "create_offsession_payment_intent"
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clock = FakeClock(START, frozen=True)
-    with product_time_and_holders(clock):
-        yield clock
-
-
-@pytest.fixture
-def stripe(clock: FakeClock) -> FakeStripe:
-    return FakeStripe(clock=clock)
 
 
 def queued_charge(factory: sessionmaker[Session], stripe: FakeStripe, token: str = "pm_card_visa") -> str:
