@@ -90,3 +90,9 @@ def test_blockers_serialize_for_the_api() -> None:
         "code": "stripe_not_connected",
         "message": "Stripe is not connected: connect it in Settings before charging cards.",
     }
+
+
+def test_one_minor_unit_due_is_due_but_below_the_minimum() -> None:
+    invoice = factories.invoice(total=10_000, paid=(9_999,))
+    assert codes(invoice, factories.settings()) == [B.AMOUNT_BELOW_MINIMUM]
+    assert codes(factories.invoice(total=10_000), factories.settings(), amount=1) == [B.AMOUNT_BELOW_MINIMUM]
