@@ -22,6 +22,7 @@ regular test.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -280,6 +281,7 @@ class ChargeMachine(RuleBasedStateMachine):
         self.server = FakeStripeServer(self.clock)
         self.stripe = FakeStripe("sk_test_explore", WEBHOOK_SECRET, server=self.server)
         self.server.on_request = self._on_request
+        random.seed(0)  # the product's retry jitter: the same sequence replays the same way
         self.world.reset()
         self.factory = self.world.factory
         self.broker: list[Message] = []
@@ -363,7 +365,8 @@ class ChargeMachine(RuleBasedStateMachine):
 
     def attempts(self, *statuses: str) -> list[ChargeAttempt]:
         with self.factory() as session:
-            query = select(ChargeAttempt).order_by(ChargeAttempt.created_at, ChargeAttempt.id)
+            # Not by id (a random UUID): a replayed sequence must pick the same attempts.
+            query = select(ChargeAttempt).order_by(ChargeAttempt.created_at, ChargeAttempt.invoice_id)
             if statuses:
                 query = query.where(ChargeAttempt.status.in_(statuses))
             found = list(session.scalars(query))
