@@ -40,6 +40,7 @@ from shared import batch, charging, clients, invoices, leases, ledger, outbox, r
 from shared.binding import Mismatch
 from shared.db import make_engine
 from shared.eligibility import in_flight_attempt
+from shared.gateway import GatewayError
 from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
 from shared.retries import retry_policy
 from shared.settings import update_settings
@@ -641,7 +642,9 @@ class ChargeMachine(RuleBasedStateMachine):
         waiting = self.pick(self.attempts(S.REQUIRES_ACTION), attempt)
         if waiting is None:
             return
-        with contextlib.suppress(charging.NotAwaitingAuthentication):
+        # Refusals the Client Zone shows the client (web/client_zone.py authenticate). One of them: the
+        # charge's card was removed meanwhile, and Stripe refuses the detached card.
+        with contextlib.suppress(charging.NotAwaitingAuthentication, GatewayError):
             charging.start_on_session_authentication(
                 self.factory,
                 self.stripe,
