@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY shared shared
 COPY web web
 COPY worker worker
+COPY cli cli
 COPY stripe_emulator stripe_emulator
 RUN python -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels . \
     && /venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /wheels/offsession-*.whl \

@@ -39,7 +39,7 @@ run: install
 	@mkdir -p var
 	$(BIN)/offsession db upgrade
 	$(BIN)/offsession seed-demo
-	@echo "API token (Authorization: Bearer ...): $$($(BIN)/python -c 'from shared.config import get_config; print(get_config().api_token)')"
+	@echo "API token (Authorization: Bearer ...): $$($(BIN)/python -c 'from shared.config import load_config; print(load_config().api_token)')"
 	@echo "Admin UI: http://127.0.0.1:8000/admin/login"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
@@ -47,8 +47,12 @@ run: install
 system-test-deps:
 	@bash scripts/ensure-system-deps.sh
 
+# Style, the import contracts between the layers and entry points (pyproject.toml [tool.importlinter]),
+# and the type check of shared/ ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest
@@ -83,12 +87,29 @@ bench: $(addprefix bench-,$(PERFORMANCE_BENCHES))
 chaos: install system-test-deps
 	$(BIN)/python bench/chaos.py $(ARGS)
 
-# Front-end libraries, vendored at pinned versions (nothing loads from a CDN).
+# Front-end libraries, vendored at pinned versions from the npm registry (nothing loads from a CDN),
+# each with its licence files: Pico CSS (every page; its conditional build, which styles only inside
+# class="pico", on the API documentation page, where Swagger UI keeps its own look), Chart.js (charts,
+# drawn by web/static/charts.js) and Swagger UI (the API documentation page; its bundle without the
+# standalone preset, whose top bar carries an inline <style> the Content-Security-Policy refuses).
 PICO_VERSION := 2.1.1
+CHARTJS_VERSION := 4.6.2
+SWAGGER_UI_VERSION := 5.36.0
+VENDOR_TMP := /tmp/offsession-vendor
+VENDOR := web/static/vendor
 vendor:
-	rm -rf /tmp/offsession-vendor && mkdir -p /tmp/offsession-vendor web/static/vendor/pico
-	cd /tmp/offsession-vendor && npm pack @picocss/pico@$(PICO_VERSION) --silent && tar xzf picocss-pico-$(PICO_VERSION).tgz
-	cp /tmp/offsession-vendor/package/css/pico.min.css /tmp/offsession-vendor/package/LICENSE.md web/static/vendor/pico/
+	rm -rf $(VENDOR_TMP) && mkdir -p $(VENDOR_TMP)/pico $(VENDOR_TMP)/chartjs $(VENDOR_TMP)/swagger-ui
+	rm -rf $(VENDOR)/pico $(VENDOR)/chartjs $(VENDOR)/swagger-ui
+	mkdir -p $(VENDOR)/pico $(VENDOR)/chartjs $(VENDOR)/swagger-ui
+	cd $(VENDOR_TMP)/pico && npm pack @picocss/pico@$(PICO_VERSION) --silent && tar xzf *.tgz
+	cd $(VENDOR_TMP)/pico/package && cp css/pico.min.css css/pico.conditional.min.css LICENSE.md \
+		$(CURDIR)/$(VENDOR)/pico/
+	cd $(VENDOR_TMP)/chartjs && npm pack chart.js@$(CHARTJS_VERSION) --silent && tar xzf *.tgz
+	cp $(VENDOR_TMP)/chartjs/package/dist/chart.umd.min.js $(VENDOR_TMP)/chartjs/package/LICENSE.md $(VENDOR)/chartjs/
+	cd $(VENDOR_TMP)/swagger-ui && npm pack swagger-ui-dist@$(SWAGGER_UI_VERSION) --silent && tar xzf *.tgz
+	cd $(VENDOR_TMP)/swagger-ui/package && cp swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
+		swagger-ui.css LICENSE NOTICE $(CURDIR)/$(VENDOR)/swagger-ui/
+	rm -rf $(VENDOR_TMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

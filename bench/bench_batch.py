@@ -1,4 +1,4 @@
-"""Charges per second of one due-invoice batch under the shared Stripe rate budget (issue 6).
+"""Charges per second of one due-invoice batch under the shared Stripe rate budget.
 
 Starts a throwaway redis-server and PostgreSQL 15 (or a SQLite file), then the real stack (emulator,
 gunicorn, celery workers) with STRIPE_RATE_LIMIT=20 and the budget in Redis, so every worker process
@@ -38,8 +38,8 @@ from sqlalchemy import func, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from shared.models import BatchRun, ChargeAttempt, Client, Invoice, OutboxMessage  # noqa: E402
-from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
+from shared.domain.models import BatchRun, ChargeAttempt, Client, Invoice, OutboxMessage  # noqa: E402
+from shared.services.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
 from tests.support.stack import FINAL, Stack, bench_main, measuring  # noqa: E402
 

@@ -1,5 +1,4 @@
-"""A due-invoice batch at Stripe's physical limit, the naive loop beside it, and the charge worker's memory
-(issue 8).
+"""A due-invoice batch at Stripe's physical limit, the naive loop beside it, and the charge worker's memory.
 
 Starts a throwaway redis-server and PostgreSQL 15, then the real stack in its production shape
 (Procfile): the emulator, gunicorn (where the emulator's webhooks arrive), a `worker-charges` process
@@ -57,8 +56,8 @@ from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from shared.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
-from shared.webhooks import EVENTS_WITH_WORK  # noqa: E402
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice  # noqa: E402
+from shared.services.webhooks import EVENTS_WITH_WORK  # noqa: E402
 from tests.support.stack import FINAL, Stack, bench_main, measuring  # noqa: E402
 
 STRIPE_RATE_LIMIT = 95

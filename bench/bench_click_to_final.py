@@ -1,4 +1,4 @@
-"""Click to final: from POST /api/invoices/<id>/charges to `succeeded` seen by the client (issue 8).
+"""Click to final: from POST /api/invoices/<id>/charges to `succeeded` seen by the client.
 
 Starts a throwaway redis-server and PostgreSQL 15, then the real stack (emulator with latency 0,
 gunicorn, Celery workers). Clicks are sequential: POST a charge for a distinct eligible invoice (a
@@ -11,7 +11,7 @@ outbox row of each charge: the POST's answer, commit to publish, publish to a wo
     .venv/bin/python bench/bench_click_to_final.py                  # 200 clicks, 1 worker x 2 processes
     .venv/bin/python bench/bench_click_to_final.py --clicks 50 --poll-ms 2
 
-Goal (issue 8): p50 <= 150 ms, reported, not enforced. Exits 1 on a correctness violation only: a
+Goal: p50 <= 150 ms, reported, not enforced. Exits 1 on a correctness violation only: a
 click not answered 202, a charge that did not end `succeeded`, or an invoice with two PaymentIntents.
 """
 
@@ -37,8 +37,8 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.bench_enqueue import percentile, seed_invoices, servers  # noqa: E402
-from shared.models import AuditEvent, OutboxMessage  # noqa: E402
-from shared.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
+from shared.domain.models import AuditEvent, OutboxMessage  # noqa: E402
+from shared.services.outbox import TASK_CHARGE_ATTEMPT  # noqa: E402
 from tests.support.stack import FINAL, TOKEN, Stack, bench_main, measuring  # noqa: E402
 
 GOAL_P50_MS = 150.0

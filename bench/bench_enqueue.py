@@ -1,6 +1,6 @@
-"""Enqueue: POST /api/invoices/<id>/charges at 1, 4 and 20 concurrent clients, beside a floor (issue 8).
+"""Enqueue: POST /api/invoices/<id>/charges at 1, 4 and 20 concurrent clients, beside a floor.
 
-Starts a throwaway redis-server and PostgreSQL 15, the real web app under gunicorn (design §1) and,
+Starts a throwaway redis-server and PostgreSQL 15, the real web app under gunicorn (the Procfile's web) and,
 under the same gunicorn settings, bench/floor_app.py: a bare WSGI app doing one INSERT and one Redis
 LPUSH per request, the least any enqueue can cost on this machine. The Celery workers are not started:
 this measures the web path only (the click's 202), and each accepted charge must be waiting on the
@@ -14,7 +14,7 @@ run with the gunicorn options of the Procfile's web command (--gunicorn tries ot
     .venv/bin/python bench/bench_enqueue.py                          # clients 1,4,20; 3 s warm-up, 10 s each
     .venv/bin/python bench/bench_enqueue.py --clients 1,4 --seconds 3 --warmup 1
 
-Goals (issue 8): p99 <= 15 ms at 4 concurrent clients; saturated enqueue throughput >= 40% of the
+Goals: p99 <= 15 ms at 4 concurrent clients; saturated enqueue throughput >= 40% of the
 floor's. They are reported, not enforced (they depend on the machine). Exits 1 on a correctness
 violation only: an answer other than 202, an accepted charge without its attempt row or broker
 message, or an invoice with two attempts.
@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from bench.floor_app import create_scratch_table  # noqa: E402
-from shared.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
+from shared.domain.models import ChargeAttempt, Invoice, OutboxMessage  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.stack import BIN, TOKEN, Stack, bench_main, measuring  # noqa: E402
 

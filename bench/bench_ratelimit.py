@@ -26,9 +26,10 @@ from pathlib import Path
 import redis
 from sqlalchemy.orm import sessionmaker
 
-from shared.db import make_engine
-from shared.migrate import upgrade
-from shared.ratelimit import DatabaseRateBudget, RateBudget, RateBudgetTimeout, RedisRateBudget
+from shared.adapters.database import make_engine
+from shared.adapters.migrate import upgrade
+from shared.adapters.rate_budget import DatabaseRateBudget, RateBudget, RedisRateBudget
+from shared.services.ports import RateBudgetTimeout
 
 
 @contextmanager

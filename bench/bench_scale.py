@@ -1,15 +1,15 @@
-"""The due-invoice selection and the admin invoice list over 1,000,000 invoices in PostgreSQL (issue 8).
+"""The due-invoice selection and the admin invoice list over 1,000,000 invoices in PostgreSQL.
 
-Starts a throwaway PostgreSQL 15, migrates it (shared.migrate, as `offsession db upgrade` does) and
+Starts a throwaway PostgreSQL 15, migrates it (shared.adapters.migrate, as `offsession db upgrade` does) and
 bulk-loads, server-side with INSERT ... SELECT generate_series, a realistic book: 50,000 clients
 (most with a saved card, some with two), invoices due over the last two years and the next two months
 (most paid, some in two instalments, a few partially paid, about 1% void), a succeeded charge attempt
 for most card payments, declined attempts and a few still in flight; then ANALYZE. It measures:
 
-  * the due-invoice selection exactly as the batch runs it (shared.batch.due_invoice_ids: the ids of
+  * the due-invoice selection exactly as the batch runs it (shared.services.batch.due_invoice_ids: the ids of
     the auto-charge, unvoided, unpaid invoices due today or before), page by page at 1,000 rows a page
     until the last page: milliseconds per page, p50 and max; and apart, loading each page's invoices
-    with clients, cards, payments and attempts as ORM objects (shared.batch.load_for_charging);
+    with clients, cards, payments and attempts as ORM objects (shared.services.batch.load_for_charging);
   * the admin invoice list, /admin/invoices rendered by the real Flask app for a signed-in admin:
     default filters (page 1), a deep page, a search by client name, a search by invoice number and a
     status filter: milliseconds per render, p50 and p99;
@@ -19,7 +19,7 @@ for most card payments, declined attempts and a few still in flight; then ANALYZ
     .venv/bin/python bench/bench_scale.py                                  # 1,000,000 invoices
     .venv/bin/python bench/bench_scale.py --invoices 100000 --clients 5000 --explain
 
-Goals (issue 8): selection <= 50 ms per 1,000-row page; the admin list renders in <= 100 ms. They are
+Goals: selection <= 50 ms per 1,000-row page; the admin list renders in <= 100 ms. They are
 reported (met / not met), not enforced: timings depend on the machine. Exits 1 on a correctness
 violation only: the selection missing a due invoice, returning one twice or one that is not due.
 --database-url runs against an existing database instead (loaded when it has no invoices yet).
@@ -330,8 +330,8 @@ def indexes_used(plan: str) -> list[str]:
 
 
 def measure_selection(engine: Engine, today: date, page_size: int, result: Result) -> None:
-    from shared import batch
-    from shared.ledger import balance
+    from shared.domain.ledger import balance
+    from shared.services import batch
 
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     due_invoice_ids: Callable[..., list[int]] = batch.due_invoice_ids
@@ -376,15 +376,11 @@ def measure_selection(engine: Engine, today: date, page_size: int, result: Resul
 
 
 def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result: Result) -> None:
-    import shared.config
-    import shared.db
     import web
     from web.pages import ADMIN_KEY
 
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("OFFSESSION_HOME", tempfile.mkdtemp(prefix="offsession-scale-home-"))
-    shared.config.get_config.cache_clear()
-    shared.db.reset_engine_cache()
     with engine.begin() as conn:
         admin_id = conn.execute(
             text(
@@ -406,7 +402,7 @@ def measure_list(engine: Engine, url: str, repeats: int, deep_page: int, result:
     http = app.test_client()
     with http.session_transaction() as s:
         s[ADMIN_KEY] = admin_id
-    app_engine = shared.db.get_engine()
+    app_engine = app.extensions["offsession"].engine
     pages = {
         "list: default, page 1": "/admin/invoices",
         f"list: page {deep_page}": f"/admin/invoices?page={deep_page}",
@@ -476,8 +472,8 @@ def table(r: Result, show_plans: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> Result:
-    from shared.db import make_engine
-    from shared.migrate import upgrade
+    from shared.adapters.database import make_engine
+    from shared.adapters.migrate import upgrade
 
     result = Result(args.invoices, args.clients)
     today = date.today()

@@ -1,9 +1,9 @@
 """Webhooks: signed events accepted per second by POST /webhooks/stripe beside a floor, and processed per
-second by the Celery workers (issue 8).
+second by the Celery workers.
 
 Starts a throwaway redis-server (broker, and the Stripe rate budget) and PostgreSQL 15, then the real
 stack (emulator, gunicorn with the Procfile's settings) without workers. Setup charges N attempts
-through the emulator the way a worker does (shared.charging.run_attempt); a share of them "die" after
+through the emulator the way a worker does (shared.services.charging.run_attempt); a share of them "die" after
 Stripe answered and before recording anything, so their events carry news. The emulator only stores
 its events (no webhook URL): the bench takes Stripe's own payment_intent.* and charge.* events, adds
 duplicates (same event id), shuffles them (Stripe's delivery is unordered) and signs each one with the
@@ -21,12 +21,12 @@ webhook secret just before posting it.
    and from the first to the last (without their start-up), with the CPU each one cost. The endpoint
    publishes no message per event: a drain task when none is pending (a flag in the broker's Redis), and
    each drain takes every pending event batch after batch, recruiting one more worker process while its
-   batches are full (shared/webhooks.py drain_events).
+   batches are full (shared/services/webhooks.py drain_events).
 
     .venv/bin/python bench/bench_webhooks.py                    # 1000 attempts (~3,300 deliveries), 8 clients
     .venv/bin/python bench/bench_webhooks.py --attempts 200 --clients 4 --pool threads --concurrency 16
 
-Goals (issue 8): accepted >= 60% of the floor's throughput; processed >= 300 events/s. They are
+Goals: accepted >= 60% of the floor's throughput; processed >= 300 events/s. They are
 reported, not enforced. Exits 1 on a correctness violation only: an answer other than 200 (or 202 from
 the floor), an event stored twice or not at all, a duplicate not recognised as one, an event left
 unprocessed or in error, an attempt in another state than its card dictates, a payment recorded twice.
@@ -63,12 +63,14 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from bench.floor_app import create_scratch_table  # noqa: E402
-from shared.charging import charge_request_for, claim_attempt, open_attempt, run_attempt  # noqa: E402
-from shared.gateway import StripeGateway  # noqa: E402
-from shared.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
+from shared.adapters.stripe_gateway import StripeGateway  # noqa: E402
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow  # noqa: E402
+from shared.services.charge_requests import request_charge  # noqa: E402
+from shared.services.charging import charge_request_for, claim_attempt, run_attempt  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
+from tests.support.unit_of_work import InSession  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
 GUNICORN_ARGS = ("-w", "2", "--timeout", "60")
@@ -153,7 +155,7 @@ def create_attempts(st: Stack, engine: Engine, count: int, unrecorded_share: flo
             )
             session.add(invoice)
             session.flush()
-            attempt, _ = open_attempt(session, invoice, source="admin", requested_by="bench")
+            attempt = request_charge(InSession(session), invoice, source="admin", requested_by="bench")
             expected[attempt.id] = CARD_OUTCOMES[token]
     factory = sessionmaker(engine, expire_on_commit=False)
     # The emulator without the rate budget: setup must not spend the measured seconds.

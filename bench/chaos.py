@@ -1,4 +1,4 @@
-"""Chaos run (issue 7): prove with figures that Offsession never charges twice and never loses a charge.
+"""Chaos run: prove with figures that Offsession never charges twice and never loses a charge.
 
     .venv/bin/python bench/chaos.py [--invoices 1000] [--clicks 50] [--kill-every 4] [--short]
 
@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import Engine, bindparam, create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from shared.models import Invoice  # noqa: E402
+from shared.domain.models import Invoice  # noqa: E402
 from tests.support.services import PG_BIN, PostgresServer, RedisServer  # noqa: E402
 from tests.support.signing import signed, stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, http  # noqa: E402

@@ -1,4 +1,4 @@
-"""The floor for bench_enqueue.py: the least an enqueue can cost on this machine (issue 8).
+"""The floor for bench_enqueue.py: the least an enqueue can cost on this machine.
 
 A bare WSGI app, served by gunicorn with the web app's settings: every POST does one INSERT into a
 scratch table of the same PostgreSQL and one LPUSH to the same Redis, then answers 202. No Flask, no

@@ -1,4 +1,4 @@
-"""CPU per charge of the charge task itself, in one process (issue 8): no broker consumer, no threads.
+"""CPU per charge of the charge task itself, in one process: no broker consumer, no threads.
 
 Starts a throwaway PostgreSQL 15 and redis-server and an in-process Stripe emulator (no latency, no rate
 limit), opens N queued attempts over N invoices (one client, pm_card_visa), then runs the Celery task
@@ -26,9 +26,8 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests" / "integration"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event, func, select  # noqa: E402
 
@@ -51,7 +50,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
-    from emulator_fixture import running_emulator
+    from tests.support.emulator import running_emulator
 
     with running_emulator() as base:
         os.environ.update(
@@ -67,25 +66,24 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shared.charging import load_invoice_for_charge, open_attempt
-    from shared.config import get_config
-    from shared.db import get_engine, get_sessionmaker, size_pool_for_threads
-    from shared.logs import install_formatter, make_formatter
-    from shared.migrate import upgrade
-    from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
-    from worker import tasks
+    from shared.adapters.logs import install_formatter, make_formatter
+    from shared.adapters.migrate import upgrade
+    from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+    from shared.services.charge_requests import load_invoice_for_charge, request_charge
+    from tests.support.unit_of_work import InSession
+    from worker import runtime, tasks
 
-    config = get_config()
+    config = runtime.config
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     devnull = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     root.addHandler(logging.StreamHandler(devnull))
     install_formatter(root, make_formatter("json", config.log_secrets()))
 
-    size_pool_for_threads(4)
+    runtime.size_pool_for_threads(4)
     upgrade(config.database_url)
-    gateway = tasks.gateway()
-    factory = get_sessionmaker()
+    gateway = runtime.gateway
+    factory = runtime.sessions
     customer = gateway.ensure_customer("Ada", "ada@example.com", idempotency_key="offsession:customer:1")
     card = gateway.attach_payment_method(customer, "pm_card_visa", idempotency_key="offsession:card:1")
     with factory() as s, s.begin():
@@ -120,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         for invoice_id in s.scalars(select(Invoice.id).order_by(Invoice.id)).all():
             invoice = load_invoice_for_charge(s, invoice_id, lock=True)
             assert invoice is not None
-            attempt, _message = open_attempt(s, invoice, source="admin", requested_by="bench")
+            attempt = request_charge(InSession(s), invoice, source="admin", requested_by="bench")
             attempt_ids.append(attempt.id)
 
     # Warm up (first statements compile and cache, the first HTTP connection opens) on a few charges.
@@ -136,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         profiler.enable()
     statements = [0]
 
-    @event.listens_for(get_engine(), "before_cursor_execute")
+    @event.listens_for(runtime.engine, "before_cursor_execute")
     def _count(*_args: object) -> None:
         statements[0] += 1
 

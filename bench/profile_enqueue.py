@@ -1,4 +1,4 @@
-"""CPU per enqueue request in one process (issue 8): POST /api/invoices/<id>/charges without gunicorn.
+"""CPU per enqueue request in one process: POST /api/invoices/<id>/charges without gunicorn.
 
 Starts a throwaway PostgreSQL 15 and redis-server (the broker), builds the web app as gunicorn does
 (create_app(), JSON log lines, written to /dev/null here) and sends N POSTs through Flask's test client,
@@ -10,7 +10,7 @@ CPU clock). The workers are not started: each accepted charge waits on the broke
     .venv/bin/python bench/profile_enqueue.py --posts 300
     .venv/bin/python bench/profile_enqueue.py --posts 300 --profile   # CPU profile to stdout
 
-Goal (issue 8): <= 5 ms CPU per POST, what >= 40% of the floor's throughput on 2 cores needs; reported,
+Goal: <= 5 ms CPU per POST, what >= 40% of the floor's throughput on 2 cores needs; reported,
 not enforced. Exits 1 if a POST is not answered 202 or an accepted charge lacks its published outbox row.
 """
 
@@ -66,12 +66,13 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
         SECRET_KEY="profile-enqueue-secret",
         OFFSESSION_LOG_FORMAT="json",
     )
-    from shared.db import get_engine
-    from shared.migrate import upgrade
-    from shared.models import ChargeAttempt, OutboxMessage
+    from shared.adapters.migrate import upgrade
+    from shared.bootstrap import bootstrap
+    from shared.domain.models import ChargeAttempt, OutboxMessage
 
     upgrade(database_url)
-    engine = get_engine()
+    runtime = bootstrap()  # the web process's, as create_app() would build it
+    engine = runtime.engine
     total = args.warmup + args.posts * (args.rounds + (1 if args.profile else 0)) + 1
     invoice_ids = iter(seed_invoices(engine, total))
     # As under gunicorn: create_app() sets up JSON logging to stderr; the lines go to /dev/null here.
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
     try:
         from web import create_app
 
-        client = create_app().test_client()
+        client = create_app(runtime=runtime).test_client()
         headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
         refused: list[tuple[int, int]] = []
         made = [0]
@@ -146,8 +147,8 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
 
 def seed_invoices(engine: Any, count: int) -> list[int]:
     """`count` chargeable invoices over a few clients with a saved default card; returns their ids."""
-    from shared.models import Card, Client, Invoice
-    from shared.settings import update_settings
+    from shared.domain.models import Card, Client, Invoice
+    from shared.services.settings import update_settings
 
     with Session(engine) as session, session.begin():
         update_settings(session, "bench", stripe_connected=True)

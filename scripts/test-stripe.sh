@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test-stripe`: the gateway contract suite (tests/integration/test_gateway_contract.py) against
+# `make test-stripe`: the gateway contract suite (tests/shared/adapters/test_stripe_gateway_contract.py) against
 # Stripe's own test mode, every call the product makes to Stripe, at the API version shared/gateway.py
 # pins. Needs STRIPE_API_KEY=sk_test_... in the environment and STRIPE_API_BASE unset; without a test
 # key it says that it skipped, and it never runs with a live key (the suite creates charges).
@@ -29,4 +29,4 @@ fi
 
 echo "test-stripe: running the gateway contract suite against Stripe test mode"
 echo "test-stripe: (tests that need the emulator's fault injection are skipped; set STRIPE_TEST_CONNECTED_ACCOUNT=acct_... to include Connect)"
-exec .venv/bin/python -m pytest tests/integration/test_gateway_contract.py -rs -o addopts="" "$@"
+exec .venv/bin/python -m pytest tests/shared/adapters/test_stripe_gateway_contract.py -rs -o addopts="" "$@"

@@ -1,5 +1,3 @@
-"""Offsession's domain: models, money, ledger, eligibility, the charge state machine, the Stripe gateway.
-
-Nothing in this package imports Flask or Celery (but shared.adapters, which holds what the processes share
-to reach Celery, kombu and Alembic): web/ and worker/ are thin adapters over it.
-"""
+"""Offsession's core, in layers: domain (rules), services (use cases), adapters (the outside world).
+config.py reads the environment; bootstrap.py builds every process's adapters once. No Flask or Celery
+outside shared.adapters: web/, worker/ and cli/ are thin entry points over it."""

@@ -10,7 +10,6 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -108,7 +107,8 @@ class Config:
     public_base_url: str
     mail_url: str | None
     # How long a charge's lease lasts unless its holder renews it (every third of it, while it works):
-    # a worker that dies hands its charges to recovery this long after its last renewal (shared.leases).
+    # a worker that dies hands its charges to recovery this long after its last renewal
+    # (shared.services.leases).
     charge_lease_seconds: float = DEFAULT_CHARGE_LEASE_SECONDS
     # Transient Stripe errors (5xx, timeouts, 429) retried with the same key before `unknown`.
     charge_transient_retries: int = 6
@@ -273,17 +273,11 @@ def load_config() -> Config:
     )
 
 
-@lru_cache(maxsize=1)
-def get_config() -> Config:
-    """The process-wide configuration, read once."""
-    return load_config()
-
-
 def config_or_exit() -> Config:
-    """get_config() for a process starting up: a configuration that must not run stops it with one line
+    """load_config() for a process starting up: a configuration that must not run stops it with one line
     on stderr naming the variable, and exit status 2."""
     try:
-        return get_config()
+        return load_config()
     except ConfigError as exc:
         print(f"offsession: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

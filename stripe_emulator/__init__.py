@@ -1,4 +1,4 @@
-"""A stateful Stripe v1 emulator that the unmodified stripe SDK can talk to (design §7).
+"""A stateful Stripe v1 emulator that the unmodified stripe SDK can talk to (README: The Stripe emulator).
 
 Reached over HTTP only, like Stripe. Run it with ``python -m stripe_emulator`` or embed it:
 

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "payment_intent.succeeded")
     parser.add_argument("--webhook-secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_emulator"),
                         help="signing secret (default: $STRIPE_WEBHOOK_SECRET or whsec_emulator)")
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="another secret key (sk_test_...) of the default account, beside "
+                             "sk_test_emulator; repeat for more. Any other key is refused with 401.")
     parser.add_argument("--state-file", type=Path, default=None,
                         help="load state from this JSON file at start, save it periodically and on exit")
     faults = parser.add_argument_group("faults (also switchable at run time: POST /_emulator/faults)")
@@ -49,7 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--webhook-delay-ms", type=float, default=0)
     faults.add_argument("--response-delay-ms", type=float, default=0,
                         help="POSTs run and commit at once, the answer waits this long")
+    faults.add_argument("--refund-failure-rate", type=float, default=0.0,
+                        help="fraction of refunds that fail (pending, then failed)")
+    faults.add_argument("--settle-delay-ms", type=_delay, default=1000.0,
+                        help="how long pending refunds and disputes under review take to settle by "
+                             "themselves; 'never': only when a test settles them (default 1000)")
     return parser
+
+
+def _delay(value: str) -> float | None:
+    if value.strip().lower() in ("never", "none", "null"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds or 'never': {value!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -68,11 +85,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "webhook_reorder": args.webhook_reorder,
             "webhook_delay_ms": args.webhook_delay_ms,
             "response_delay_ms": args.response_delay_ms,
+            "refund_failure_rate": args.refund_failure_rate,
+            "settle_delay_ms": args.settle_delay_ms,
         })
     except FaultError as err:
         raise SystemExit(f"stripe_emulator: {err}") from None
     return Config(webhook_url=args.webhook_url, webhook_secret=args.webhook_secret,
-                  state_file=args.state_file, faults=faults, webhook_events=webhook_events)
+                  state_file=args.state_file, faults=faults, webhook_events=webhook_events,
+                  api_keys=tuple(args.api_key))
 
 
 def main(argv: list[str] | None = None) -> int:

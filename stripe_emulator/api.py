@@ -1,10 +1,14 @@
 """The emulator application: one request in, one ``Response`` out, independent of the HTTP server.
 
-Order for /v1 requests, chosen to match what Stripe saves under an idempotency key:
-authentication and Stripe-Version -> rate limit (429, not executed) -> injected 5xx (not executed) ->
-routing, parameter parsing and the endpoint's parameter contract (schema.py; nothing saved) ->
-idempotency claim (replay / 409 / 400) -> latency -> execution under the store lock (validation errors
-release the key, everything else is saved) -> drop-after-commit.
+Order for /v1 requests (and Connect's POST /oauth/token and /oauth/deauthorize), chosen to match what
+Stripe saves under an idempotency key: authentication (the key's account, then Stripe-Account) and
+Stripe-Version -> rate limit (429, not executed) -> injected 5xx (not executed) -> routing, parameter
+parsing and the endpoint's parameter contract (schema.py; nothing saved) -> idempotency claim (replay /
+409 / 400) -> latency -> execution under the store lock (validation errors release the key, everything
+else is saved) -> drop-after-commit.
+
+The pages a browser visits (hosted Checkout, the bank's 3-D Secure page, the Connect OAuth authorize page)
+and the test hooks under /_emulator live in their own modules and call back into the Emulator.
 """
 
 from __future__ import annotations
@@ -20,32 +24,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-from .events import EventRecord, WebhookDispatcher
-from .faults import FaultError, Faults, FaultState
+from . import admin, bank_page, checkout_page, oauth, resources
+from .accounts import ACCOUNT_ID_RE, DEFAULT_ACCOUNT, Registry, mask_key
+from .events import CLI_ENDPOINT, EventRecord, WebhookDispatcher, check_webhook_url
+from .faults import Faults, FaultState
 from .idempotency import Claim, IdempotencyStore, fingerprint
-from .resources import Ctx, Resources
+from .resources import Ctx, disputes, refunds
+from .resources.checkout_sessions import expire_session
+from .scheduler import Scheduler
 from .schema import API_VERSION, check_version
-from .store import PLATFORM, TABLES, Persistence, Store, new_id
+from .store import TABLES, Persistence, Store, new_id
 from .wire import ApiError, Params, Response, invalid, nest, parse_pairs
 
-_ACCOUNT_RE = re.compile(r"^acct_[A-Za-z0-9]+$")
-_ADMIN_AUTH_RE = re.compile(r"^/_emulator/(payment_intents|setup_intents)/([^/]+)/authenticate$")
-_THREE_DS_RE = re.compile(r"^/_emulator/3ds/((?:pi|seti)_[A-Za-z0-9]+)$")
-_THREE_DS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>3-D Secure (Stripe emulator)</title></head>
-<body style="font-family: sans-serif; max-width: 32em; margin: 4em auto">
-<h1>3-D Secure test page</h1>
-<p>The Stripe emulator stands in for the card issuer here. Authenticate {obj_id}?</p>
-<form method="get" style="display: inline"><input type="hidden" name="outcome" value="succeed">
-<button type="submit" id="succeed">Complete authentication</button></form>
-<form method="get" style="display: inline"><input type="hidden" name="outcome" value="fail">
-<button type="submit" id="fail">Fail authentication</button></form>
-</body></html>
-"""
 # Prune expired idempotency keys every this many API requests.
 _PRUNE_EVERY = 5000
+_EVENT_TYPE_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 
 
 @dataclass
@@ -58,15 +52,14 @@ class Config:
     webhook_base_delay_s: float = 0.5
     webhook_max_delay_s: float = 30.0
     save_interval_s: float = 2.0
-    # The endpoint's enabled_events: "*" (every type) or exact event type names. Events of the other
-    # types are still created (GET /v1/events lists them), they are only not delivered.
+    # The --webhook-url endpoint's enabled_events: "*" (every type) or exact event type names. Events
+    # of the other types are still created (GET /v1/events lists them), they are only not delivered.
     webhook_events: tuple[str, ...] = ("*",)
+    # More secret keys of the default account, beside sk_test_emulator (--api-key).
+    api_keys: tuple[str, ...] = ()
 
     def subscribed(self, event_type: str) -> bool:
         return "*" in self.webhook_events or event_type in self.webhook_events
-
-
-_EVENT_TYPE_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 
 
 def parse_webhook_events(value: str) -> tuple[str, ...]:
@@ -81,35 +74,31 @@ def parse_webhook_events(value: str) -> tuple[str, ...]:
     return names
 
 
-def _json(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-def _admin_error(status: int, message: str, param: str | None = None) -> Response:
-    error: dict[str, Any] = {"type": "invalid_request_error", "message": message}
-    if param is not None:
-        error["param"] = param
-    return Response(status, _json({"error": error}))
+def subscribed(enabled_events: list[str], event_type: str) -> bool:
+    return "*" in enabled_events or event_type in enabled_events
 
 
 class Emulator:
     def __init__(self, config: Config) -> None:
+        if config.webhook_url:
+            check_webhook_url(config.webhook_url)
         self.config = config
         self.store = Store()
+        self.registry = self._fresh_registry()
         self.idem = IdempotencyStore()
-        self.faults = FaultState(config.faults)
-        self.resources = Resources(self._emit)
-        self.dispatcher: WebhookDispatcher | None = None
-        if config.webhook_url:
-            self.dispatcher = WebhookDispatcher(
-                config.webhook_url,
-                config.webhook_secret,
-                self.faults,
-                max_attempts=config.webhook_max_attempts,
-                base_delay_s=config.webhook_base_delay_s,
-                max_delay_s=config.webhook_max_delay_s,
-            )
-            self.dispatcher.on_change.append(self._mark_dirty)
+        self._faults = FaultState(config.faults)
+        self.scheduler = Scheduler(self._run_due_plan)
+        self.dispatcher = WebhookDispatcher(
+            self._endpoint_target, self._faults,
+            max_attempts=config.webhook_max_attempts,
+            base_delay_s=config.webhook_base_delay_s,
+            max_delay_s=config.webhook_max_delay_s,
+        )
+        self.dispatcher.on_change.append(self.mark_dirty)
         self.persistence: Persistence | None = None
         if config.state_file is not None:
             self.persistence = Persistence(
@@ -118,30 +107,56 @@ class Emulator:
             )
             saved = self.persistence.read()
             if saved is not None:
-                self.store.load_json(saved)
-                self.idem.load_json(saved.get("idempotency", []))
+                self._load(saved)
+
+    def _fresh_registry(self) -> Registry:
+        registry = Registry(int(time.time()))
+        for key in self.config.api_keys:
+            registry.add_secret_key(DEFAULT_ACCOUNT, key)
+        return registry
+
+    def _load(self, saved: dict[str, Any]) -> None:
+        self.store.load_json(saved, DEFAULT_ACCOUNT)
+        self.idem.load_json([{**row, "account": row["account"] or DEFAULT_ACCOUNT}
+                             for row in saved.get("idempotency", [])])
+        if "registry" in saved:
+            self.registry = Registry.from_json(saved["registry"])
+            for key in self.config.api_keys:
+                if key not in self.registry.keys:
+                    self.registry.add_secret_key(DEFAULT_ACCOUNT, key)
+        else:
+            # A state file from before the registry: its connected accounts were created on first use.
+            now = int(time.time())
+            for name in self.store.accounts:
+                if name != DEFAULT_ACCOUNT and ACCOUNT_ID_RE.match(name):
+                    self.registry.create_account(now, account_id=name)
+                    self.registry.connect(name, DEFAULT_ACCOUNT, "ca_emulator", "read_write", now)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.start()
-            # Events still undelivered when the state was saved are delivered after a restart.
-            with self.store.lock:
-                for data in self.store.accounts.values():
-                    for rec in data.events.values():
-                        if rec.pending_webhooks and rec.attempts < self.dispatcher.max_attempts:
-                            self.dispatcher.enqueue(rec)
+        self.dispatcher.start()
+        self.scheduler.start()
+        with self.store.lock:
+            for name, data in self.store.accounts.items():
+                # Events still undelivered when the state was saved are delivered after a restart.
+                for rec in data.events.values():
+                    for endpoint, attempts in rec.pending.items():
+                        if attempts < self.dispatcher.max_attempts:
+                            self.dispatcher.enqueue(rec, endpoint)
+                for obj_id, plan in data.plans.items():
+                    if plan.get("due") is not None:
+                        self.scheduler.at(plan["due"], name, obj_id)
         if self.persistence is not None:
             self.persistence.start()
 
     def close(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
+        self.scheduler.stop()
+        self.dispatcher.stop()
         if self.persistence is not None:
             self.persistence.close()
 
-    def _mark_dirty(self) -> None:
+    def mark_dirty(self) -> None:
         self.store.dirty = True
 
     def _mark_clean(self) -> None:
@@ -150,16 +165,35 @@ class Emulator:
     def _dump(self) -> str:
         # Serialized while the lock is held: handlers mutate these dicts in place.
         with self.store.lock:
-            return json.dumps({**self.store.to_json(), "idempotency": self.idem.to_json()})
+            return json.dumps({**self.store.to_json(), "registry": self.registry.to_json(),
+                               "idempotency": self.idem.to_json()})
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ what handlers reach (Services)
 
-    def _emit(self, ctx: Ctx, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    @property
+    def faults(self) -> Faults:
+        return self._faults.current
+
+    @property
+    def fault_state(self) -> FaultState:
+        return self._faults
+
+    def context(self, account: str, base_url: str, request_id: str | None = None,
+                idempotency_key: str | None = None) -> Ctx:
+        """A handler's context for ``account``; call with ``store.lock`` held."""
+        return Ctx(account, self.store.account(account), request_id, idempotency_key, int(time.time()),
+                   self, base_url)
+
+    def emit(self, ctx: Ctx, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None,
+             platforms: list[str] | None = None) -> None:
+        """The event for a change on ``ctx.account``, delivered to the endpoints that take it: the
+        --webhook-url one, the account's own, and its platforms' Connect endpoints (``platforms``
+        narrows those, for an event about one connection)."""
         evt_id = new_id("evt_")
-        delivered = self.dispatcher is not None and self.config.subscribed(type_)
-        pending = 1 if delivered else 0
+        connected = platforms if platforms is not None else self.registry.platforms_of(ctx.account)
+        targets = self._targets(ctx.account, connected, type_)
         event: dict[str, Any] = {"id": evt_id, "object": "event"}
-        if ctx.account:
+        if connected:
             event["account"] = ctx.account
         data: dict[str, Any] = {"object": obj}
         if previous is not None:
@@ -169,25 +203,95 @@ class Emulator:
             created=ctx.now,
             data=data,
             livemode=False,
-            pending_webhooks=pending,
+            pending_webhooks=len(targets),
             request={"id": ctx.request_id, "idempotency_key": ctx.idempotency_key},
             type=type_,
         )
         # Serialized now, under the store lock: the payload is a snapshot of the object at this moment.
-        rec = EventRecord(evt_id, type_, ctx.now, ctx.account, json.dumps(event), pending)
+        rec = EventRecord(evt_id, type_, ctx.now, ctx.account, json.dumps(event), dict.fromkeys(targets, 0))
         ctx.data.events[evt_id] = rec
-        if delivered:
-            assert self.dispatcher is not None
-            self.dispatcher.enqueue(rec)
+        for target in targets:
+            self.dispatcher.enqueue(rec, target)
+
+    def _targets(self, account: str, platforms: list[str], type_: str) -> list[str]:
+        targets = [CLI_ENDPOINT] if self.config.webhook_url and self.config.subscribed(type_) else []
+        owners = [(account, False)] + [(p, True) for p in platforms]
+        for owner, connect in owners:
+            data = self.store.accounts.get(owner)
+            if data is None:
+                continue
+            for we in data.webhook_endpoints.values():
+                if (we["status"] == "enabled" and data.endpoint_private[we["id"]]["connect"] == connect
+                        and subscribed(we["enabled_events"], type_)):
+                    targets.append(we["id"])
+        return targets
+
+    def _endpoint_target(self, endpoint: str) -> tuple[str, str] | None:
+        if endpoint == CLI_ENDPOINT:
+            url = self.config.webhook_url
+            return (url, self.config.webhook_secret) if url else None
+        with self.store.lock:
+            owner = self.store.find_owner(endpoint)
+            if owner is None:
+                return None
+            data = self.store.accounts[owner]
+            we = data.webhook_endpoints[endpoint]
+            if we["status"] != "enabled":
+                return None
+            return we["url"], data.endpoint_private[endpoint]["secret"]
+
+    def plan(self, ctx: Ctx, obj_id: str, action: dict[str, Any], at: float | None = None) -> None:
+        if at is None:
+            delay = self.faults.settle_delay_ms
+            at = None if delay is None else time.time() + delay / 1000.0
+        ctx.data.plans[obj_id] = {**action, "due": at}
+        if at is not None:
+            self.scheduler.at(at, ctx.account, obj_id)
+
+    def _run_due_plan(self, account: str, obj_id: str) -> None:
+        with self.store.lock:
+            data = self.store.accounts.get(account)
+            plan = data.plans.get(obj_id) if data is not None else None
+            # Gone (a test settled it first) or moved (planned again, later): nothing to do now.
+            if plan is None or plan.get("due") is None or plan["due"] > time.time() + 0.001:
+                return
+            self.run_plan(account, obj_id, {}, "http://127.0.0.1")
+
+    def run_plan(self, account: str, obj_id: str, overrides: dict[str, Any], base_url: str) -> dict[str, Any]:
+        """Carry out ``obj_id``'s plan now (with ``overrides``); the object as it is after. Raises
+        ApiError when the object has nothing planned and ``overrides`` do not say what to do."""
+        with self.store.lock:
+            ctx = self.context(account, base_url)
+            plan = {**ctx.data.plans.pop(obj_id, {}), **overrides}
+            kind = obj_id.split("_", 1)[0]
+            if kind == "re":
+                result = refunds.settle(ctx, ctx.data.refunds[obj_id], plan)
+            elif kind == "du":
+                result = disputes.decide(ctx, ctx.data.disputes[obj_id], plan)
+            elif kind == "cs":
+                result = expire_session(ctx, ctx.data.checkout_sessions[obj_id])
+            else:
+                raise invalid(f"Nothing is planned for {obj_id}.")
+            self.mark_dirty()
+            return result
 
     # ------------------------------------------------------------------ entry point
 
     def handle(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> Response:
         path, _, query = target.partition("?")
+        base_url = self._base_url(headers)
         if path.startswith("/v1/"):
-            return self._api(method, path, query, body, headers)
+            return self.api(method, path, query, body, headers)
+        if path in ("/oauth/token", "/oauth/deauthorize") and method == "POST":
+            return self.api(method, path, query, body, headers)
+        if path == "/oauth/authorize":
+            return oauth.authorize_page(self, method, query, body, base_url)
+        if path.startswith("/c/pay/"):
+            return checkout_page.handle(self, method, path, query, body, base_url)
+        if path.startswith("/_emulator/3ds/"):
+            return bank_page.handle(self, method, path, query, body, base_url)
         if path.startswith("/_emulator/"):
-            return self._admin(method, path, query, body, self._base_url(headers))
+            return admin.handle(self, method, path, query, body, base_url)
         return self._unrecognized(method, path, [])
 
     @staticmethod
@@ -200,7 +304,7 @@ class Emulator:
                       "we can help at https://support.stripe.com/.", status=404)
         return Response(404, err.body(), headers)
 
-    # ------------------------------------------------------------------ /v1
+    # ------------------------------------------------------------------ /v1 and Connect's /oauth
 
     @staticmethod
     def _api_key(headers: Mapping[str, str]) -> str:
@@ -215,54 +319,65 @@ class Emulator:
                 return ""
         return ""
 
-    def _authenticate(self, headers: Mapping[str, str]) -> str:
-        """The account the request acts for; raises a 401/403 ApiError otherwise."""
+    def authenticate(self, headers: Mapping[str, str]) -> tuple[str, str]:
+        """(the key's account, the account the request acts for); raises Stripe's 401 / 403."""
         key = self._api_key(headers)
         if not key:
             raise invalid("You did not provide an API key. You need to provide your API key in the "
                           "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
                           "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, "
                           "or we can help at https://support.stripe.com/.", status=401)
-        if not key.startswith(("sk_test_", "rk_test_")):
-            shown = key[:8] + "*" * 4 + key[-4:] if len(key) > 12 else key
-            raise invalid(f"Invalid API Key provided: {shown}. The emulator only accepts test mode "
-                          "secret keys (sk_test_...).", status=401)
+        # Read without the store lock (single dict reads), so authentication never waits for a handler.
+        owner = self.registry.keys.get(key)
+        if owner is None:
+            word = "Expired" if key in self.registry.revoked else "Invalid"
+            raise invalid(f"{word} API Key provided: {mask_key(key)}", status=401)
+        if key.startswith("pk_"):
+            raise invalid("This API call cannot be made with a publishable API key. Please use a secret "
+                          "API key. You can find a list of your API keys at "
+                          "https://dashboard.stripe.com/account/apikeys.", status=401)
         account = (headers.get("Stripe-Account") or "").strip()
-        if account and not _ACCOUNT_RE.match(account):
-            raise invalid(f"The provided key does not have access to account '{account}' (or that account "
-                          "does not exist). Application access may have been revoked.",
-                          code="account_invalid", status=403)
-        return account or PLATFORM
+        if not account:
+            return owner, owner
+        if not ACCOUNT_ID_RE.match(account) or not self.registry.can_act_for(owner, account):
+            raise invalid(f"The provided key '{mask_key(key)}' does not have access to account "
+                          f"'{account}' (or that account does not exist). Application access may have "
+                          "been revoked.", code="account_invalid", status=403)
+        return owner, account
 
-    def _api(self, method: str, path: str, query: str, body: bytes, headers: Mapping[str, str]) -> Response:
+    def api(self, method: str, path: str, query: str, body: bytes, headers: Mapping[str, str]) -> Response:
         self.store.count("total")
         if self.store.requests["total"] % _PRUNE_EVERY == 0:
             self.idem.prune()
+        is_oauth = path.startswith("/oauth/")
         request_id = new_id("req_", 14)
         out_headers = [("Request-Id", request_id), ("Stripe-Version", API_VERSION)]
+
+        def answer(err: ApiError) -> Response:
+            return Response(err.status, oauth.error_body(err) if is_oauth else err.body(), out_headers)
+
         try:
-            account = self._authenticate(headers)
+            key_account, account = self.authenticate(headers)
             check_version(headers.get("Stripe-Version"))
         except ApiError as err:
-            return Response(err.status, err.body(), out_headers)
-        faults = self.faults.current
+            return answer(err)
+        faults = self.faults
         latency = faults.latency_s()
 
-        if not self.faults.allow(account):
+        if not self._faults.allow(account):
             self.store.count("rate_limited")
             time.sleep(latency)
-            err = invalid("Request rate limit exceeded. You can learn more about rate limits here "
-                          "https://stripe.com/docs/rate-limits.", code="rate_limit", status=429)
-            return Response(429, err.body(), out_headers)
+            return answer(invalid("Request rate limit exceeded. You can learn more about rate limits here "
+                                  "https://stripe.com/docs/rate-limits.", code="rate_limit", status=429))
         if faults.error_rate and random.random() < faults.error_rate:
             self.store.count("errors_injected")
             time.sleep(latency)
             body_500 = {"error": {"message": "Sorry, something went wrong. We've already been notified of "
                                              "the problem, but if you need any help, you can reach us at "
                                              "support.stripe.com/contact.", "type": "api_error"}}
-            return Response(500, _json(body_500), out_headers)
+            return Response(500, json_bytes(body_500), out_headers)
 
-        route = self.resources.match(method, path)
+        route = oauth.match(method, path) if is_oauth else resources.match(method, path)
         if route is None:
             return self._unrecognized(method, path, out_headers)
         handler, contract, args = route
@@ -273,9 +388,9 @@ class Emulator:
             contract.check(data)
             params = Params(data)
         except UnicodeDecodeError:
-            return Response(400, invalid("Request body is not valid UTF-8").body(), out_headers)
+            return answer(invalid("Request body is not valid UTF-8"))
         except ApiError as err:
-            return Response(err.status, err.body(), out_headers)
+            return answer(err)
 
         key = headers.get("Idempotency-Key") if method == "POST" else None
         if key is not None:
@@ -287,19 +402,20 @@ class Emulator:
         if latency:
             time.sleep(latency)
         with self.store.lock:
-            ctx = Ctx(account, self.store.account(account), request_id, key, int(time.time()),
-                      self._base_url(headers))
+            ctx = self.context(account, self._base_url(headers), request_id, key)
+            ctx.key_account = key_account
             try:
-                status, payload, saved = 200, _json(handler(ctx, params, args)), True
+                status, payload, saved = 200, json_bytes(handler(ctx, params, args)), True
             except ApiError as err:
-                status, payload, saved = err.status, err.body(), err.saved
+                status, saved = err.status, err.saved
+                payload = oauth.error_body(err) if is_oauth else err.body()
                 out_headers.extend(err.headers)
             except Exception:
                 # A bug mid-execution answers like Stripe's own 500s, and is saved like them.
                 traceback.print_exc(file=sys.stderr)
                 status, saved = 500, True
-                payload = _json({"error": {"message": "An unexpected error occurred in the emulator.",
-                                           "type": "api_error"}})
+                payload = json_bytes({"error": {"message": "An unexpected error occurred in the emulator.",
+                                                "type": "api_error"}})
             if saved and method != "GET":
                 self.store.dirty = True
         if key is not None:
@@ -340,7 +456,7 @@ class Emulator:
                                 "(that probably means you submitted twice, and the other request is still "
                                 f"going through): {key}. Please try again later.",
                      "type": "idempotency_error"}
-            return Response(409, _json({"error": error}), out_headers)
+            return Response(409, json_bytes({"error": error}), out_headers)
         assert rec is not None
         if claim is Claim.OTHER_ENDPOINT:
             message = ("Keys for idempotent requests can only be used for the same endpoint they were first "
@@ -350,86 +466,10 @@ class Emulator:
             message = ("Keys for idempotent requests can only be used with the same parameters they were "
                        f"first used with. Try using a key other than '{key}' if you meant to execute a "
                        "different request.")
-        return Response(400, _json({"error": {"message": message, "type": "idempotency_error"}}), out_headers)
+        return Response(400, json_bytes({"error": {"message": message, "type": "idempotency_error"}}),
+                        out_headers)
 
-    # ------------------------------------------------------------------ /_emulator
-
-    def _admin(self, method: str, path: str, query: str, body: bytes, base_url: str) -> Response:
-        payload: Any = {}
-        if body.strip():
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                return _admin_error(400, "Body must be JSON.")
-        route = (method, path)
-        if route == ("GET", "/_emulator/health"):
-            return Response(200, _json({"status": "ok", "api_version": API_VERSION}))
-        if route == ("GET", "/_emulator/faults"):
-            return Response(200, _json(self.faults.current.to_dict()))
-        if route == ("POST", "/_emulator/faults"):
-            try:
-                faults = self.faults.update(payload)
-            except FaultError as err:
-                return _admin_error(400, str(err), param=err.key or None)
-            return Response(200, _json(faults.to_dict()))
-        if route == ("GET", "/_emulator/state"):
-            with self.store.lock:
-                return Response(200, _json(self.state()))
-        if route == ("POST", "/_emulator/reset"):
-            self.reset()
-            return Response(200, _json({"reset": True}))
-        hit = _ADMIN_AUTH_RE.match(path)
-        if hit and method == "POST":
-            outcome = payload.get("outcome", "succeed") if isinstance(payload, dict) else None
-            kind = "payment_intents" if hit.group(1) == "payment_intents" else "setup_intents"
-            return self._authenticate_intent(kind, hit.group(2), outcome, base_url)
-        page = _THREE_DS_RE.match(path)
-        if page and method == "GET":
-            return self._three_ds_page(page.group(1), query, base_url)
-        return _admin_error(404, f"Unknown emulator endpoint: {method} {path}")
-
-    def _three_ds_page(self, obj_id: str, query: str, base_url: str) -> Response:
-        """What next_action URLs point at: the issuer's 3-D Secure step, then back to return_url."""
-        outcome = dict(parse_pairs(query)).get("outcome")
-        if outcome is None:
-            html = _THREE_DS_PAGE.format(obj_id=obj_id)
-            return Response(200, html.encode(), content_type="text/html; charset=utf-8")
-        kind = "payment_intents" if obj_id.startswith("pi_") else "setup_intents"
-        with self.store.lock:
-            account = self.store.find_owner(obj_id)
-            obj = self.store.account(account).table(kind).get(obj_id) if account is not None else None
-            action = (obj or {}).get("next_action") or {}
-            step = action.get("redirect_to_url") or action.get("use_stripe_sdk") or {}
-            return_url = step.get("return_url")
-            resp = self._authenticate_intent(kind, obj_id, outcome, base_url)
-            if resp.status != 200 or not return_url or obj is None:
-                return resp
-            name = "payment_intent" if kind == "payment_intents" else "setup_intent"
-            status = "succeeded" if obj["status"] == "succeeded" else "failed"
-            params = urlencode({name: obj_id, f"{name}_client_secret": obj["client_secret"],
-                                "redirect_status": status})
-            location = f"{return_url}{'&' if '?' in return_url else '?'}{params}"
-        return Response(302, b"", [("Location", location)], content_type="text/plain")
-
-    def _authenticate_intent(self, kind: str, obj_id: str, outcome: Any, base_url: str) -> Response:
-        """Complete or fail the 3-D Secure step a customer would do in Stripe.js."""
-        if outcome not in ("succeed", "fail"):
-            return _admin_error(400, "outcome must be 'succeed' or 'fail'", param="outcome")
-        with self.store.lock:
-            account = self.store.find_owner(obj_id)
-            obj = self.store.account(account).table(kind).get(obj_id) if account is not None else None
-            if account is None or obj is None:
-                return _admin_error(404, f"No such {kind[:-1]}: '{obj_id}'")
-            ctx = Ctx(account, self.store.account(account), None, None, int(time.time()), base_url)
-            try:
-                if kind == "payment_intents":
-                    result = self.resources.authenticate_pi(ctx, obj, outcome == "succeed")
-                else:
-                    result = self.resources.authenticate_si(ctx, obj, outcome == "succeed")
-            except ApiError as err:
-                return Response(err.status, err.body())
-            self.store.dirty = True
-            return Response(200, _json(result))
+    # ------------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
         """Every object of every account; serialize it before releasing ``store.lock``."""
@@ -437,22 +477,29 @@ class Emulator:
         out["events"] = []
         with self.store.lock:
             for name, data in self.store.accounts.items():
-                acct = name or None
+                # The default account's objects show account None, as objects without Stripe-Account.
+                acct = None if name == DEFAULT_ACCOUNT else name
                 for table in TABLES:
                     out[table].extend({**obj, "account": acct} for obj in data.table(table).values())
                 out["events"].extend(rec.render() for rec in data.events.values())
+                for we in out["webhook_endpoints"]:
+                    if we["id"] in data.endpoint_private:
+                        we.update(data.endpoint_private[we["id"]])
+            out["accounts"] = self.registry.render()
             out["requests"] = dict(self.store.requests)
         webhooks: dict[str, Any] = {"url": self.config.webhook_url,
                                     "events": list(self.config.webhook_events)}
-        if self.dispatcher is not None:
-            webhooks.update(self.dispatcher.stats.to_dict(), queued=self.dispatcher.pending())
+        webhooks.update(self.dispatcher.stats.to_dict(), queued=self.dispatcher.pending())
         out["webhooks"] = webhooks
         return out
 
     def reset(self) -> None:
-        """Forget every object, key, counter and queued delivery; faults go back to their start values."""
-        self.store.clear()
+        """Forget every object, key, account, counter, plan and queued delivery; faults go back to their
+        start values and the registry to the default account."""
+        with self.store.lock:
+            self.store.clear()
+            self.registry = self._fresh_registry()
         self.idem.clear()
-        self.faults.reset()
-        if self.dispatcher is not None:
-            self.dispatcher.clear()
+        self._faults.reset()
+        self.dispatcher.clear()
+        self.scheduler.clear()

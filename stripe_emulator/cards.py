@@ -43,6 +43,13 @@ class CardSpec:
     decline: Decline | None = None
     # chargeCustomerFail: setting the card up succeeds, only charges decline.
     setup_passes_check: bool = False
+    # After a successful charge the cardholder disputes it, for this reason (createDispute...).
+    dispute: str | None = None
+    # The dispute is an inquiry (a retrieval request): no funds are withdrawn unless it escalates.
+    inquiry: bool = False
+    # Refunds of its charges: "pending" (start pending, then succeed) or "fail" (start succeeded,
+    # then fail), as pm_card_pendingRefund and pm_card_refundFail do.
+    refund: str | None = None
 
     @property
     def last4(self) -> str:
@@ -131,6 +138,12 @@ _SPECS: list[CardSpec] = [
         "4000003800000446",
         auth=Auth.ON_SESSION_ONLY,
     ),
+    CardSpec("pm_card_createDispute", "visa", "4000000000000259", dispute="fraudulent"),
+    CardSpec("pm_card_createDisputeProductNotReceived", "visa", "4000000000002685",
+             dispute="product_not_received"),
+    CardSpec("pm_card_createDisputeInquiry", "visa", "4000000000001976", dispute="general", inquiry=True),
+    CardSpec("pm_card_pendingRefund", "visa", "4000000000007726", refund="pending"),
+    CardSpec("pm_card_refundFail", "visa", "4000000000005126", refund="fail"),
     CardSpec(
         "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds",
         "visa",
@@ -142,12 +155,39 @@ _SPECS: list[CardSpec] = [
 ]
 
 CARDS: dict[str, CardSpec] = {spec.token: spec for spec in _SPECS}
+# A number typed on the hosted Checkout page -> the token whose behaviour it has (the first listed).
+BY_NUMBER: dict[str, CardSpec] = {}
+for _spec in _SPECS:
+    BY_NUMBER.setdefault(_spec.number, _spec)
+
+# What the hosted Checkout page offers to pick, in this order (docs.stripe.com/testing).
+CHECKOUT_CHOICES: tuple[tuple[str, str], ...] = (
+    ("4242424242424242", "Visa: succeeds"),
+    ("5555555555554444", "Mastercard: succeeds"),
+    ("4000002500003155", "Visa: authentication at setup, then off-session charges succeed"),
+    ("4000002760003184", "Visa: always asks for authentication (off-session charges declined)"),
+    ("4000000000000002", "Visa: declined (generic_decline)"),
+    ("4000000000009995", "Visa: declined (insufficient_funds)"),
+    ("4000000000000069", "Visa: declined (expired_card)"),
+    ("4000000000000341", "Visa: saved, every charge declined"),
+    ("4000000000000259", "Visa: charge succeeds, then disputed (fraudulent)"),
+    ("4000000000002685", "Visa: charge succeeds, then disputed (product not received)"),
+    ("4000000000001976", "Visa: charge succeeds, then an inquiry"),
+    ("4000000000007726", "Visa: refunds are pending, then succeed"),
+    ("4000000000005126", "Visa: refunds succeed, then fail"),
+)
 
 AUTH_REQUIRED = Decline(
     "authentication_required",
     "authentication_required",
     "Your card was declined. This transaction requires authentication.",
 )
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(d) for d in reversed(number)]
+    total = sum(digits[0::2]) + sum(sum(divmod(2 * d, 10)) for d in digits[1::2])
+    return total % 10 == 0
 
 
 def is_test_token(value: str) -> bool:

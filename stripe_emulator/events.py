@@ -17,6 +17,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,10 @@ REORDER_WINDOW_S = 0.3
 # After the receiver refused a connection, attempts within this window fail without dialing again:
 # a dead endpoint must not eat the CPU the API needs (every event would otherwise dial ~10 times).
 DOWN_WINDOW_S = 0.25
+# The endpoint given on the command line (--webhook-url): every event of every account.
+CLI_ENDPOINT = "cli"
+# An endpoint key -> (url, signing secret), or None once it no longer takes deliveries.
+Resolve = Callable[[str], "tuple[str, str] | None"]
 
 
 def sign(payload: str, secret: str, timestamp: int) -> str:
@@ -44,12 +49,17 @@ class EventRecord:
     account: str
     # The JSON exactly as first serialized: the webhook payload, and a snapshot of data.object.
     body: str
-    pending_webhooks: int
-    attempts: int = 0
+    # Endpoint key ("cli" for --webhook-url, else the we_... id) -> attempts so far, for every endpoint
+    # that has not acknowledged it yet (Stripe's pending_webhooks counts them).
+    pending: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending_webhooks(self) -> int:
+        return len(self.pending)
 
     def render(self) -> dict[str, Any]:
         obj: dict[str, Any] = json.loads(self.body)
-        obj["pending_webhooks"] = self.pending_webhooks
+        obj["pending_webhooks"] = len(self.pending)
         return obj
 
     def to_json(self) -> dict[str, Any]:
@@ -59,13 +69,15 @@ class EventRecord:
             "created": self.created,
             "account": self.account,
             "body": self.body,
-            "pending_webhooks": self.pending_webhooks,
-            "attempts": self.attempts,
+            "pending": dict(self.pending),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EventRecord:
-        return cls(**data)
+        pending = data.get("pending")
+        if pending is None:  # a state file from before webhook endpoints: one endpoint, --webhook-url
+            pending = {CLI_ENDPOINT: data.get("attempts", 0)} if data.get("pending_webhooks") else {}
+        return cls(data["id"], data["type"], data["created"], data["account"], data["body"], dict(pending))
 
 
 @dataclass(order=True)
@@ -73,6 +85,7 @@ class _Delivery:
     due: float
     seq: int
     record: EventRecord = field(compare=False)
+    endpoint: str = field(compare=False, default=CLI_ENDPOINT)
     attempt: int = field(compare=False, default=0)
     duplicate: bool = field(compare=False, default=False)
 
@@ -90,10 +103,11 @@ class WebhookStats:
 
 
 class WebhookDispatcher:
+    """Delivers events to webhook endpoints, each with its own URL and signing secret."""
+
     def __init__(
         self,
-        url: str,
-        secret: str,
+        resolve: Resolve,
         faults: FaultState,
         *,
         workers: int = 4,
@@ -102,15 +116,7 @@ class WebhookDispatcher:
         max_delay_s: float = 30.0,
         timeout_s: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook URL must be http(s)://host[:port]/path, got {url!r}")
-        self.url = url
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._secret = secret
+        self._resolve = resolve
         self._faults = faults
         self._workers_n = workers
         self.max_attempts = max_attempts
@@ -122,12 +128,13 @@ class WebhookDispatcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
-        self._down_until = 0.0
+        self._down_until: dict[tuple[str, int], float] = {}
         self.stats = WebhookStats()
         self._stats_lock = threading.Lock()
         self.on_change: list[Any] = []
 
     def start(self) -> None:
+        self._stopping = False
         for i in range(self._workers_n):
             t = threading.Thread(target=self._run, name=f"webhook-{i}", daemon=True)
             t.start()
@@ -151,25 +158,27 @@ class WebhookDispatcher:
         with self._cond:
             return len(self._heap)
 
-    def enqueue(self, record: EventRecord) -> None:
+    def enqueue(self, record: EventRecord, endpoint: str) -> None:
         faults = self._faults.current
         now = time.monotonic()
         delay = faults.webhook_delay_ms / 1000.0
-        items = [self._first_delivery(record, now + delay, faults.webhook_reorder, duplicate=False)]
+        items = [self._first_delivery(record, endpoint, now + delay, faults.webhook_reorder, duplicate=False)]
         if faults.webhook_duplicate_rate and random.random() < faults.webhook_duplicate_rate:
-            items.append(self._first_delivery(record, now + delay, faults.webhook_reorder, duplicate=True))
+            items.append(self._first_delivery(record, endpoint, now + delay, faults.webhook_reorder,
+                                              duplicate=True))
         with self._cond:
             for item in items:
                 heapq.heappush(self._heap, item)
             self._cond.notify(len(items))
 
-    def _first_delivery(self, record: EventRecord, due: float, reorder: bool, duplicate: bool) -> _Delivery:
+    def _first_delivery(self, record: EventRecord, endpoint: str, due: float, reorder: bool,
+                        duplicate: bool) -> _Delivery:
         if reorder:
             due += random.uniform(0, REORDER_WINDOW_S)
         elif duplicate:
             # A duplicate trails its original slightly, as a redelivery would.
             due += random.uniform(0.01, 0.05)
-        return _Delivery(due, next(self._seq), record, 0, duplicate)
+        return _Delivery(due, next(self._seq), record, endpoint, 0, duplicate)
 
     def _next(self) -> _Delivery | None:
         with self._cond:
@@ -185,8 +194,13 @@ class WebhookDispatcher:
 
     def _run(self) -> None:
         while (item := self._next()) is not None:
+            target = self._resolve(item.endpoint)
+            if target is None:
+                # The endpoint was deleted or disabled: Stripe stops delivering to it.
+                item.record.pending.pop(item.endpoint, None)
+                continue
             try:
-                ok = self._attempt(item)
+                ok = self._attempt(item, *target)
             except Exception as exc:  # a delivery bug must not kill the worker
                 print(f"stripe_emulator: webhook delivery error: {exc!r}", file=sys.stderr)
                 ok = False
@@ -202,39 +216,46 @@ class WebhookDispatcher:
                 self.stats.delivered += 1
             else:
                 self.stats.failed_attempts += 1
-        if not item.duplicate:
-            rec.attempts += 1
+        # Single dict operations, atomic under the GIL: the API reads these without waiting for us, and
+        # only this delivery chain counts attempts for its (event, endpoint).
         if ok:
-            rec.pending_webhooks = 0
-        elif item.attempt + 1 < self.max_attempts:
-            backoff = min(self._base_delay * (2**item.attempt), self._max_delay)
-            retry = _Delivery(time.monotonic() + backoff, next(self._seq), rec, item.attempt + 1,
-                              item.duplicate)
-            with self._cond:
-                heapq.heappush(self._heap, retry)
-                self._cond.notify()
-        else:
-            with self._stats_lock:
-                self.stats.gave_up += 1
+            rec.pending.pop(item.endpoint, None)
+        elif not item.duplicate and item.endpoint in rec.pending:
+            rec.pending[item.endpoint] = rec.pending.get(item.endpoint, 0) + 1
+        if not ok:
+            if item.attempt + 1 < self.max_attempts:
+                backoff = min(self._base_delay * (2**item.attempt), self._max_delay)
+                retry = _Delivery(time.monotonic() + backoff, next(self._seq), rec, item.endpoint,
+                                  item.attempt + 1, item.duplicate)
+                with self._cond:
+                    heapq.heappush(self._heap, retry)
+                    self._cond.notify()
+            else:
+                with self._stats_lock:
+                    self.stats.gave_up += 1
         for callback in self.on_change:
             callback()
 
-    def _attempt(self, item: _Delivery) -> bool:
-        if time.monotonic() < self._down_until:
+    def _attempt(self, item: _Delivery, url: str, secret: str) -> bool:
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        host, port = parts.hostname or "", parts.port or (443 if https else 80)
+        if time.monotonic() < self._down_until.get((host, port), 0.0):
             return False
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         payload = item.record.body
-        header = sign(payload, self._secret, int(time.time()))
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self._timeout)
+        header = sign(payload, secret, int(time.time()))
+        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        conn = cls(host, port, timeout=self._timeout)
         try:
             try:
                 conn.connect()
             except OSError:
-                self._down_until = time.monotonic() + DOWN_WINDOW_S
+                self._down_until[(host, port)] = time.monotonic() + DOWN_WINDOW_S
                 return False
             conn.request(
                 "POST",
-                self._path,
+                path,
                 body=payload.encode(),
                 headers={
                     "Content-Type": "application/json; charset=utf-8",
@@ -250,3 +271,10 @@ class WebhookDispatcher:
             return False
         finally:
             conn.close()
+
+
+def check_webhook_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is one the dispatcher can deliver to."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook URL must be http(s)://host[:port]/path, got {url!r}")

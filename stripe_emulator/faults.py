@@ -27,9 +27,15 @@ class Faults:
     webhook_duplicate_rate: float = 0.0
     webhook_reorder: bool = False
     webhook_delay_ms: float = 0
-    # Beyond design §7: the request runs and commits at once, the answer waits this long. Lets a test
-    # kill a worker after Stripe charged and before the worker recorded it.
+    # The request runs and commits at once, the answer waits this long. Lets a test kill a worker
+    # after Stripe charged and before the worker recorded it.
     response_delay_ms: float = 0
+    # Fraction of new refunds that fail: created pending, they end failed (refund.failed) instead of
+    # succeeded.
+    refund_failure_rate: float = 0.0
+    # How long the emulator's later changes take by themselves: a pending refund settling, a dispute
+    # under review being decided. None: they wait for a test to settle them (/_emulator/.../settle).
+    settle_delay_ms: float | None = 1000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +67,12 @@ def _check(key: str, value: Any) -> Any:
     if key in ("latency_ms", "latency_jitter_ms", "webhook_delay_ms", "response_delay_ms"):
         if not _is_number(value) or value < 0:
             raise FaultError(key, f"{key} must be a number >= 0")
+        return value
+    if key == "settle_delay_ms":
+        if value is None:
+            return None
+        if not _is_number(value) or value < 0:
+            raise FaultError(key, "settle_delay_ms must be null (only when a test settles) or a number >= 0")
         return value
     if key == "rate_limit":
         if value is None:

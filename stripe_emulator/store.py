@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import secrets
-import string
 import sys
 import tempfile
 import threading
@@ -19,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .events import EventRecord
+from .ids import new_id
 
-PLATFORM = ""  # account key for requests without Stripe-Account
-_ALPHABET = string.ascii_letters + string.digits
-STATE_VERSION = 1
+__all__ = ["PREFIX_TABLE", "STATE_VERSION", "TABLES", "AccountData", "Persistence", "Store", "new_id"]
+
+# 2: objects keyed by account id (the default account's were under "" in 1), and the account registry.
+STATE_VERSION = 2
 
 # Which table an id belongs to, by prefix (used by expand[] and the emulator-only endpoints).
 PREFIX_TABLE = {
@@ -32,17 +31,13 @@ PREFIX_TABLE = {
     "pi_": "payment_intents",
     "ch_": "charges",
     "re_": "refunds",
+    "du_": "disputes",
+    "cs_": "checkout_sessions",
+    "we_": "webhook_endpoints",
     "evt_": "events",
 }
-TABLES = ("customers", "payment_methods", "setup_intents", "payment_intents", "charges", "refunds")
-
-
-_ID_RANDOM = random.Random(secrets.randbits(64))
-
-
-def new_id(prefix: str, length: int = 24) -> str:
-    # Its own generator: a caller reseeding the global `random` (Hypothesis does) must not repeat ids.
-    return prefix + "".join(_ID_RANDOM.choices(_ALPHABET, k=length))
+TABLES = ("customers", "payment_methods", "setup_intents", "payment_intents", "charges", "refunds",
+          "disputes", "checkout_sessions", "webhook_endpoints")
 
 
 class AccountData:
@@ -55,7 +50,15 @@ class AccountData:
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
+        self.checkout_sessions: dict[str, dict[str, Any]] = {}
+        self.webhook_endpoints: dict[str, dict[str, Any]] = {}
         self.events: dict[str, EventRecord] = {}
+        # we id -> {"secret": signing secret (the API shows it once, at creation), "connect": bool}.
+        self.endpoint_private: dict[str, dict[str, Any]] = {}
+        # object id -> what happens to it later by itself (a pending refund settling, a dispute under
+        # review being decided), with "due" (epoch seconds, or None: only when a test asks).
+        self.plans: dict[str, dict[str, Any]] = {}
         # pm id -> test token whose behaviour it has (hidden from the API, as on Stripe).
         self.pm_token: dict[str, str] = {}
         # pm ids that completed an off-session setup (matters for authenticationRequiredOnSetup).
@@ -74,6 +77,8 @@ class AccountData:
         out["pm_token"] = self.pm_token
         out["pm_setup"] = sorted(self.pm_setup)
         out["deleted_customers"] = sorted(self.deleted_customers)
+        out["endpoint_private"] = self.endpoint_private
+        out["plans"] = self.plans
         return out
 
     @classmethod
@@ -85,6 +90,8 @@ class AccountData:
         acct.pm_token = dict(data.get("pm_token", {}))
         acct.pm_setup = set(data.get("pm_setup", []))
         acct.deleted_customers = set(data.get("deleted_customers", []))
+        acct.endpoint_private = dict(data.get("endpoint_private", {}))
+        acct.plans = dict(data.get("plans", {}))
         for pi in acct.payment_intents.values():
             if pi.get("customer"):
                 acct.pis_by_customer.setdefault(pi["customer"], []).append(pi["id"])
@@ -92,6 +99,8 @@ class AccountData:
 
 
 class Store:
+    """Every account's objects, by account id."""
+
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.accounts: dict[str, AccountData] = {}
@@ -136,11 +145,14 @@ class Store:
                 "requests": dict(self.requests),
             }
 
-    def load_json(self, data: dict[str, Any]) -> None:
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported state file version {data.get('version')!r}")
+    def load_json(self, data: dict[str, Any], default_account: str) -> None:
+        """Load a saved state; version 1 kept the default account's objects under ""."""
+        version = data.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported state file version {version!r}")
         with self.lock:
-            self.accounts = {name: AccountData.from_json(acct) for name, acct in data["accounts"].items()}
+            self.accounts = {(name or default_account): AccountData.from_json(acct)
+                             for name, acct in data["accounts"].items()}
             self.requests.update(data.get("requests", {}))
 
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine
-from shared.migrate import upgrade
+from shared.adapters.database import make_engine
+from shared.adapters.migrate import upgrade
 from tests.support.services import PostgresServer, RedisServer
 
 # The tests never read a developer's .env or var/: everything they need is set here or per test.

@@ -1,4 +1,5 @@
-"""The web app (`gunicorn "web:create_app()"`): admin UI, client zone, JSON API, webhook endpoint."""
+"""The web app (`gunicorn "web:create_app()"`): admin UI, Client Zone, JSON API, webhook endpoint.
+An entry point over shared/ (its Runtime from shared.bootstrap); it never imports worker/ or cli/."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ from flask import Flask, Response, current_app, redirect, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from shared.config import STRIPE_HOSTED_API_BASE, Config, check_safe, get_config
-from shared.logs import scrub_server_logs, setup_logging
+from shared.adapters.logs import scrub_server_logs, setup_logging
+from shared.bootstrap import Runtime, bootstrap
+from shared.config import STRIPE_HOSTED_API_BASE, Config, check_safe
+from web.services import RUNTIME_KEY
 
 # Bigger bodies are refused with 413 before any view runs.
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-def create_app(config: Config | None = None, **overrides: Any) -> Flask:
-    cfg = config or get_config()
+def create_app(config: Config | None = None, *, runtime: Runtime | None = None, **overrides: Any) -> Flask:
+    """The web app over `runtime` (tests pass their own), else over one built from `config`, else from
+    the environment (shared.bootstrap). Refuses an unsafe configuration (ConfigError)."""
+    if runtime is None:
+        runtime = bootstrap(config)
+    cfg = runtime.config
     check_safe(cfg)
     https = cfg.public_base_url.startswith("https://")
     # Under gunicorn nothing has configured logging yet: lines go to stderr as JSON (or text). Under
@@ -40,6 +47,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         CONTENT_SECURITY_POLICY=content_security_policy(cfg),
     )
     app.config.update(overrides)
+    app.extensions[RUNTIME_KEY] = runtime
 
     from web import admin, api, client_zone, errors, health, metrics, pages, request_log, webhooks
 

@@ -1,4 +1,4 @@
-"""Admin pages (design §8): sign-in, invoices with the Charge buyer button, charges, settings."""
+"""Admin pages: sign-in, invoices with the Charge buyer button, charges, settings."""
 
 from __future__ import annotations
 
@@ -23,31 +23,10 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from shared import audit, ledger, login_throttle, outbox
-from shared.admins import AdminError, authenticate, change_password
-from shared.batch import outcome_counts
-from shared.charging import (
-    ChargeNotCancelable,
-    ChargeRequestError,
-    NotChargeable,
-    cancel_charge,
-    load_invoice_for_charge,
-    open_attempt,
-)
-from shared.daily_reconciliation import (
-    ReconciliationError,
-    parse_day,
-    recent_runs,
-    request_reconciliation,
-    run_findings,
-    yesterday_utc,
-)
-from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers, in_flight_attempt
-from shared.gateway import GatewayError
-from shared.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
-from shared.login_throttle import admin_sign_in_counters
-from shared.models import (
+from shared.domain import ledger
+from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.ledger import LedgerError
+from shared.domain.models import (
     LEDGER_METHODS,
     AdminUser,
     AuditEvent,
@@ -57,14 +36,29 @@ from shared.models import (
     ReconciliationRun,
     WebhookEvent,
 )
-from shared.money import MoneyError, format_money, parse_amount, to_major_string
-from shared.reconcile import resolve_attempt
-from shared.settings import SettingsError, get_settings, update_settings
-from shared.states import IN_FLIGHT, AttemptStatus
+from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
+from shared.domain.payments import GatewayError
+from shared.domain.states import IN_FLIGHT, SETTLED, AttemptStatus
+from shared.services import audit, charge_requests, login_throttle, payments
+from shared.services.admins import AdminError, authenticate, change_password
+from shared.services.batch import outcome_counts
+from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
+from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
+from shared.services.daily_reconciliation import (
+    ReconciliationError,
+    parse_day,
+    request_reconciliation,
+    yesterday_utc,
+)
+from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
+from shared.services.janitor import resolve_attempt
+from shared.services.login_throttle import admin_sign_in_counters
+from shared.services.reconciliation_records import recent_runs, run_findings
+from shared.services.settings import SettingsError, get_settings, update_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
 from web.serializers import charge_json
-from web.services import gateway, publish
+from web.services import gateway, session_scope, sessions, unit_of_work
 
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -244,16 +238,17 @@ def charge(invoice_id: int) -> ResponseReturnValue:
     wants_json = request.accept_mimetypes.best == "application/json"
     raw_amount = (request.form.get("amount") or "").strip()
     try:
-        with session_scope() as db:
-            inv = _invoice_or_404(db, invoice_id, lock=True)
+        with unit_of_work() as uow:
+            inv = _invoice_or_404(uow.session, invoice_id, lock=True)
             amount = parse_amount(raw_amount, inv.currency) if raw_amount else None
-            attempt, message_id = open_attempt(db, inv, source="admin", requested_by=g.actor, amount=amount)
+            attempt = charge_requests.request_charge(
+                uow, inv, source="admin", requested_by=g.actor, amount=amount
+            )
             answer = charge_json(attempt)
     except (MoneyError, ChargeRequestError) as exc:
         return _refused(invoice_id, wants_json, 422, str(exc))
     except NotChargeable as exc:
         return _refused(invoice_id, wants_json, 409, str(exc), blockers=[b.as_dict() for b in exc.blockers])
-    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
     if wants_json:
         return jsonify(answer), 202
     flash(f"Charge of {answer['amount_display']} queued.", "success")
@@ -305,8 +300,8 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
             try:
                 received_at = datetime.combine(date.fromisoformat(received), time(12), tzinfo=UTC)
             except ValueError as exc:
-                raise ledger.LedgerError("The date received must look like 2026-12-31.") from exc
-            payment = ledger.record_payment(
+                raise LedgerError("The date received must look like 2026-12-31.") from exc
+            payments.record_payment(
                 db,
                 inv,
                 amount=amount,
@@ -314,15 +309,6 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 received_at=received_at,
                 reference=form.get("reference", "")[:200],
                 recorded_by=g.actor,
-                in_flight_charge=in_flight_attempt(inv),
-            )
-            audit.record(
-                db,
-                g.actor,
-                "payment.recorded",
-                invoice_id=inv.id,
-                amount=payment.amount,
-                method=payment.method,
             )
     except MoneyError as exc:
         # Not an amount at all: the form was filled in wrong, answered on the invoice page itself.
@@ -330,7 +316,7 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
         page = make_response(invoice(invoice_id))
         page.status_code = 400
         return page
-    except ledger.LedgerError as exc:
+    except LedgerError as exc:
         flash(f"Payment not recorded: {exc}", "error")
         return redirect(url_for("admin.invoice", invoice_id=invoice_id) + "#payments"), 303
     flash("Payment recorded.", "success")
@@ -346,7 +332,7 @@ def cancel(charge_id: str) -> ResponseReturnValue:
             abort(404)
         invoice_id = attempt.invoice_id
     try:
-        status = cancel_charge(get_sessionmaker(), gateway(), charge_id, actor=g.actor)
+        status = cancel_charge(sessions(), gateway(), charge_id, actor=g.actor)
         flash(
             "Charge canceled." if status == "canceled" else f"The charge is {status.replace('_', ' ')}.",
             "success",
@@ -371,7 +357,7 @@ def check_with_stripe(charge_id: str) -> ResponseReturnValue:
             db, g.actor, "charge.check_requested", invoice_id=attempt.invoice_id, charge_attempt_id=attempt.id
         )
     try:
-        status = resolve_attempt(get_sessionmaker(), gateway(), charge_id, now=datetime.now(UTC))
+        status = resolve_attempt(sessions(), gateway(), charge_id, now=datetime.now(UTC))
         flash(f"Stripe says: {status.replace('_', ' ')}.", "success")
     except GatewayError as exc:
         flash(f"Stripe did not answer yet: {exc}", "error")
@@ -391,8 +377,12 @@ def charges() -> ResponseReturnValue:
             query = query.where(ChargeAttempt.status.in_(OPERATOR_STATUSES))
         attempts = db.scalars(query.limit(500)).all()
         counts = {s: 0 for s in OPERATOR_STATUSES}
-        for attempt in db.scalars(select(ChargeAttempt).where(ChargeAttempt.status.in_(OPERATOR_STATUSES))):
-            counts[attempt.status] += 1
+        in_sql = (
+            select(ChargeAttempt.status, func.count())
+            .where(ChargeAttempt.status.in_(OPERATOR_STATUSES))
+            .group_by(ChargeAttempt.status)
+        )
+        counts.update({status: int(n) for status, n in db.execute(in_sql)})
         flagged = db.scalars(
             select(WebhookEvent)
             .where(WebhookEvent.flagged_reason.is_not(None))
@@ -415,12 +405,9 @@ def charges() -> ResponseReturnValue:
 
 # ---- batch runs ------------------------------------------------------------------------------------------
 
-SETTLED = ("succeeded", "failed", "requires_action", "canceled")
-
-
 def _batch_json(db: Any, run: BatchRun) -> dict[str, Any]:
     counts = outcome_counts(db, run.id)
-    settled = sum(counts.get(s, 0) for s in SETTLED)
+    settled = sum(counts.get(s.value, 0) for s in SETTLED)
     return {
         "id": run.id,
         "slot": run.slot,
@@ -484,12 +471,11 @@ def reconcile_now() -> ResponseReturnValue:
     at Stripe can take longer than a web request should."""
     try:
         day = parse_day(request.form.get("day") or yesterday_utc().isoformat())
-        with session_scope() as db:
-            message_id = request_reconciliation(db, day, g.actor)
+        with unit_of_work() as uow:
+            request_reconciliation(uow, day, g.actor)
     except ReconciliationError as exc:
         flash(str(exc), "error")
         return redirect(url_for("admin.reconciliation")), 303
-    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
     flash(f"Reconciliation of {day} queued: its results appear here within a minute or two.", "success")
     return redirect(url_for("admin.reconciliation")), 303
 
@@ -525,3 +511,13 @@ def settings() -> ResponseReturnValue:
             api_base=config.stripe_api_base,
             error=error,
         ), 422 if error else 200
+
+
+# ---- API documentation -----------------------------------------------------------------------------------
+
+
+@bp.get("/api-docs")
+@login_required_admin
+def api_docs() -> ResponseReturnValue:
+    """/api/openapi.json for people: the vendored Swagger UI draws it (started by web/static/api-docs.js)."""
+    return render_template("admin/api_docs.html")

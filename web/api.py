@@ -1,8 +1,7 @@
-"""The JSON API (design §6). Views parse, call shared/, answer; the rules live in shared/."""
+"""The JSON API (described by web/openapi.py). Views parse, call shared/, answer; the rules live there."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -15,32 +14,30 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from shared import audit, clients, invoices, ledger, outbox
-from shared.charging import (
-    ChargeNotCancelable,
-    ChargeRequestError,
-    NotChargeable,
-    cancel_charge,
-    charge_message,
-    load_invoice_for_charge,
-    open_attempt,
+from shared.domain.ledger import LedgerError
+from shared.domain.models import ChargeAttempt, Client, Invoice
+from shared.domain.payments import (
+    CardSetupDeclined,
+    CardSetupRequiresAction,
+    GatewayError,
+    PermanentStripeError,
 )
-from shared.db import SessionFactory, get_sessionmaker, one_checkout, session_scope
-from shared.eligibility import in_flight_attempt
-from shared.gateway import CardSetupDeclined, CardSetupRequiresAction, GatewayError, PermanentStripeError
-from shared.models import ApiIdempotencyRecord, ChargeAttempt, Client, Invoice
-from shared.settings import SettingsError, get_settings, update_settings
-from shared.states import AttemptStatus
-from web import openapi
+from shared.domain.states import AttemptStatus
+from shared.services import charge_requests, clients, invoices, payments
+from shared.services.charge_actions import ChargeNotCancelable, cancel_charge
+from shared.services.charge_requests import ChargeRequestError, NotChargeable, load_invoice_for_charge
+from shared.services.idempotent_requests import IdempotencyKeyReused, IdempotentRequest, StoredAnswer
+from shared.services.settings import SettingsError, get_settings, update_settings
+from web import openapi, openapi_schemas
 from web.auth import require_api_token
 from web.errors import ApiError
 from web.serializers import card_json, charge_json, client_json, invoice_json, payment_json, settings_json
-from web.services import gateway, publish
+from web.services import gateway, session_scope, sessions, unit_of_work
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-# Charge ids are lowercase UUIDs (shared.models.new_uuid); anything else names no charge.
+# Charge ids are lowercase UUIDs (shared.domain.models.new_uuid); anything else names no charge.
 CHARGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -102,7 +99,7 @@ def _storable(text: str) -> bool:
 def in_id_range(value: int) -> bool:
     """Row ids are 32-bit integer columns: an id from a body beyond them names no row, and would overflow
     the query (SQLite) or be refused (PostgreSQL)."""
-    return 1 <= value <= openapi.MAX_ID
+    return 1 <= value <= openapi_schemas.MAX_ID
 
 
 def parse_date(value: str, name: str) -> date:
@@ -172,12 +169,12 @@ def get_settings_view() -> ResponseReturnValue:
 def put_settings() -> ResponseReturnValue:
     body = json_body()
     account = field(body, "stripe_account_id", str, required=False)
-    if account is not None and len(account.strip()) > openapi.MAX_ACCOUNT_ID_LENGTH:
-        # The pattern in shared.settings allows one character more than the column holds.
+    if account is not None and len(account.strip()) > openapi_schemas.MAX_ACCOUNT_ID_LENGTH:
+        # The pattern in shared.services.settings allows one character more than the column holds.
         raise ApiError(
             422,
             "invalid",
-            f"stripe_account_id may be at most {openapi.MAX_ACCOUNT_ID_LENGTH} characters.",
+            f"stripe_account_id may be at most {openapi_schemas.MAX_ACCOUNT_ID_LENGTH} characters.",
             field="stripe_account_id",
         )
     try:
@@ -214,15 +211,16 @@ def _client(session: Session, client_id: int) -> Client:
 def create_client() -> ResponseReturnValue:
     body = json_body()
     name, email = field(body, "name", str), field(body, "email", str)
-    # The column holds 254 characters, and shared.admins.normalize_email checks no length.
-    if max(len(email), len(email.strip().lower())) > openapi.MAX_EMAIL_LENGTH:
+    # The column holds 254 characters, and shared.services.admins.normalize_email checks no length.
+    if max(len(email), len(email.strip().lower())) > openapi_schemas.MAX_EMAIL_LENGTH:
         raise ApiError(
-            422, "invalid", f"email may be at most {openapi.MAX_EMAIL_LENGTH} characters.", field="email"
+            422,
+            "invalid",
+            f"email may be at most {openapi_schemas.MAX_EMAIL_LENGTH} characters.",
+            field="email",
         )
     try:
-        client_id = clients.create_client(
-            get_sessionmaker(), gateway(), name=name, email=email, actor=actor()
-        )
+        client_id = clients.create_client(sessions(), gateway(), name=name, email=email, actor=actor())
     except clients.ClientExists as exc:
         raise ApiError(409, "client_exists", str(exc), field="email") from exc
     except clients.ClientError as exc:
@@ -241,9 +239,9 @@ def get_client(client_id: int) -> ResponseReturnValue:
 
 
 def _card_call(call, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run a card operation of shared.clients, answering its errors in the API's shape."""
+    """Run a card operation of shared.services.clients, answering its errors in the API's shape."""
     try:
-        return call(get_sessionmaker(), gateway(), *args, actor=actor(), **kwargs)
+        return call(sessions(), gateway(), *args, actor=actor(), **kwargs)
     except clients.NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from exc
     except clients.ClientError as exc:
@@ -268,12 +266,12 @@ def _unknown_payment_method(exc: GatewayError) -> bool:
 @require_api_token
 def add_card(client_id: int) -> ResponseReturnValue:
     token = field(json_body(), "payment_method", str)
-    if len(token.strip()) > openapi.MAX_PAYMENT_METHOD_LENGTH:
+    if len(token.strip()) > openapi_schemas.MAX_PAYMENT_METHOD_LENGTH:
         # No PaymentMethod id is that long, and the card table keeps 64 characters.
         raise ApiError(
             422,
             "invalid",
-            f"payment_method may be at most {openapi.MAX_PAYMENT_METHOD_LENGTH} characters.",
+            f"payment_method may be at most {openapi_schemas.MAX_PAYMENT_METHOD_LENGTH} characters.",
             field="payment_method",
         )
     return jsonify(card_json(_card_call(clients.add_card, client_id, token))), 201
@@ -346,7 +344,7 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
     try:
         with session_scope() as session:
             invoice = _invoice(session, invoice_id, lock=True)
-            payment = ledger.record_payment(
+            payment = payments.record_payment(
                 session,
                 invoice,
                 amount=field(body, "amount", int),
@@ -354,42 +352,13 @@ def record_payment(invoice_id: int) -> ResponseReturnValue:
                 received_at=parse_time(received, "received_at") if received else None,
                 reference=field(body, "reference", str, required=False, default="")[:200],
                 recorded_by=actor(),
-                in_flight_charge=in_flight_attempt(invoice),
-            )
-            audit.record(
-                session,
-                actor(),
-                "payment.recorded",
-                invoice_id=invoice.id,
-                amount=payment.amount,
-                method=payment.method,
             )
             return jsonify(payment_json(payment, invoice.currency)), 201
-    except ledger.LedgerError as exc:
+    except LedgerError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
 
 
 # ---- charges -------------------------------------------------------------------------------------------
-
-
-def _fingerprint(invoice_id: int, body: dict[str, Any]) -> str:
-    canonical = json.dumps({"invoice": invoice_id, "body": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _replay(session: Session, key: str, fingerprint: str) -> ResponseReturnValue | None:
-    record = session.scalar(select(ApiIdempotencyRecord).where(ApiIdempotencyRecord.key == key))
-    if record is None:
-        return None
-    if record.request_fingerprint != fingerprint:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "This Idempotency-Key was used for a different request; use a new key.",
-        )
-    response = jsonify(record.response_body)
-    response.headers["Idempotent-Replayed"] = "true"
-    return response, record.response_status
 
 
 @bp.post("/invoices/<int:invoice_id>/charges")
@@ -399,59 +368,48 @@ def request_charge(invoice_id: int) -> ResponseReturnValue:
     body = json_body(optional=True)
     amount = field(body, "amount", int, required=False)
     key = (request.headers.get("Idempotency-Key") or "").strip() or None
-    if key is not None and len(key) > openapi.MAX_IDEMPOTENCY_KEY_LENGTH:
+    if key is not None and len(key) > openapi_schemas.MAX_IDEMPOTENCY_KEY_LENGTH:
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may be at most 255 characters.")
     if key is not None and not _storable(key):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key may not contain NUL characters.")
-    fingerprint = _fingerprint(invoice_id, body)
-    # One pool checkout for the transaction and the published mark after it (one pre-ping, not two).
-    with one_checkout() as factory:
-        return _open_charge(factory, invoice_id, amount, key, fingerprint)
-
-
-def _open_charge(
-    factory: SessionFactory, invoice_id: int, amount: int | None, key: str | None, fingerprint: str
-) -> ResponseReturnValue:
+    idempotent = IdempotentRequest(key, {"invoice": invoice_id, "body": body}) if key else None
     try:
-        with session_scope(factory) as session:
-            if key and (replayed := _replay(session, key, fingerprint)) is not None:
-                return replayed
-            invoice = _invoice(session, invoice_id, lock=True)
+        with unit_of_work() as uow:
+            if idempotent and (earlier := idempotent.earlier_answer(uow.session)) is not None:
+                return _replayed(earlier)
+            invoice = _invoice(uow.session, invoice_id, lock=True)
             # Again under the invoice lock: a concurrent request with this key may have just finished.
-            if key and (replayed := _replay(session, key, fingerprint)) is not None:
-                return replayed
-            attempt, message_id = open_attempt(
-                session, invoice, source="admin", requested_by=actor(), amount=amount
+            if idempotent and (earlier := idempotent.earlier_answer(uow.session)) is not None:
+                return _replayed(earlier)
+            attempt = charge_requests.request_charge(
+                uow, invoice, source="admin", requested_by=actor(), amount=amount
             )
-            message = charge_message(attempt, message_id)
             answer = charge_json(attempt)
-            if key:
-                session.add(
-                    ApiIdempotencyRecord(
-                        key=key, request_fingerprint=fingerprint, response_status=202, response_body=answer
-                    )
-                )
+            if idempotent:
+                idempotent.remember(uow.session, 202, answer)
+    except IdempotencyKeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
     except NotChargeable as exc:
         raise ApiError(409, "not_chargeable", str(exc), blockers=[b.as_dict() for b in exc.blockers]) from exc
     except ChargeRequestError as exc:
         raise ApiError(422, "invalid", str(exc), field="amount") from exc
-    except IntegrityError as exc:
-        # A concurrent request with the same Idempotency-Key won the race: answer as it did.
-        if key:
-            with session_scope(factory) as session:
-                if (replayed := _replay(session, key, fingerprint)) is not None:
-                    return replayed
-        raise ApiError(
-            409,
-            "not_chargeable",
-            "A charge for this invoice is already in progress.",
-            blockers=[
-                {"code": "charge_in_progress", "message": "A charge for this invoice is already in progress."}
-            ],
-        ) from exc
-    # After commit: publish now; if the broker is down the relay publishes it within seconds.
-    outbox.publish_committed(factory, publish, [message])
+    except IntegrityError:
+        # Only the Idempotency-Key's record can clash at commit (request_charge flushed the attempt): a
+        # concurrent request with the same key won the race, so answer as it did.
+        if idempotent is None:
+            raise
+        with session_scope() as session:
+            earlier = idempotent.earlier_answer(session)
+        if earlier is None:
+            raise
+        return _replayed(earlier)
     return jsonify(answer), 202
+
+
+def _replayed(earlier: StoredAnswer) -> ResponseReturnValue:
+    response = jsonify(earlier.body)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response, earlier.status
 
 
 @bp.get("/charges/<charge_id>")
@@ -479,8 +437,8 @@ def list_charges() -> ResponseReturnValue:
     if invoice_id:
         # ASCII digits only (str.isdigit() passes '²', which int() refuses), few enough for int().
         number = int(invoice_id) if ASCII_DIGITS.fullmatch(invoice_id) and len(invoice_id) < 100 else -1
-        if not 0 <= number <= openapi.MAX_ID:
-            raise ApiError(422, "invalid", f"invoice_id must be a number from 0 to {openapi.MAX_ID}.")
+        if not 0 <= number <= openapi_schemas.MAX_ID:
+            raise ApiError(422, "invalid", f"invoice_id must be a number from 0 to {openapi_schemas.MAX_ID}.")
         query = query.where(ChargeAttempt.invoice_id == number)
     try:
         limit = min(max(int(request.args.get("limit", 100)), 1), 500)
@@ -494,7 +452,7 @@ def list_charges() -> ResponseReturnValue:
 @require_api_token
 def cancel(charge_id: str) -> ResponseReturnValue:
     try:
-        cancel_charge(get_sessionmaker(), gateway(), charge_id, actor=actor())
+        cancel_charge(sessions(), gateway(), charge_id, actor=actor())
     except LookupError as exc:
         raise _404("charge") from exc
     except ChargeNotCancelable as exc:

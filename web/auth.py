@@ -1,4 +1,4 @@
-"""Bearer-token authentication for /api (design §6)."""
+"""Bearer-token authentication for /api."""
 
 from __future__ import annotations
 

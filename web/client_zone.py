@@ -1,4 +1,4 @@
-"""The Client Zone (design §8): sign-in by one-time link, own invoices, saved cards, pay now,
+"""The Client Zone: sign-in by one-time link, own invoices, saved cards, pay now,
 complete authentication. A client sees their own things only: anything else answers 404."""
 
 from __future__ import annotations
@@ -24,37 +24,23 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from shared import clients, login_throttle, outbox
-from shared.charging import (
+from shared.domain.eligibility import charge_blockers, in_flight_attempt
+from shared.domain.ledger import balance
+from shared.domain.link_tokens import AUTHENTICATE, SIGN_IN, UPDATE_CARD, LoginLinkError
+from shared.domain.models import Card, ChargeAttempt, Client
+from shared.domain.payments import CardSetupDeclined, CardSetupRequiresAction, GatewayError
+from shared.domain.states import AttemptStatus
+from shared.services import charge_requests, clients, login_throttle
+from shared.services.charge_actions import (
     NotAwaitingAuthentication,
-    NotChargeable,
-    load_invoice_for_charge,
-    open_attempt,
     settle_from_stripe,
     start_on_session_authentication,
 )
-from shared.client_auth import (
-    AUTHENTICATE,
-    SIGN_IN,
-    UPDATE_CARD,
-    LoginLinkError,
-    consume_link,
-    peek_link,
-    request_login_link,
-)
-from shared.db import get_sessionmaker, session_scope
-from shared.eligibility import charge_blockers, in_flight_attempt
-from shared.gateway import (
-    CardSetupDeclined,
-    CardSetupRequiresAction,
-    GatewayError,
-)
-from shared.invoices import list_invoices
-from shared.ledger import balance
-from shared.login_throttle import login_link_counters
-from shared.models import Card, ChargeAttempt, Client
-from shared.settings import get_settings
-from shared.states import AttemptStatus
+from shared.services.charge_requests import NotChargeable, load_invoice_for_charge
+from shared.services.client_links import consume_link, peek_link, request_login_link
+from shared.services.invoices import list_invoices
+from shared.services.login_throttle import login_link_counters
+from shared.services.settings import get_settings
 from web.login_limits import client_ip
 from web.pages import (
     CLIENT_KEY,
@@ -65,7 +51,7 @@ from web.pages import (
     signed_in_fully_as_client,
 )
 from web.serializers import client_charge_json
-from web.services import gateway, publish
+from web.services import gateway, session_scope, sessions, unit_of_work
 
 log = logging.getLogger(__name__)
 bp = Blueprint("client", __name__, url_prefix="/client")
@@ -89,16 +75,15 @@ def login() -> ResponseReturnValue:
     sent = False
     if request.method == "POST":
         email, ip = request.form.get("email", ""), client_ip()
-        with session_scope() as db:
+        with unit_of_work() as uow:
             # Every request counts, known email or not; past the limit the page stays the same (it
             # must not tell whether the email is a client's) but no email goes out. Known or not, the
             # request queues the same message: a worker looks the address up and sends the link.
-            verdict = login_throttle.take(db, login_link_counters(email, ip))
-            message_id = request_login_link(db, email) if verdict.allowed else None
-        if message_id is None:
+            verdict = login_throttle.take(uow.session, login_link_counters(email, ip))
+            if verdict.allowed:
+                request_login_link(uow, email)
+        if not verdict.allowed:
             log.warning("sign-in link request from %s not sent: %s", ip, verdict.refused_by)
-        else:
-            outbox.publish_messages(get_sessionmaker(), publish, [message_id])
         sent = True
     return render_template("client/login.html", sent=sent)
 
@@ -244,13 +229,12 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
 def pay(invoice_id: int) -> ResponseReturnValue:
     """Pay now with the saved default card; the worker charges it, the page follows the status."""
     try:
-        with session_scope() as db:
-            inv = _own_invoice(db, invoice_id, lock=True)
-            _, message_id = open_attempt(db, inv, source="client", requested_by=g.actor)
+        with unit_of_work() as uow:
+            inv = _own_invoice(uow.session, invoice_id, lock=True)
+            charge_requests.request_charge(uow, inv, source="client", requested_by=g.actor)
     except NotChargeable as exc:
         flash(str(exc), "error")
         return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
-    outbox.publish_messages(get_sessionmaker(), publish, [message_id])
     flash("Payment started.", "success")
     return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
 
@@ -281,7 +265,7 @@ def authenticate(charge_id: str) -> ResponseReturnValue:
     )
     try:
         bank_page = start_on_session_authentication(
-            get_sessionmaker(), gateway(), charge_id, return_url, actor=g.actor
+            sessions(), gateway(), charge_id, return_url, actor=g.actor
         )
     except NotAwaitingAuthentication as exc:
         flash(str(exc), "error")
@@ -299,7 +283,7 @@ def returned(charge_id: str) -> ResponseReturnValue:
     with session_scope() as db:
         invoice_id = _own_attempt(db, charge_id).invoice_id
     try:
-        status = settle_from_stripe(get_sessionmaker(), gateway(), charge_id, actor=g.actor)
+        status = settle_from_stripe(sessions(), gateway(), charge_id, actor=g.actor)
     except GatewayError as exc:
         flash(f"We could not confirm the payment yet ({exc}); it will update shortly.", "error")
         return redirect(url_for("client.invoice", invoice_id=invoice_id)), 303
@@ -351,7 +335,7 @@ def add_card() -> ResponseReturnValue:
         flash("Choose one of the listed cards.", "error")
         return redirect(url_for("client.cards")), 303
     try:
-        card = clients.add_card(get_sessionmaker(), gateway(), g.client_id, token, actor=g.actor, set_up=True)
+        card = clients.add_card(sessions(), gateway(), g.client_id, token, actor=g.actor, set_up=True)
         flash(f"{card.brand.capitalize()} ending {card.last4} saved.", "success")
     except CardSetupDeclined as exc:
         flash(f"Your bank declined this card, so it was not saved: {exc.message}", "error")
@@ -366,7 +350,7 @@ def add_card() -> ResponseReturnValue:
 @login_required_client
 def make_default(card_id: int) -> ResponseReturnValue:
     try:
-        card = clients.set_default_card(get_sessionmaker(), gateway(), g.client_id, card_id, actor=g.actor)
+        card = clients.set_default_card(sessions(), gateway(), g.client_id, card_id, actor=g.actor)
         flash(f"{card.brand.capitalize()} ending {card.last4} is now your default card.", "success")
     except clients.NotFound:
         abort(404)
@@ -382,7 +366,7 @@ def delete_card(card_id: int) -> ResponseReturnValue:
         card = _own_card(_own_client(db), card_id)
         label = f"{card.brand.capitalize()} ending {card.last4}"
     try:
-        clients.delete_card(get_sessionmaker(), gateway(), g.client_id, card_id, actor=g.actor)
+        clients.delete_card(sessions(), gateway(), g.client_id, card_id, actor=g.actor)
         flash(f"{label} deleted.", "success")
     except clients.NotFound:
         abort(404)

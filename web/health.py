@@ -6,8 +6,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from shared.db import get_engine
-from web.services import celery_producer
+from web.services import runtime
 
 bp = Blueprint("health", __name__)
 
@@ -16,14 +15,13 @@ bp = Blueprint("health", __name__)
 def healthz() -> ResponseReturnValue:
     checks: dict[str, str] = {}
     try:
-        with get_engine().connect() as conn:
+        with runtime().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        with celery_producer().connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        runtime().ensure_broker_connection(timeout=2)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"

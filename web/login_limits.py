@@ -1,4 +1,5 @@
-"""What the sign-in views need from the login throttle (shared.login_throttle): who is asking, and the
+"""What the sign-in views need from the login throttle (shared.services.login_throttle): who is asking, and
+the
 429 answer with its Retry-After."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import math
 
 from flask import Response, jsonify, make_response, render_template, request
 
-from shared.login_throttle import ADMIN_FAILURES_PER_IP, Verdict
+from shared.services.login_throttle import ADMIN_FAILURES_PER_IP, Verdict
 
 
 def client_ip() -> str:

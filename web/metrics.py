@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus text exposition of shared.metrics, computed at scrape time.
+"""GET /metrics: the Prometheus text exposition of shared.adapters.metrics, computed at scrape time.
 
 Who may scrape: `Authorization: Bearer <OFFSESSION_METRICS_TOKEN>` when that is set (give Prometheus
 this one: it reads numbers and cannot move money), or the API token. Nothing is open by address: behind
@@ -14,10 +14,10 @@ from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.adapters.metrics import OffsessionCollector, broker_redis_from_config, metrics_redis_from_config
 from shared.config import Config
-from shared.db import get_sessionmaker
-from shared.metrics import OffsessionCollector, broker_redis_from_config, metrics_redis_from_config
 from web.errors import ApiError
+from web.services import sessions
 
 bp = Blueprint("metrics", __name__)
 
@@ -52,9 +52,7 @@ def metrics() -> ResponseReturnValue:
     metrics_redis, broker_redis = _redis_clients(config)
     # auto_describe off: describing would run every query once more at registration.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        OffsessionCollector(get_sessionmaker(), metrics_redis=metrics_redis, broker_redis=broker_redis)
-    )
+    registry.register(OffsessionCollector(sessions(), metrics_redis=metrics_redis, broker_redis=broker_redis))
     response = Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -10,11 +10,11 @@ from typing import Any
 
 from flask import Blueprint, Flask, flash, g, redirect, request, session, url_for
 
-from shared.db import session_scope
-from shared.models import AdminUser, Client
-from shared.money import format_money
-from shared.states import AttemptStatus
+from shared.domain.models import AdminUser, Client
+from shared.domain.money import format_money
+from shared.domain.states import AttemptStatus
 from web.csrf import FIELD, check_csrf, csrf_token
+from web.services import session_scope
 
 ADMIN_KEY = "admin_id"
 CLIENT_KEY = "client_id"

@@ -1,8 +1,9 @@
-"""Request ids and one JSON log line per request (issue 9).
+"""Request ids and one JSON log line per request.
 
 Each request gets an id: the caller's X-Request-ID when it is a plausible id, else a fresh one. It is
 bound to every line logged while the request runs, sent back as X-Request-ID, and carried to the
-Celery tasks the request publishes (see shared.logs.add_request_id_header), so a charge can be followed
+Celery tasks the request publishes (see shared.adapters.logs.add_request_id_header), so a charge can be
+followed
 from the click to the worker's last word on it.
 """
 
@@ -15,7 +16,8 @@ import time
 from flask import Flask, Response, g, request
 from flask.typing import ResponseReturnValue
 
-from shared.logs import REQUEST_ID_HEADER, incoming_request_id, log_context
+from shared.adapters.logs import REQUEST_ID_HEADER, incoming_request_id
+from shared.log_context import log_context
 
 log = logging.getLogger("offsession.request")
 

@@ -1,16 +1,16 @@
-"""JSON shapes of the API (design §6)."""
+"""JSON shapes of the API (web/openapi.py describes them)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from shared.clients import SavedCard
-from shared.eligibility import charge_blockers
-from shared.ledger import balance
-from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
-from shared.money import format_money
-from shared.states import AttemptStatus
+from shared.domain.eligibility import charge_blockers
+from shared.domain.ledger import balance
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+from shared.domain.money import format_money
+from shared.domain.states import AttemptStatus
+from shared.services.clients import SavedCard
 
 
 def _time(value: datetime | None) -> str | None:

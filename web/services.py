@@ -1,36 +1,46 @@
-"""What the views share: the database session factory, the Stripe gateway and the task publisher."""
+"""What the views share: the process's Runtime (shared.bootstrap), which create_app() built."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from celery import Celery
-from celery.signals import before_task_publish
+from flask import current_app
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import get_config
-from shared.gateway import StripeGateway
-from shared.logs import add_request_id_header
-from shared.ratelimit import rate_limited_gateway
+from shared.adapters import database
+from shared.adapters.database import UnitOfWork
+from shared.bootstrap import Runtime
+from shared.services.ports import StripePort
 
-
-@lru_cache(maxsize=1)
-def gateway() -> StripeGateway:
-    return rate_limited_gateway(get_config())
+RUNTIME_KEY = "offsession"
 
 
-# Every task a request publishes carries its request id, so the worker's lines carry it too.
-before_task_publish.connect(add_request_id_header, weak=False, dispatch_uid="offsession-request-id")
+def runtime() -> Runtime:
+    runtime: Runtime = current_app.extensions[RUNTIME_KEY]
+    return runtime
 
 
-@lru_cache(maxsize=1)
-def celery_producer() -> Celery:
-    """A Celery app used only to send messages; the tasks themselves live in worker/. Its settings name
-    the same broker transport as the workers' (shared.adapters.kombu_redis with a Redis broker)."""
-    app = Celery("offsession-web")
-    app.config_from_object("shared.adapters.celeryconfig")
-    return app
+def sessions() -> sessionmaker[Session]:
+    return runtime().sessions
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction of the request: committed when the block ends normally, rolled back if it raises."""
+    with database.session_scope(runtime().sessions) as session:
+        yield session
+
+
+def unit_of_work() -> UnitOfWork:
+    """One transaction whose outbox messages are published once it has committed."""
+    return runtime().unit_of_work()
+
+
+def gateway() -> StripePort:
+    return runtime().gateway
 
 
 def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
-    celery_producer().send_task(task_name, kwargs=payload, countdown=countdown)
+    runtime().publisher(task_name, payload, countdown)

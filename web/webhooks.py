@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 import redis
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import outbox
-from shared.config import get_config
-from shared.db import get_engine
-from shared.gateway import WebhookPayloadError, WebhookSignatureError
-from shared.webhooks import (
-    TASK_DRAIN_WEBHOOK_EVENTS,
-    DrainRequests,
-    drain_requests_from_config,
-    store_received_event,
-)
+from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
+from shared.services import outbox
+from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
 from web.errors import error_response
-from web.services import gateway, publish
+from web.services import gateway, publish, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -35,7 +27,7 @@ def receive() -> ResponseReturnValue:
         return error_response(400, "invalid_signature", f"Stripe-Signature refused: {exc.message}")
     except WebhookPayloadError as exc:
         return error_response(400, "invalid_payload", exc.message)
-    stored = store_received_event(get_engine(), event)
+    stored = store_received_event(runtime().engine, event)
     if stored.created and stored.needs_processing:
         try:
             _request_processing(stored.id)
@@ -44,15 +36,10 @@ def receive() -> ResponseReturnValue:
     return jsonify({"received": True, "duplicate": not stored.created}), 200
 
 
-@lru_cache(maxsize=1)
-def drain_requests() -> DrainRequests:
-    return drain_requests_from_config(get_config())
-
-
 def _request_processing(event_row_id: int) -> None:
     """A drain, unless one is pending already (most requests publish nothing); one message per event
     without Redis, or when Redis fails (the flag is only an optimisation)."""
-    requests = drain_requests()
+    requests = runtime().drain_requests
     if requests.coalescing:
         try:
             requests.request(lambda: publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, None))

@@ -1,4 +1,4 @@
-"""Worker and beat logging (issue 9): JSON lines through Celery's own handlers, and per task the ids of
+"""Worker and beat logging: JSON lines through Celery's own handlers, and per task the ids of
 what the task works on (the charge attempt, the webhook event, the request that caused it)."""
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from celery.signals import (
     task_prerun,
 )
 
-from shared.config import get_config
-from shared.logs import (
+from shared.adapters.logs import (
     add_request_id_header,
     install_formatter,
-    log_context,
     make_formatter,
     request_id_from_task_request,
 )
+from shared.log_context import log_context
 
 # Task keyword arguments that are ids, and the name each id has in a log line.
 TASK_ARGUMENT_IDS = {
@@ -37,7 +36,9 @@ _task_contexts: dict[str, contextlib.ExitStack] = {}
 
 
 def _formatter() -> logging.Formatter:
-    config = get_config()
+    from worker import runtime
+
+    config = runtime.config
     return make_formatter(config.log_format, config.log_secrets())
 
 

@@ -4,70 +4,54 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from celery import shared_task
 
-from shared import outbox
-from shared.batch import open_due_retries, run_batch, slot_for
-from shared.charging import RunResult, run_attempt
-from shared.config import get_config
-from shared.daily_reconciliation import (
+from shared.bootstrap import Runtime
+from shared.domain.payments import TransientStripeError
+from shared.services import outbox
+from shared.services.batch import open_due_retries, run_batch, slot_for
+from shared.services.charging import RunResult, run_attempt
+from shared.services.daily_reconciliation import (
     TASK_RECONCILE_DAY,
-    DayReport,
     days_to_retry,
     parse_day,
     reconcile_day,
     yesterday_utc,
 )
-from shared.db import get_sessionmaker
-from shared.gateway import StripeGateway, TransientStripeError
-from shared.leases import LeaseKeeper
-from shared.notifications import deliver_charge_notification, deliver_login_link
-from shared.notify import Mailer, mailer_from_config
-from shared.ratelimit import RateBudgetTimeout, RateBudgetUnavailable, rate_limited_gateway
-from shared.reconcile import recover_charges, run_janitor
-from shared.webhooks import (
-    TASK_DRAIN_WEBHOOK_EVENTS,
-    DrainRequests,
-    drain_events,
-    drain_requests_from_config,
-    process_event,
-)
+from shared.services.janitor import recover_charges, run_janitor
+from shared.services.notifications import deliver_charge_notification, deliver_login_link
+from shared.services.ports import Publisher, RateBudgetTimeout, RateBudgetUnavailable
+from shared.services.reconciliation_records import DayReport
+from shared.services.webhook_drain import drain_events
+from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, process_event
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
-def gateway() -> StripeGateway:
-    return rate_limited_gateway(get_config())
+def runtime() -> Runtime:
+    """The process's Runtime (built in worker/__init__.py)."""
+    import worker
+
+    return worker.runtime
 
 
 def publish(task_name: str, payload: dict[str, Any], countdown: float | None) -> None:
-    from worker import app
-
-    app.send_task(task_name, kwargs=payload, countdown=countdown)
-
-
-@lru_cache(maxsize=1)
-def lease_keeper() -> LeaseKeeper:
-    """The process's one lease renewer, shared by its task threads (a forked pool process starts its own
-    renewal thread on its first charge: shared.leases)."""
-    return LeaseKeeper(get_sessionmaker, get_config().charge_lease_seconds)
+    runtime().publisher(task_name, payload, countdown)
 
 
 @shared_task(name=outbox.TASK_CHARGE_ATTEMPT, acks_late=True)
 def charge_attempt(attempt_id: str) -> str:
-    config = get_config()
-    factory = get_sessionmaker()
+    rt = runtime()
+    factory = rt.sessions
     report = run_attempt(
         factory,
-        gateway(),
+        rt.gateway,
         attempt_id,
-        lease_seconds=config.charge_lease_seconds,
-        max_transient_retries=config.charge_transient_retries,
-        leases=lease_keeper(),
+        lease_seconds=rt.config.charge_lease_seconds,
+        max_transient_retries=rt.config.charge_transient_retries,
+        leases=rt.lease_keeper,
     )
     retry = report.retry_message_id
     if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
@@ -81,7 +65,7 @@ def charge_attempt(attempt_id: str) -> str:
         except Exception as exc:
             log.warning("charge %s: no look-again published (%s); the recovery sweep has it", attempt_id, exc)
     # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
-    # request ids bound while the task ran (worker.log_setup, shared.charging).
+    # request ids bound while the task ran (worker.log_setup, shared.services.charging).
     log.info(
         "charge %s: %s (%s)",
         attempt_id,
@@ -92,7 +76,7 @@ def charge_attempt(attempt_id: str) -> str:
     return report.status or report.result.value
 
 
-def _with_countdown(countdown: float) -> outbox.Publisher:
+def _with_countdown(countdown: float) -> Publisher:
     def send(task_name: str, payload: dict[str, Any], _ignored: float | None) -> None:
         publish(task_name, payload, countdown)
 
@@ -110,7 +94,7 @@ def _with_countdown(countdown: float) -> outbox.Publisher:
     max_retries=5,
 )
 def process_webhook_event(self: Any, event_id: int) -> str:
-    outcome = process_event(get_sessionmaker(), gateway(), event_id)
+    outcome = process_event(runtime().sessions, runtime().gateway, event_id)
     log.info("webhook event row %s: %s", event_id, outcome)
     return outcome
 
@@ -122,8 +106,9 @@ DRAIN_RETRY_COUNTDOWN_SECONDS = 5.0
 
 @shared_task(name=TASK_DRAIN_WEBHOOK_EVENTS, acks_late=True)
 def drain_webhook_events() -> str:
-    """Every stored event with work, one message for a burst of them (shared.webhooks.drain_events)."""
-    requests = drain_requests()
+    """Every stored event with work, one message for a burst of them
+    (shared.services.webhooks.drain_events)."""
+    requests = runtime().drain_requests
     requests.clear()  # before the first look at the table: see DrainRequests on the race
 
     def recruit_helper() -> None:
@@ -133,7 +118,7 @@ def drain_webhook_events() -> str:
             log.warning("no helper drain published: %s", exc)
 
     report = drain_events(
-        get_sessionmaker(), gateway(), on_full_batch=recruit_helper if requests.coalescing else None
+        runtime().sessions, runtime().gateway, on_full_batch=recruit_helper if requests.coalescing else None
     )
     if report.failed:
         publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_RETRY_COUNTDOWN_SECONDS)
@@ -142,22 +127,16 @@ def drain_webhook_events() -> str:
     return summary
 
 
-@lru_cache(maxsize=1)
-def drain_requests() -> DrainRequests:
-    return drain_requests_from_config(get_config())
-
-
 @shared_task(name="offsession.charge_due", acks_late=True)
 def charge_due() -> str:
     """The scheduled fan-out. The slot is the minute beat fired: a second beat for it charges nothing."""
-    config = get_config()
+    rt = runtime()
     now = datetime.now(UTC)
     report = run_batch(
-        get_sessionmaker(),
-        publish,
+        rt.unit_of_work,
         slot=slot_for(now),
         trigger="schedule",
-        today=now.astimezone(config.batch_zone()).date(),
+        today=now.astimezone(rt.config.batch_zone()).date(),
         now=now,
     )
     if report.already_ran:
@@ -167,12 +146,13 @@ def charge_due() -> str:
 
 @shared_task(name="offsession.open_due_retries", acks_late=True)
 def open_due_retries_task() -> int:
-    return open_due_retries(get_sessionmaker(), publish)
+    return open_due_retries(runtime().sessions, runtime().unit_of_work)
 
 
 @shared_task(name=outbox.TASK_NOTIFY_CHARGE, acks_late=True)
 def notify_charge(attempt_id: str, kind: str) -> bool:
-    return deliver_charge_notification(get_sessionmaker(), get_config(), mailer(), attempt_id, kind)
+    rt = runtime()
+    return deliver_charge_notification(rt.sessions, rt.config, rt.mailer, attempt_id, kind)
 
 
 @shared_task(
@@ -186,24 +166,21 @@ def notify_charge(attempt_id: str, kind: str) -> bool:
     max_retries=6,
 )
 def send_login_link(email: str, request_id: str) -> bool:
-    """A Client Zone sign-in email (shared.client_auth.request_login_link). Its result says only whether
+    """A Client Zone sign-in email (shared.services.client_links.request_login_link). Its result says only
+    whether
     an email went out: the link's token is never in a task's arguments, result or log line."""
-    return deliver_login_link(get_sessionmaker(), get_config(), mailer(), email=email, request_id=request_id)
-
-
-@lru_cache(maxsize=1)
-def mailer() -> Mailer:
-    return mailer_from_config(get_config())
+    rt = runtime()
+    return deliver_login_link(rt.sessions, rt.config, rt.mailer, email=email, request_id=request_id)
 
 
 @shared_task(name="offsession.relay_outbox", acks_late=True)
 def relay_outbox() -> int:
-    return outbox.relay_outbox(get_sessionmaker(), publish)
+    return outbox.relay_outbox(runtime().sessions, publish)
 
 
 @shared_task(name="offsession.recover_charges", acks_late=True)
 def recover_charges_task() -> str:
-    report = recover_charges(get_sessionmaker(), gateway(), publish)
+    report = recover_charges(runtime().sessions, runtime().gateway, publish)
     if report.anything:
         log.info("charge recovery: %s", report.summary())
     return report.summary()
@@ -211,7 +188,7 @@ def recover_charges_task() -> str:
 
 @shared_task(name="offsession.janitor", acks_late=True)
 def janitor() -> str:
-    report = run_janitor(get_sessionmaker(), gateway(), publish)
+    report = run_janitor(runtime().sessions, runtime().gateway, publish)
     log.info("janitor: %s", report.summary())
     return report.summary()
 
@@ -221,12 +198,12 @@ def reconcile_day_task(day: str | None = None, trigger: str = "schedule") -> str
     """The daily reconciliation against Stripe: yesterday (UTC) from beat, or the YYYY-MM-DD given (the
     admin's "Reconcile now"). From beat it also takes again the days of the past week whose run
     stopped on an error. Safe to run twice: a day's findings are recorded once."""
-    factory = get_sessionmaker()
+    factory, gateway = runtime().sessions, runtime().gateway
     days = [parse_day(day)] if day else [yesterday_utc()]
     if day is None:
         with factory() as session:
             days = days_to_retry(session, before=days[0]) + days
-    summaries = [_reconciliation_summary(reconcile_day(factory, gateway(), d, trigger=trigger)) for d in days]
+    summaries = [_reconciliation_summary(reconcile_day(factory, gateway, d, trigger=trigger)) for d in days]
     return " | ".join(summaries)
 
 

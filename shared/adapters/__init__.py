@@ -1,2 +1,2 @@
-"""Adapters to the outside world every process shares: migrations, Celery settings, broker transport.
-They import the domain and the libraries they adapt, never web/ or worker/; the domain never imports them."""
+"""Adapters to the outside world: Stripe, the database, Redis, mail, metrics, logs, Celery's settings.
+They implement the ports of shared.services and may import it and shared.domain, never web/ or worker/."""

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import admin_login, client_login
+from tests.support.browser import admin_login, client_login
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -116,10 +116,10 @@ def test_client_manages_cards_and_completes_authentication(page: Page, web_stack
     client_login(page, st, client["email"])
 
     page.get_by_role("link", name="My cards").click()
-    page.get_by_label("Test card").select_option("pm_card_visa")
+    page.get_by_label("Visa 4242 — succeeds").check()
     page.get_by_role("button", name="Save card").click()
     expect(page.get_by_text("Visa ending 4242 saved.")).to_be_visible()
-    page.get_by_label("Test card").select_option("pm_card_mastercard")
+    page.get_by_label("Mastercard 4444 — succeeds").check()
     page.get_by_role("button", name="Save card").click()
     expect(page.get_by_text("Mastercard ending 4444 saved.")).to_be_visible()
     page.get_by_role("button", name="Make Mastercard ending 4444 my default").click()

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.services import PostgresServer, RedisServer
-from tests.support.stack import Stack
-
-_redis_db = itertools.count(1)
-
-
-def broker_url(redis_server: RedisServer) -> str:
-    # A database number per stack, so one stack's leftover messages never reach another's workers.
-    return f"{redis_server.url}/{next(_redis_db) % 16}"
-
-
-def stack_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'stack.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database("stack")
+from tests.support.services import RedisServer
+from tests.support.stack import Stack, broker_url, stack_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

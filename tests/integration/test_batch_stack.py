@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from shared.models import Client, Invoice
-from tests.integration.conftest import broker_url
+from shared.domain.models import Client, Invoice
 from tests.support.services import PostgresServer, RedisServer
-from tests.support.stack import LinkBrowser, Stack
+from tests.support.stack import LinkBrowser, Stack, broker_url
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,20 +71,20 @@ def test_thousand_due_invoices_charged_at_most_once_each(batch_stack: Stack) -> 
     started = time.monotonic()
     run = st.cli("charge-due", "--no-wait")
     assert "1000 due, 1000 queued, 0 skipped" in run.stdout
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+
+    def still_open() -> int:
         with engine.connect() as c:
-            open_ = c.execute(
-                text(
-                    "select count(*) from charge_attempt where batch_run_id is not null and "
-                    "status in ('queued', 'processing', 'unknown')"
-                )
-            ).scalar_one()
-        if open_ == 0:
-            break
-        time.sleep(1)
+            return int(
+                c.execute(
+                    text(
+                        "select count(*) from charge_attempt where batch_run_id is not null and "
+                        "status in ('queued', 'processing', 'unknown')"
+                    )
+                ).scalar_one()
+            )
+
+    wait_until(lambda: still_open() == 0, timeout=300, what="every batch charge settled", every=1)
     elapsed = time.monotonic() - started
-    assert open_ == 0, f"{open_} charges still open after {elapsed:.0f}s"
 
     with engine.connect() as c:
         rows = c.execute(
@@ -134,20 +134,20 @@ def test_authentication_needed_sends_one_email_whose_link_works(
         assert st.wait_charge(charge["id"])["status"] == "requires_action"
         st.cli("reconcile")  # the janitor passing by must not send it again
         outbox = st.dir / "var" / "outbox"
-        deadline = time.monotonic() + 30
-        mails: list[email.message.Message] = []
-        while time.monotonic() < deadline:
-            mails = (
-                [email.message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")]
-                if outbox.exists()
-                else []
-            )
-            mails = [m for m in mails if m["To"] == client["email"]]
-            if mails:
-                break
-            time.sleep(0.3)
-        time.sleep(6)  # a relay cycle later: still one
-        mails = [email.message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")]
+
+        def mails_to_client() -> list[email.message.Message]:
+            found = [email.message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")]
+            return [m for m in found if m["To"] == client["email"]]
+
+        wait_until(lambda: outbox.exists() and mails_to_client(), timeout=30, what="the authentication email")
+        # Two relay runs later (the second began after the email was written): still one.
+        relays = st.log_count("Task offsession.relay_outbox[")
+        wait_until(
+            lambda: st.log_count("Task offsession.relay_outbox[") >= relays + 4,
+            timeout=30,
+            what="two more relay runs (each logs received, then succeeded)",
+        )
+        mails = mails_to_client()
         mails = [m for m in mails if m["To"] == client["email"]]
         assert len(mails) == 1, [m["Subject"] for m in mails]
         assert mails[0]["Subject"] == f"Please confirm your payment of $42.00 for invoice {invoice['number']}"

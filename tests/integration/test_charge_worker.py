@@ -1,13 +1,12 @@
-"""The Procfile's production shape (issue 8): the charges queue has a worker of its own on a threads
+"""The Procfile's production shape: the charges queue has a worker of its own on a threads
 pool, so many Stripe calls are in flight at once; the prefork worker keeps webhooks and maintenance."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import broker_url
 from tests.support.services import PostgresServer, RedisServer
-from tests.support.stack import Stack
+from tests.support.stack import Stack, broker_url
 
 CHARGES = 8
 LATENCY_MS = 2_000

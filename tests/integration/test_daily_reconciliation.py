@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.integration.emulator_fixture import sdk_client
+from tests.support.emulator import sdk_client
 from tests.support.stack import BIN, ROOT, Stack
 
 pytestmark = pytest.mark.integration

@@ -331,6 +331,8 @@ def charge_through(deployment: Deployment, web_port: int, emulator_port: int, sm
             f"http://127.0.0.1:{web_port}/webhooks/stripe",
             "--webhook-secret",
             variables["STRIPE_WEBHOOK_SECRET"],
+            "--api-key",
+            variables["STRIPE_API_KEY"],
         ],
         {"PATH": f"{installed.venv / 'bin'}:/usr/bin:/bin", "HOME": str(deployment.run_dir)},
     )
@@ -354,6 +356,8 @@ def charge_through(deployment: Deployment, web_port: int, emulator_port: int, sm
     status, page = http("GET", base + "/admin/login")
     assert status == 200 and "pico.min.css" in page
     assert http("GET", base + "/static/vendor/pico/pico.min.css")[0] == 200
+    for asset in ("charts.js", "vendor/chartjs/chart.umd.min.js", "vendor/swagger-ui/swagger-ui-bundle.js"):
+        assert http("GET", f"{base}/static/{asset}")[0] == 200, asset
     deployment_ready = time.monotonic() - started
 
     # Connect, a client with a card, an invoice, and the charge.

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import broker_url
 from tests.support.services import RedisServer
-from tests.support.stack import LinkBrowser, Stack
+from tests.support.stack import LinkBrowser, Stack, broker_url
 
 pytestmark = pytest.mark.integration
 

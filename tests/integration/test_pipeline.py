@@ -6,14 +6,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import random
 import time
-from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, text
 
 from tests.support.signing import signed
-from tests.support.stack import WEBHOOK_SECRET, Stack, http
+from tests.support.stack import WEBHOOK_SECRET, Stack, db_rows, http
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +29,6 @@ CARDS = {
     ),
     "pm_card_chargeCustomerFail": ("failed", "card_declined", "generic_decline"),
 }
-
-
-def db_rows(stack: Stack, sql: str, **params: Any) -> list[Any]:
-    engine = create_engine(stack.database_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
-    finally:
-        engine.dispose()
 
 
 def test_happy_path_queued_at_once_then_succeeded_once(stack: Stack) -> None:
@@ -136,6 +126,17 @@ def test_idempotency_key_returns_the_original_answer(stack: Stack) -> None:
     assert len(stack.payment_intents_for(invoice["id"])) == 1
 
 
+def handled_all(stack: Stack, charge_id: str, *, deliveries: int) -> None:
+    """Wait until the workers have handled `deliveries` messages of the charge, and every look-again a
+    delivery that found the lease held has published since (each such delivery logs `held`)."""
+    line = f"charge {charge_id}: "
+
+    def every_one_handled() -> bool:
+        return stack.log_count(line) >= deliveries + stack.log_count(f"{line}held")
+
+    wait_until(every_one_handled, timeout=60, what=f"{deliveries} deliveries of charge {charge_id} handled")
+
+
 def test_the_same_message_delivered_twice_and_concurrently_charges_once(stack: Stack) -> None:
     client = stack.client_with_card()
     invoice = stack.invoice(client["id"])
@@ -146,10 +147,10 @@ def test_the_same_message_delivered_twice_and_concurrently_charges_once(stack: S
     for _ in range(3):
         producer.send_task("offsession.charge_attempt", kwargs={"attempt_id": charge["id"]}, queue="charges")
     assert stack.wait_charge(charge["id"])["status"] == "succeeded"
-    time.sleep(1.5)  # let the copies run out
+    handled_all(stack, charge["id"], deliveries=4)  # the copies have run out
     for _ in range(2):  # and twice more after the fact
         producer.send_task("offsession.charge_attempt", kwargs={"attempt_id": charge["id"]}, queue="charges")
-    time.sleep(1.5)
+    handled_all(stack, charge["id"], deliveries=6)
     producer.close()
     assert len(stack.payment_intents_for(invoice["id"])) == 1
     rows = db_rows(stack, "select count(*) from payment where invoice_id = :i", i=invoice["id"])
@@ -224,15 +225,18 @@ def test_a_late_payment_failed_never_overwrites_succeeded(stack: Stack) -> None:
         payload, headers = signed(late, WEBHOOK_SECRET)
         status, _ = http("POST", stack.base + "/webhooks/stripe", raw=payload, headers=headers)
         assert status == 200
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        rows = db_rows(
-            stack, "select processed_at from webhook_event where stripe_event_id = :e", e=late["id"]
-        )
-        if rows and rows[0][0] is not None:
-            break
-        time.sleep(0.2)
-    assert len(rows) == 1 and rows[0][0] is not None  # stored once, processed
+    rows = wait_until(
+        lambda: [
+            row
+            for row in db_rows(
+                stack, "select processed_at from webhook_event where stripe_event_id = :e", e=late["id"]
+            )
+            if row[0] is not None
+        ],
+        timeout=20,
+        what="the late event processed",
+    )
+    assert len(rows) == 1  # stored once, processed
     assert stack.api("GET", f"/api/charges/{charge['id']}")[1]["status"] == "succeeded"
     _, after = stack.api("GET", f"/api/invoices/{invoice['id']}")
     assert after["status"] == "paid" and len(after["payments"]) == 1
@@ -277,7 +281,13 @@ def test_duplicated_reordered_webhooks_from_the_emulator_change_nothing(stack: S
             charges.append((invoice, stack.charge(invoice["id"])[1], want))
         for _, charge, want in charges:
             assert stack.wait_charge(charge["id"])["status"] == want
-        time.sleep(3)  # let every duplicate arrive and be processed
+        # Every delivery made, duplicates included, and every stored event processed.
+        wait_until(
+            lambda: stack.emulator_state()["webhooks"]["queued"] == 0
+            and db_rows(stack, "select count(*) from webhook_event where processed_at is null")[0][0] == 0,
+            timeout=60,
+            what="every webhook delivered and processed",
+        )
         for invoice, charge, want in charges:
             assert stack.api("GET", f"/api/charges/{charge['id']}")[1]["status"] == want
             _, after = stack.api("GET", f"/api/invoices/{invoice['id']}")

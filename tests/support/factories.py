@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 from datetime import date
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings, utcnow
 
 _numbers = itertools.count(1)
+# The day the invoices made by make_invoice() are due by default.
+TODAY = date(2026, 11, 26)
 
 
 def settings(connected: bool = True, enabled: bool = True) -> Settings:
@@ -78,3 +81,30 @@ def attempt(inv: Invoice, status: str = "queued", amount: int | None = None) -> 
 def persist(session: Session, *objects: object) -> None:
     session.add_all(objects)
     session.flush()
+
+
+# ---- rows added to a session (numbered by the caller) ----------------------------------------------
+
+
+def make_client(session: Session, n: int, card: bool = True) -> Client:
+    client = Client(name=f"Client {n}", email=f"c{n}@example.com", stripe_customer_id=f"cus_{n}")
+    if card:
+        client.cards.append(
+            Card(
+                stripe_payment_method_id=f"pm_{n}",
+                brand="visa",
+                last4="4242",
+                exp_month=1,
+                exp_year=2030,
+                is_default=True,
+            )
+        )
+    session.add(client)
+    return client
+
+
+def make_invoice(session: Session, client: Client, n: int, **kw: Any) -> Invoice:
+    values = {"currency": "usd", "total": 10_000, "due_date": TODAY, "auto_charge": True} | kw
+    invoice = Invoice(number=f"B-{n:05d}", client=client, **values)
+    session.add(invoice)
+    return invoice

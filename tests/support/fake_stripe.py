@@ -1,8 +1,9 @@
 """An in-memory Stripe with Stripe's semantics, behind the Stripe gateway's own methods.
 
-`FakeStripe` has the public methods of shared.gateway.StripeGateway, with the same signatures, return
-values and exceptions; tests hand it to the domain code wherever the gateway goes. Behind it, a
-`FakeStripeServer` keeps what Stripe keeps, per account (the platform is ''):
+`FakeStripe` has the public methods of shared.adapters.stripe_gateway.StripeGateway (the port
+shared.services.ports.StripePort), with the same signatures, return values and exceptions; tests hand it
+to the domain code wherever the gateway goes. Behind it, a `FakeStripeServer` keeps what Stripe keeps,
+per account (the platform is ''):
 
 - idempotency keys per (account, key), remembered 24 h on the server's clock: a replay gets the saved
   answer back unchanged (the snapshot of then, declines included); the same key with other parameters
@@ -40,8 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.gateway import (
-    STRIPE_API_VERSION,
+from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
+from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,
     CardSetupDeclined,
@@ -57,7 +58,6 @@ from shared.gateway import (
     WebhookPayloadError,
     WebhookSignatureError,
     classify_payment_intent,
-    payment_intent_create_params,
     payment_intent_view,
 )
 from stripe_emulator import cards
@@ -780,8 +780,8 @@ class FakeStripeServer:
 
 
 class FakeStripe:
-    """shared.gateway.StripeGateway's public methods over a FakeStripeServer (one is made if none is
-    given). Several FakeStripes may share a server, e.g. with different retry settings."""
+    """shared.adapters.stripe_gateway.StripeGateway's public methods over a FakeStripeServer (one is made
+    if none is given). Several FakeStripes may share a server, e.g. with different retry settings."""
 
     def __init__(
         self,
@@ -844,8 +844,8 @@ class FakeStripe:
         idempotency_key: str | None = None,
         card_errors: bool = False,
     ) -> dict[str, Any]:
-        """One gateway call: the SDK's tries, errors translated as shared.gateway translates them. A
-        402 comes back as ("card_error", body) through _CardError when `card_errors`."""
+        """One gateway call: the SDK's tries, errors translated as shared.adapters.stripe_wire translates
+        them. A 402 comes back as ("card_error", body) through _CardError when `card_errors`."""
         if self._before_request is not None:
             self._before_request(account)
         started = time.monotonic()
@@ -1473,7 +1473,7 @@ class _CardError(GatewayError):
         self.error = error
 
     def outcome(self) -> ChargeOutcome:
-        """As shared.gateway reads a 402 on create/confirm: the PaymentIntent in its state after it."""
+        """As shared.domain.payments reads a 402 on create/confirm: the PaymentIntent in its state after."""
         embedded = self.error.get("payment_intent")
         if isinstance(embedded, dict) and embedded.get("id"):
             return classify_payment_intent(payment_intent_view(embedded))

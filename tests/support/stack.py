@@ -1,10 +1,11 @@
-"""The real processes of design §1 on loopback, for integration tests: emulator, web (gunicorn),
+"""The real processes of the Procfile on loopback, for integration tests: emulator, web (gunicorn),
 Celery workers and, when asked, beat; configured only through the documented environment."""
 
 from __future__ import annotations
 
 import contextlib
 import http.cookiejar as http_cookiejar
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import free_port, wait_for_port
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -264,6 +269,10 @@ class Stack:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_count(self, text: str) -> int:
+        """How many times `text` appears in the logs of every process of the stack."""
+        return sum(path.read_text(errors="replace").count(text) for path in self.dir.glob("*.log"))
+
     def dump_logs(self) -> None:
         for name in self.procs:
             sys.stderr.write(f"--- {name} log tail ---\n{self.log(name)[-20000:]}\n")
@@ -442,3 +451,39 @@ def bench_main(
         shutil.rmtree(result.log_dir, ignore_errors=True)  # nothing to look into
     print(ok)
     return 0
+
+
+_redis_db = itertools.count()
+# Redis databases 1 to 11 are the stacks'; 12 to 15 belong to the tests that use one Redis database
+# for themselves (tests/shared/adapters/test_kombu_redis.py, test_rate_budget_redis.py,
+# tests/web/test_metrics.py).
+STACK_REDIS_DATABASES = range(1, 12)
+
+
+def broker_url(redis_server: RedisServer) -> str:
+    """A Redis database of the stack's own, emptied: no other stack's leftover messages reach its workers."""
+    url = f"{redis_server.url}/{STACK_REDIS_DATABASES[next(_redis_db) % len(STACK_REDIS_DATABASES)]}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+def stack_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database of this kind for a stack: a SQLite file, or one on the session's PostgreSQL."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'stack.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database("stack")
+
+
+def db_rows(stack: Stack, sql: str, **params: Any) -> list[Any]:
+    """The rows `sql` reads from the stack's database, through a connection of its own."""
+    engine = create_engine(stack.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+    finally:
+        engine.dispose()

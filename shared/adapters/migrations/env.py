@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.adapters.database import make_engine
+from shared.domain.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -16,9 +16,9 @@ def _url() -> str:
     explicit = config.get_main_option("sqlalchemy.url")
     if explicit:
         return explicit
-    from shared.config import get_config
+    from shared.config import load_config
 
-    return get_config().database_url
+    return load_config().database_url
 
 
 def _run(connection: Connection) -> None:

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-26
 
-Every entity of design §3, with the partial unique index that allows at most one charge attempt in
+Every entity of shared/domain/models.py, with the partial unique index that allows at most one charge attempt in
 flight per invoice, and the single settings row (a fresh database is not connected to Stripe).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("password_hash", sa.String(length=255), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_admin_user")),
         sa.UniqueConstraint("email", name=op.f("uq_admin_user_email")),
     )
@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("stripe_customer_id", sa.String(length=64), nullable=True),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_client")),
         sa.UniqueConstraint("stripe_customer_id", name=op.f("uq_client_stripe_customer_id")),
     )
@@ -51,9 +51,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("task_name", sa.String(length=120), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("available_at", shared.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("published_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("available_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("published_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("publish_attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_message")),
@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column(
             "online_card_payments_enabled", sa.Boolean(), server_default=sa.text("(true)"), nullable=False
         ),
-        sa.Column("updated_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("id = 1", name=op.f("ck_settings_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_settings")),
     )
@@ -81,8 +81,8 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=80), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("payment_intent_id", sa.String(length=64), nullable=True),
-        sa.Column("received_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("processed_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("received_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("processed_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("processing_attempts", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_event")),
@@ -107,7 +107,7 @@ def upgrade() -> None:
         sa.Column("exp_month", sa.Integer(), nullable=False),
         sa.Column("exp_year", sa.Integer(), nullable=False),
         sa.Column("is_default", sa.Boolean(), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("exp_month BETWEEN 1 AND 12", name=op.f("ck_card_exp_month_range")),
         sa.CheckConstraint("length(last4) = 4", name=op.f("ck_card_last4_length")),
         sa.ForeignKeyConstraint(
@@ -138,7 +138,7 @@ def upgrade() -> None:
         sa.Column("auto_charge", sa.Boolean(), nullable=False),
         sa.Column("is_void", sa.Boolean(), nullable=False),
         sa.Column("description", sa.String(length=500), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "payment_method IN ('bank_transfer', 'cash', 'cheque', 'online_card', 'other')",
             name=op.f("ck_invoice_payment_method_known"),
@@ -173,11 +173,11 @@ def upgrade() -> None:
         sa.Column("decline_code", sa.String(length=64), nullable=True),
         sa.Column("failure_message", sa.Text(), nullable=True),
         sa.Column("transient_failures", sa.Integer(), nullable=False),
-        sa.Column("lease_expires_at", shared.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("next_retry_at", shared.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_retry_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
             "source IN ('admin', 'client', 'schedule')", name=op.f("ck_charge_attempt_source_known")
         ),
@@ -212,7 +212,7 @@ def upgrade() -> None:
         sa.Column("invoice_id", sa.Integer(), nullable=True),
         sa.Column("charge_attempt_id", sa.String(length=36), nullable=True),
         sa.Column("detail", sa.JSON(), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["charge_attempt_id"],
             ["charge_attempt.id"],
@@ -235,13 +235,13 @@ def upgrade() -> None:
         sa.Column("invoice_id", sa.Integer(), nullable=False),
         sa.Column("amount", sa.Integer(), nullable=False),
         sa.Column("method", sa.String(length=20), nullable=False),
-        sa.Column("received_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("reference", sa.String(length=200), nullable=False),
         sa.Column("charge_attempt_id", sa.String(length=36), nullable=True),
         sa.Column("stripe_payment_intent_id", sa.String(length=64), nullable=True),
         sa.Column("stripe_refund_id", sa.String(length=64), nullable=True),
         sa.Column("recorded_by", sa.String(length=254), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "method IN ('bank_transfer', 'card', 'cash', 'cheque', 'other')",
             name=op.f("ck_payment_method_known"),
@@ -266,7 +266,7 @@ def upgrade() -> None:
         sa.column("id", sa.Integer()),
         sa.column("stripe_connected", sa.Boolean()),
         sa.column("online_card_payments_enabled", sa.Boolean()),
-        sa.column("updated_at", shared.models.UTCDateTime(timezone=True)),
+        sa.column("updated_at", shared.domain.models.UTCDateTime(timezone=True)),
     )
     op.bulk_insert(
         settings,
@@ -275,7 +275,7 @@ def upgrade() -> None:
                 "id": 1,
                 "stripe_connected": False,
                 "online_card_payments_enabled": True,
-                "updated_at": shared.models.utcnow(),
+                "updated_at": shared.domain.models.utcnow(),
             }
         ],
     )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("request_fingerprint", sa.String(length=64), nullable=False),
         sa.Column("response_status", sa.Integer(), nullable=False),
         sa.Column("response_body", sa.JSON(), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_idempotency_record")),
         sa.UniqueConstraint("key", name=op.f("uq_api_idempotency_record_key")),
     )

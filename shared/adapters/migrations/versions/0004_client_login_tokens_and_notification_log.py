@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -28,9 +28,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("client_id", sa.Integer(), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["client_id"],
             ["client.id"],
@@ -52,8 +52,8 @@ def upgrade() -> None:
         sa.Column("charge_attempt_id", sa.String(length=36), nullable=True),
         sa.Column("recipient", sa.String(length=254), nullable=False),
         sa.Column("subject", sa.String(length=300), nullable=False),
-        sa.Column("created_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["charge_attempt_id"],

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -29,8 +29,8 @@ def upgrade() -> None:
         sa.Column("slot", sa.String(length=80), nullable=False),
         sa.Column("trigger", sa.String(length=20), nullable=False),
         sa.Column("due_on", sa.Date(), nullable=False),
-        sa.Column("started_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("selection_finished_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("selection_finished_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("selected", sa.Integer(), nullable=False),
         sa.Column("queued", sa.Integer(), nullable=False),
         sa.Column("skipped", sa.Integer(), nullable=False),
@@ -41,14 +41,14 @@ def upgrade() -> None:
     op.create_table(
         "dunning_state",
         sa.Column("invoice_id", sa.Integer(), nullable=False),
-        sa.Column("first_failure_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("first_failure_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("decline_class", sa.String(length=10), nullable=False),
         sa.Column("last_attempt_id", sa.String(length=36), nullable=True),
-        sa.Column("next_attempt_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts_left", sa.Integer(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("updated_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["invoice_id"], ["invoice.id"], name=op.f("fk_dunning_state_invoice_id_invoice")
         ),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -27,7 +27,7 @@ def upgrade() -> None:
         "login_attempt",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("key", sa.String(length=80), nullable=False),
-        sa.Column("at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_login_attempt")),
     )
     with op.batch_alter_table("login_attempt", schema=None) as batch_op:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -31,8 +31,8 @@ def upgrade() -> None:
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("trigger", sa.String(length=20), nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
-        sa.Column("started_at", shared.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", shared.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("listed", sa.Integer(), nullable=False),
         sa.Column("matched", sa.Integer(), nullable=False),
         sa.Column("repaired", sa.Integer(), nullable=False),
@@ -61,8 +61,8 @@ def upgrade() -> None:
         sa.Column("charge_attempt_id", sa.String(length=36), nullable=True),
         sa.Column("payment_id", sa.Integer(), nullable=True),
         sa.Column("detail", sa.Text(), nullable=False),
-        sa.Column("payment_intent_created_at", shared.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("found_at", shared.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("payment_intent_created_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("found_at", shared.domain.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "kind IN ('missing', 'orphan', 'repaired')", name=op.f("ck_reconciliation_finding_kind_known")
         ),

@@ -5,7 +5,7 @@ Revises: 0008
 Create Date: 2026-11-27
 
 A processing attempt names the worker process holding it (host, pid and a random tag): that process
-renews the lease while it works (shared.leases), only its own leases, and a redelivered message can
+renews the lease while it works (shared.services.leases), only its own leases, and a redelivered message can
 tell a holder whose process is gone from one that is merely slow.
 """
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.models
+import shared.domain.models
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -86,7 +86,7 @@ def upgrade() -> None:
             sa.Column("purpose", sa.String(length=20), server_default=sa.text("'sign_in'"), nullable=False)
         )
         batch_op.add_column(sa.Column("subject_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("revoked_at", shared.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("revoked_at", shared.domain.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_check_constraint(
             op.f("ck_client_login_token_purpose_known"),
             "purpose IN ('authenticate', 'sign_in', 'update_card')",

@@ -1,0 +1,248 @@
+"""The money records: settings, clients and their cards, invoices, the ledger (payments) and charge
+attempts. Amounts are integers in minor units; derived values are computed in shared.domain.ledger."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from shared.domain.models.base import (
+    ATTEMPT_SOURCES,
+    IN_FLIGHT_SQL,
+    INVOICE_PAYMENT_METHODS,
+    LEDGER_METHODS,
+    Base,
+    in_list,
+    new_uuid,
+    utcnow,
+)
+from shared.domain.states import AttemptStatus
+
+
+class Settings(Base):
+    """One row (id 1): whether Stripe is connected and whether online card payments are on."""
+
+    __tablename__ = "settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False, default=1)
+    stripe_connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # None means the platform account itself; otherwise the connected account sent as Stripe-Account.
+    stripe_account_id: Mapped[str | None] = mapped_column(String(64))
+    online_card_payments_enabled: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=text("true")
+    )
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class Client(Base):
+    __tablename__ = "client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Stored normalized (shared.services.admins.normalize_email) and unique: the sign-in link finds one
+    # client.
+    email: Mapped[str] = mapped_column(String(254), index=True, unique=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # As AdminUser.session_version: signing out ends every Client Zone session of this client.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+    cards: Mapped[list[Card]] = relationship(
+        back_populates="client", order_by="Card.id", cascade="all, delete-orphan"
+    )
+    invoices: Mapped[list[Invoice]] = relationship(back_populates="client")
+
+    # Substring search by name (ILIKE '%...%') on PostgreSQL through trigrams (pg_trgm).
+    __table_args__ = (
+        Index("ix_client_name_trgm", "name", postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"}),
+    )
+
+    @property
+    def default_card(self) -> Card | None:
+        return next((card for card in self.cards if card.is_default), None)
+
+
+class Card(Base):
+    """A saved card: Stripe's PaymentMethod id and what may be shown. Never a card number."""
+
+    __tablename__ = "card"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("client.id", ondelete="CASCADE"), index=True)
+    stripe_payment_method_id: Mapped[str] = mapped_column(String(64), unique=True)
+    brand: Mapped[str] = mapped_column(String(32))
+    last4: Mapped[str] = mapped_column(String(4))
+    exp_month: Mapped[int] = mapped_column(Integer)
+    exp_year: Mapped[int] = mapped_column(Integer)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    client: Mapped[Client] = relationship(back_populates="cards")
+
+    __table_args__ = (
+        # At most one default card per client, enforced by the database.
+        Index(
+            "uq_card_one_default_per_client",
+            "client_id",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+        CheckConstraint("length(last4) = 4", name="last4_length"),
+        CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month_range"),
+    )
+
+
+class Invoice(Base):
+    __tablename__ = "invoice"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("client.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[int] = mapped_column(Integer)
+    due_date: Mapped[date] = mapped_column(Date)
+    payment_method: Mapped[str] = mapped_column(String(20), default="online_card")
+    auto_charge: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_void: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    client: Mapped[Client] = relationship(back_populates="invoices")
+    payments: Mapped[list[Payment]] = relationship(
+        back_populates="invoice", order_by="Payment.received_at, Payment.id"
+    )
+    charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
+        back_populates="invoice", order_by="ChargeAttempt.created_at"
+    )
+
+    __table_args__ = (
+        CheckConstraint("total > 0", name="total_positive"),
+        CheckConstraint(
+            f"payment_method IN ({in_list(INVOICE_PAYMENT_METHODS)})", name="payment_method_known"
+        ),
+        CheckConstraint("currency = lower(currency) AND length(currency) = 3", name="currency_iso"),
+        # The due-invoice selection of the batch walks this index page by page.
+        Index("ix_invoice_auto_charge_due", "auto_charge", "due_date", "id"),
+        # The batch walks only what it may charge, by id; due date and total come from the index itself.
+        Index(
+            "ix_invoice_chargeable_id",
+            "id",
+            "due_date",
+            "total",
+            sqlite_where=text("auto_charge AND NOT is_void"),
+            postgresql_where=text("auto_charge AND NOT is_void"),
+        ),
+        # The admin list's order (newest due date first): a page is read off the index, not sorted.
+        Index("ix_invoice_due_date_id", "due_date", "id"),
+        # A client's invoices in that order (Client Zone, search by client name), off the index alone.
+        Index("ix_invoice_client_id_due_date", "client_id", "due_date", "id"),
+        # Substring search by number (ILIKE '%...%') on PostgreSQL through trigrams (pg_trgm).
+        Index(
+            "ix_invoice_number_trgm",
+            "number",
+            postgresql_using="gin",
+            postgresql_ops={"number": "gin_trgm_ops"},
+        ),
+    )
+
+
+class Payment(Base):
+    """One ledger entry: money received (positive) or refunded (negative), by any method."""
+
+    __tablename__ = "payment"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"))
+    amount: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(20))
+    received_at: Mapped[datetime] = mapped_column()
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    charge_attempt_id: Mapped[str | None] = mapped_column(ForeignKey("charge_attempt.id"), index=True)
+    # Recorded once: a PaymentIntent or a refund can enter the ledger a single time, whoever reports it.
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    recorded_by: Mapped[str] = mapped_column(String(254), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="payments")
+    charge_attempt: Mapped[ChargeAttempt | None] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="amount_nonzero"),
+        CheckConstraint(f"method IN ({in_list(LEDGER_METHODS)})", name="method_known"),
+        # An invoice's payments, and with the amount beside the id its balance, off the index alone.
+        Index("ix_payment_invoice_id_amount", "invoice_id", "amount"),
+    )
+
+
+class ChargeAttempt(Base):
+    """One try at charging an invoice's card, from intent (queued) to its final state."""
+
+    __tablename__ = "charge_attempt"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"), index=True)
+    amount: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    source: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str] = mapped_column(String(254), default="")
+    status: Mapped[str] = mapped_column(String(20), default=AttemptStatus.QUEUED.value)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # Resolved once when the attempt opens, so every retry sends byte-identical parameters.
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
+    payment_method_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_account_id: Mapped[str | None] = mapped_column(String(64))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    advice_code: Mapped[str | None] = mapped_column(String(64))
+    network_advice_code: Mapped[str | None] = mapped_column(String(8))
+    batch_run_id: Mapped[int | None] = mapped_column(ForeignKey("batch_run.id"), index=True)
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker process holding a processing attempt, and until when unless it renews
+    # (shared.services.leases).
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    next_retry_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    invoice: Mapped[Invoice] = relationship(back_populates="charge_attempts")
+
+    @property
+    def status_enum(self) -> AttemptStatus:
+        return AttemptStatus(self.status)
+
+    __table_args__ = (
+        # The rule that matters most: at most one attempt per invoice that is not yet final.
+        Index(
+            "uq_charge_attempt_one_in_flight_per_invoice",
+            "invoice_id",
+            unique=True,
+            sqlite_where=text(IN_FLIGHT_SQL),
+            postgresql_where=text(IN_FLIGHT_SQL),
+        ),
+        Index("ix_charge_attempt_status_updated_at", "status", "updated_at"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(f"source IN ({in_list(ATTEMPT_SOURCES)})", name="source_known"),
+        CheckConstraint(
+            f"status IN ({in_list(frozenset(s.value for s in AttemptStatus))})", name="status_known"
+        ),
+    )

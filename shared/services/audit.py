@@ -1,0 +1,52 @@
+"""The audit trail: who did what, when, for every admin action and every attempt transition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from shared.domain.models import AuditEvent, table_of
+
+
+def record(
+    session: Session,
+    actor: str,
+    action: str,
+    *,
+    invoice_id: int | None = None,
+    charge_attempt_id: str | None = None,
+    **detail: Any,
+) -> AuditEvent:
+    entry = AuditEvent(
+        actor=actor,
+        action=action,
+        invoice_id=invoice_id,
+        charge_attempt_id=charge_attempt_id,
+        detail={k: v for k, v in detail.items() if v is not None},
+    )
+    session.add(entry)
+    return entry
+
+
+def record_row(
+    session: Session,
+    actor: str,
+    action: str,
+    *,
+    invoice_id: int | None = None,
+    charge_attempt_id: str | None = None,
+    **detail: Any,
+) -> None:
+    """record() as one INSERT, without an ORM object: for a hot path that never reads the entry back."""
+    # The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
+    session.execute(
+        insert(table_of(AuditEvent)).values(
+            actor=actor,
+            action=action,
+            invoice_id=invoice_id,
+            charge_attempt_id=charge_attempt_id,
+            detail={k: v for k, v in detail.items() if v is not None},
+        )
+    )

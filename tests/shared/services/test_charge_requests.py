@@ -1,0 +1,87 @@
+"""request_charge is the one way a charge is opened: the batch and the automatic retries go through it
+(the admin page, the API and the Client Zone: tests/web/test_charge_entry_points.py), and no other
+product code creates a charge attempt."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.domain.models import ChargeAttempt, DunningState, Invoice, utcnow
+from shared.services import batch, charge_requests
+from shared.services.ports import UnitOfWork
+from shared.services.settings import update_settings
+from tests.support.factories import TODAY, make_client, make_invoice
+from tests.support.unit_of_work import published, units
+
+ROOT = Path(__file__).resolve().parents[3]
+PRODUCT = ("shared", "web", "worker", "cli")
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, str]]:
+    """(invoice id, source, requested by) of every charge request_charge opens, which it still opens."""
+    calls: list[tuple[int, str, str]] = []
+    request_charge = charge_requests.request_charge
+
+    def spy(uow: UnitOfWork, invoice: Invoice, **kwargs: Any) -> Any:
+        calls.append((invoice.id, kwargs["source"], kwargs["requested_by"]))
+        return request_charge(uow, invoice, **kwargs)
+
+    monkeypatch.setattr(charge_requests, "request_charge", spy)
+    return calls
+
+
+def test_the_batch_opens_its_charges_through_request_charge(
+    session_factory: sessionmaker[Session], opened: list[tuple[int, str, str]]
+) -> None:
+    with session_factory() as s, s.begin():
+        update_settings(s, "test", stripe_connected=True)
+        ids = [make_invoice(s, make_client(s, n), n) for n in (1, 2)]
+        s.flush()
+        invoice_ids = [i.id for i in ids]
+    sent, publish = published()
+    report = batch.run_batch(
+        units(session_factory, publish), slot="schedule:t", trigger="schedule", today=TODAY
+    )
+    assert report.queued == 2 and len(sent) == 2
+    assert opened == [(i, "schedule", f"batch:{report.batch_run_id}") for i in invoice_ids]
+
+
+def test_the_retries_open_their_charges_through_request_charge(
+    session_factory: sessionmaker[Session], opened: list[tuple[int, str, str]]
+) -> None:
+    now = utcnow()
+    with session_factory() as s, s.begin():
+        update_settings(s, "test", stripe_connected=True)
+        invoice = make_invoice(s, make_client(s, 1), 1)
+        s.flush()
+        s.add(
+            DunningState(
+                invoice_id=invoice.id,
+                first_failure_at=now,
+                failures=1,
+                decline_class="soft",
+                next_attempt_at=now,
+            )
+        )
+        invoice_id = invoice.id
+    sent, publish = published()
+    assert batch.open_due_retries(session_factory, units(session_factory, publish), now=now) == 1
+    assert opened == [(invoice_id, "schedule", "dunning")] and len(sent) == 1
+
+
+def test_no_other_product_code_creates_a_charge_attempt() -> None:
+    """A ChargeAttempt(...) anywhere else would be a charge opened around the rules and the outbox."""
+    creators = sorted(
+        str(path.relative_to(ROOT))
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == ChargeAttempt.__name__
+    )
+    assert creators == ["shared/services/charge_requests.py"]
