@@ -4,7 +4,7 @@ after every step (hypothesis's rule-based state machines).
 
 The product runs as it does in production, except that
 - Stripe is tests/support/fake_stripe.py (faults, lost answers, crashes, late and repeated events);
-- time is a FakeClock, read wherever the product reads it (PRODUCT_CLOCK: shared.models.utcnow's
+- time is a FakeClock, read wherever the product reads it (PRODUCT_CLOCK: shared.domain.models.base.utcnow's
   `datetime`, which every module's utcnow() and every column default go through);
 - the worker processes are simulated in this process: each has a lease-holder name of its own
   (PRODUCT_LEASE_OWNER), and a crash is a BaseException that no handler of the product catches;
@@ -35,16 +35,28 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-import shared.models
-from shared import batch, charging, clients, invoices, leases, ledger, outbox, reconcile, webhooks
-from shared.binding import Mismatch
-from shared.db import make_engine
-from shared.eligibility import in_flight_attempt
-from shared.gateway import GatewayError
-from shared.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
-from shared.retries import retry_policy
-from shared.settings import update_settings
-from shared.states import AttemptStatus
+import shared.domain.models.base
+from shared.adapters.database import UnitOfWork, make_engine
+from shared.domain import ledger
+from shared.domain.binding import Mismatch
+from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+from shared.domain.payments import GatewayError
+from shared.domain.states import AttemptStatus
+from shared.services import (
+    batch,
+    charge_actions,
+    charge_requests,
+    charging,
+    clients,
+    invoices,
+    janitor,
+    leases,
+    outbox,
+    payments,
+    webhooks,
+)
+from shared.services.dunning import retry_policy
+from shared.services.settings import update_settings
 from tests.support.fake_stripe import FakeClock, FakeStripe, FakeStripeServer, RequestRecord, WorkerCrashed
 
 S = AttemptStatus
@@ -60,7 +72,7 @@ REACHED: Counter[str] = Counter()
 
 # Where the product reads the time and names a lease holder: what the model patches. Kept here, in one
 # place, for when the modules move.
-PRODUCT_CLOCK = (shared.models, "datetime")
+PRODUCT_CLOCK = (shared.domain.models.base, "datetime")
 PRODUCT_LEASE_OWNER = ((leases, "process_owner"), (charging, "process_owner"))
 
 CARD_TOKENS = (
@@ -350,6 +362,10 @@ class ChargeMachine(RuleBasedStateMachine):
     def today(self) -> date:
         return self.clock.now().date()
 
+    def unit_of_work(self) -> UnitOfWork:
+        """What bootstrap's Runtime.unit_of_work is: commits, then publishes to this model's broker."""
+        return UnitOfWork(self.world.engine, self.publish)
+
     def publish(self, task: str, payload: dict[str, Any], countdown: float | None) -> None:
         if task in (outbox.TASK_CHARGE_ATTEMPT, outbox.TASK_PROCESS_WEBHOOK_EVENT):
             self.broker.append(
@@ -382,21 +398,19 @@ class ChargeMachine(RuleBasedStateMachine):
         def click() -> Any:
             if invoice_id is None:
                 return None
-            with self.factory() as session:
-                try:
-                    with session.begin():
-                        invoice = charging.load_invoice_for_charge(session, invoice_id, lock=True)
-                        assert invoice is not None
-                        due = ledger.balance(invoice).amount_due
-                        amount = None if part == 0 or due <= 0 else max(due * part // 4, 1)
-                        attempt, message_id = charging.open_attempt(
-                            session, invoice, source="admin", requested_by="admin", amount=amount
-                        )
-                        message = charging.charge_message(attempt, message_id)
-                except (charging.NotChargeable, charging.ChargeRequestError) as refused:
-                    return refused
-            outbox.publish_committed(self.factory, self.publish, [message])
-            return attempt.id
+            try:
+                # Committed, then published (the unit of work), as every entry point opens a charge.
+                with self.unit_of_work() as uow:
+                    invoice = charge_requests.load_invoice_for_charge(uow.session, invoice_id, lock=True)
+                    assert invoice is not None
+                    due = ledger.balance(invoice).amount_due
+                    amount = None if part == 0 or due <= 0 else max(due * part // 4, 1)
+                    attempt_id = charge_requests.request_charge(
+                        uow, invoice, source="admin", requested_by="admin", amount=amount
+                    ).id
+            except (charge_requests.NotChargeable, charge_requests.ChargeRequestError) as refused:
+                return refused
+            return attempt_id
 
         return click
 
@@ -409,18 +423,17 @@ class ChargeMachine(RuleBasedStateMachine):
             with self.factory() as session:
                 try:
                     with session.begin():
-                        invoice = charging.load_invoice_for_charge(session, invoice_id, lock=True)
+                        invoice = charge_requests.load_invoice_for_charge(session, invoice_id, lock=True)
                         assert invoice is not None
                         due = ledger.balance(invoice).amount_due
                         amount = max(due * part // 4, 1) if due > 0 else 1
-                        return ledger.record_payment(
+                        return payments.record_payment(
                             session,
                             invoice,
                             amount=amount,
                             method="bank_transfer",
                             reference="transfer",
                             recorded_by="admin",
-                            in_flight_charge=in_flight_attempt(invoice),
                         ).id
                 except ledger.LedgerError as refused:
                     return refused
@@ -470,10 +483,10 @@ class ChargeMachine(RuleBasedStateMachine):
     def op_janitor(self, quick: bool) -> Callable[[], Any]:
         def sweep() -> Any:
             if quick:
-                return reconcile.recover_charges(
+                return janitor.recover_charges(
                     self.factory, self.stripe, self.publish, now=self.clock.now()
                 )
-            return reconcile.run_janitor(self.factory, self.stripe, self.publish, now=self.clock.now())
+            return janitor.run_janitor(self.factory, self.stripe, self.publish, now=self.clock.now())
 
         return sweep
 
@@ -504,8 +517,7 @@ class ChargeMachine(RuleBasedStateMachine):
 
         def run() -> Any:
             return batch.run_batch(
-                self.factory,
-                self.publish,
+                self.unit_of_work,
                 slot=slot,
                 trigger="schedule",
                 today=self.today(),
@@ -521,8 +533,8 @@ class ChargeMachine(RuleBasedStateMachine):
             if attempt is None:
                 return None
             try:
-                return charging.cancel_charge(self.factory, self.stripe, attempt.id, actor="admin")
-            except charging.ChargeNotCancelable as refused:
+                return charge_actions.cancel_charge(self.factory, self.stripe, attempt.id, actor="admin")
+            except charge_actions.ChargeNotCancelable as refused:
                 return refused
 
         return cancel
@@ -572,7 +584,7 @@ class ChargeMachine(RuleBasedStateMachine):
 
     @rule()
     def due_retries_open(self) -> None:
-        self.run_alone(lambda: batch.open_due_retries(self.factory, self.publish, now=self.clock.now()))
+        self.run_alone(lambda: batch.open_due_retries(self.factory, self.unit_of_work, now=self.clock.now()))
 
     @precondition(lambda self: bool(self.broker))
     @rule(message=st.integers(0, 9), fault=st.sampled_from(WORKER_FAULTS), redeliver=st.booleans())
@@ -644,8 +656,8 @@ class ChargeMachine(RuleBasedStateMachine):
             return
         # Refusals the Client Zone shows the client (web/client_zone.py authenticate). One of them: the
         # charge's card was removed meanwhile, and Stripe refuses the detached card.
-        with contextlib.suppress(charging.NotAwaitingAuthentication, GatewayError):
-            charging.start_on_session_authentication(
+        with contextlib.suppress(charge_actions.NotAwaitingAuthentication, GatewayError):
+            charge_actions.start_on_session_authentication(
                 self.factory,
                 self.stripe,
                 waiting.id,
@@ -666,7 +678,7 @@ class ChargeMachine(RuleBasedStateMachine):
     def client_returns_from_the_bank(self, attempt: int) -> None:
         waiting = self.pick(self.attempts(S.REQUIRES_ACTION), attempt)
         if waiting is not None:
-            charging.settle_from_stripe(self.factory, self.stripe, waiting.id, actor="client")
+            charge_actions.settle_from_stripe(self.factory, self.stripe, waiting.id, actor="client")
 
     @precondition(lambda self: S.SUCCEEDED in self.seen.values())
     @rule(payment_intent=st.integers(0, 9), part=st.integers(1, 4))
@@ -923,7 +935,7 @@ class ChargeMachine(RuleBasedStateMachine):
         self.no_request_reached_stripe_unsafely()
         by_attempt, _, _ = self.stripe_money()
         for attempt in self.attempts():
-            flagged = attempt.status == S.UNKNOWN and attempt.failure_code == reconcile.NEEDS_OPERATOR
+            flagged = attempt.status == S.UNKNOWN and attempt.failure_code == janitor.NEEDS_OPERATOR
             assert AttemptStatus(attempt.status).is_terminal or (flagged and attempt.id not in by_attempt), (
                 f"{attempt.id} left {attempt.status} ({attempt.failure_code}: {attempt.failure_message})"
             )

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from shared.binding import MismatchReason, payment_intent_mismatch
-from shared.gateway import PaymentIntentView
+from shared.domain.binding import MismatchReason, payment_intent_mismatch
+from shared.domain.payments import PaymentIntentView
 from tests.support import factories
 
 

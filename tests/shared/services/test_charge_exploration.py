@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from shared.migrate import upgrade
+from shared.adapters.migrate import upgrade
 from tests.support.charge_model import REACHED, World, machine_for
 from tests.support.services import PostgresServer
 

@@ -1,6 +1,7 @@
 """What happens to a charge after its first call to Stripe, against FakeStripe: retries that run out,
-cancels, the client's authentication and its expiry (shared.charging, shared.reconcile). Fast tests the
-mutation run (`make mutate`) relies on; the exploration covers the same ground at random."""
+cancels, the client's authentication and its expiry (shared/services/charging.py, charge_actions.py,
+janitor.py). Fast tests the mutation run (`make mutate`) relies on; the exploration covers the same
+ground at random."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import charging
-from shared.reconcile import run_janitor
-from shared.retries import retry_policy
+from shared.services import charge_actions, charging
+from shared.services.charge_requests import idempotency_key_for
+from shared.services.dunning import retry_policy
+from shared.services.janitor import run_janitor
 from tests.shared.services.test_last_look import attempt_row, creates, queued_charge, run
 from tests.support.fake_stripe import FakeClock, FakeStripe
 
@@ -35,7 +37,7 @@ def test_a_charge_stripe_never_answers_goes_unknown_after_its_retries_and_the_ja
     assert attempt.failure_message.startswith("No answer from Stripe after 4 tries")
     run_janitor(session_factory, stripe, lambda *_: None, now=clock.now())
     assert attempt_row(session_factory, attempt_id).status == "succeeded"
-    key = charging.idempotency_key_for(attempt_id)
+    key = idempotency_key_for(attempt_id)
     assert set(creates(stripe)) == {key} and len(stripe.server.payment_intents()) == 1
 
 
@@ -43,7 +45,7 @@ def test_a_queued_charge_is_canceled_before_it_reaches_stripe(
     session_factory: sessionmaker[Session], stripe: FakeStripe
 ) -> None:
     attempt_id = queued_charge(session_factory, stripe)
-    assert charging.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "canceled"
+    assert charge_actions.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "canceled"
     attempt = attempt_row(session_factory, attempt_id)
     assert (attempt.failure_code, attempt.failure_message) == (
         "canceled_by_admin",
@@ -58,8 +60,8 @@ def test_a_retry_that_may_have_reached_stripe_cannot_be_canceled(
     attempt_id = queued_charge(session_factory, stripe)
     stripe.server.fail_next("lost", CREATE)
     assert run(session_factory, stripe, attempt_id, clock).result is charging.RunResult.RETRY_SCHEDULED
-    with pytest.raises(charging.ChargeNotCancelable):
-        charging.cancel_charge(session_factory, stripe, attempt_id, actor="admin")
+    with pytest.raises(charge_actions.ChargeNotCancelable):
+        charge_actions.cancel_charge(session_factory, stripe, attempt_id, actor="admin")
     assert attempt_row(session_factory, attempt_id).status == "queued"
 
 
@@ -78,15 +80,16 @@ def test_the_client_authenticates_on_session_and_the_charge_succeeds(
     session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
 ) -> None:
     attempt_id, pi_id = waiting_for_the_client(session_factory, stripe, clock)
-    page = charging.start_on_session_authentication(
+    page = charge_actions.start_on_session_authentication(
         session_factory, stripe, attempt_id, RETURN_URL, actor="client"
     )
     assert page is not None and page.startswith("https://")
     assert attempt_row(session_factory, attempt_id).status == "requires_action"  # until the bank says so
     stripe.server.complete_authentication(pi_id)
-    assert charging.settle_from_stripe(session_factory, stripe, attempt_id, actor="client") == "succeeded"
-    with pytest.raises(charging.NotAwaitingAuthentication):
-        charging.start_on_session_authentication(
+    settled = charge_actions.settle_from_stripe(session_factory, stripe, attempt_id, actor="client")
+    assert settled == "succeeded"
+    with pytest.raises(charge_actions.NotAwaitingAuthentication):
+        charge_actions.start_on_session_authentication(
             session_factory, stripe, attempt_id, RETURN_URL, actor="client"
         )
 
@@ -95,7 +98,7 @@ def test_a_charge_waiting_for_the_client_is_canceled_at_stripe_too(
     session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
 ) -> None:
     attempt_id, _ = waiting_for_the_client(session_factory, stripe, clock)
-    assert charging.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "canceled"
+    assert charge_actions.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "canceled"
     assert [pi["status"] for pi in stripe.server.payment_intents()] == ["canceled"]
     assert attempt_row(session_factory, attempt_id).failure_code == "canceled_by_admin"
 
@@ -104,9 +107,11 @@ def test_a_cancel_after_the_client_paid_records_the_payment_instead(
     session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
 ) -> None:
     attempt_id, pi_id = waiting_for_the_client(session_factory, stripe, clock)
-    charging.start_on_session_authentication(session_factory, stripe, attempt_id, RETURN_URL, actor="client")
+    charge_actions.start_on_session_authentication(
+        session_factory, stripe, attempt_id, RETURN_URL, actor="client"
+    )
     stripe.server.complete_authentication(pi_id)  # the client finished at the bank a moment ago
-    assert charging.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "succeeded"
+    assert charge_actions.cancel_charge(session_factory, stripe, attempt_id, actor="admin") == "succeeded"
 
 
 def test_an_authentication_left_too_long_expires_and_is_canceled_at_stripe(

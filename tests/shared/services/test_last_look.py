@@ -1,4 +1,5 @@
-"""The worker's last look, and what may never replace it (shared.charging claim_attempt, shared.reconcile).
+"""The worker's last look, and what may never replace it (shared/services/charging.py claim_attempt,
+shared/services/janitor.py).
 
 Before its first call to Stripe, a worker cancels a charge whose invoice can no longer be charged (paid,
 void, Stripe disconnected, card payments off, its card removed). A charge that may already have reached
@@ -17,12 +18,15 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import charging, clients, invoices
-from shared.models import ChargeAttempt, Client, Invoice, Payment
-from shared.reconcile import recover_charges, run_janitor
-from shared.settings import update_settings
+from shared.domain.models import ChargeAttempt, Client, Invoice, Payment
+from shared.services import charging, clients, invoices
+from shared.services.attempts import apply_outcome, lock_attempt
+from shared.services.charge_requests import idempotency_key_for, load_invoice_for_charge, request_charge
+from shared.services.janitor import recover_charges, run_janitor
+from shared.services.settings import update_settings
 from tests.support.charge_model import LEASE_SECONDS, START
 from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
+from tests.support.unit_of_work import InSession
 
 CREATE = "create_offsession_payment_intent"
 
@@ -44,10 +48,9 @@ def queued_charge(factory: sessionmaker[Session], stripe: FakeStripe, token: str
             actor="admin",
         )
         session.flush()
-        loaded = charging.load_invoice_for_charge(session, invoice.id, lock=True)
+        loaded = load_invoice_for_charge(session, invoice.id, lock=True)
         assert loaded is not None
-        attempt, _ = charging.open_attempt(session, loaded, source="admin", requested_by="admin")
-        return attempt.id
+        return request_charge(InSession(session), loaded, source="admin", requested_by="admin").id
 
 
 def run(
@@ -133,7 +136,7 @@ def test_last_look_never_cancels_a_retry_that_may_have_reached_stripe(
     # Replayed under its key, not canceled: Stripe answers with the charge it already made.
     assert report.result is charging.RunResult.APPLIED
     assert attempt_row(session_factory, attempt_id).status == "succeeded"
-    key = charging.idempotency_key_for(attempt_id)
+    key = idempotency_key_for(attempt_id)
     assert creates(stripe) == [key, key]
     assert [pi["status"] for pi in stripe.server.payment_intents()] == ["succeeded"]
 
@@ -165,7 +168,7 @@ def test_janitor_replays_a_crashed_charge_under_its_own_key(
     sweeper = run_janitor if sweep == "janitor" else recover_charges
     sweeper(session_factory, stripe, lambda *_: None, now=clock.now())
     assert attempt_row(session_factory, attempt_id).status == "succeeded"
-    key = charging.idempotency_key_for(attempt_id)
+    key = idempotency_key_for(attempt_id)
     assert creates(stripe) == [key, key]  # the replay carried the attempt's key
     assert [pi["status"] for pi in stripe.server.payment_intents()] == ["succeeded"]
     with session_factory() as session:
@@ -188,9 +191,7 @@ def test_recording_a_success_holds_the_invoice_lock_charge_requests_take(
 
     def record_success() -> None:
         with session_factory() as session, session.begin():
-            charging.apply_outcome(
-                session, charging.lock_attempt(session, attempt_id), outcome, actor="worker"
-            )
+            apply_outcome(session, lock_attempt(session, attempt_id), outcome, actor="worker")
             session.flush()
             recorded.set()
             release.wait(timeout=10)
