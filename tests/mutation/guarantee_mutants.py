@@ -41,7 +41,7 @@ MUTANTS = (
     Mutant(
         "last_look_disabled",
         "the worker charges without its last look",
-        "shared/charging.py",
+        "shared/services/charging.py",
         LAST_LOOK,
         LAST_LOOK.replace("if not may_have_reached_stripe:", "if False:"),
         ("tests/shared/services/test_last_look.py", EXPLORE_SQLITE),
@@ -49,7 +49,7 @@ MUTANTS = (
     Mutant(
         "last_look_after_stripe",
         "the last look also runs for a charge that may have reached Stripe (a retry, a takeover)",
-        "shared/charging.py",
+        "shared/services/charging.py",
         LAST_LOOK,
         LAST_LOOK.replace("if not may_have_reached_stripe:", "if True:"),
         ("tests/shared/services/test_last_look.py", EXPLORE_SQLITE),
@@ -57,7 +57,7 @@ MUTANTS = (
     Mutant(
         "janitor_new_key",
         "the janitor replays a stale charge under a new idempotency key",
-        "shared/reconcile.py",
+        "shared/services/janitor.py",
         "            outcome = gateway.create_offsession_payment_intent(request)\n",
         "            outcome = gateway.create_offsession_payment_intent(\n"
         "                type(request)(\n"
@@ -69,7 +69,7 @@ MUTANTS = (
     Mutant(
         "success_without_invoice_lock",
         "recording a success does not take the invoice row lock charge requests take",
-        "shared/charging.py",
+        "shared/services/attempts.py",
         "        session.execute(\n"
         "            select(Invoice.id)"
         ".where(Invoice.id == attempt.invoice_id).with_for_update(key_share=True)\n"
