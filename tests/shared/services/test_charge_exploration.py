@@ -20,7 +20,7 @@ from shared.adapters.migrate import upgrade
 from tests.support.charge_model import REACHED, World, machine_for
 from tests.support.services import PostgresServer
 
-EXAMPLES = int(os.environ.get("EXPLORE_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("EXPLORE_EXAMPLES", "20"))
 STEPS = int(os.environ.get("EXPLORE_STEPS", "30"))
 # EXPLORE_SHRINK=0: report a counterexample as found (the mutant runs only need a verdict).
 PHASES = (
