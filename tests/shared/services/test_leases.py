@@ -6,6 +6,7 @@ over replays it under the same key. A fake gateway stands in for Stripe."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
-from shared.services import outbox
+from shared.services import leases, outbox
 from shared.services.attempts import lock_attempt
 from shared.services.charge_requests import request_charge
 from shared.services.charging import RunResult, charge_request_for, claim_attempt, run_attempt
@@ -97,6 +98,38 @@ def test_a_holder_on_this_host_whose_process_ended_is_gone() -> None:
     assert not holder_is_gone(None)
     assert lease_lapsed(process_owner(), now() - timedelta(seconds=1), now())
     assert not lease_lapsed(process_owner(), now() + timedelta(seconds=10), now())
+
+
+def test_a_holder_on_this_host_whose_process_runs_is_alive_and_is_not_disturbed() -> None:
+    host = process_owner().split("/")[0]
+    # A live process that says so should anything signal it; it ends when its stdin closes.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys\n"
+            "for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):\n"
+            "    signal.signal(s, lambda n, f: print('signal', n, flush=True))\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    assert not holder_is_gone(f"{host}/{child.pid}/abcd")
+    output, _ = child.communicate("", timeout=10)
+    assert output == ""  # asking whether it lives sent it nothing (signal 0)
+
+
+def test_a_pid_another_user_owns_now_counts_as_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(pid: int, signal_number: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(leases.os, "kill", refused)
+    host = process_owner().split("/")[0]
+    assert not holder_is_gone(f"{host}/{dead_pid()}/abcd")
 
 
 # ---- renewing ---------------------------------------------------------------------------------------
