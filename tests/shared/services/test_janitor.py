@@ -1,0 +1,132 @@
+"""The janitor (shared/services/janitor.py) settles what crashed from Stripe's records, flags what it
+cannot match, and expires authentications left too long, leaving an audit trail that names it. Against
+FakeStripe on the model's clock (conftest.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, Payment
+from shared.services.charge_requests import idempotency_key_for
+from shared.services.charging import charge_request_for
+from shared.services.dunning import retry_policy
+from shared.services.janitor import NEEDS_OPERATOR, expire_authentications, run_janitor
+from tests.shared.services.test_last_look import LEASE_SECONDS, attempt_row, creates, queued_charge, run
+from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
+
+CREATE = "create_offsession_payment_intent"
+
+
+def crashed_after_stripe(
+    factory: sessionmaker[Session], stripe: FakeStripe, attempt_id: str, clock: FakeClock
+) -> None:
+    """Stripe committed the charge; the worker died before recording it; its lease has lapsed."""
+    stripe.server.fail_next("crash", CREATE)
+    with pytest.raises(WorkerCrashed):
+        run(factory, stripe, attempt_id, clock)
+    clock.advance(timedelta(seconds=LEASE_SECONDS + 1))
+
+
+def knows_payment_intent(factory: sessionmaker[Session], attempt_id: str, pi_id: str) -> None:
+    with factory() as session, session.begin():
+        session.execute(
+            update(ChargeAttempt).where(ChargeAttempt.id == attempt_id).values(payment_intent_id=pi_id)
+        )
+
+
+def trail(factory: sessionmaker[Session], attempt_id: str) -> list[tuple[str, str, int | None, str | None]]:
+    with factory() as session:
+        return [
+            (e.actor, e.action, e.invoice_id, e.detail.get("to"))
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.charge_attempt_id == attempt_id).order_by(AuditEvent.id)
+            )
+        ]
+
+
+def test_a_crashed_charge_whose_payment_intent_is_known_is_settled_from_it_without_a_replay(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    crashed_after_stripe(session_factory, stripe, attempt_id, clock)
+    [pi] = stripe.server.payment_intents()
+    knows_payment_intent(session_factory, attempt_id, pi["id"])
+    report = run_janitor(session_factory, stripe, lambda *_: None, now=clock.now())
+    assert report.resolved["succeeded"] == 1
+    assert attempt_row(session_factory, attempt_id).status == "succeeded"
+    assert creates(stripe) == [idempotency_key_for(attempt_id)]  # asked, not charged again
+    with session_factory() as session:
+        assert session.scalars(
+            select(Payment.amount).where(Payment.charge_attempt_id == attempt_id)
+        ).all() == [5_000]
+    invoice_id = attempt_row(session_factory, attempt_id).invoice_id
+    moves = [(actor, to) for actor, _, _, to in trail(session_factory, attempt_id) if to]
+    assert moves[-2:] == [("janitor", "unknown"), ("janitor", "succeeded")]
+    assert all(invoice == invoice_id for _, _, invoice, _ in trail(session_factory, attempt_id))
+
+
+def test_a_payment_intent_that_is_not_the_charges_own_is_flagged_for_an_operator_once(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    second = queued_charge(session_factory, stripe)
+    crashed_after_stripe(session_factory, stripe, second, clock)
+    # The charge names a PaymentIntent of another amount than its own (someone else's request).
+    with session_factory() as session:
+        attempt = session.get_one(ChargeAttempt, second)
+        request = charge_request_for(attempt, session.get_one(Invoice, attempt.invoice_id))
+    other = stripe.create_offsession_payment_intent(
+        replace(request, amount=request.amount + 1, idempotency_key="someone-else")
+    )
+    assert other.payment_intent_id is not None
+    knows_payment_intent(session_factory, second, other.payment_intent_id)
+    report = run_janitor(session_factory, stripe, lambda *_: None, now=clock.now())
+    assert report.flagged_for_operator == 1
+    attempt = attempt_row(session_factory, second)
+    assert (attempt.status, attempt.failure_code) == ("unknown", NEEDS_OPERATOR)
+    assert attempt.failure_message.startswith("Stripe's PaymentIntent does not match this charge: ")
+    clock.advance(timedelta(minutes=11))
+    run_janitor(session_factory, stripe, lambda *_: None, now=clock.now())
+    flagged = [entry for entry in trail(session_factory, second) if entry[1] == "charge.flagged_for_operator"]
+    assert flagged == [("janitor", "charge.flagged_for_operator", attempt.invoice_id, None)]
+    with session_factory() as session:  # nothing credited for a PaymentIntent that is not its own
+        assert session.scalars(select(Payment).where(Payment.charge_attempt_id == second)).all() == []
+
+
+def waiting_for_the_client(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> str:
+    attempt_id = queued_charge(session_factory, stripe, "pm_card_authenticationRequired")
+    assert run(session_factory, stripe, attempt_id, clock).status == "requires_action"
+    return attempt_id
+
+
+def test_an_authentication_expires_only_once_its_time_is_past_by_the_sweeps_own_clock(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = waiting_for_the_client(session_factory, stripe, clock)
+    ttl = retry_policy().authentication_ttl
+    since = attempt_row(session_factory, attempt_id).updated_at
+    # `now` is the sweep's moment (the product's clock has not moved): exactly the TTL is not past it.
+    assert expire_authentications(session_factory, stripe, now=since + ttl, ttl=ttl) == 0
+    assert attempt_row(session_factory, attempt_id).status == "requires_action"
+    assert (
+        expire_authentications(session_factory, stripe, now=since + ttl + timedelta(seconds=1), ttl=ttl) == 1
+    )
+    attempt = attempt_row(session_factory, attempt_id)
+    assert (attempt.status, attempt.failure_code) == ("canceled", "authentication_expired")
+    assert attempt.failure_message == "The client did not authenticate in time."
+    assert trail(session_factory, attempt_id)[-1][0] == "janitor"
+
+
+def test_expiring_authentications_leaves_every_other_charge_alone(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    queued = queued_charge(session_factory, stripe)  # a charge no worker has run yet, old enough
+    ttl = retry_policy().authentication_ttl
+    assert expire_authentications(session_factory, stripe, now=clock.now() + ttl * 2, ttl=ttl) == 0
+    assert attempt_row(session_factory, queued).status == "queued"
