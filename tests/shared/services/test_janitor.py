@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, Payment
+from shared.services import outbox, webhooks
 from shared.services.charge_requests import idempotency_key_for
 from shared.services.charging import charge_request_for
 from shared.services.dunning import retry_policy
@@ -130,3 +132,90 @@ def test_expiring_authentications_leaves_every_other_charge_alone(
     ttl = retry_policy().authentication_ttl
     assert expire_authentications(session_factory, stripe, now=clock.now() + ttl * 2, ttl=ttl) == 0
     assert attempt_row(session_factory, queued).status == "queued"
+
+
+# ---- one sweep, by its own clock (the product's clock stays where it is) -------------------------
+
+
+def recorder() -> tuple[list[tuple[str, dict, float | None]], Any]:
+    sent: list[tuple[str, dict, float | None]] = []
+    return sent, lambda task, payload, countdown: sent.append((task, payload, countdown))
+
+
+def test_the_sweep_settles_a_lapsed_lease_by_its_own_clock_and_relays_the_outbox(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)  # its message still in the outbox
+    stripe.server.fail_next("crash", CREATE)
+    with pytest.raises(WorkerCrashed):
+        run(session_factory, stripe, attempt_id, clock)
+    sent, publish = recorder()
+    report = run_janitor(
+        session_factory, stripe, publish, now=clock.now() + timedelta(seconds=LEASE_SECONDS + 1)
+    )
+    assert report.resolved["succeeded"] == 1
+    assert attempt_row(session_factory, attempt_id).status == "succeeded"
+    # The click's message, and the client's email about the success.
+    assert report.outbox_published == len(sent) == 2
+    assert (outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, None) in sent
+
+
+def test_the_sweep_expires_authentications_by_the_configured_time_and_its_own_clock(
+    session_factory: sessionmaker[Session],
+    stripe: FakeStripe,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OFFSESSION_AUTH_TTL_DAYS", "1")
+    attempt_id = waiting_for_the_client(session_factory, stripe, clock)
+    since = attempt_row(session_factory, attempt_id).updated_at
+    assert (
+        run_janitor(
+            session_factory, stripe, recorder()[1], now=since + timedelta(hours=23)
+        ).expired_authentications
+        == 0
+    )
+    report = run_janitor(session_factory, stripe, recorder()[1], now=since + timedelta(days=1, minutes=1))
+    assert report.expired_authentications == 1
+    assert attempt_row(session_factory, attempt_id).status == "canceled"
+
+
+def test_the_sweep_sends_a_stranded_charge_again(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    assert outbox.relay_outbox(session_factory, recorder()[1], now=clock.now()) == 1  # sent, then lost
+    sent, publish = recorder()
+    report = run_janitor(session_factory, stripe, publish, now=clock.now() + timedelta(seconds=11))
+    assert report.requeued == 1
+    assert sent == [(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, None)]
+
+
+@pytest.mark.parametrize("broker_down", [False, True])
+def test_the_sweep_redrives_stored_events_no_worker_finished(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, broker_down: bool
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    assert run(session_factory, stripe, attempt_id, clock).status == "succeeded"
+    stripe.server.dashboard_refund(attempt_row(session_factory, attempt_id).payment_intent_id, 1_000)
+    with session_factory() as session, session.begin():
+        stored = [webhooks.store_event(session, event) for event in stripe.server.take_events()]
+    waiting = [s.id for s in stored if s.needs_processing]
+    assert len(waiting) >= 2  # the success and the refund, published by no one
+    sent, publish = recorder()
+
+    def broker(task: str, payload: dict, countdown: float | None) -> None:
+        if broker_down and task == outbox.TASK_PROCESS_WEBHOOK_EVENT:
+            raise ConnectionError("broker down")
+        publish(task, payload, countdown)
+
+    report = run_janitor(session_factory, stripe, broker, now=clock.now() + timedelta(seconds=31))
+    redriven = [(task, payload) for task, payload, _ in sent if task == outbox.TASK_PROCESS_WEBHOOK_EVENT]
+    if broker_down:
+        # The next sweep tries again; the rest of this one still runs (the click's message is relayed).
+        assert (report.webhook_events_redriven, redriven) == (0, [])
+    else:
+        assert redriven == [(outbox.TASK_PROCESS_WEBHOOK_EVENT, {"event_id": id_}) for id_ in waiting]
+        assert report.webhook_events_redriven == len(waiting)
+    relayed = [task for task, _, _ in sent if task != outbox.TASK_PROCESS_WEBHOOK_EVENT]
+    assert report.outbox_published == len(relayed) >= 1
