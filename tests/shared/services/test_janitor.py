@@ -13,15 +13,42 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, Payment
-from shared.services import outbox, webhooks
-from shared.services.charge_requests import idempotency_key_for
+from shared.services import invoices, outbox, webhooks
+from shared.services.charge_requests import idempotency_key_for, load_invoice_for_charge, request_charge
 from shared.services.charging import charge_request_for
 from shared.services.dunning import retry_policy
-from shared.services.janitor import NEEDS_OPERATOR, expire_authentications, run_janitor
+from shared.services.janitor import (
+    NEEDS_OPERATOR,
+    RECENTLY_UNKNOWN,
+    expire_authentications,
+    recover_charges,
+    run_janitor,
+)
 from tests.shared.services.test_last_look import LEASE_SECONDS, attempt_row, creates, queued_charge, run
 from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
+from tests.support.unit_of_work import InSession
 
 CREATE = "create_offsession_payment_intent"
+
+
+def another_charge(factory: sessionmaker[Session], attempt_id: str, total: int = 7_000) -> str:
+    """A second invoice of the same client, and its charge, queued."""
+    with factory() as session, session.begin():
+        first = session.get_one(ChargeAttempt, attempt_id)
+        client = session.get_one(Invoice, first.invoice_id).client
+        invoice = invoices.create_invoice(
+            session,
+            client,
+            number="L-2",
+            currency="usd",
+            total=total,
+            due_date=first.created_at.date(),
+            actor="admin",
+        )
+        session.flush()
+        loaded = load_invoice_for_charge(session, invoice.id, lock=True)
+        assert loaded is not None
+        return request_charge(InSession(session), loaded, source="admin", requested_by="admin").id
 
 
 def crashed_after_stripe(
@@ -219,3 +246,38 @@ def test_the_sweep_redrives_stored_events_no_worker_finished(
         assert report.webhook_events_redriven == len(waiting)
     relayed = [task for task, _, _ in sent if task != outbox.TASK_PROCESS_WEBHOOK_EVENT]
     assert report.outbox_published == len(relayed) >= 1
+
+
+def test_the_quick_sweep_works_by_its_own_clock_and_leaves_long_unknown_charges_to_the_janitor(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    stripe.server.fail_next("crash", CREATE)
+    with pytest.raises(WorkerCrashed):
+        run(session_factory, stripe, attempt_id, clock)
+    lapsed = clock.now() + timedelta(seconds=LEASE_SECONDS + 1)
+    # Unknown for longer than the quick sweep looks back: left to the periodic janitor.
+    with session_factory() as session, session.begin():
+        session.execute(update(ChargeAttempt).where(ChargeAttempt.id == attempt_id).values(status="unknown"))
+    later = lapsed + RECENTLY_UNKNOWN + timedelta(seconds=1)
+    assert recover_charges(session_factory, stripe, recorder()[1], now=later).stale.resolved == {}
+    assert attempt_row(session_factory, attempt_id).status == "unknown"
+    assert run_janitor(session_factory, stripe, recorder()[1], now=later).resolved["succeeded"] == 1
+
+
+def test_the_quick_sweep_settles_a_lapsed_lease_and_sends_a_stranded_charge_by_its_own_clock(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    crashed = queued_charge(session_factory, stripe)
+    stripe.server.fail_next("crash", CREATE)
+    with pytest.raises(WorkerCrashed):
+        run(session_factory, stripe, crashed, clock)
+    stranded = another_charge(session_factory, crashed)
+    assert outbox.relay_outbox(session_factory, recorder()[1], now=clock.now()) >= 1  # sent, then lost
+    sent, publish = recorder()
+    report = recover_charges(
+        session_factory, stripe, publish, now=clock.now() + timedelta(seconds=LEASE_SECONDS + 1)
+    )
+    assert report.stale.resolved["succeeded"] == 1
+    assert report.republished == 1
+    assert (outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": stranded}, None) in sent

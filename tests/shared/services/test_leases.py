@@ -185,6 +185,35 @@ def test_the_renewer_thread_keeps_a_lease_alive_past_its_length(
             return expiry is not None and expiry > first_expiry
 
         wait_until(renewed, timeout=20, what="the lease renewed by the keeper's thread")
+        # Renewed before it lapsed: the new expiry is a lease's length after the renewal.
+        expiry = row(session_factory, attempt_id).lease_expires_at
+        assert expiry is not None and expiry - timedelta(seconds=3) < first_expiry
+
+
+def test_only_the_leases_held_and_still_processing_are_renewed_and_an_overdue_one_is_logged_once(
+    session_factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    held, settled, not_held, overdue = (queued_attempt(session_factory, n) for n in range(1, 5))
+    soon = now() + timedelta(seconds=2)
+    for attempt_id in (held, settled, not_held, overdue):
+        claimed_by(session_factory, attempt_id, process_owner(), soon)
+    with session_factory() as session, session.begin():
+        session.execute(update(ChargeAttempt).where(ChargeAttempt.id == settled).values(status="succeeded"))
+    keeper = LeaseKeeper(lambda: session_factory, LEASE)
+    with (
+        keeper.holding([held, settled], at_most_seconds=60),
+        keeper.holding([overdue], at_most_seconds=0),
+        caplog.at_level("WARNING", logger=leases.log.name),
+    ):
+        assert keeper.renew() == 1
+        assert keeper.renew() == 1
+    assert row(session_factory, held).lease_expires_at > soon
+    for attempt_id in (settled, not_held, overdue):
+        assert row(session_factory, attempt_id).lease_expires_at == soon
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"charge {overdue}: its Stripe call has run longer than it can; its lease is left to run out"
+    ]
 
 
 # ---- claiming a processing attempt ------------------------------------------------------------------
