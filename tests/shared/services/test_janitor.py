@@ -4,6 +4,7 @@ FakeStripe on the model's clock (conftest.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,8 @@ from shared.services.dunning import retry_policy
 from shared.services.janitor import (
     NEEDS_OPERATOR,
     RECENTLY_UNKNOWN,
+    JanitorReport,
+    RecoveryReport,
     expire_authentications,
     recover_charges,
     run_janitor,
@@ -281,3 +284,31 @@ def test_the_quick_sweep_settles_a_lapsed_lease_and_sends_a_stranded_charge_by_i
     assert report.stale.resolved["succeeded"] == 1
     assert report.republished == 1
     assert (outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": stranded}, None) in sent
+
+
+def test_the_sweeps_reports_say_what_they_did_for_the_operator() -> None:
+    """`offsession reconcile` prints the janitor's summary; the worker logs both."""
+    report = JanitorReport(
+        resolved=Counter({"succeeded": 2, "failed": 1}),
+        still_unknown=3,
+        flagged_for_operator=4,
+        requeued=5,
+        webhook_events_redriven=6,
+        outbox_published=7,
+        expired_authentications=8,
+    )
+    assert report.summary() == (
+        "resolved: 1 failed, 2 succeeded; still unknown: 3; flagged for an operator: 4; re-queued: 5; "
+        "webhook events re-driven: 6; outbox messages published: 7; authentications expired: 8"
+    )
+    assert JanitorReport().summary().startswith("resolved: none; still unknown: 0;")
+    quick = RecoveryReport(stale=report, republished=9)
+    assert quick.summary() == (
+        "resolved: 1 failed, 2 succeeded; still unknown: 3; queued charges whose message was lost, "
+        "re-published: 9"
+    )
+    assert RecoveryReport().summary() == (
+        "resolved: none; still unknown: 0; queued charges whose message was lost, re-published: 0"
+    )
+    assert quick.anything and not RecoveryReport().anything
+    assert RecoveryReport(republished=1).anything and RecoveryReport(JanitorReport(still_unknown=1)).anything
