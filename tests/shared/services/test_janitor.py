@@ -4,6 +4,8 @@ FakeStripe on the model's clock (conftest.py)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
@@ -25,6 +27,7 @@ from shared.services.janitor import (
     RecoveryReport,
     expire_authentications,
     recover_charges,
+    resolve_attempt,
     run_janitor,
 )
 from tests.shared.services.test_last_look import LEASE_SECONDS, attempt_row, creates, queued_charge, run
@@ -312,3 +315,26 @@ def test_the_sweeps_reports_say_what_they_did_for_the_operator() -> None:
     )
     assert quick.anything and not RecoveryReport().anything
     assert RecoveryReport(republished=1).anything and RecoveryReport(JanitorReport(still_unknown=1)).anything
+
+
+@pytest.mark.parametrize("holder", ["dead", "alive elsewhere"])
+def test_the_janitor_takes_a_charge_from_a_dead_holder_and_leaves_a_renewed_lease_to_its_live_holder(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, holder: str
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    stripe.server.fail_next("crash", CREATE)
+    with pytest.raises(WorkerCrashed):
+        run(session_factory, stripe, attempt_id, clock)
+    if holder == "dead":
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        owner = f"{socket.gethostname()[:64]}/{finished.pid}/abcd"  # this host, no such process now
+    else:
+        owner = "elsewhere/1/abcd"  # only its lease's expiry can tell
+    with session_factory() as session, session.begin():
+        session.execute(update(ChargeAttempt).where(ChargeAttempt.id == attempt_id).values(lease_owner=owner))
+    # Asked about it once its lease seemed lapsed, resolve_attempt looks again under the row lock: the
+    # lease has not run out (its holder renewed it meanwhile, or died with it still running).
+    resolve_attempt(session_factory, stripe, attempt_id, now=clock.now())
+    expected = "succeeded" if holder == "dead" else "processing"
+    assert attempt_row(session_factory, attempt_id).status == expected
