@@ -338,3 +338,22 @@ def test_the_janitor_takes_a_charge_from_a_dead_holder_and_leaves_a_renewed_leas
     resolve_attempt(session_factory, stripe, attempt_id, now=clock.now())
     expected = "succeeded" if holder == "dead" else "processing"
     assert attempt_row(session_factory, attempt_id).status == expected
+
+
+def test_a_crashed_charge_stripe_cannot_be_asked_about_stays_unknown_and_says_why(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)
+    crashed_after_stripe(session_factory, stripe, attempt_id, clock)
+    stripe.server.fail_next("5xx", CREATE)  # the replay under its key meets a 5xx
+    report = run_janitor(session_factory, stripe, recorder()[1], now=clock.now())
+    assert report.still_unknown == 1
+    attempt = attempt_row(session_factory, attempt_id)
+    assert (attempt.status, attempt.failure_message) == (
+        "unknown",
+        "The worker handling it stopped; checking with Stripe.",
+    )
+    assert [(actor, to) for actor, _, _, to in trail(session_factory, attempt_id) if to][-1] == (
+        "janitor",
+        "unknown",
+    )
