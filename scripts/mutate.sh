@@ -22,9 +22,9 @@ for line in open("test-artifacts/mutation-results.txt", encoding="utf-8"):
     if match:
         counts[match.group(1)][match.group(2).strip()] += 1
 verdicts = sorted({v for c in counts.values() for v in c})
-print("module".ljust(32) + "".join(v.rjust(11) for v in verdicts) + "total".rjust(8))
+print("module".ljust(32) + "".join(v.rjust(13) for v in verdicts) + "total".rjust(8))
 for module in sorted(counts):
     row = counts[module]
-    print(module.ljust(32) + "".join(str(row[v]).rjust(11) for v in verdicts) + str(sum(row.values())).rjust(8))
+    print(module.ljust(32) + "".join(str(row[v]).rjust(13) for v in verdicts) + str(sum(row.values())).rjust(8))
 PY
 exit "$status"
