@@ -171,10 +171,18 @@ class Interrupted:
     ],
 )
 def test_a_charge_waiting_for_the_rate_budget_is_queued_again_without_counting_a_try(
-    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, error: Exception
+    session_factory: sessionmaker[Session],
+    stripe: FakeStripe,
+    clock: FakeClock,
+    error: Exception,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     attempt_id = queued_charge(session_factory, stripe)
+    drawn: list[tuple[float, float]] = []
+    uniform = charging.random.uniform
+    monkeypatch.setattr(charging.random, "uniform", lambda a, b: drawn.append((a, b)) or uniform(a, b))
     report = run(session_factory, Interrupted(stripe, error), attempt_id, clock)
+    assert drawn == [(1.0, 5.0)]  # a short wait of its own, jittered so waiting charges spread out
     assert (report.result, report.status) == (charging.RunResult.RETRY_SCHEDULED, "queued")
     assert report.retry_countdown is not None and 1 <= report.retry_countdown <= 5
     attempt = attempt_row(session_factory, attempt_id)

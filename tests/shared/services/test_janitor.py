@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, Payment
+from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, OutboxMessage, Payment
 from shared.services import invoices, outbox, webhooks
 from shared.services.charge_requests import idempotency_key_for, load_invoice_for_charge, request_charge
 from shared.services.charging import charge_request_for
@@ -281,12 +281,18 @@ def test_the_quick_sweep_settles_a_lapsed_lease_and_sends_a_stranded_charge_by_i
     stranded = another_charge(session_factory, crashed)
     assert outbox.relay_outbox(session_factory, recorder()[1], now=clock.now()) >= 1  # sent, then lost
     sent, publish = recorder()
-    report = recover_charges(
-        session_factory, stripe, publish, now=clock.now() + timedelta(seconds=LEASE_SECONDS + 1)
-    )
+    sweep_moment = clock.now() + timedelta(seconds=LEASE_SECONDS + 1)
+    report = recover_charges(session_factory, stripe, publish, now=sweep_moment)
     assert report.stale.resolved["succeeded"] == 1
     assert report.republished == 1
     assert (outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": stranded}, None) in sent
+    with session_factory() as session:  # marked published at the sweep's moment, as the relay would
+        published_at = session.scalars(
+            select(OutboxMessage.published_at)
+            .where(OutboxMessage.published_at.is_not(None))
+            .order_by(OutboxMessage.id.desc())
+        ).first()
+    assert published_at == sweep_moment
 
 
 def test_the_sweeps_reports_say_what_they_did_for_the_operator() -> None:
