@@ -363,3 +363,15 @@ def test_a_crashed_charge_stripe_cannot_be_asked_about_stays_unknown_and_says_wh
         "janitor",
         "unknown",
     )
+
+
+def test_the_sweep_relays_a_retry_that_came_due_by_its_own_clock(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    attempt_id = queued_charge(session_factory, stripe)  # the click's message, never published
+    stripe.server.fail_next("5xx", CREATE)
+    assert run(session_factory, stripe, attempt_id, clock).result.value == "retry_scheduled"  # due in 2-4 s
+    sent, publish = recorder()
+    report = run_janitor(session_factory, stripe, publish, now=clock.now() + timedelta(seconds=5))
+    assert report.outbox_published == 2
+    assert sent == [(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, None)] * 2
