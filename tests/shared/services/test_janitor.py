@@ -37,7 +37,9 @@ from tests.support.unit_of_work import InSession
 CREATE = "create_offsession_payment_intent"
 
 
-def another_charge(factory: sessionmaker[Session], attempt_id: str, total: int = 7_000) -> str:
+def another_charge(
+    factory: sessionmaker[Session], attempt_id: str, total: int = 7_000, number: str = "L-2"
+) -> str:
     """A second invoice of the same client, and its charge, queued."""
     with factory() as session, session.begin():
         first = session.get_one(ChargeAttempt, attempt_id)
@@ -45,7 +47,7 @@ def another_charge(factory: sessionmaker[Session], attempt_id: str, total: int =
         invoice = invoices.create_invoice(
             session,
             client,
-            number="L-2",
+            number=number,
             currency="usd",
             total=total,
             due_date=first.created_at.date(),
@@ -375,3 +377,19 @@ def test_the_sweep_relays_a_retry_that_came_due_by_its_own_clock(
     report = run_janitor(session_factory, stripe, publish, now=clock.now() + timedelta(seconds=5))
     assert report.outbox_published == 2
     assert sent == [(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, None)] * 2
+
+
+def test_one_authentication_that_cannot_be_expired_does_not_stop_the_others(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    first = waiting_for_the_client(session_factory, stripe, clock)
+    others = [another_charge(session_factory, first, number=f"L-{n}") for n in (2, 3)]
+    for attempt_id in others:
+        assert run(session_factory, stripe, attempt_id, clock).status == "requires_action"
+    stripe.server.fail_next("5xx", "cancel_payment_intent")  # the first one asked about meets a 5xx
+    ttl = retry_policy().authentication_ttl
+    later = clock.now() + ttl + timedelta(minutes=1)
+    assert expire_authentications(session_factory, stripe, now=later, ttl=ttl) == 2
+    statuses = sorted(attempt_row(session_factory, a).status for a in (first, *others))
+    assert statuses == ["canceled", "canceled", "requires_action"]  # the next sweep tries it again
+    assert expire_authentications(session_factory, stripe, now=later, ttl=ttl) == 1
