@@ -30,6 +30,7 @@ from shared.services.janitor import (
     resolve_attempt,
     run_janitor,
 )
+from shared.services.settings import update_settings
 from tests.shared.services.test_last_look import LEASE_SECONDS, attempt_row, creates, queued_charge, run
 from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
 from tests.support.unit_of_work import InSession
@@ -86,12 +87,15 @@ def trail(factory: sessionmaker[Session], attempt_id: str) -> list[tuple[str, st
         ]
 
 
+@pytest.mark.parametrize("account", [None, "acct_1Janitor"])
 def test_a_crashed_charge_whose_payment_intent_is_known_is_settled_from_it_without_a_replay(
-    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, account: str | None
 ) -> None:
+    with session_factory() as session, session.begin():  # a connected account: Stripe is asked there
+        update_settings(session, "admin", stripe_account_id=account or "")
     attempt_id = queued_charge(session_factory, stripe)
     crashed_after_stripe(session_factory, stripe, attempt_id, clock)
-    [pi] = stripe.server.payment_intents()
+    [(_, pi)] = stripe.server.all_payment_intents()
     knows_payment_intent(session_factory, attempt_id, pi["id"])
     report = run_janitor(session_factory, stripe, lambda *_: None, now=clock.now())
     assert report.resolved["succeeded"] == 1
