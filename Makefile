@@ -58,7 +58,8 @@ test: install system-test-deps lint
 	$(BIN)/python -m pytest
 
 # The charge path's state machine far longer than `make test` runs it (scripts/explore.sh): EXPLORE_EXAMPLES
-# sequences (default 20000) on SQLite and on PostgreSQL each, over EXPLORE_JOBS processes (default 2).
+# sequences (default 20000) on SQLite and on PostgreSQL each, over EXPLORE_JOBS processes (default 2);
+# EXPLORE_SECONDS bounds the time per database, EXPLORE_DATABASES picks them (scripts/explore.sh).
 explore: install system-test-deps
 	@bash scripts/explore.sh
 
