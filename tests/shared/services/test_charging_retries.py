@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage
+from shared.domain.payments import PermanentStripeError
 from shared.services import charging, outbox
 from shared.services.ports import RateBudgetTimeout, RateBudgetUnavailable
 from tests.shared.services.test_last_look import attempt_row, creates, queued_charge
@@ -202,7 +203,7 @@ def test_a_charge_waiting_for_the_rate_budget_is_queued_again_without_counting_a
     assert run(session_factory, stripe, attempt_id, clock).status == "succeeded"
 
 
-@pytest.mark.parametrize("fault", ["budget", "5xx"])
+@pytest.mark.parametrize("fault", ["budget", "5xx", "permanent"])
 def test_a_worker_whose_lease_was_taken_over_meanwhile_leaves_the_charge_to_its_new_holder(
     session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, fault: str
 ) -> None:
@@ -218,6 +219,8 @@ def test_a_worker_whose_lease_was_taken_over_meanwhile_leaves_the_charge_to_its_
 
     if fault == "budget":
         gateway = Interrupted(stripe, RateBudgetTimeout("platform", 90.0, 60.0), before=taken_over)
+    elif fault == "permanent":
+        gateway = Interrupted(stripe, PermanentStripeError("Invalid API Key provided"), before=taken_over)
     else:
         stripe.server.fail_next("5xx", CREATE)
         gateway = Interrupted(stripe, before=taken_over)
@@ -243,3 +246,45 @@ def test_the_backoff_doubles_from_two_seconds_up_to_ten_minutes_jittered_on_its_
     monkeypatch.setattr(charging.random, "uniform", lambda a, b: drawn.append((a, b)) or b)
     assert charging.retry_delay(failures) == high
     assert drawn == [(low, high)]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (
+            PermanentStripeError(
+                "No such payment_method",
+                kind="invalid_request",
+                code="resource_missing",
+                payment_intent_id="pi_1",
+            ),
+            "failed",
+            "resource_missing",
+        ),
+        (PermanentStripeError("Invalid API Key provided", kind="authentication"), "failed", "authentication"),
+        (
+            PermanentStripeError(
+                "Keys for idempotent requests can only be used with the same parameters", kind="idempotency"
+            ),
+            "unknown",
+            "idempotency",
+        ),
+    ],
+)
+def test_a_permanent_error_stops_the_charge_keeping_stripes_words(
+    session_factory: sessionmaker[Session],
+    stripe: FakeStripe,
+    clock: FakeClock,
+    error: PermanentStripeError,
+    status: str,
+    code: str,
+) -> None:
+    """A bug or a misconfiguration: never retried; an idempotency error leaves it for the janitor to ask."""
+    attempt_id = queued_charge(session_factory, stripe)
+    report = run(session_factory, Interrupted(stripe, error), attempt_id, clock)
+    assert (report.result, report.status) == (charging.RunResult.APPLIED, status)
+    attempt = attempt_row(session_factory, attempt_id)
+    assert (attempt.status, attempt.failure_code, attempt.failure_message) == (status, code, error.message)
+    assert attempt.payment_intent_id == error.payment_intent_id
+    assert worker_moves(session_factory, attempt_id)[-1] == ("worker", "processing", status)
+    assert retry_messages(session_factory) == []
