@@ -11,7 +11,7 @@ LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: install run test test-stripe lint system-test-deps vendor clean bench chaos lock lock-upgrade
+.PHONY: install run test test-stripe lint system-test-deps vendor clean bench chaos lock lock-upgrade explore mutate
 
 install: $(STAMP)
 
@@ -56,6 +56,19 @@ lint: install
 
 test: install system-test-deps lint
 	$(BIN)/python -m pytest
+
+# The charge path's state machine far longer than `make test` runs it (scripts/explore.sh): EXPLORE_EXAMPLES
+# sequences (default 20000) on SQLite and on PostgreSQL each, over EXPLORE_JOBS processes (default 2);
+# EXPLORE_SECONDS bounds the time per database, EXPLORE_DATABASES picks them (scripts/explore.sh).
+explore: install system-test-deps
+	@bash scripts/explore.sh
+
+# Mutation testing of the money path: the guarantee mutants (tests/mutation/guarantee_mutants.py), then
+# mutmut over the modules listed in pyproject.toml's [tool.mutmut] only_mutate, each mutant against the
+# tests that reach its function. docs/mutation-report.md says what survived and why.
+mutate: install system-test-deps
+	$(BIN)/python tests/mutation/guarantee_mutants.py
+	@bash scripts/mutate.sh
 
 # Before going live: the gateway contract suite against Stripe's own test mode, every call the product
 # makes. STRIPE_API_KEY=sk_test_... make test-stripe (without a test key it says it skipped).

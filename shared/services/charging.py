@@ -158,6 +158,12 @@ def claim_attempt(
             blockers.append(
                 Blocker(BlockerCode.NOTHING_DUE, f"Only {format_money(due, invoice.currency)} is still due.")
             )
+        saved = {card.stripe_payment_method_id for card in invoice.client.cards}
+        if saved and attempt.payment_method_id not in saved:
+            # Another card is saved now, but this charge was to use the one the client removed.
+            blockers.append(
+                Blocker(BlockerCode.NO_SAVED_CARD, "The card this charge was to use has been removed.")
+            )
         if blockers:
             move_attempt(
                 session,

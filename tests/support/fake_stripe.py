@@ -492,6 +492,10 @@ class FakeStripeServer:
             taken, self._undelivered = self._undelivered, []
             return taken
 
+    def has_undelivered_events(self) -> bool:
+        with self.lock:
+            return bool(self._undelivered)
+
     def signed(self, event: dict[str, Any], secret: str, timestamp: int | None = None) -> tuple[bytes, str]:
         """The webhook request Stripe would send: (body, Stripe-Signature), signed at `timestamp`
         (default: the server's clock now)."""

@@ -121,3 +121,9 @@ def test_an_open_dispute_blocks_charging_the_withdrawn_funds_again(status: str, 
             "until the dispute is resolved.",
         )
     ]
+
+
+def test_one_minor_unit_due_is_due_but_below_the_minimum() -> None:
+    invoice = factories.invoice(total=10_000, paid=(9_999,))
+    assert codes(invoice, factories.settings()) == [B.AMOUNT_BELOW_MINIMUM]
+    assert codes(factories.invoice(total=10_000), factories.settings(), amount=1) == [B.AMOUNT_BELOW_MINIMUM]

@@ -105,3 +105,19 @@ def test_ledger_sums(total: int, splits: list[int]) -> None:
     assert b.amount_paid == sum(splits)
     assert b.amount_due == max(total - sum(splits), 0)
     assert (b.status is InvoiceStatus.PAID) == (sum(splits) >= total)
+
+
+def test_a_paid_invoice_refuses_even_one_more_minor_unit(sqlite_session: Session) -> None:
+    invoice = factories.invoice(total=1_000, paid=(1_000,))
+    factories.persist(sqlite_session, invoice)
+    with pytest.raises(LedgerError, match="more than the"):
+        record_payment(sqlite_session, invoice, amount=1, method="cash")
+
+
+def test_a_refund_may_take_back_exactly_what_was_paid_and_no_more(sqlite_session: Session) -> None:
+    invoice = factories.invoice(total=1_000, paid=(600,))
+    factories.persist(sqlite_session, invoice)
+    with pytest.raises(LedgerError, match="more than the"):
+        record_payment(sqlite_session, invoice, amount=-601, method="cash")
+    record_payment(sqlite_session, invoice, amount=-600, method="cash")
+    assert balance(invoice).amount_paid == 0

@@ -6,6 +6,7 @@ over replays it under the same key. A fake gateway stands in for Stripe."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import AuditEvent, ChargeAttempt, OutboxMessage, Payment
-from shared.services import outbox
+from shared.services import leases, outbox
 from shared.services.attempts import lock_attempt
 from shared.services.charge_requests import request_charge
 from shared.services.charging import RunResult, charge_request_for, claim_attempt, run_attempt
@@ -99,6 +100,38 @@ def test_a_holder_on_this_host_whose_process_ended_is_gone() -> None:
     assert not lease_lapsed(process_owner(), now() + timedelta(seconds=10), now())
 
 
+def test_a_holder_on_this_host_whose_process_runs_is_alive_and_is_not_disturbed() -> None:
+    host = process_owner().split("/")[0]
+    # A live process that says so should anything signal it; it ends when its stdin closes.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys\n"
+            "for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):\n"
+            "    signal.signal(s, lambda n, f: print('signal', n, flush=True))\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    assert not holder_is_gone(f"{host}/{child.pid}/abcd")
+    output, _ = child.communicate("", timeout=10)
+    assert output == ""  # asking whether it lives sent it nothing (signal 0)
+
+
+def test_a_pid_another_user_owns_now_counts_as_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(pid: int, signal_number: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(leases.os, "kill", refused)
+    host = process_owner().split("/")[0]
+    assert not holder_is_gone(f"{host}/{dead_pid()}/abcd")
+
+
 # ---- renewing ---------------------------------------------------------------------------------------
 
 
@@ -152,6 +185,35 @@ def test_the_renewer_thread_keeps_a_lease_alive_past_its_length(
             return expiry is not None and expiry > first_expiry
 
         wait_until(renewed, timeout=20, what="the lease renewed by the keeper's thread")
+        # Renewed before it lapsed: the new expiry is a lease's length after the renewal.
+        expiry = row(session_factory, attempt_id).lease_expires_at
+        assert expiry is not None and expiry - timedelta(seconds=3) < first_expiry
+
+
+def test_only_the_leases_held_and_still_processing_are_renewed_and_an_overdue_one_is_logged_once(
+    session_factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    held, settled, not_held, overdue = (queued_attempt(session_factory, n) for n in range(1, 5))
+    soon = now() + timedelta(seconds=2)
+    for attempt_id in (held, settled, not_held, overdue):
+        claimed_by(session_factory, attempt_id, process_owner(), soon)
+    with session_factory() as session, session.begin():
+        session.execute(update(ChargeAttempt).where(ChargeAttempt.id == settled).values(status="succeeded"))
+    keeper = LeaseKeeper(lambda: session_factory, LEASE)
+    with (
+        keeper.holding([held, settled], at_most_seconds=60),
+        keeper.holding([overdue], at_most_seconds=0),
+        caplog.at_level("WARNING", logger=leases.log.name),
+    ):
+        assert keeper.renew() == 1
+        assert keeper.renew() == 1
+    assert row(session_factory, held).lease_expires_at > soon
+    for attempt_id in (settled, not_held, overdue):
+        assert row(session_factory, attempt_id).lease_expires_at == soon
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"charge {overdue}: its Stripe call has run longer than it can; its lease is left to run out"
+    ]
 
 
 # ---- claiming a processing attempt ------------------------------------------------------------------
