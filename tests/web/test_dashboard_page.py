@@ -11,7 +11,11 @@ from tests.support.web_app import Env, World, sign_in_admin
 
 def test_open_disputes_need_a_person_and_link_to_the_charges_pages_disputes(env: Env, world: World) -> None:
     report = run_attempt(
-        env.runtime.sessions, env.runtime.gateway, world.a.charge_id, lease_seconds=60, max_transient_retries=2
+        env.runtime.sessions,
+        env.runtime.gateway,
+        world.a.charge_id,
+        lease_seconds=60,
+        max_transient_retries=2,
     )
     assert report.status == "succeeded"
     with env.session() as session, session.begin():

@@ -114,7 +114,8 @@ def test_open_disputes_need_a_person_and_link_to_the_charges_page(session: Sessi
     invoice = factories.invoice(paid=(10_000,))
     attempts = [factories.attempt(invoice, "succeeded") for _ in range(3)]
     factories.persist(session, invoice, *attempts)
-    for n, (attempt, status) in enumerate(zip(attempts, ("needs_response", "under_review", "won"), strict=True)):
+    statuses = ("needs_response", "under_review", "won")
+    for n, (attempt, status) in enumerate(zip(attempts, statuses, strict=True)):
         session.add(
             Dispute(
                 stripe_dispute_id=f"dp_{n}",

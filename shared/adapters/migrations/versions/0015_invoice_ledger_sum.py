@@ -83,7 +83,9 @@ SQLITE_TRIGGERS = {
 
 
 def upgrade() -> None:
-    op.add_column("invoice", sa.Column("ledger_sum", sa.Integer(), server_default=sa.text("0"), nullable=False))
+    op.add_column(
+        "invoice", sa.Column("ledger_sum", sa.Integer(), server_default=sa.text("0"), nullable=False)
+    )
     postgresql = op.get_bind().dialect.name == "postgresql"
     op.execute(BACKFILL if postgresql else BACKFILL_SQLITE)
     for event, body in PG_FUNCTIONS.items() if postgresql else ():
