@@ -82,5 +82,5 @@ def downgrade() -> None:
     else:
         for name in ("invoice_currency_follow", "payment_currency_update", "payment_currency_insert"):
             op.execute(f"DROP TRIGGER {name}")
-    with op.batch_alter_table("payment", schema=None) as batch_op:
-        batch_op.drop_column("currency")
+    # ALTER TABLE ... DROP COLUMN on SQLite too (3.35+): a batch copy of the table would drop its triggers.
+    op.drop_column("payment", "currency")
