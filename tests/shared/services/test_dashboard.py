@@ -163,3 +163,19 @@ def test_a_paid_invoice_leaves_the_receivables_when_its_ledger_covers_it(session
     session.delete(refund)
     session.flush()
     assert due() == [(1, 2_500)]
+
+
+def test_collected_follows_the_invoices_currency_the_database_copies_to_each_entry(session: Session) -> None:
+    """payment.currency is the invoice's, copied by the triggers of migration 0016 (the application never
+    sets it), also when an entry moves to another invoice or an invoice's currency is corrected."""
+    usd = factories.invoice(total=10_000, currency="usd")
+    eur = factories.invoice(total=10_000, currency="eur")
+    entry = paid(usd, 1_000, NOW)
+    factories.persist(session, usd, eur, entry)
+    assert build_dashboard(session, now=NOW).collected["today"] == {"usd": 1_000}
+    entry.invoice_id = eur.id
+    session.flush()
+    assert build_dashboard(session, now=NOW).collected["today"] == {"eur": 1_000}
+    eur.currency = "gbp"
+    session.flush()
+    assert build_dashboard(session, now=NOW).collected["today"] == {"gbp": 1_000}
