@@ -1,7 +1,8 @@
 """The admin's home page in numbers: money collected, money due, how charges end, what needs a person.
 
-Every figure is one aggregate query read off an index (migration 0014 adds the ones it needs), so the
-page stays fast at a million invoices (bench/bench_scale.py measures it). Days are UTC days.
+Every figure is one aggregate query read off an index (migrations 0013, 0015 and 0016 add the ones it
+needs), so the page stays fast at a million invoices (bench/bench_scale.py measures it). Days are UTC
+days.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.models import ChargeAttempt, Invoice, Payment, ReconciliationFinding
 from shared.domain.states import AttemptStatus
+from shared.services.disputes import count_open_disputes
 
 OUTCOME_DAYS = 30
 TOP_DECLINE_REASONS = 5
@@ -76,7 +78,8 @@ def _start_of(day: date) -> datetime:
 
 def collected_by_period(session: Session, today: date) -> dict[str, dict[str, int]]:
     """Net ledger amounts received today, this week (from Monday) and this month, per currency: one
-    pass over the payments received since the earlier of Monday and the 1st (ix_payment_received_at)."""
+    pass over the payments received since the earlier of Monday and the 1st, each with its invoice's
+    currency beside it (ix_payment_received_at_currency alone: no invoice is read)."""
     starts = {
         "today": _start_of(today),
         "week": _start_of(today - timedelta(days=today.weekday())),
@@ -88,28 +91,20 @@ def collected_by_period(session: Session, today: date) -> dict[str, dict[str, in
         for start in starts.values()
     ]
     rows = session.execute(
-        select(Invoice.currency, *sums)
-        .join(Invoice, Invoice.id == Payment.invoice_id)
-        .where(Payment.received_at >= since)
-        .group_by(Invoice.currency)
+        select(Payment.currency, *sums).where(Payment.received_at >= since).group_by(Payment.currency)
     ).all()
     collected: dict[str, dict[str, int]] = {period: {} for period in PERIODS}
     for currency, *amounts in rows:
         for period, amount in zip(PERIODS, amounts, strict=True):
-            collected[period][currency] = int(amount)
+            collected[period][str(currency)] = int(amount)
     return collected
 
 
 def receivables(session: Session, today: date) -> list[Receivable]:
-    """What is due today and overdue, by auto-charge and currency: the invoices not void, due by today,
-    beside their ledger sums (one ordered pass over payment's (invoice_id, amount) index, as the batch's
-    selection reads it), keeping those not fully paid."""
-    paid = (
-        select(Payment.invoice_id, func.sum(Payment.amount).label("amount"))
-        .group_by(Payment.invoice_id)
-        .subquery()
-    )
-    paid_amount = func.coalesce(paid.c.amount, 0)
+    """What is due today and overdue, by auto-charge and currency: the invoices not void and not fully
+    paid (their ledger sum, kept by the database on the invoice, short of the total), due by today.
+    Read off ix_invoice_outstanding_due alone, which holds only the invoices with money left to
+    collect: no payment is read."""
     bucket = case((Invoice.due_date < today, literal("overdue")), else_=literal("due_today"))
     rows = session.execute(
         select(
@@ -117,10 +112,9 @@ def receivables(session: Session, today: date) -> list[Receivable]:
             Invoice.auto_charge,
             Invoice.currency,
             func.count(),
-            func.sum(Invoice.total - paid_amount),
+            func.sum(Invoice.total - Invoice.ledger_sum),
         )
-        .outerjoin(paid, paid.c.invoice_id == Invoice.id)
-        .where(~Invoice.is_void, Invoice.due_date <= today, paid_amount < Invoice.total)
+        .where(~Invoice.is_void, Invoice.ledger_sum < Invoice.total, Invoice.due_date <= today)
         .group_by(bucket, Invoice.auto_charge, Invoice.currency)
     ).all()
     found = [Receivable(str(b), bool(auto), str(cur), int(n), int(due or 0)) for b, auto, cur, n, due in rows]
@@ -214,11 +208,23 @@ def _reconciliation_findings(session: Session, now: datetime) -> Attention:
     )
 
 
+def _open_disputes(session: Session, now: datetime) -> Attention:
+    # Listed on the Charges page, in its "Open disputes" section (ix_dispute_status).
+    return Attention(
+        "open_disputes",
+        "open disputes (a client's bank disputes a payment: evidence may be due)",
+        count_open_disputes(session),
+        "admin.charges",
+        {"_anchor": "disputes"},
+    )
+
+
 # What needs a person, in the order shown. Another source (disputes, say) is one more function here
 # answering an Attention with its count and the page that lists them.
 ATTENTION_SOURCES: list[Callable[[Session, datetime], Attention]] = [
     _unknown_charges,
     _waiting_for_authentication,
+    _open_disputes,
     _reconciliation_findings,
 ]
 

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from shared.domain.models import Payment, ReconciliationFinding, ReconciliationRun
+from shared.domain.models import Dispute, Payment, ReconciliationFinding, ReconciliationRun
 from shared.services.dashboard import build_dashboard
 from tests.support import factories
 
@@ -102,4 +102,80 @@ def test_outcomes_per_day_top_declines_and_what_needs_a_person(session: Session)
     assert board.outcomes["requires_action"][-2] == 1
     assert board.declines == [("insufficient_funds", 2), ("expired_card", 1)]
     needs = {a.key: a.count for a in board.attention}
-    assert needs == {"unknown_charges": 1, "waiting_for_authentication": 1, "reconciliation_findings": 1}
+    assert needs == {
+        "unknown_charges": 1,
+        "waiting_for_authentication": 1,
+        "open_disputes": 0,
+        "reconciliation_findings": 1,
+    }
+
+
+def test_open_disputes_need_a_person_and_link_to_the_charges_page(session: Session) -> None:
+    invoice = factories.invoice(paid=(10_000,))
+    attempts = [factories.attempt(invoice, "succeeded") for _ in range(3)]
+    factories.persist(session, invoice, *attempts)
+    statuses = ("needs_response", "under_review", "won")
+    for n, (attempt, status) in enumerate(zip(attempts, statuses, strict=True)):
+        session.add(
+            Dispute(
+                stripe_dispute_id=f"dp_{n}",
+                invoice_id=invoice.id,
+                charge_attempt_id=attempt.id,
+                amount=1_000,
+                currency="usd",
+                reason="fraudulent",
+                status=status,
+            )
+        )
+    session.flush()
+    [disputes] = [a for a in build_dashboard(session, now=NOW).attention if a.key == "open_disputes"]
+    # Won (closed) disputes need nobody; the two still open do, listed on the Charges page.
+    assert disputes.count == 2
+    assert (disputes.endpoint, disputes.arguments) == ("admin.charges", {"_anchor": "disputes"})
+
+
+def test_a_paid_invoice_leaves_the_receivables_when_its_ledger_covers_it(session: Session) -> None:
+    """The ledger sum on the invoice follows every payment written, changed or deleted (the triggers
+    of migration 0015), so the due figures stay exact without reading the payments."""
+    invoice = factories.invoice(total=5_000, due=TODAY - timedelta(days=2), auto_charge=True)
+    factories.persist(session, invoice)
+
+    def due() -> list[tuple[int, int]]:
+        return [(r.invoices, r.amount_due) for r in build_dashboard(session, now=NOW).receivables]
+
+    assert due() == [(1, 5_000)]
+    first = paid(invoice, 2_000, NOW)
+    session.add(first)
+    session.flush()
+    assert due() == [(1, 3_000)]
+    second = paid(invoice, 3_000, NOW)
+    session.add(second)
+    session.flush()
+    assert due() == []
+    second.amount = 2_500  # an entry corrected
+    session.flush()
+    assert due() == [(1, 500)]
+    refund = paid(invoice, -1_000, NOW)
+    session.add(refund)
+    session.flush()
+    assert due() == [(1, 1_500)]
+    session.delete(first)
+    session.delete(refund)
+    session.flush()
+    assert due() == [(1, 2_500)]
+
+
+def test_collected_follows_the_invoices_currency_the_database_copies_to_each_entry(session: Session) -> None:
+    """payment.currency is the invoice's, copied by the triggers of migration 0016 (the application never
+    sets it), also when an entry moves to another invoice or an invoice's currency is corrected."""
+    usd = factories.invoice(total=10_000, currency="usd")
+    eur = factories.invoice(total=10_000, currency="eur")
+    entry = paid(usd, 1_000, NOW)
+    factories.persist(session, usd, eur, entry)
+    assert build_dashboard(session, now=NOW).collected["today"] == {"usd": 1_000}
+    entry.invoice_id = eur.id
+    session.flush()
+    assert build_dashboard(session, now=NOW).collected["today"] == {"eur": 1_000}
+    eur.currency = "gbp"
+    session.flush()
+    assert build_dashboard(session, now=NOW).collected["today"] == {"gbp": 1_000}
