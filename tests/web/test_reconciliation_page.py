@@ -46,10 +46,17 @@ def test_an_orphan_shows_once_on_the_report_with_its_client(env: Env, world: Wor
     assert b'href="/admin/reconciliation"' in listing.data  # in the admin navigation
     with env.session() as s:
         run = s.scalars(select(ReconciliationRun).where(ReconciliationRun.day == day)).one()
-        assert (run.runs, run.orphans) == (2, 1)
         assert s.scalars(
             select(ReconciliationFinding.kind).where(ReconciliationFinding.payment_intent_id == orphan.id)
         ).all() == ["orphan"]
+        # The emulator is shared with the other web tests, whose PaymentIntents this database never
+        # heard of either: the run counts each orphan once, however many runs saw it.
+        orphans = s.scalars(
+            select(ReconciliationFinding.payment_intent_id).where(
+                ReconciliationFinding.run_id == run.id, ReconciliationFinding.kind == "orphan"
+            )
+        ).all()
+        assert run.runs == 2 and run.orphans == len(orphans) == len(set(orphans))
     assert f'href="/admin/reconciliation/{run.id}"'.encode() in listing.data
 
     page = admin.get(f"/admin/reconciliation/{run.id}")
