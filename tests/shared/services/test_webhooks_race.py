@@ -76,18 +76,27 @@ def test_an_event_found_by_metadata_while_the_worker_records_its_payment_intent_
         )
         thread = threading.Thread(target=webhook)
         thread.start()
-        with session_factory() as observer:
-            wait_until(
-                lambda: observer.scalar(
-                    text(
-                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                        "and datname = current_database()"
-                    )
-                ),
-                timeout=10,
-                what="the webhook's lookup waiting for the worker's row lock",
-            )
+        wait_until(
+            lambda: _sessions_waiting_for_a_lock(session_factory),
+            timeout=10,
+            what="the webhook's lookup waiting for the worker's row lock",
+        )
     thread.join(timeout=10)
     assert len(found) == 1
     assert isinstance(found[0], ChargeAttempt), found[0]
     assert found[0].id == attempt_id and found[0].payment_intent_id == payment_intent_id
+
+
+def _sessions_waiting_for_a_lock(factory: sessionmaker[Session]) -> int:
+    """A transaction of its own per look: PostgreSQL keeps one snapshot of pg_stat_activity per
+    transaction, so a session polling inside one transaction would never see the wait begin."""
+    with factory() as observer:
+        return int(
+            observer.scalar(
+                text(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                    "and datname = current_database()"
+                )
+            )
+            or 0
+        )
