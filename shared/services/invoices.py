@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
+from typing import Generic, TypeVar
 
 from sqlalchemy import Select, case, func, select, text, union
 from sqlalchemy.exc import DBAPIError
@@ -100,9 +101,14 @@ COUNT_TIMEOUT_MS = 30
 QUERY_CANCELED = "57014"
 
 
+Row = TypeVar("Row")
+
+
 @dataclass(frozen=True)
-class InvoicePage:
-    rows: list[InvoiceRow]
+class NumberedPage(Generic[Row]):
+    """One page of a list, numbered, for web/templates/macros/pagination.html."""
+
+    rows: list[Row]
     page: int
     per_page: int
     # Rows matching the filters, counted up to COUNT_CAP (total_capped: there are more); None when
@@ -116,6 +122,9 @@ class InvoicePage:
         """The number of pages, or when the count is capped or unknown the number known so far."""
         counted = -(-(self.total_rows or 0) // self.per_page)
         return max(1, counted, self.page + (1 if self.has_next else 0))
+
+
+InvoicePage = NumberedPage[InvoiceRow]
 
 
 def _count_up_to_cap(session: Session, matching: Select) -> int | None:

@@ -18,7 +18,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.domain.models import ChargeAttempt, Client, Invoice
-from shared.services.invoices import COUNT_CAP, filter_invoices
+from shared.services.invoices import COUNT_CAP, NumberedPage, filter_invoices
 
 DEFAULT_PAGE_LIMIT = 25
 MAX_PAGE_LIMIT = 100
@@ -31,23 +31,6 @@ Row = TypeVar("Row")
 class CursorPage(Generic[Row]):
     rows: list[Row]
     has_more: bool
-
-
-@dataclass(frozen=True)
-class NumberedPage(Generic[Row]):
-    """Shaped like shared.services.invoices.InvoicePage, for web/templates/macros/pagination.html."""
-
-    rows: list[Row]
-    page: int
-    per_page: int
-    total_rows: int | None
-    has_next: bool = False
-    total_capped: bool = False
-
-    @property
-    def pages(self) -> int:
-        counted = -(-(self.total_rows or 0) // self.per_page)
-        return max(1, counted, self.page + (1 if self.has_next else 0))
 
 
 def page_number(raw: str | None) -> int:

@@ -44,7 +44,12 @@ from urllib.parse import urlencode
 
 from shared.adapters.stripe_accounts import account_view
 from shared.adapters.stripe_checkout import card_setup_view
-from shared.adapters.stripe_wire import STRIPE_API_VERSION, payment_intent_create_params
+from shared.adapters.stripe_wire import (
+    STRIPE_API_VERSION,
+    card_details,
+    payment_intent_create_params,
+    unix_seconds,
+)
 from shared.domain.payments import (
     WEBHOOK_TOLERANCE_SECONDS,
     CardDetails,
@@ -1158,7 +1163,7 @@ class FakeStripe:
         )
         if make_default:
             self.set_default_card(customer_id, attached["id"], stripe_account=stripe_account)
-        return _card_details(attached)
+        return card_details(attached)
 
     def card_from_setup_intent(
         self, setup_intent_id: str, *, make_default: bool = True, stripe_account: str | None = None
@@ -1215,7 +1220,7 @@ class FakeStripe:
         )
         if make_default:
             self.set_default_card(setup["customer"], payment_method_id, stripe_account=stripe_account)
-        return _card_details(payment_method)
+        return card_details(payment_method)
 
     def set_default_card(
         self, customer_id: str, payment_method_id: str, *, stripe_account: str | None = None
@@ -1561,7 +1566,7 @@ class FakeStripe:
         created_gte: datetime,
         stripe_account: str | None = None,
     ) -> list[PaymentIntentView]:
-        since = _unix(created_gte)
+        since = unix_seconds(created_gte)
         return [
             view
             for view in self._list(
@@ -1576,7 +1581,7 @@ class FakeStripe:
     def list_payment_intents_created(
         self, created_gte: datetime, created_lt: datetime, *, stripe_account: str | None = None
     ) -> Iterator[PaymentIntentView]:
-        start, end = _unix(created_gte), _unix(created_lt)
+        start, end = unix_seconds(created_gte), unix_seconds(created_lt)
         return iter(
             self._list(
                 "list_payment_intents",
@@ -1863,21 +1868,3 @@ def _expanded_setup(acct: _Account, setup_intent_id: str) -> dict[str, Any]:
         pm = acct.payment_methods[setup["payment_method"]]
         setup["payment_method"] = {k: copy.deepcopy(v) for k, v in pm.items() if not k.startswith("_")}
     return setup
-
-
-def _card_details(payment_method: dict[str, Any]) -> CardDetails:
-    card = payment_method.get("card") or {}
-    return CardDetails(
-        payment_method_id=str(payment_method["id"]),
-        brand=str(card.get("brand") or "unknown"),
-        last4=str(card.get("last4") or ""),
-        exp_month=int(card.get("exp_month") or 0),
-        exp_year=int(card.get("exp_year") or 0),
-        fingerprint=card.get("fingerprint") or None,
-    )
-
-
-def _unix(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise ValueError("use a timezone-aware datetime; a naive one is ambiguous")
-    return int(moment.timestamp())
