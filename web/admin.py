@@ -50,6 +50,7 @@ from shared.services.daily_reconciliation import (
     request_reconciliation,
     yesterday_utc,
 )
+from shared.services.disputes import open_disputes
 from shared.services.invoices import DUE_FILTERS, INVOICE_STATUSES, list_invoices
 from shared.services.janitor import resolve_attempt
 from shared.services.listings import numbered_page, page_number
@@ -58,7 +59,7 @@ from shared.services.reconciliation_records import run_findings, runs_query
 from shared.services.settings import get_settings
 from web.login_limits import admin_refusal_message, client_ip, too_many_attempts
 from web.pages import ADMIN_KEY, VERSION_KEY, begin_session, login_required_admin, protect_with_csrf
-from web.serializers import charge_json
+from web.serializers import charge_json, dispute_json
 from web.services import gateway, session_scope, sessions, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -399,6 +400,7 @@ def charges() -> ResponseReturnValue:
             in_flight={s.value for s in IN_FLIGHT},
             flagged=flagged,
             flagged_total=flagged_total,
+            open_disputes=[dispute_json(d) for d in open_disputes(db)],
         )
 
 

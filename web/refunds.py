@@ -10,15 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, jsonify, redirect, request, session, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from shared.domain.models import ChargeAttempt, Dispute, Invoice, Refund
 from shared.domain.money import MoneyError, format_money, parse_amount, to_major_string
-from shared.domain.refunds import OPEN_DISPUTE_STATUSES, REFUND_REASONS, RefundRefused
-from shared.services.disputes import open_disputes, reason_words
+from shared.domain.refunds import REFUND_REASONS, RefundRefused
 from shared.services.refunds import (
     AUTO_CHARGE_OFF_AFTER_REFUND,
     RefundNotFound,
@@ -28,7 +27,8 @@ from shared.services.refunds import (
 from web.api import field, json_body
 from web.auth import require_api_token
 from web.errors import ApiError
-from web.pages import ADMIN_KEY, login_required_admin, protect_with_csrf
+from web.pages import login_required_admin, protect_with_csrf
+from web.serializers import dispute_json
 from web.services import session_scope, unit_of_work
 
 admin_bp = Blueprint("admin_refunds", __name__, url_prefix="/admin")
@@ -84,22 +84,6 @@ def refund_panel(invoice: Invoice) -> dict[str, Any]:
         return _refund_panel(own, invoice.id)
 
 
-@admin_bp.before_app_request
-def _read_open_disputes() -> None:
-    """The Charges page's open disputes, read before its view opens its transaction (on SQLite a second
-    transaction inside it would wait for the first), and only for a signed-in admin (the view checks
-    the session is still good before it renders anything)."""
-    if request.endpoint != "admin.charges" or request.method != "GET" or ADMIN_KEY not in session:
-        return
-    with session_scope() as db:
-        g.open_disputes_panel = [dispute_json(d) for d in open_disputes(db)]
-
-
-@admin_bp.app_template_global("open_disputes_panel")
-def open_disputes_panel() -> list[dict[str, Any]]:
-    return list(g.get("open_disputes_panel") or [])
-
-
 def _refund_panel(db: Session, invoice_id: int) -> dict[str, Any]:
     """What the invoice page's refunds section shows: each card charge that can be refunded (what
     remains), the invoice's refunds, and its disputes."""
@@ -133,23 +117,6 @@ def _refund_panel(db: Session, invoice_id: int) -> dict[str, Any]:
         )
     ]
     return {"charges": charges, "refunds": refunds, "disputes": disputes, "reasons": REASON_WORDS}
-
-
-def dispute_json(dispute: Dispute) -> dict[str, Any]:
-    return {
-        "id": dispute.stripe_dispute_id,
-        "invoice_id": dispute.invoice_id,
-        "invoice_number": dispute.invoice.number,
-        "charge_id": dispute.charge_attempt_id,
-        "amount_display": format_money(dispute.amount, dispute.currency),
-        "reason": reason_words(dispute.reason),
-        "status": dispute.status,
-        "status_label": dispute.status.replace("_", " ").capitalize(),
-        "open": dispute.status in OPEN_DISPUTE_STATUSES,
-        "evidence_due_by": dispute.evidence_due_by,
-        "withdrawn": dispute.withdrawal_payment_id is not None,
-        "reinstated": dispute.reinstatement_payment_id is not None,
-    }
 
 
 # ---- the admin's Refund form -----------------------------------------------------------------------

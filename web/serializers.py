@@ -7,10 +7,12 @@ from typing import Any
 
 from shared.domain.eligibility import charge_blockers, connection_blocker
 from shared.domain.ledger import balance
-from shared.domain.models import Card, ChargeAttempt, Client, Invoice, Payment, Settings
+from shared.domain.models import Card, ChargeAttempt, Client, Dispute, Invoice, Payment, Settings
 from shared.domain.money import format_money
+from shared.domain.refunds import OPEN_DISPUTE_STATUSES
 from shared.domain.states import AttemptStatus
 from shared.services.clients import SavedCard
+from shared.services.disputes import reason_words
 from shared.services.settings import is_verified
 
 
@@ -146,3 +148,20 @@ def invoice_json(invoice: Invoice, settings: Settings, *, detail: bool = True) -
         body["payments"] = [payment_json(p, invoice.currency) for p in invoice.payments]
         body["charges"] = [charge_json(a) for a in invoice.charge_attempts]
     return body
+
+
+def dispute_json(dispute: Dispute) -> dict[str, Any]:
+    return {
+        "id": dispute.stripe_dispute_id,
+        "invoice_id": dispute.invoice_id,
+        "invoice_number": dispute.invoice.number,
+        "charge_id": dispute.charge_attempt_id,
+        "amount_display": format_money(dispute.amount, dispute.currency),
+        "reason": reason_words(dispute.reason),
+        "status": dispute.status,
+        "status_label": dispute.status.replace("_", " ").capitalize(),
+        "open": dispute.status in OPEN_DISPUTE_STATUSES,
+        "evidence_due_by": dispute.evidence_due_by,
+        "withdrawn": dispute.withdrawal_payment_id is not None,
+        "reinstated": dispute.reinstatement_payment_id is not None,
+    }

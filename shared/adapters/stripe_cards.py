@@ -78,7 +78,9 @@ class CardCalls(StripeCalls):
     ) -> CardDetails:
         """Save a card for off-session use through a confirmed SetupIntent (usage=off_session): the card is
         checked, and authenticated if its issuer asks, while it is being saved rather than at the first
-        off-session charge. Raises CardSetupDeclined, or CardSetupRequiresAction when the cardholder must
+        off-session charge. No product path calls it today (the Client Zone uses Checkout, the API
+        attaches); the contract suite keeps it and the emulator's SetupIntent card checks honest.
+        Raises CardSetupDeclined, or CardSetupRequiresAction when the cardholder must
         authenticate on-session (Stripe.js with its client_secret, then card_from_setup_intent)."""
         try:
             setup = self._call(
@@ -116,8 +118,9 @@ class CardCalls(StripeCalls):
         stripe_account: str | None = None,
     ) -> CardDetails:
         """Attach a PaymentMethod the caller already holds (set up client-side, or a test token) to the
-        customer, without a SetupIntent's card check. The API's path: whoever collected the card ran
-        the cardholder through its setup; the Client Zone's own path is `attach_card`."""
+        customer, without a SetupIntent's card check. The API's and seed-demo's path
+        (shared.services.clients.add_card): whoever collected the card ran the cardholder through its
+        setup. The Client Zone saves cards on Stripe's Checkout page (shared.services.card_setup)."""
         try:
             attached = self._call(
                 "attach_payment_method",

@@ -13,12 +13,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared.domain.eligibility import CARD_ELSEWHERE_MESSAGE
 from shared.domain.models import Card, Client, table_of
+from shared.domain.payments import CardDetails
 from shared.services import audit, dunning
 from shared.services.admins import AdminError, normalize_email
 from shared.services.settings import get_settings
@@ -184,58 +185,104 @@ def add_card(
     payment_method: str,
     *,
     actor: str,
-    set_up: bool = False,
 ) -> SavedCard:
-    """Save a card. `set_up` runs it through a SetupIntent (usage=off_session), as when the cardholder
-    is present in the Client Zone; without it the PaymentMethod is attached as given (the API's path:
-    whoever collected the card set it up)."""
+    """Save a card the caller set up (the API's path and seed-demo's; the Client Zone saves through
+    Checkout, shared.services.card_setup): the PaymentMethod is attached to the client's customer as
+    given. The same card saved again (Stripe's fingerprint, where the connection charges) is not stored
+    twice: the card already saved is returned and the new PaymentMethod detached, as Checkout does."""
     token = (payment_method or "").strip()
     if not token.startswith("pm_"):
         raise ClientError("payment_method must be a Stripe PaymentMethod id (pm_...).")
     connection = current_connection(factory)
     account = connection.stripe_account
     customer_id, first_card = customer_for_connection(factory, gateway, client_id, connection, actor=actor)
-    attach = gateway.attach_card if set_up else gateway.attach_payment_method
-    details = attach(
+    details = gateway.attach_payment_method(
         customer_id,
         token,
         idempotency_key=f"offsession:card:{client_id}:{uuid.uuid4()}",
         make_default=first_card,
         stripe_account=account,
     )
-    account_id, livemode = connection.place or (None, None)
     with factory() as session, session.begin():
         client = _client(session, client_id)
-        default = client.default_card
-        if default is not None and not lives_here(
-            default.stripe_account_id, default.livemode, connection.place
-        ):
-            # The default card cannot be charged where the connection is: the card saved here replaces it.
-            default.is_default = False
-            session.flush()
-        card = Card(
+        saved = _same_card(session, client_id, details, connection.place)
+        if saved is None:
+            stored = _store_card(session, client, details, connection.place, customer_id, actor=actor)
+            if stored is not None:
+                return SavedCard.of(stored)
+            saved = _same_card(session, client_id, details, connection.place)  # stored meanwhile
+            if saved is None:
+                raise ClientError("This PaymentMethod is saved for another client.")
+        existing = SavedCard.of(saved)
+    if existing.payment_method_id != details.payment_method_id:
+        gateway.detach_card(details.payment_method_id, stripe_account=account)
+    return existing
+
+
+def _same_card(
+    session: Session, client_id: int, details: CardDetails, place: tuple[str, bool] | None
+) -> Card | None:
+    """The client's card already saved with this PaymentMethod, or with this card (fingerprint) where
+    the connection charges."""
+    same = select(Card).where(Card.client_id == client_id)
+    if details.fingerprint is None:
+        return session.scalar(same.where(Card.stripe_payment_method_id == details.payment_method_id))
+    same_pm = Card.stripe_payment_method_id == details.payment_method_id
+    same = same.where(or_(same_pm, Card.fingerprint == details.fingerprint))
+    if place is not None:
+        same = same.where(Card.stripe_account_id == place[0], Card.livemode == place[1])
+    return session.scalars(same.order_by(Card.id)).first()
+
+
+def _store_card(
+    session: Session,
+    client: Client,
+    details: CardDetails,
+    place: tuple[str, bool] | None,
+    customer_id: str,
+    *,
+    actor: str,
+) -> Card | None:
+    """Store a newly attached card (the default when the client has none usable here); None when the
+    same card was stored meanwhile (the fingerprint's unique index)."""
+    default = client.default_card
+    if default is not None and not lives_here(default.stripe_account_id, default.livemode, place):
+        # The default card cannot be charged where the connection is: the card saved here replaces it.
+        default.is_default = False
+        session.flush()
+    account_id, livemode = place or (None, None)
+
+    def card(is_default: bool) -> Card:
+        return Card(
             stripe_account_id=account_id,
             livemode=livemode,
             stripe_customer_id=customer_id,
-            client_id=client_id,
+            client_id=client.id,
             stripe_payment_method_id=details.payment_method_id,
             brand=details.brand,
             last4=details.last4,
             exp_month=details.exp_month,
             exp_year=details.exp_year,
-            is_default=client.default_card is None,
+            fingerprint=details.fingerprint,
+            is_default=is_default,
         )
+
+    new = card(client.default_card is None)
+    try:
+        with session.begin_nested():
+            session.add(new)
+    except IntegrityError:
+        # Another card became the default meanwhile, or the same card was stored: try as not default.
+        new = card(False)
         try:
             with session.begin_nested():
-                session.add(card)
-        except IntegrityError:  # another card became the default meanwhile
-            card.is_default = False
-            session.add(card)
-        session.flush()
-        audit.record(session, actor, "card.added", client_id=client_id, card_id=card.id, last4=card.last4)
-        if card.is_default:
-            dunning.clear_for_client(session, client_id, actor=actor)  # a new card: charging may resume
-        return SavedCard.of(card)
+                session.add(new)
+        except IntegrityError:
+            return None
+    audit.record(session, actor, "card.added", client_id=client.id, card_id=new.id, last4=new.last4)
+    if new.is_default:
+        dunning.clear_for_client(session, client.id, actor=actor)  # a new card: charging may resume
+    return new
 
 
 def customer_for_connection(

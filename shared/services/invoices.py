@@ -127,7 +127,7 @@ class NumberedPage(Generic[Row]):
 InvoicePage = NumberedPage[InvoiceRow]
 
 
-def _count_up_to_cap(session: Session, matching: Select) -> int | None:
+def count_up_to_cap(session: Session, matching: Select) -> int | None:
     """How many rows match, up to COUNT_CAP + 1; None when PostgreSQL needs over COUNT_TIMEOUT_MS."""
     query = select(func.count()).select_from(matching.limit(COUNT_CAP + 1).subquery())
     if session.get_bind().dialect.name != "postgresql":
@@ -222,7 +222,7 @@ def list_invoices(
     # A status (or "overdue") is derived from each invoice's ledger: counting its matches reads ledgers
     # until a thousand are found, the slowest part of the page by far; such pages go without a total.
     derived_filter = status in INVOICE_STATUSES or due == "overdue"
-    counted = None if derived_filter else _count_up_to_cap(session, select(found.c.id))
+    counted = None if derived_filter else count_up_to_cap(session, select(found.c.id))
     page = max(1, page)
     # One row more than the page tells whether a next page exists without counting them all.
     ids = list(

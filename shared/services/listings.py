@@ -4,8 +4,9 @@ Cursor pages are ordered by id, newest first, and the page after a row holds onl
 id. A row inserted between two requests gets a larger id than any seen, so it never shifts a later page:
 a reader walking the pages sees every row that existed when it started exactly once.
 
-Numbered pages (the admin's lists) count their rows in SQL, capped like the invoice list's count
-(shared.services.invoices.COUNT_CAP), and read one row more than the page to know whether a next exists.
+Numbered pages (the admin's lists) count their rows in SQL, capped and timed like the invoice list's
+count (shared.services.invoices.count_up_to_cap), and read one row more than the page to know whether a
+next exists.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.domain.models import ChargeAttempt, Client, Invoice
-from shared.services.invoices import COUNT_CAP, NumberedPage, filter_invoices
+from shared.services.invoices import COUNT_CAP, NumberedPage, count_up_to_cap, filter_invoices
 
 DEFAULT_PAGE_LIMIT = 25
 MAX_PAGE_LIMIT = 100
@@ -123,19 +124,18 @@ def search_invoices(query: Select, search: str | None) -> Select:
 def numbered_page(
     session: Session, query: Select, *, page: int, per_page: int = DEFAULT_PAGE_LIMIT
 ) -> NumberedPage:
-    """One page of `query` (already ordered), with the count of its rows done in SQL up to COUNT_CAP."""
+    """One page of `query` (already ordered), with the count of its rows done in SQL up to COUNT_CAP (None
+    when PostgreSQL needs longer than the invoice list allows: shared.services.invoices.count_up_to_cap)."""
     page = min(max(1, page), MAX_PAGE_NUMBER)
-    counted = session.scalar(
-        select(func.count()).select_from(query.order_by(None).limit(COUNT_CAP + 1).subquery())
-    )
+    counted = count_up_to_cap(session, query.order_by(None))
     rows = list(session.scalars(query.limit(per_page + 1).offset((page - 1) * per_page)))
     return NumberedPage(
         rows=rows[:per_page],
         page=page,
         per_page=per_page,
-        total_rows=min(int(counted or 0), COUNT_CAP),
+        total_rows=None if counted is None else min(counted, COUNT_CAP),
         has_next=len(rows) > per_page,
-        total_capped=int(counted or 0) > COUNT_CAP,
+        total_capped=counted is not None and counted > COUNT_CAP,
     )
 
 

@@ -303,3 +303,36 @@ def test_after_switching_accounts_the_same_card_saved_again_is_stored_there_and_
         client = session.get_one(Client, client_id)
         chosen = usable_card(client, get_settings(session))
         assert chosen is not None and chosen.id == new.id
+
+
+def test_a_card_saved_through_the_api_and_again_on_stripes_page_is_stored_once(
+    session_factory: sessionmaker[Session], stripe: FakeStripe
+) -> None:
+    """The API's path (clients.add_card) stores Stripe's fingerprint as Checkout does, so the same card
+    saved by either path, in either order, is one card, and Stripe keeps one PaymentMethod for it."""
+    client_id = new_client(session_factory, stripe)
+    by_api = clients.add_card(session_factory, stripe, client_id, "pm_card_visa", actor="api")
+    (card,) = saved_cards(session_factory, client_id)
+    assert card.fingerprint is not None and card.stripe_payment_method_id == by_api.payment_method_id
+    # Again through the API: the card already saved is the answer; the new PaymentMethod is detached.
+    again = clients.add_card(session_factory, stripe, client_id, "pm_card_visa", actor="api")
+    assert again == by_api
+    pms = stripe.server.state()["payment_methods"]
+    assert [pm["id"] for pm in pms if pm["customer"] is not None] == [card.stripe_payment_method_id]
+    # Then on Stripe's page: a duplicate of the card the API saved.
+    session_id = start(session_factory, stripe, client_id)
+    stripe.server.complete_checkout(session_id, "pm_card_visa")
+    stored = card_setup.finish_card_setup(
+        session_factory, stripe, session_id, client_id=client_id, actor="client:test"
+    )
+    assert stored.outcome is SetupOutcome.DUPLICATE and stored.card.id == card.id
+    # And the other way: a card saved on Stripe's page, then through the API.
+    second = start(session_factory, stripe, client_id)
+    stripe.server.complete_checkout(second, "pm_card_mastercard")
+    on_page = card_setup.finish_card_setup(session_factory, stripe, second, client_id=client_id, actor="c")
+    by_api_after = clients.add_card(session_factory, stripe, client_id, "pm_card_mastercard", actor="api")
+    assert by_api_after == on_page.card
+    assert [(c.last4, c.is_default) for c in saved_cards(session_factory, client_id)] == [
+        ("4242", True),
+        ("4444", False),
+    ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from shared.services.listings import clients_after, clients_page, invoices_after
+from shared.domain.models import Client
+from shared.services.listings import clients_after, clients_page, invoices_after, numbered_page
 from tests.support import factories
 
 
@@ -64,3 +67,21 @@ def test_numbered_client_pages_count_in_sql(session: Session) -> None:
     assert (first.total_rows, first.pages, first.has_next) == (30, 2, True)
     assert [c.name for c in first.rows][:2] == ["Paged 00", "Paged 01"]
     assert len(second.rows) == 5 and not second.has_next
+
+
+# statement_timeout is PostgreSQL's: SQLite counts to the cap whatever it costs.
+POSTGRESQL_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
+def test_a_numbered_page_whose_count_is_too_slow_goes_without_a_total(session: Session) -> None:
+    """On PostgreSQL every admin list gives its count up after the invoice list's time limit
+    (count_up_to_cap) and still shows its page, as the invoice list does."""
+    factories.persist(session, *[factories.client(name=f"Slow {n}") for n in range(4)])
+    # Each row costs 20 ms to test, so counting four takes 80 ms: over the 30 ms limit.
+    slow = select(Client).where(text("pg_sleep(0.02) IS NOT NULL")).order_by(Client.name, Client.id)
+    page = numbered_page(session, slow, page=1)
+    assert page.total_rows is None and not page.total_capped
+    assert [c.name for c in page.rows] == [f"Slow {n}" for n in range(4)]
+    # The time limit ended with the count: the same session runs a slow statement afterwards.
+    assert session.scalar(text("SELECT pg_sleep(0.05) IS NOT NULL"))
