@@ -106,6 +106,8 @@ class Result:
     peak_creates_per_second: int = 0
     webhook_lag_seconds: float = 0.0
     webhook_events: int = 0
+    # Stored processed by the endpoint: they repeated what the charge had recorded (no drain needed).
+    webhooks_already_recorded: int = 0
     webhooks_unprocessed: int = 0
     peak_db_connections: int = 0
     rss_first_mb: float = 0.0
@@ -319,6 +321,9 @@ def _batch(
     result.cpu = {name: cpu_after[name] - cpu_before[name] for name in roots} | {FAN_OUT: fan_out_cpu}
     result.webhooks_unprocessed = _scalar(engine, unprocessed_sql)
     result.webhook_events = _scalar(engine, "select count(*) from webhook_event")
+    result.webhooks_already_recorded = _scalar(
+        engine, "select count(*) from webhook_event where processed_reason = 'already_recorded'"
+    )
     state = st.emulator_state()
     after = state["requests"]
     result.requests = int(after["total"]) - int(before["total"])
@@ -440,7 +445,8 @@ def table(r: Result, args: argparse.Namespace) -> str:
         ("outcomes", outcomes + (f"; {r.mismatched} unexpected" if r.mismatched else "")),
         (
             "webhooks",
-            f"{r.webhook_events} events, all processed {r.webhook_lag_seconds:.1f} s after the last charge"
+            f"{r.webhook_events} events ({r.webhooks_already_recorded} stored processed at intake: already "
+            f"recorded), all processed {r.webhook_lag_seconds:.1f} s after the last charge"
             + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
         ),
         ("peak PostgreSQL connections", f"{r.peak_db_connections}"),
