@@ -9,12 +9,14 @@ and decides, so the decision and the row are one atomic step, and publishes noth
 
 An event qualifies only when everything the drain would check already agrees, so that skipping the drain
 cannot skip a binding check (shared.domain.binding) of an event that would change anything:
-- its type is an outcome (EVENT_OUTCOMES) and its PaymentIntent's own state says the same outcome;
+- its type reports where a charge came to rest (EVENT_OUTCOMES) and its PaymentIntent's own state says
+  the same;
 - event and object are in this deployment's mode, the PaymentIntent received no more than its amount;
-- an attempt with that PaymentIntent exists and is final in that very outcome, on the event's account,
+- an attempt with that PaymentIntent is already in that very state (final, or waiting for the client to
+  authenticate: news the drain would find stale, shared.domain.states.observe), on the event's account,
   in its currency, for its amount, for its customer (when the attempt names one);
 - a success is in the ledger already (the drain would record a missing one).
-Anything else (an attempt not final yet, another outcome, another amount, refunds, disputes, ...) is
+Anything else (an attempt still in flight, another outcome, another amount, refunds, disputes, ...) is
 stored unprocessed and goes the full way, unchanged.
 """
 
@@ -28,16 +30,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.domain.models import ChargeAttempt, Payment, WebhookEvent, table_of
-from shared.domain.payments import payment_intent_view
+from shared.domain.payments import PermanentStripeError, payment_intent_view
 from shared.domain.states import AttemptStatus
 from shared.services.attempts import reported_status
 
 ALREADY_RECORDED = "already_recorded"
-# The events that report a final outcome, and the attempt status each one stands for.
-EVENT_OUTCOMES: dict[str, AttemptStatus] = {
-    "payment_intent.succeeded": AttemptStatus.SUCCEEDED,
-    "payment_intent.payment_failed": AttemptStatus.FAILED,
-    "payment_intent.canceled": AttemptStatus.CANCELED,
+# The events that report where a charge came to rest, and the attempt statuses each may stand for (its
+# PaymentIntent's own state decides which, as in the drain): an off-session charge that needs the client
+# to authenticate fails with authentication_required, and its attempt waits in requires_action.
+EVENT_OUTCOMES: dict[str, frozenset[AttemptStatus]] = {
+    "payment_intent.succeeded": frozenset({AttemptStatus.SUCCEEDED}),
+    "payment_intent.payment_failed": frozenset({AttemptStatus.FAILED, AttemptStatus.REQUIRES_ACTION}),
+    "payment_intent.canceled": frozenset({AttemptStatus.CANCELED}),
+    "payment_intent.requires_action": frozenset({AttemptStatus.REQUIRES_ACTION}),
 }
 
 _EVENTS = table_of(WebhookEvent)
@@ -50,18 +55,19 @@ _STORED = ("account", "stripe_event_id", "type", "payload", "payment_intent_id",
 def recorded_outcome(event: dict[str, Any], livemode: bool) -> dict[str, Any] | None:
     """What an attempt must already say for this event to be a repeat (the parameters of the INSERT
     below), or None when the event can never be one and takes the full path."""
-    expected = EVENT_OUTCOMES.get(str(event.get("type", "")))
+    outcomes = EVENT_OUTCOMES.get(str(event.get("type", "")))
     obj = (event.get("data") or {}).get("object") or {}
-    if expected is None or not isinstance(obj, dict) or obj.get("object") != "payment_intent":
+    if outcomes is None or not isinstance(obj, dict) or obj.get("object") != "payment_intent":
         return None
     if bool(event.get("livemode", False)) != livemode or obj.get("livemode", livemode) != livemode:
         return None
     try:
         view = payment_intent_view(obj)
-        if not isinstance(view.id, str) or reported_status(view) != expected:
-            return None
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # a malformed object: the drain says why
+        expected = reported_status(view)
+    except (KeyError, TypeError, ValueError, AttributeError, PermanentStripeError):
+        return None  # a malformed object, or a state we never create: the drain says why
+    if not isinstance(view.id, str) or expected not in outcomes:
+        return None
     if view.amount_received > view.amount:
         return None
     return {

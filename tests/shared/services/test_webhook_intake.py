@@ -24,6 +24,8 @@ from shared.services.webhooks import process_event, store_event, store_received_
 OFFLINE_GATEWAY = StripeGateway("sk_test_offline", "http://127.0.0.1:9", "whsec_offline")
 CUSTOMER = "cus_intake"
 DECLINE = {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline"}
+# How Stripe fails an off-session charge that needs the client: its attempt waits in requires_action.
+NEEDS_AUTHENTICATION = {"last_payment_error": {"type": "card_error", "code": "authentication_required"}}
 
 
 def _attempt(
@@ -83,6 +85,8 @@ def _event(pi_id: str, event_type: str = "payment_intent.succeeded", **changes: 
         obj |= {"status": "succeeded", "amount_received": 5_000}
     elif event_type == "payment_intent.payment_failed":
         obj |= {"status": "requires_payment_method", "last_payment_error": DECLINE}
+    elif event_type == "payment_intent.requires_action":
+        obj["status"] = "requires_action"
     else:
         obj["status"] = "canceled"
     top = {key: changes.pop(key) for key in ("account", "livemode") if key in changes}
@@ -111,20 +115,29 @@ def _row(factory: sessionmaker[Session], row_id: int) -> WebhookEvent:
         return s.get_one(WebhookEvent, row_id)
 
 
-@pytest.mark.parametrize(
-    ("status", "event_type"),
+REPEATS = pytest.mark.parametrize(
+    ("status", "event_type", "changes"),
     [
-        ("succeeded", "payment_intent.succeeded"),
-        ("failed", "payment_intent.payment_failed"),
-        ("canceled", "payment_intent.canceled"),
+        ("succeeded", "payment_intent.succeeded", {}),
+        ("failed", "payment_intent.payment_failed", {}),
+        ("canceled", "payment_intent.canceled", {}),
+        ("requires_action", "payment_intent.payment_failed", NEEDS_AUTHENTICATION),
+        ("requires_action", "payment_intent.requires_action", {}),
     ],
 )
+
+
+@REPEATS
 def test_a_repeat_of_a_recorded_outcome_is_stored_processed_and_changes_nothing(
-    migrated_engine: Engine, session_factory: sessionmaker[Session], status: str, event_type: str
+    migrated_engine: Engine,
+    session_factory: sessionmaker[Session],
+    status: str,
+    event_type: str,
+    changes: dict[str, Any],
 ) -> None:
     pi_id = _attempt(session_factory, status)
     before = _state(migrated_engine)
-    event = _event(pi_id, event_type)
+    event = _event(pi_id, event_type, **changes)
     stored = store_received_event(migrated_engine, event, livemode=False)
     assert (stored.created, stored.needs_processing) == (True, False)
     row = _row(session_factory, stored.id)
@@ -143,18 +156,31 @@ def test_a_repeat_of_a_recorded_outcome_is_stored_processed_and_changes_nothing(
         assert s.scalars(select(WebhookEvent.id)).all() == [stored.id]
 
 
+@REPEATS
 def test_the_shortcut_is_what_a_drain_would_have_concluded(
-    migrated_engine: Engine, session_factory: sessionmaker[Session]
+    migrated_engine: Engine,
+    session_factory: sessionmaker[Session],
+    status: str,
+    event_type: str,
+    changes: dict[str, Any],
 ) -> None:
     """The same repeat, stored without the shortcut (no mode given), goes to the drain, which changes
     nothing either: the shortcut skips work, not a decision."""
-    pi_id = _attempt(session_factory, "succeeded")
+    pi_id = _attempt(session_factory, status)
     before = _state(migrated_engine)
-    stored = store_received_event(migrated_engine, _event(pi_id))
+    stored = store_received_event(migrated_engine, _event(pi_id, event_type, **changes))
     assert stored.needs_processing and _row(session_factory, stored.id).processed_reason is None
     outcome = process_event(session_factory, OFFLINE_GATEWAY, stored.id)
-    assert outcome.endswith("succeeded (no change)"), outcome
+    assert outcome in (
+        f"{pi_id}: no news",
+        f"attempt {_attempt_id(session_factory, pi_id)}: {status} (no change)",
+    )
     assert _state(migrated_engine) == before
+
+
+def _attempt_id(factory: sessionmaker[Session], pi_id: str) -> str:
+    with factory() as s:
+        return s.scalars(select(ChargeAttempt.id).where(ChargeAttempt.payment_intent_id == pi_id)).one()
 
 
 def _full_path(engine: Engine, factory: sessionmaker[Session], event: dict[str, Any]) -> str:
@@ -217,25 +243,33 @@ def test_an_event_of_a_connected_account_is_a_repeat_on_that_account_only(
 
 
 @pytest.mark.parametrize(
-    ("status", "event_type"),
+    ("status", "event_type", "changes"),
     [
         # Another outcome than the one recorded: news (money moved after all) or stale, the drain decides.
-        ("failed", "payment_intent.succeeded"),
-        ("canceled", "payment_intent.succeeded"),
-        ("succeeded", "payment_intent.payment_failed"),
-        ("failed", "payment_intent.canceled"),
-        # Not final yet: the event may carry the outcome.
-        ("processing", "payment_intent.succeeded"),
-        ("requires_action", "payment_intent.succeeded"),
-        ("unknown", "payment_intent.payment_failed"),
-        ("queued", "payment_intent.canceled"),
+        ("failed", "payment_intent.succeeded", {}),
+        ("canceled", "payment_intent.succeeded", {}),
+        ("succeeded", "payment_intent.payment_failed", {}),
+        ("failed", "payment_intent.canceled", {}),
+        ("failed", "payment_intent.payment_failed", NEEDS_AUTHENTICATION),
+        ("requires_action", "payment_intent.payment_failed", {}),
+        ("requires_action", "payment_intent.canceled", {}),
+        ("requires_action", "payment_intent.succeeded", {}),
+        # Still in flight: the event may carry the outcome.
+        ("processing", "payment_intent.succeeded", {}),
+        ("unknown", "payment_intent.payment_failed", {}),
+        ("queued", "payment_intent.canceled", {}),
+        ("processing", "payment_intent.requires_action", {}),
     ],
 )
 def test_an_event_that_may_be_news_goes_the_full_way(
-    migrated_engine: Engine, session_factory: sessionmaker[Session], status: str, event_type: str
+    migrated_engine: Engine,
+    session_factory: sessionmaker[Session],
+    status: str,
+    event_type: str,
+    changes: dict[str, Any],
 ) -> None:
     pi_id = _attempt(session_factory, status)
-    stored = store_received_event(migrated_engine, _event(pi_id, event_type), livemode=False)
+    stored = store_received_event(migrated_engine, _event(pi_id, event_type, **changes), livemode=False)
     assert (stored.created, stored.needs_processing) == (True, True)
     assert _row(session_factory, stored.id).processed_at is None
 
@@ -254,7 +288,12 @@ def test_a_success_missing_from_the_ledger_goes_the_full_way_and_is_recorded(
 
 @pytest.mark.parametrize(
     "event_type",
-    ["payment_intent.requires_action", "payment_intent.processing", "charge.refunded", "refund.updated"],
+    [
+        "payment_intent.processing",
+        "payment_intent.amount_capturable_updated",
+        "charge.refunded",
+        "refund.updated",
+    ],
 )
 def test_other_events_of_a_final_attempt_are_never_a_repeat(
     migrated_engine: Engine, session_factory: sessionmaker[Session], event_type: str
