@@ -71,7 +71,7 @@ from shared.services.charging import charge_request_for, claim_attempt, run_atte
 from shared.services.webhook_intake import ALREADY_RECORDED  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
-from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
+from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, http, measuring  # noqa: E402
 from tests.support.unit_of_work import InSession  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
@@ -98,6 +98,16 @@ class StoringStack(Stack):
     def start_emulator(self, *flags: str) -> None:
         argv = [str(BIN / "offsession"), "emulator", "--port", str(self.emu_port)]
         self.start("emulator", [*argv, "--webhook-secret", WEBHOOK_SECRET, *flags])
+
+    def stop_deliveries(self) -> None:
+        """Delete the webhook endpoints that connecting Stripe registered (PUT /api/settings): else the
+        emulator delivers the setup's events itself, and the bench's deliveries of them are duplicates."""
+        auth = {"Authorization": f"Bearer {self.env['STRIPE_API_KEY']}"}
+        status, listed = http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
+        assert status == 200, listed
+        for endpoint in listed["data"]:
+            status, body = http("DELETE", f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}", headers=auth)
+            assert status == 200, body
         wait_for_port(self.emu_port, 30)
 
 
@@ -393,6 +403,7 @@ def run(args: argparse.Namespace) -> Result:
         )
         result.log_dir = st.dir
         with measuring(st) as engine:
+            st.stop_deliveries()
             _bench(st, engine, postmaster, result, args)
     return result
 

@@ -385,6 +385,11 @@ def _apply_payment_intent_event(
             # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
             _mark_processed(session, event_row_id)
             return f"{snapshot.id}: no news"
+        if snapshot.status == "succeeded" and not matched_by_metadata:
+            # A success snapshot of the attempt's own PaymentIntent is final: applied under the lock
+            # just taken, in this one transaction (no second look needed).
+            _mark_processed(session, event_row_id)
+            return _applied(session, attempt, snapshot, actor)
     if snapshot.status != "succeeded" or matched_by_metadata:
         # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
         # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
@@ -398,10 +403,15 @@ def _apply_payment_intent_event(
                 "Stripe's copy of it does not.",
             )
         _mark_processed(session, event_row_id)
-        if attempt is None:
-            return f"no charge attempt for {snapshot.id}"
-        changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
-        return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
+        return _applied(session, attempt, snapshot, actor)
+
+
+def _applied(session: Session, attempt: ChargeAttempt | None, snapshot: PaymentIntentView, actor: str) -> str:
+    """Apply the PaymentIntent to its attempt (binding checked by apply_payment_intent); in words."""
+    if attempt is None:
+        return f"no charge attempt for {snapshot.id}"
+    changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
+    return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
 
 
 def _flag(
