@@ -71,7 +71,8 @@ from shared.services.charging import charge_request_for, claim_attempt, run_atte
 from shared.services.webhook_intake import ALREADY_RECORDED  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
-from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, http, measuring  # noqa: E402
+from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
+from tests.support.stack import http as stack_http  # noqa: E402
 from tests.support.unit_of_work import InSession  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
@@ -103,10 +104,10 @@ class StoringStack(Stack):
         """Delete the webhook endpoints that connecting Stripe registered (PUT /api/settings): else the
         emulator delivers the setup's events itself, and the bench's deliveries of them are duplicates."""
         auth = {"Authorization": f"Bearer {self.env['STRIPE_API_KEY']}"}
-        status, listed = http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
+        status, listed = stack_http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
         assert status == 200, listed
         for endpoint in listed["data"]:
-            status, body = http("DELETE", f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}", headers=auth)
+            status, body = stack_http("DELETE", f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}", headers=auth)
             assert status == 200, body
         wait_for_port(self.emu_port, 30)
 

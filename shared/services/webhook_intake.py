@@ -89,19 +89,29 @@ def insert_unless_recorded(dialect: str) -> Insert | None:
     attempt, payment = _ATTEMPTS.c, _PAYMENTS.c
     payment_intent_id = bindparam("payment_intent_id", type_=String)
     in_the_ledger = exists().where(payment.stripe_payment_intent_id == payment_intent_id)
-    recorded = exists().where(
-        attempt.payment_intent_id == payment_intent_id,
-        attempt.status == bindparam("recorded_status", type_=String),
-        func.coalesce(attempt.stripe_account_id, "") == bindparam("attempt_account", type_=String),
-        attempt.currency == bindparam("currency", type_=String),
-        attempt.amount == bindparam("amount"),
-        or_(attempt.stripe_customer_id.is_(None), attempt.stripe_customer_id == bindparam("customer")),
-        or_(attempt.status != AttemptStatus.SUCCEEDED.value, in_the_ledger),
+    customer = bindparam("customer", type_=String)
+    recorded = (
+        select(
+            exists()
+            .where(
+                attempt.payment_intent_id == payment_intent_id,
+                attempt.status == bindparam("recorded_status", type_=String),
+                func.coalesce(attempt.stripe_account_id, "") == bindparam("attempt_account", type_=String),
+                attempt.currency == bindparam("currency", type_=String),
+                attempt.amount == bindparam("amount"),
+                or_(attempt.stripe_customer_id.is_(None), attempt.stripe_customer_id == customer),
+                or_(attempt.status != AttemptStatus.SUCCEEDED.value, in_the_ledger),
+            )
+            .label("hit")
+        )
+        .subquery("recorded_attempt")
+        .c.hit
     )
     # PostgreSQL types the SELECT's parameters by their values (a str as text); its JSON is cast. SQLite
     # keeps the serialized text as is (a CAST to JSON there would make it a number).
     payload = bindparam("payload", type_=_EVENTS.c.payload.type)
     received_at = bindparam("received_at", type_=_EVENTS.c.received_at.type)
+    # One row from the one look-up (a derived table: the CASEs below read it, not run it twice).
     row = select(
         bindparam("account", type_=String),
         bindparam("stripe_event_id", type_=String),
@@ -112,7 +122,7 @@ def insert_unless_recorded(dialect: str) -> Insert | None:
         case((recorded, received_at), else_=null()),
         case((recorded, literal(ALREADY_RECORDED, String)), else_=null()),
         literal(0),
-    ).where(true())  # SQLite parses INSERT ... SELECT ... ON CONFLICT only after a WHERE
+    ).where(true())  # SQLite parses INSERT ... SELECT ... FROM ... ON CONFLICT only after a WHERE
     dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return (
         dialect_insert(_EVENTS)
