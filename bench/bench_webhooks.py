@@ -99,6 +99,7 @@ class StoringStack(Stack):
     def start_emulator(self, *flags: str) -> None:
         argv = [str(BIN / "offsession"), "emulator", "--port", str(self.emu_port)]
         self.start("emulator", [*argv, "--webhook-secret", WEBHOOK_SECRET, *flags])
+        wait_for_port(self.emu_port, 30)
 
     def stop_deliveries(self) -> None:
         """Delete the webhook endpoints that connecting Stripe registered (PUT /api/settings): else the
@@ -107,9 +108,9 @@ class StoringStack(Stack):
         status, listed = stack_http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
         assert status == 200, listed
         for endpoint in listed["data"]:
-            status, body = stack_http("DELETE", f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}", headers=auth)
+            url = f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}"
+            status, body = stack_http("DELETE", url, headers=auth)
             assert status == 200, body
-        wait_for_port(self.emu_port, 30)
 
 
 @contextmanager
