@@ -390,10 +390,9 @@ def _apply_payment_intent_event(
             # just taken, in this one transaction (no second look needed).
             _mark_processed(session, event_row_id)
             return _applied(session, attempt, snapshot, actor)
-    if snapshot.status != "succeeded" or matched_by_metadata:
-        # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
-        # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
-        snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=account)
+    # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
+    # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
+    snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=account)
     with factory() as session, session.begin():
         attempt = find_attempt(session, snapshot, account)
         if named_attempt_id and matched_by_metadata and (attempt is None or attempt.id != named_attempt_id):
