@@ -302,14 +302,20 @@ def _batch(
     result.load_average = os.getloadavg()[:2]
     settled_at_monotonic = time.monotonic()
 
-    # The webhooks of the last charges are still on their way: wait for every stored event to be processed
-    # (the figure says whether the prefork worker keeps up), then read the emulator once.
-    # The stack's CPU is read when none is left: the webhooks of these charges are part of their cost.
+    # The webhooks of the last charges are still on their way: wait until the emulator has none left to
+    # send, none arrives any more and every stored one is processed (the figure says whether the prefork
+    # worker keeps up). The endpoint stores most of them processed at once, so an empty backlog alone
+    # does not mean they have all arrived. The stack's CPU is read then: the webhooks are part of the cost.
     unprocessed_sql = "select count(*) from webhook_event where processed_at is null"
-    quiet_since = None
+    stored_sql = "select count(*) from webhook_event"
+    quiet_since, stored = None, -1
     cpu_after = stack_cpu_seconds(roots)
     while time.monotonic() < settled_at_monotonic + args.webhook_timeout:
-        if _scalar(engine, unprocessed_sql):
+        stored, stored_before = _scalar(engine, stored_sql), stored
+        busy = stored != stored_before or _scalar(engine, unprocessed_sql) > 0
+        if not busy and quiet_since is None:
+            busy = int(st.emulator_state()["webhooks"]["queued"]) > 0
+        if busy:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
