@@ -252,6 +252,9 @@ def run(args: argparse.Namespace) -> Result:
         roots = {name: proc.pid for name, proc in st.procs.items()}
         roots |= {"postgres": postgres.postmaster_pid, "redis": redis.process.pid}
         with measuring(st) as engine:
+            # One delivery per event, as in production: to the endpoint configured with
+            # STRIPE_WEBHOOK_SECRET, not once more to the one connecting registered.
+            st.unregister_webhook_endpoints()
             _batch(st, engine, result, args, roots)
             _naive_loop(st, engine, result, args.naive_sample)
     return result

@@ -72,7 +72,6 @@ from shared.services.webhook_intake import ALREADY_RECORDED  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
 from tests.support.signing import stripe_signature  # noqa: E402
 from tests.support.stack import BIN, WEBHOOK_SECRET, Stack, bench_main, measuring  # noqa: E402
-from tests.support.stack import http as stack_http  # noqa: E402
 from tests.support.unit_of_work import InSession  # noqa: E402
 
 # The web command of the Procfile and of tests/support/stack.py; both apps are served alike.
@@ -100,17 +99,6 @@ class StoringStack(Stack):
         argv = [str(BIN / "offsession"), "emulator", "--port", str(self.emu_port)]
         self.start("emulator", [*argv, "--webhook-secret", WEBHOOK_SECRET, *flags])
         wait_for_port(self.emu_port, 30)
-
-    def stop_deliveries(self) -> None:
-        """Delete the webhook endpoints that connecting Stripe registered (PUT /api/settings): else the
-        emulator delivers the setup's events itself, and the bench's deliveries of them are duplicates."""
-        auth = {"Authorization": f"Bearer {self.env['STRIPE_API_KEY']}"}
-        status, listed = stack_http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
-        assert status == 200, listed
-        for endpoint in listed["data"]:
-            url = f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}"
-            status, body = stack_http("DELETE", url, headers=auth)
-            assert status == 200, body
 
 
 @contextmanager
@@ -405,7 +393,8 @@ def run(args: argparse.Namespace) -> Result:
         )
         result.log_dir = st.dir
         with measuring(st) as engine:
-            st.stop_deliveries()
+            # Else the emulator delivers the setup's events itself: the bench's would be duplicates.
+            st.unregister_webhook_endpoints()
             _bench(st, engine, postmaster, result, args)
     return result
 
