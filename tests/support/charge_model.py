@@ -502,7 +502,9 @@ class ChargeMachine(RuleBasedStateMachine):
     def op_janitor(self, quick: bool) -> Callable[[], Any]:
         def sweep() -> Any:
             if quick:
-                return janitor.recover_charges(self.factory, self.stripe, self.publish, now=self.clock.now())
+                return janitor.recover_charges(
+                    self.factory, self.stripe, self.publish, now=self.clock.now()
+                )
             return janitor.run_janitor(self.factory, self.stripe, self.publish, now=self.clock.now())
 
         return sweep

@@ -113,14 +113,8 @@ def emulator_state(base: str) -> dict[str, Any]:
 # ---- helpers of the emulator's own tests -----------------------------------------------------------
 
 
-def raw(
-    base: str,
-    method: str,
-    path: str,
-    body: str = "",
-    headers: dict[str, str] | None = None,
-    key: str = TEST_KEY,
-) -> tuple[int, dict[str, Any], Any]:
+def raw(base: str, method: str, path: str, body: str = "", headers: dict[str, str] | None = None,
+        key: str = TEST_KEY) -> tuple[int, dict[str, Any], Any]:
     """A /v1 request without the SDK: (status, decoded JSON, headers)."""
     request = urllib.request.Request(
         base + path,
@@ -145,9 +139,8 @@ def visit(url: str, fields: dict[str, str] | None = None) -> tuple[int, str | No
         if fields is None:
             conn.request("GET", target)
         else:
-            conn.request(
-                "POST", target, urlencode(fields), {"Content-Type": "application/x-www-form-urlencoded"}
-            )
+            conn.request("POST", target, urlencode(fields),
+                         {"Content-Type": "application/x-www-form-urlencoded"})
         response = conn.getresponse()
         return response.status, response.getheader("Location"), response.read().decode()
     finally:

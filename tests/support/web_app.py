@@ -2,6 +2,7 @@
 client's requests (API, forms with CSRF, sign-in as an admin or a client through the emailed link), and
 the routes of the app to walk."""
 
+
 from __future__ import annotations
 
 import email
