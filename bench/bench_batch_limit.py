@@ -270,7 +270,7 @@ def _batch(
 ) -> None:
     # Clients and cards first, with neither latency nor limit: setup must not spend the batch's seconds.
     expected = create_invoices(st, engine, result.invoices)
-    st.faults(rate_limit=EMULATOR_RATE_LIMIT, latency_ms=LATENCY_MS)
+    st.faults(rate_limit=EMULATOR_RATE_LIMIT, latency_ms=LATENCY_MS, webhook_delay_ms=args.webhook_delay_ms)
     time.sleep(1.0)  # let the shared budget's burst refill after the setup's requests
     before = st.emulator_state()["requests"]
     # The processes that run the charges: every worker-charges process, else the prefork workers.
@@ -434,7 +434,11 @@ def table(r: Result, args: argparse.Namespace) -> str:
     rows = [
         ("invoices", f"{r.invoices}"),
         ("workers", shape),
-        ("emulator", f"{LATENCY_MS} ms per request, 429 above {EMULATOR_RATE_LIMIT}/s"),
+        (
+            "emulator",
+            f"{LATENCY_MS} ms per request, 429 above {EMULATOR_RATE_LIMIT}/s, webhooks "
+            f"{args.webhook_delay_ms:.0f} ms after their event",
+        ),
         ("STRIPE_RATE_LIMIT", f"{args.rate_limit}/s (budget in Redis)"),
         ("total time", f"{r.seconds:.1f} s (first charge settled at {r.first_settled_seconds:.1f} s)"),
         (
@@ -520,6 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--charge-concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="prefork worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per prefork worker")
+    parser.add_argument(
+        "--webhook-delay-ms",
+        type=float,
+        default=0.0,
+        help="the emulator delivers each event this late (0: at once, often before the worker has "
+        "recorded the answer that caused it)",
+    )
     parser.add_argument(
         "--all-webhook-events",
         action="store_true",
