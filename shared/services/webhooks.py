@@ -30,6 +30,7 @@ from shared.services.card_setup_events import CARD_SETUP_EVENTS, apply_card_setu
 from shared.services.disputes import DISPUTE_EVENTS, apply_dispute_event
 from shared.services.ports import StripePort
 from shared.services.stripe_connection import DEAUTHORIZED_EVENT, apply_deauthorization
+from shared.services.webhook_intake import insert_unless_recorded, recorded_outcome
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,23 @@ def _payment_intent_id_of(event: dict[str, Any]) -> str | None:
     return pi if isinstance(pi, str) else None
 
 
-def store_event(session: Session, event: dict[str, Any]) -> StoredEvent:
-    """Insert the event unless this (account, id) is already stored. Safe under concurrent duplicates."""
-    return _store(session.connection(), event)
+def store_event(session: Session, event: dict[str, Any], *, livemode: bool | None = None) -> StoredEvent:
+    """Insert the event unless this (account, id) is already stored. Safe under concurrent duplicates.
+    With the deployment's `livemode`, an event that only repeats what its charge attempt recorded is
+    stored processed (shared.services.webhook_intake)."""
+    return _store(session.connection(), event, livemode)
 
 
-def store_received_event(engine: Engine, event: dict[str, Any]) -> StoredEvent:
+def store_received_event(
+    engine: Engine, event: dict[str, Any], *, livemode: bool | None = None
+) -> StoredEvent:
     """store_event for the endpoint's hot path. On PostgreSQL the one INSERT ... ON CONFLICT is atomic by
     itself, so it runs in autocommit: one round trip instead of three (BEGIN, INSERT, COMMIT)."""
     if engine.dialect.name != "postgresql":
         with engine.begin() as connection:
-            return _store(connection, event)
+            return _store(connection, event, livemode)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return _store(connection, event)
+        return _store(connection, event, livemode)
 
 
 _EVENTS = table_of(WebhookEvent)
@@ -110,7 +115,7 @@ def _insert_once(dialect: str) -> Insert | None:
     )
 
 
-def _store(connection: Connection, event: dict[str, Any]) -> StoredEvent:
+def _store(connection: Connection, event: dict[str, Any], livemode: bool | None = None) -> StoredEvent:
     account = event.get("account") or ""
     event_type = str(event.get("type", ""))[:80]
     received_at = utcnow()
@@ -122,12 +127,18 @@ def _store(connection: Connection, event: dict[str, Any]) -> StoredEvent:
         "payload": event,
         "payment_intent_id": _payment_intent_id_of(event),
         "received_at": received_at,
-        # Processing would only set processed_at: set it now, and save the message and the task.
-        "processed_at": None if needs_processing else received_at,
-        "processing_attempts": 0,
-        "error": None,
     }
-    statement = _insert_once(connection.dialect.name)
+    dialect = connection.dialect.name
+    repeat = recorded_outcome(event, livemode) if livemode is not None and needs_processing else None
+    if repeat is not None and (shortcut := insert_unless_recorded(dialect)) is not None:
+        stored = connection.execute(shortcut, values | repeat).one_or_none()
+        if stored is not None:
+            return StoredEvent(stored.id, True, stored.processed_reason is None)
+        return StoredEvent(_stored_id(connection, account, event["id"]), False, needs_processing)
+    # Processing would only set processed_at: set it now, and save the message and the task.
+    values["processed_at"] = None if needs_processing else received_at
+    values |= {"processing_attempts": 0, "error": None}
+    statement = _insert_once(dialect)
     if statement is not None:
         new_id = connection.execute(statement, values).scalar_one_or_none()
         if new_id is not None:
@@ -139,10 +150,13 @@ def _store(connection: Connection, event: dict[str, Any]) -> StoredEvent:
             return StoredEvent(new_id, True, needs_processing)
         except IntegrityError:
             pass
-    existing = connection.execute(
-        select(_EVENTS.c.id).where(_EVENTS.c.account == account, _EVENTS.c.stripe_event_id == event["id"])
+    return StoredEvent(_stored_id(connection, account, event["id"]), False, needs_processing)
+
+
+def _stored_id(connection: Connection, account: str, stripe_event_id: str) -> int:
+    return connection.execute(
+        select(_EVENTS.c.id).where(_EVENTS.c.account == account, _EVENTS.c.stripe_event_id == stripe_event_id)
     ).scalar_one()
-    return StoredEvent(existing, False, needs_processing)
 
 
 # The drain's statements, built once with bound parameters: building one costs more CPU than its round
@@ -371,10 +385,14 @@ def _apply_payment_intent_event(
             # What the attempt already says: no Stripe call spent on a duplicate or a stale event.
             _mark_processed(session, event_row_id)
             return f"{snapshot.id}: no news"
-    if snapshot.status != "succeeded" or matched_by_metadata:
-        # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
-        # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
-        snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=account)
+        if snapshot.status == "succeeded" and not matched_by_metadata:
+            # A success snapshot of the attempt's own PaymentIntent is final: applied under the lock
+            # just taken, in this one transaction (no second look needed).
+            _mark_processed(session, event_row_id)
+            return _applied(session, attempt, snapshot, actor)
+    # Anything but a success: order matters, ask Stripe where the PaymentIntent is now. A match by
+    # metadata alone: only Stripe's own copy says whose PaymentIntent this is, and for how much.
+    snapshot = gateway.retrieve_payment_intent(snapshot.id, stripe_account=account)
     with factory() as session, session.begin():
         attempt = find_attempt(session, snapshot, account)
         if named_attempt_id and matched_by_metadata and (attempt is None or attempt.id != named_attempt_id):
@@ -384,10 +402,15 @@ def _apply_payment_intent_event(
                 "Stripe's copy of it does not.",
             )
         _mark_processed(session, event_row_id)
-        if attempt is None:
-            return f"no charge attempt for {snapshot.id}"
-        changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
-        return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
+        return _applied(session, attempt, snapshot, actor)
+
+
+def _applied(session: Session, attempt: ChargeAttempt | None, snapshot: PaymentIntentView, actor: str) -> str:
+    """Apply the PaymentIntent to its attempt (binding checked by apply_payment_intent); in words."""
+    if attempt is None:
+        return f"no charge attempt for {snapshot.id}"
+    changed = apply_payment_intent(session, attempt, snapshot, actor=actor)
+    return f"attempt {attempt.id}: {attempt.status}" + ("" if changed else " (no change)")
 
 
 def _flag(

@@ -70,6 +70,11 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-500:]}")
 
+    @property
+    def postmaster_pid(self) -> int:
+        """The server's first process: every backend is its child (benches read their CPU from /proc)."""
+        return int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 

@@ -353,6 +353,16 @@ class Stack:
             if str((pi.get("metadata") or {}).get("invoice_id")) == str(invoice_id)
         ]
 
+    def unregister_webhook_endpoints(self) -> None:
+        """Delete the webhook endpoints that connecting Stripe registered (PUT /api/settings): the
+        emulator then delivers each event once, to its --webhook-url (if any), not once more to them."""
+        auth = {"Authorization": f"Bearer {self.env['STRIPE_API_KEY']}"}
+        status, listed = http("GET", f"{self.emu}/v1/webhook_endpoints", headers=auth)
+        assert status == 200, listed
+        for endpoint in listed["data"]:
+            status, body = http("DELETE", f"{self.emu}/v1/webhook_endpoints/{endpoint['id']}", headers=auth)
+            assert status == 200, body
+
     def faults(self, **faults: Any) -> None:
         status, body = http("POST", self.emu + "/_emulator/faults", faults)
         assert status == 200, body

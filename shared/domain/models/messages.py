@@ -35,6 +35,9 @@ class WebhookEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
     processing_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why the event was stored already processed, when no worker looked at it for a reason worth
+    # telling: "already_recorded" (shared.services.webhook_intake). NULL otherwise.
+    processed_reason: Mapped[str | None] = mapped_column(String(40))
     # Set when the event did not match what it would change (shared.services.webhooks, EventFlag): it changed
     # nothing, and the Charges page and /metrics show it.
     flagged_reason: Mapped[str | None] = mapped_column(String(40))
