@@ -18,6 +18,8 @@ from shared.services.ports import PendingMessage, Publisher, SessionFactory, Uni
 
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
+# Several attempts in one message (the batch: shared.services.charge_batches).
+TASK_CHARGE_ATTEMPTS = "offsession.charge_attempts"
 TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
 TASK_NOTIFY_CHARGE = "offsession.notify_charge"
 TASK_SEND_LOGIN_LINK = "offsession.send_login_link"
