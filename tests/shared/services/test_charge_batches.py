@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.models import (
@@ -27,7 +27,7 @@ from shared.services import batch, charge_batches, clients, invoices, outbox, pa
 from shared.services.charge_batches import CHARGES_PER_MESSAGE, claim_attempts, run_attempts
 from shared.services.charge_requests import idempotency_key_for, load_invoice_for_charge, request_charge
 from shared.services.charging import RunResult
-from shared.services.janitor import recover_charges
+from shared.services.janitor import recover_charges, republish_stranded
 from shared.services.settings import update_settings
 from tests.support.charge_model import LEASE_SECONDS, START
 from tests.support.factories import TODAY, make_client, make_invoice
@@ -367,3 +367,18 @@ def test_a_group_of_one_runs_like_a_message_of_its_own(
     [attempt_id] = queued_group(session_factory, stripe, ["pm_card_visa"])
     assert run_group(session_factory, stripe, [attempt_id], clock)[attempt_id].status == "succeeded"
     assert payments_of(session_factory, [attempt_id]) == Counter({attempt_id: 1})
+
+
+@pytest.mark.parametrize("message_waiting", [True, False])
+def test_charges_whose_group_message_waits_in_the_outbox_are_not_sent_again_alone(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock, message_waiting: bool
+) -> None:
+    """The broker was down when the batch committed: the group's message waits for the relay, and the
+    recovery sweep leaves its charges to it instead of sending each again alone."""
+    attempt_ids = queued_group(session_factory, stripe, ["pm_card_visa"] * 3)
+    with session_factory() as session, session.begin():
+        outbox.enqueue(session, outbox.TASK_CHARGE_ATTEMPTS, {"attempt_ids": attempt_ids})
+        if not message_waiting:  # it went out, and was lost
+            session.execute(update(OutboxMessage).values(published_at=clock.now()))
+    resent = republish_stranded(session_factory, now=clock.now() + timedelta(seconds=11))
+    assert len(resent) == (0 if message_waiting else 3)
