@@ -124,7 +124,7 @@ def claim_attempts(
         if reached_stripe(attempt):
             # A retry: only a replay under its key is safe, and only while Stripe keeps the key.
             if now - attempt.created_at >= KEY_REPLAY_WINDOW:
-                moved.append(_processing_entry(attempt))
+                session.execute(insert(_AUDIT), _processing_entry(attempt))  # before the move it precedes
                 move_attempt(
                     session,
                     attempt,

@@ -263,6 +263,29 @@ def test_each_attempt_of_a_group_has_its_own_last_look(
     assert moves[-1] == ("queued", "canceled") and ("queued", "processing") not in moves
 
 
+def test_a_retry_in_a_group_too_old_to_replay_goes_to_the_janitor_not_to_stripe(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    fresh, old = queued_group(session_factory, stripe, ["pm_card_visa"] * 2)
+    with session_factory() as session, session.begin():
+        attempt = session.get_one(ChargeAttempt, old)
+        attempt.transient_failures = 1  # an earlier call may have reached Stripe
+        attempt.created_at = clock.now() - timedelta(hours=25)
+    reports = run_group(session_factory, stripe, [fresh, old], clock)
+    assert reports[old].result is RunResult.UNKNOWN
+    assert statuses(session_factory, [fresh, old]) == ["succeeded", "unknown"]
+    assert created_keys(stripe) == [idempotency_key_for(fresh)]
+    with session_factory() as session:
+        moves = [
+            (e.detail.get("from"), e.detail.get("to"))
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.charge_attempt_id == old).order_by(AuditEvent.id)
+            )
+            if e.detail.get("to")
+        ]
+    assert moves[-2:] == [("queued", "processing"), ("processing", "unknown")]
+
+
 # ---- the calls and their outcomes -----------------------------------------------------------------------
 
 
