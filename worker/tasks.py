@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,9 +11,11 @@ from celery import shared_task
 
 from shared.bootstrap import Runtime
 from shared.domain.payments import TransientStripeError
+from shared.log_context import log_context
 from shared.services import outbox
 from shared.services.batch import open_due_retries, run_batch, slot_for
-from shared.services.charging import RunResult, run_attempt
+from shared.services.charge_batches import run_attempts
+from shared.services.charging import RunReport, RunResult, run_attempt
 from shared.services.daily_reconciliation import (
     TASK_RECONCILE_DAY,
     days_to_retry,
@@ -49,20 +52,55 @@ def publish(task_name: str, payload: dict[str, Any], countdown: float | None) ->
 
 @shared_task(name=outbox.TASK_CHARGE_ATTEMPT, acks_late=True)
 def charge_attempt(attempt_id: str) -> str:
+    """One charge: a click's, a retry's, or a message sent before charges were grouped."""
     rt = runtime()
-    factory = rt.sessions
     report = run_attempt(
-        factory,
+        rt.sessions,
         rt.gateway,
         attempt_id,
         lease_seconds=rt.config.charge_lease_seconds,
         max_transient_retries=rt.config.charge_transient_retries,
         leases=rt.lease_keeper,
     )
+    _follow_up(attempt_id, report)
+    # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
+    # request ids bound while the task ran (worker.log_setup, shared.services.charging).
+    _log_settled(attempt_id, report)
+    return report.status or report.result.value
+
+
+@shared_task(name=outbox.TASK_CHARGE_ATTEMPTS, acks_late=True)
+def charge_attempts(attempt_ids: list[str]) -> str:
+    """Several charges of the batch (shared.services.charge_batches): a line per charge, one for all."""
+    rt = runtime()
+    reports = run_attempts(
+        rt.sessions,
+        rt.gateway,
+        attempt_ids,
+        lease_seconds=rt.config.charge_lease_seconds,
+        max_transient_retries=rt.config.charge_transient_retries,
+        leases=rt.lease_keeper,
+    )
+    for attempt_id, report in reports.items():
+        _follow_up(attempt_id, report)
+        with log_context(
+            charge_attempt_id=attempt_id,
+            invoice_id=report.invoice_id,
+            payment_intent_id=report.payment_intent_id,
+        ):
+            _log_settled(attempt_id, report)
+    summary = ", ".join(
+        f"{n} {result}" for result, n in sorted(Counter(r.result.value for r in reports.values()).items())
+    )
+    log.info("charges: %d in this message: %s", len(attempt_ids), summary)
+    return summary
+
+
+def _follow_up(attempt_id: str, report: RunReport) -> None:
     retry = report.retry_message_id
     if report.result is RunResult.RETRY_SCHEDULED and retry is not None and report.retry_countdown:
         # A short wait rides on a countdown; a long one waits in the outbox for the relay.
-        outbox.publish_messages(factory, _with_countdown(report.retry_countdown), [retry])
+        outbox.publish_messages(runtime().sessions, _with_countdown(report.retry_countdown), [retry])
     elif report.result is RunResult.HELD and report.retry_countdown:
         # A redelivery (its worker process was lost) found the lease not yet lapsed: look again when it
         # would have, and take over then if nobody renewed it. A lost look-again leaves it to the sweep.
@@ -70,8 +108,9 @@ def charge_attempt(attempt_id: str) -> str:
             publish(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt_id}, report.retry_countdown)
         except Exception as exc:
             log.warning("charge %s: no look-again published (%s); the recovery sweep has it", attempt_id, exc)
-    # The line that says how the attempt settled; it carries the invoice, attempt, PaymentIntent and
-    # request ids bound while the task ran (worker.log_setup, shared.services.charging).
+
+
+def _log_settled(attempt_id: str, report: RunReport) -> None:
     log.info(
         "charge %s: %s (%s)",
         attempt_id,
@@ -79,7 +118,6 @@ def charge_attempt(attempt_id: str) -> str:
         report.status,
         extra={"result": report.result.value, "status": report.status},
     )
-    return report.status or report.result.value
 
 
 def _with_countdown(countdown: float) -> Publisher:

@@ -64,6 +64,7 @@ _FIXED: dict[str, Any] = {
     "task_send_sent_event": False,
     "task_routes": {
         "offsession.charge_attempt": {"queue": "charges"},
+        "offsession.charge_attempts": {"queue": "charges"},
         "offsession.process_webhook_event": {"queue": "webhooks"},
         "offsession.drain_webhook_events": {"queue": "webhooks"},
         "offsession.notify_charge": {"queue": "webhooks"},

@@ -9,6 +9,10 @@ from sqlalchemy.orm import Session
 
 from shared.domain.models import AuditEvent, table_of
 
+# The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery. Built once, the
+# values bound at each call: composing it with .values() each time cost as much CPU as running it.
+_INSERT = insert(table_of(AuditEvent))
+
 
 def record(
     session: Session,
@@ -40,13 +44,13 @@ def record_row(
     **detail: Any,
 ) -> None:
     """record() as one INSERT, without an ORM object: for a hot path that never reads the entry back."""
-    # The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
     session.execute(
-        insert(table_of(AuditEvent)).values(
-            actor=actor,
-            action=action,
-            invoice_id=invoice_id,
-            charge_attempt_id=charge_attempt_id,
-            detail={k: v for k, v in detail.items() if v is not None},
-        )
+        _INSERT,
+        {
+            "actor": actor,
+            "action": action,
+            "invoice_id": invoice_id,
+            "charge_attempt_id": charge_attempt_id,
+            "detail": {k: v for k, v in detail.items() if v is not None},
+        },
     )

@@ -31,9 +31,10 @@ from shared.domain.models import (
 from shared.domain.refunds import OPEN_DISPUTE_STATUSES
 from shared.domain.states import IN_FLIGHT
 from shared.services import audit, charge_requests
+from shared.services.charge_batches import CHARGES_PER_MESSAGE, enqueue_grouped
 from shared.services.charge_requests import NotChargeable, load_invoice_for_charge
 from shared.services.dunning import blocks_automatic_charge, retries_due
-from shared.services.ports import UnitOfWorkFactory
+from shared.services.ports import UnitOfWork, UnitOfWorkFactory
 from shared.services.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def run_batch(
                     select(DunningState).where(DunningState.invoice_id.in_([i.id for i in page]))
                 )
             }
+            opened: list[str] = []
             for invoice in page:
                 if balance(invoice).amount_due <= 0:
                     continue  # paid: not part of what is due
@@ -175,17 +177,21 @@ def run_batch(
                     continue
                 try:
                     with session.begin_nested():
-                        charge_requests.request_charge(
+                        attempt = charge_requests.request_charge(
                             uow,
                             invoice,
                             source="schedule",
                             requested_by=f"batch:{run_id}",
                             batch_run_id=run_id,
+                            own_message=False,
                         )
                 except NotChargeable as exc:
                     report.skipped[exc.blockers[0].code.value] += 1
                     continue
+                opened.append(attempt.id)
                 report.queued += 1
+            # The page's charges go out a few to a message (shared.services.charge_batches).
+            enqueue_grouped(uow, opened)
             _save_counts(session, run_id, report, finished=False)
     with units() as uow:
         _save_counts(uow.session, run_id, report, finished=True)
@@ -239,35 +245,49 @@ def open_due_retries(
     with factory() as session:
         invoice_ids = retries_due(session, moment)
         session.rollback()
-    for invoice_id in invoice_ids:
+    # A message's worth of retries per transaction: their charges go out together once it commits.
+    for start in range(0, len(invoice_ids), CHARGES_PER_MESSAGE):
         with units() as uow:
-            session = uow.session
-            state = session.get(DunningState, invoice_id, with_for_update=True)
-            if state is None or state.next_attempt_at is None or state.next_attempt_at > moment:
-                continue
-            invoice = load_invoice_for_charge(session, invoice_id, lock=True)
-            assert invoice is not None
-            try:
-                with session.begin_nested():
-                    charge_requests.request_charge(uow, invoice, source="schedule", requested_by="dunning")
-            except NotChargeable as exc:
-                codes = {b.code for b in exc.blockers}
-                if codes & FINAL_BLOCKERS:
-                    session.delete(state)  # paid or void: nothing left to retry
-                else:
-                    # Something passing (a charge in flight, Stripe disconnected...): look again later.
-                    state.next_attempt_at = moment + RETRY_BLOCKED_DELAY
-                audit.record(
-                    session,
-                    "dunning",
-                    "dunning.retry_skipped",
-                    invoice_id=invoice_id,
-                    reasons=sorted(c.value for c in codes),
-                )
-                continue
-            state.next_attempt_at = None  # opened: its own outcome sets the next step
-            opened += 1
+            attempt_ids = [
+                attempt_id
+                for invoice_id in invoice_ids[start : start + CHARGES_PER_MESSAGE]
+                if (attempt_id := _open_due_retry(uow, invoice_id, moment)) is not None
+            ]
+            enqueue_grouped(uow, attempt_ids)
+            opened += len(attempt_ids)
     return opened
+
+
+def _open_due_retry(uow: UnitOfWork, invoice_id: int, moment: datetime) -> str | None:
+    """The retry of one invoice, if still due and chargeable (its attempt id); its message is the caller's."""
+    session = uow.session
+    state = session.get(DunningState, invoice_id, with_for_update=True)
+    if state is None or state.next_attempt_at is None or state.next_attempt_at > moment:
+        return None
+    invoice = load_invoice_for_charge(session, invoice_id, lock=True)
+    assert invoice is not None
+    try:
+        with session.begin_nested():
+            attempt = charge_requests.request_charge(
+                uow, invoice, source="schedule", requested_by="dunning", own_message=False
+            )
+    except NotChargeable as exc:
+        codes = {b.code for b in exc.blockers}
+        if codes & FINAL_BLOCKERS:
+            session.delete(state)  # paid or void: nothing left to retry
+        else:
+            # Something passing (a charge in flight, Stripe disconnected...): look again later.
+            state.next_attempt_at = moment + RETRY_BLOCKED_DELAY
+        audit.record(
+            session,
+            "dunning",
+            "dunning.retry_skipped",
+            invoice_id=invoice_id,
+            reasons=sorted(c.value for c in codes),
+        )
+        return None
+    state.next_attempt_at = None  # opened: its own outcome sets the next step
+    return attempt.id
 
 
 @dataclass(frozen=True)

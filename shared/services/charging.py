@@ -28,6 +28,7 @@ from shared.domain.ledger import balance
 from shared.domain.models import ChargeAttempt, Invoice, utcnow
 from shared.domain.money import format_money
 from shared.domain.payments import (
+    ChargeOutcome,
     ChargeRequest,
     PermanentStripeError,
     TransientStripeError,
@@ -84,6 +85,9 @@ class RunResult(StrEnum):
     APPLIED = "applied"
     RETRY_SCHEDULED = "retry_scheduled"
     UNKNOWN = "unknown"
+    # Recording it raised (a fault of ours): left processing, its lease runs out and the recovery sweep
+    # asks Stripe under its key.
+    ERROR = "error"
 
 
 @dataclass
@@ -94,6 +98,51 @@ class RunReport:
     retry_countdown: float | None = None
     rate_limited: bool = False
     notes: list[str] = field(default_factory=list)
+    # Which invoice and PaymentIntent, once the outcome is recorded (for the log line that tells it).
+    invoice_id: int | None = None
+    payment_intent_id: str | None = None
+
+
+def last_look_blockers(session: Session, attempt: ChargeAttempt, invoice: Invoice) -> list[Blocker]:
+    """Why an attempt that never reached Stripe may no longer be charged (none: it may). The invoice is
+    loaded for charging (load_invoice_for_charge), the settings with it."""
+    blockers = charge_blockers(
+        invoice, get_settings(session), amount=attempt.amount, ignore_attempt_id=attempt.id
+    )
+    due = balance(invoice).amount_due
+    if attempt.amount > due and not any(b.code is BlockerCode.NOTHING_DUE for b in blockers):
+        blockers.append(
+            Blocker(BlockerCode.NOTHING_DUE, f"Only {format_money(due, invoice.currency)} is still due.")
+        )
+    saved = {card.stripe_payment_method_id for card in invoice.client.cards}
+    if saved and attempt.payment_method_id not in saved:
+        # Another card is saved now, but this charge was to use the one the client removed.
+        blockers.append(
+            Blocker(BlockerCode.NO_SAVED_CARD, "The card this charge was to use has been removed.")
+        )
+    return blockers
+
+
+def cancel_at_last_look(
+    session: Session, attempt: ChargeAttempt, blockers: list[Blocker], *, now: datetime
+) -> RunReport:
+    move_attempt(
+        session,
+        attempt,
+        S.CANCELED,
+        "worker",
+        now=now,
+        failure_code="not_chargeable",
+        failure_message=" ".join(b.message for b in blockers),
+    )
+    return RunReport(
+        RunResult.CANCELED_BY_LAST_LOOK, S.CANCELED.value, notes=[b.code.value for b in blockers]
+    )
+
+
+def new_lease(now: datetime, lease_seconds: float) -> tuple[str, datetime]:
+    """The lease a claim made now takes: (this process as its holder, when it runs out unless renewed)."""
+    return process_owner(), now + timedelta(seconds=lease_seconds)
 
 
 def claim_attempt(
@@ -150,37 +199,12 @@ def claim_attempt(
         )
         return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
     if not may_have_reached_stripe:
-        blockers = charge_blockers(
-            invoice, get_settings(session), amount=attempt.amount, ignore_attempt_id=attempt.id
-        )
-        due = balance(invoice).amount_due
-        if attempt.amount > due and not any(b.code is BlockerCode.NOTHING_DUE for b in blockers):
-            blockers.append(
-                Blocker(BlockerCode.NOTHING_DUE, f"Only {format_money(due, invoice.currency)} is still due.")
-            )
-        saved = {card.stripe_payment_method_id for card in invoice.client.cards}
-        if saved and attempt.payment_method_id not in saved:
-            # Another card is saved now, but this charge was to use the one the client removed.
-            blockers.append(
-                Blocker(BlockerCode.NO_SAVED_CARD, "The card this charge was to use has been removed.")
-            )
+        blockers = last_look_blockers(session, attempt, invoice)
         if blockers:
-            move_attempt(
-                session,
-                attempt,
-                S.CANCELED,
-                "worker",
-                now=now,
-                failure_code="not_chargeable",
-                failure_message=" ".join(b.message for b in blockers),
-            )
-            return RunReport(
-                RunResult.CANCELED_BY_LAST_LOOK, S.CANCELED.value, notes=[b.code.value for b in blockers]
-            )
+            return cancel_at_last_look(session, attempt, blockers, now=now)
     # The conditional update is the claim: of two deliveries racing here, one changes a row. A takeover
     # changes it only if the lapsed holder still has it.
-    lease_owner = process_owner()
-    lease_expires_at = now + timedelta(seconds=lease_seconds)
+    lease_owner, lease_expires_at = new_lease(now, lease_seconds)
     claimed = cast(
         "CursorResult[Any]",
         session.execute(
@@ -266,6 +290,21 @@ def run_attempt(
         return _charge_claimed(factory, gateway, attempt_id, request, max_transient_retries)
 
 
+# What a Stripe call came back with: the outcome, or the error that says nothing was decided there.
+StripeAnswer = (
+    ChargeOutcome | RateBudgetTimeout | RateBudgetUnavailable | TransientStripeError | PermanentStripeError
+)
+
+
+def ask_stripe(gateway: StripePort, request: ChargeRequest) -> StripeAnswer:
+    """The create under the attempt's key; the errors the worker records are returned, not raised (any
+    other exception is a fault of ours: it propagates, and the attempt's lease runs out)."""
+    try:
+        return gateway.create_offsession_payment_intent(request)
+    except (RateBudgetTimeout, RateBudgetUnavailable, TransientStripeError, PermanentStripeError) as exc:
+        return exc
+
+
 def _charge_claimed(
     factory: sessionmaker[Session],
     gateway: StripePort,
@@ -273,40 +312,51 @@ def _charge_claimed(
     request: ChargeRequest,
     max_transient_retries: int,
 ) -> RunReport:
-    try:
-        outcome = gateway.create_offsession_payment_intent(request)
-    except (RateBudgetTimeout, RateBudgetUnavailable):
-        # Nothing was sent: back to the queue, not counted as a Stripe failure.
-        return _requeue_unsent(factory, attempt_id)
-    except TransientStripeError as exc:
-        return _after_transient_error(factory, attempt_id, exc, max_transient_retries)
-    except PermanentStripeError as exc:
-        # A bug or a misconfiguration (invalid request, bad key, idempotency mismatch): stop, keep the key.
-        log.error("permanent Stripe error for charge %s: %s", attempt_id, exc, exc_info=exc)
-        with factory() as session, session.begin():
-            attempt = lock_attempt(session, attempt_id)
-            if not _still_ours(attempt):
-                return RunReport(RunResult.APPLIED, attempt.status)  # settled or taken over meanwhile
-            move_attempt(
-                session,
-                attempt,
-                S.UNKNOWN if exc.is_idempotency_error else S.FAILED,
-                "worker",
-                failure_code=exc.code or exc.kind,
-                failure_message=exc.message,
-                payment_intent_id=exc.payment_intent_id,
-            )
-            bind_log_ids(payment_intent_id=attempt.payment_intent_id)
-            # A refused key or account blocks every charge, with the reason, until an admin connects.
-            stripe_connection.record_refusal(session, exc, attempt.stripe_account_id)
-            return RunReport(RunResult.APPLIED, attempt.status)
-
-    # Stripe's word is applied whoever holds the lease now: it is the truth, and applying it is monotonic.
+    answer = ask_stripe(gateway, request)
     with factory() as session, session.begin():
-        attempt = lock_attempt(session, attempt_id)
-        apply_outcome(session, attempt, outcome, actor="worker")
-        bind_log_ids(payment_intent_id=attempt.payment_intent_id)
+        report = record_answer(session, lock_attempt(session, attempt_id), answer, max_transient_retries)
+        bind_log_ids(payment_intent_id=report.payment_intent_id)
+        return report
+
+
+def record_answer(
+    session: Session, attempt: ChargeAttempt, answer: StripeAnswer, max_transient_retries: int
+) -> RunReport:
+    """Record what Stripe answered for a claimed attempt, locked (lock_attempt), in the caller's
+    transaction: the outcome with its ledger row, or a retry under the same key, or why it stopped."""
+    report = _record_answer(session, attempt, answer, max_transient_retries)
+    report.invoice_id, report.payment_intent_id = attempt.invoice_id, attempt.payment_intent_id
+    return report
+
+
+def _record_answer(
+    session: Session, attempt: ChargeAttempt, answer: StripeAnswer, max_transient_retries: int
+) -> RunReport:
+    if isinstance(answer, RateBudgetTimeout | RateBudgetUnavailable):
+        # Nothing was sent: back to the queue, not counted as a Stripe failure.
+        return _requeue_unsent(session, attempt)
+    if isinstance(answer, TransientStripeError):
+        return _after_transient_error(session, attempt, answer, max_transient_retries)
+    if isinstance(answer, PermanentStripeError):
+        # A bug or a misconfiguration (invalid request, bad key, idempotency mismatch): stop, keep the key.
+        log.error("permanent Stripe error for charge %s: %s", attempt.id, answer, exc_info=answer)
+        if not _still_ours(attempt):
+            return RunReport(RunResult.APPLIED, attempt.status)  # settled or taken over meanwhile
+        move_attempt(
+            session,
+            attempt,
+            S.UNKNOWN if answer.is_idempotency_error else S.FAILED,
+            "worker",
+            failure_code=answer.code or answer.kind,
+            failure_message=answer.message,
+            payment_intent_id=answer.payment_intent_id,
+        )
+        # A refused key or account blocks every charge, with the reason, until an admin connects.
+        stripe_connection.record_refusal(session, answer, attempt.stripe_account_id)
         return RunReport(RunResult.APPLIED, attempt.status)
+    # Stripe's word is applied whoever holds the lease now: it is the truth, and applying it is monotonic.
+    apply_outcome(session, attempt, answer, actor="worker")
+    return RunReport(RunResult.APPLIED, attempt.status)
 
 
 def _still_ours(attempt: ChargeAttempt) -> bool:
@@ -316,58 +366,53 @@ def _still_ours(attempt: ChargeAttempt) -> bool:
 
 
 def _after_transient_error(
-    factory: sessionmaker[Session], attempt_id: str, exc: TransientStripeError, max_retries: int
+    session: Session, attempt: ChargeAttempt, exc: TransientStripeError, max_retries: int
 ) -> RunReport:
-    with factory() as session, session.begin():
-        attempt = lock_attempt(session, attempt_id)
-        if not _still_ours(attempt):
-            # A webhook or the janitor settled it, or another worker took it over, while we waited.
-            return RunReport(RunResult.APPLIED, attempt.status)
-        attempt.transient_failures += 1
-        if attempt.transient_failures > max_retries:
-            move_attempt(
-                session,
-                attempt,
-                S.UNKNOWN,
-                "worker",
-                failure_code=exc.code or "stripe_unreachable",
-                failure_message=f"No answer from Stripe after {attempt.transient_failures} tries: "
-                f"{exc.message}",
-            )
-            return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value, rate_limited=exc.rate_limited)
-        delay = retry_delay(attempt.transient_failures)
-        message_id = _requeue(
+    if not _still_ours(attempt):
+        # A webhook or the janitor settled it, or another worker took it over, while we waited.
+        return RunReport(RunResult.APPLIED, attempt.status)
+    attempt.transient_failures += 1
+    if attempt.transient_failures > max_retries:
+        move_attempt(
             session,
             attempt,
-            delay,
-            failure_code=exc.code or "transient",
-            failure_message=f"Stripe did not answer ({exc.message}); retry {attempt.transient_failures} "
-            f"of {max_retries} with the same key in {delay:.0f}s",
+            S.UNKNOWN,
+            "worker",
+            failure_code=exc.code or "stripe_unreachable",
+            failure_message=f"No answer from Stripe after {attempt.transient_failures} tries: {exc.message}",
         )
-        return RunReport(
-            RunResult.RETRY_SCHEDULED,
-            S.QUEUED.value,
-            retry_message_id=message_id,
-            retry_countdown=delay if delay <= MAX_DIRECT_COUNTDOWN_SECONDS else None,
-            rate_limited=exc.rate_limited,
-        )
+        return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value, rate_limited=exc.rate_limited)
+    delay = retry_delay(attempt.transient_failures)
+    message_id = _requeue(
+        session,
+        attempt,
+        delay,
+        failure_code=exc.code or "transient",
+        failure_message=f"Stripe did not answer ({exc.message}); retry {attempt.transient_failures} "
+        f"of {max_retries} with the same key in {delay:.0f}s",
+    )
+    return RunReport(
+        RunResult.RETRY_SCHEDULED,
+        S.QUEUED.value,
+        retry_message_id=message_id,
+        retry_countdown=delay if delay <= MAX_DIRECT_COUNTDOWN_SECONDS else None,
+        rate_limited=exc.rate_limited,
+    )
 
 
-def _requeue_unsent(factory: sessionmaker[Session], attempt_id: str) -> RunReport:
-    with factory() as session, session.begin():
-        attempt = lock_attempt(session, attempt_id)
-        if not _still_ours(attempt):
-            return RunReport(RunResult.APPLIED, attempt.status)
-        delay = random.uniform(1.0, 5.0)
-        message_id = _requeue(
-            session,
-            attempt,
-            delay,
-            failure_message="Waiting for the Stripe rate budget; nothing was sent yet.",
-        )
-        return RunReport(
-            RunResult.RETRY_SCHEDULED, S.QUEUED.value, retry_message_id=message_id, retry_countdown=delay
-        )
+def _requeue_unsent(session: Session, attempt: ChargeAttempt) -> RunReport:
+    if not _still_ours(attempt):
+        return RunReport(RunResult.APPLIED, attempt.status)
+    delay = random.uniform(1.0, 5.0)
+    message_id = _requeue(
+        session,
+        attempt,
+        delay,
+        failure_message="Waiting for the Stripe rate budget; nothing was sent yet.",
+    )
+    return RunReport(
+        RunResult.RETRY_SCHEDULED, S.QUEUED.value, retry_message_id=message_id, retry_countdown=delay
+    )
 
 
 def _requeue(session: Session, attempt: ChargeAttempt, delay: float, **reason: Unpack[AttemptFields]) -> int:

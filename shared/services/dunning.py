@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from shared.domain.dunning import DeclineFacts, RetryDecision, RetryPolicy, decide, policy_from_env
@@ -83,9 +83,13 @@ def record_decline(
     return decision
 
 
+# Built once, the id bound at each call: it runs for every charge that succeeds.
+_CLEAR_FOR_INVOICE = delete(DunningState).where(DunningState.invoice_id == bindparam("invoice_id"))
+
+
 def clear_for_invoice(session: Session, invoice_id: int) -> None:
     """Paid, or charged by other means: nothing left to retry."""
-    session.execute(delete(DunningState).where(DunningState.invoice_id == invoice_id))
+    session.execute(_CLEAR_FOR_INVOICE, {"invoice_id": invoice_id})
 
 
 def clear_for_client(session: Session, client_id: int, *, actor: str) -> int:

@@ -301,15 +301,16 @@ def republish_stranded(factory: sessionmaker[Session], *, now: datetime | None =
                 ChargeAttempt.status.in_(TAKEN_STATUSES), ChargeAttempt.updated_at >= cutoff
             )
         ).one()
-        # A retry waiting in the outbox for its time (or for the broker to come back) has its message.
-        unpublished = set(
-            session.scalars(
-                select(OutboxMessage.payload["attempt_id"].as_string()).where(
-                    OutboxMessage.published_at.is_(None),
-                    OutboxMessage.task_name == outbox.TASK_CHARGE_ATTEMPT,
-                )
+        # A retry waiting in the outbox for its time (or a message, alone or the batch's group, waiting
+        # for the broker to come back) is its charge's message.
+        unpublished: set[str] = set()
+        for payload in session.scalars(
+            select(OutboxMessage.payload).where(
+                OutboxMessage.published_at.is_(None),
+                OutboxMessage.task_name.in_((outbox.TASK_CHARGE_ATTEMPT, outbox.TASK_CHARGE_ATTEMPTS)),
             )
-        )
+        ):
+            unpublished.update(payload.get("attempt_ids") or [payload.get("attempt_id")])
         ids = []
         for attempt in attempts:
             if attempt.id in unpublished:

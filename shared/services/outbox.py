@@ -18,6 +18,8 @@ from shared.services.ports import PendingMessage, Publisher, SessionFactory, Uni
 
 # Task names: the contract between shared/ (which writes them) and worker/ (which registers them).
 TASK_CHARGE_ATTEMPT = "offsession.charge_attempt"
+# Several attempts in one message (the batch: shared.services.charge_batches).
+TASK_CHARGE_ATTEMPTS = "offsession.charge_attempts"
 TASK_PROCESS_WEBHOOK_EVENT = "offsession.process_webhook_event"
 TASK_NOTIFY_CHARGE = "offsession.notify_charge"
 TASK_SEND_LOGIN_LINK = "offsession.send_login_link"
@@ -34,17 +36,18 @@ def enqueue(
     return message
 
 
+# The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery. Built once (see
+# _MARK_PUBLISHED below), the values bound at each call.
+_INSERT_RETURNING_ID = insert(table_of(OutboxMessage)).returning(table_of(OutboxMessage).c.id)
+
+
 def enqueue_row(
     session: Session, task_name: str, payload: dict[str, Any], available_at: datetime | None = None
 ) -> int:
     """enqueue() as one INSERT ... RETURNING id, without an ORM object: for a hot path that only needs
     the id (to publish the message once committed). Returns the row's id."""
-    # The Table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
-    table = table_of(OutboxMessage)
     return session.execute(
-        insert(table)
-        .values(task_name=task_name, payload=payload, available_at=available_at)
-        .returning(table.c.id)
+        _INSERT_RETURNING_ID, {"task_name": task_name, "payload": payload, "available_at": available_at}
     ).scalar_one()
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.domain.eligibility import in_flight_attempt
 from shared.domain.ledger import check_payment
-from shared.domain.models import ChargeAttempt, Invoice, Payment, utcnow
+from shared.domain.models import ChargeAttempt, Invoice, Payment, table_of, utcnow
 from shared.domain.payments import PaymentIntentView
 from shared.services import audit
 
@@ -50,26 +50,34 @@ def record_payment(
     return payment
 
 
+# Built once, the values bound at each call (composing a statement costs about as much CPU as running it).
+_PAYMENT_OF_INTENT = select(Payment.id).where(
+    Payment.stripe_payment_intent_id == bindparam("payment_intent_id")
+)
+_INSERT_PAYMENT = insert(table_of(Payment))
+
+
 def record_card_payment(session: Session, attempt: ChargeAttempt, view: PaymentIntentView) -> bool:
     """One ledger row per succeeded PaymentIntent, whoever reports it first: what Stripe received, which
     apply_outcome has checked is the attempt's currency and no more than its amount."""
-    exists = session.scalar(select(Payment.id).where(Payment.stripe_payment_intent_id == view.id))
+    exists = session.scalar(_PAYMENT_OF_INTENT, {"payment_intent_id": view.id})
     if exists is not None:
         return False
     try:
         with session.begin_nested():
             # A plain INSERT (no ORM object, no flush of one): the row is only read by later transactions.
             session.execute(
-                insert(Payment).values(
-                    invoice_id=attempt.invoice_id,
-                    amount=view.amount_received or attempt.amount,
-                    method="card",
-                    received_at=utcnow(),
-                    reference=view.id,
-                    charge_attempt_id=attempt.id,
-                    stripe_payment_intent_id=view.id,
-                    recorded_by="stripe",
-                )
+                _INSERT_PAYMENT,
+                {
+                    "invoice_id": attempt.invoice_id,
+                    "amount": view.amount_received or attempt.amount,
+                    "method": "card",
+                    "received_at": utcnow(),
+                    "reference": view.id,
+                    "charge_attempt_id": attempt.id,
+                    "stripe_payment_intent_id": view.id,
+                    "recorded_by": "stripe",
+                },
             )
     except IntegrityError:
         return False  # recorded by a concurrent reporter a moment ago

@@ -118,6 +118,9 @@ def test_thousand_due_invoices_charged_at_most_once_each(batch_stack: Stack) -> 
     per_invoice = Counter(pi["metadata"]["invoice_number"] for pi in pis)
     assert max(per_invoice.values()) == 1 and len(per_invoice) == 1000
     assert sum(1 for pi in pis if pi["status"] == "succeeded") == outcomes["succeeded"]
+    # Ten charges to a message (shared.services.charge_batches): a hundred messages, not a thousand.
+    logs = st.log("worker0") + st.log("worker1")
+    assert logs.count("Task offsession.charge_attempts[") >= 100 and "in this message" in logs
     print(f"\n1000-invoice batch settled in {elapsed:.1f}s on 2 workers: {dict(outcomes)}")
 
 

@@ -74,15 +74,28 @@ def test_only_the_embedded_broker_makes_folders(tmp_path: Path) -> None:
     assert (embedded / "var" / "broker" / "queue").is_dir()
 
 
-def test_a_charge_whose_pool_process_died_is_sent_again_within_a_second(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "task_name",
+    [
+        # One charge (a click, a retry) and several (the batch's fan-out). The first is also the name of
+        # every message queued before charges were grouped: it must stay registered.
+        "offsession.charge_attempt",
+        "offsession.charge_attempts",
+    ],
+)
+def test_a_charge_whose_pool_process_died_is_sent_again_within_a_second(
+    tmp_path: Path, task_name: str
+) -> None:
     """Celery re-sends the message of a task whose pool process died after the task's default_retry_delay
-    (180 s unless set on the task: Celery has no setting for it)."""
+    (180 s unless set on the task: Celery has no setting for it). Both charge tasks go to the charge
+    workers' queue."""
     env = {**os.environ, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0", "OFFSESSION_HOME": str(tmp_path)}
     code = (
-        "import json; from worker import app; t = app.tasks['offsession.charge_attempt']; "
-        "print(json.dumps([t.retry_on_worker_lost, t.default_retry_delay, t.max_retries]))"
+        f"import json; from worker import app; t = app.tasks[{task_name!r}]; "
+        "print(json.dumps([t.retry_on_worker_lost, t.default_retry_delay, t.max_retries, "
+        "app.amqp.router.route({}, t.name)['queue'].name]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, 1, 5]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, 1, 5, "charges"]

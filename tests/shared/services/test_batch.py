@@ -20,7 +20,7 @@ from shared.domain.models import (
 )
 from shared.domain.payments import AuthenticationRequired, CardDeclined
 from shared.domain.states import AttemptStatus
-from shared.services import batch, dunning
+from shared.services import batch, dunning, outbox
 from shared.services.attempts import apply_outcome, lock_attempt, move_attempt
 from shared.services.settings import update_settings
 from tests.support.factories import TODAY, make_client, make_invoice
@@ -68,7 +68,11 @@ def test_fan_out_page_by_page_queues_each_due_invoice_once(
     )
     assert (report.selected, report.queued) == (27, 25)
     assert dict(report.skipped) == {"no_saved_card": 1, "payment_method_not_online_card": 1}
-    assert len(sent) == 25 and len({p["attempt_id"] for _, p in sent}) == 25
+    # A page's charges share a message (7 to a page, fewer than a message carries): pages of 7, 7, 7 and 4.
+    assert [(name, len(p["attempt_ids"])) for name, p in sent] == [
+        (outbox.TASK_CHARGE_ATTEMPTS, n) for n in (7, 7, 7, 4)
+    ]
+    assert len({attempt_id for _, p in sent for attempt_id in p["attempt_ids"]}) == 25
     with session_factory() as s:
         run = s.scalars(select(BatchRun)).one()
         assert (run.selected, run.queued, run.skipped) == (27, 25, 2)
