@@ -17,7 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adapters.mail import FileMailer
 from shared.domain.ledger import balance
-from shared.domain.models import AuditEvent, Client, Invoice, OutboxMessage, Payment, Refund, utcnow
+from shared.domain.models import (
+    AuditEvent,
+    ChargeAttempt,
+    Client,
+    Invoice,
+    OutboxMessage,
+    Payment,
+    Refund,
+    utcnow,
+)
 from shared.domain.refunds import RefundRefused
 from shared.services import clients, invoices
 from shared.services.batch import run_batch
@@ -26,11 +35,13 @@ from shared.services.charging import run_attempt
 from shared.services.janitor import run_janitor
 from shared.services.notifications import deliver_refund_receipt
 from shared.services.refunds import (
+    KEY_REPLAY_WINDOW,
     STALE_AFTER,
     TASK_NOTIFY_REFUND,
     TASK_RUN_REFUND,
     request_refund,
     run_refund,
+    settle_stale_refunds,
 )
 from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
@@ -254,6 +265,9 @@ def test_a_refund_stripe_refuses_fails_with_stripes_reason_and_moves_no_money(
     refund = _refund(session_factory, refund_id)
     assert refund.status == "failed" and "greater than unrefunded amount" in (refund.failure_reason or "")
     assert _ledger(session_factory, invoice_id) == [TOTAL]
+    assert _refund_audit(session_factory, refund_id, "refund.failed") == [
+        ("stripe", invoice_id, attempt_id, {"refund_id": refund_id, "reason": refund.failure_reason})
+    ]
 
 
 def _payment_intent(factory: sessionmaker[Session], attempt_id: str) -> str:
@@ -380,3 +394,251 @@ def test_an_event_naming_our_refund_from_another_account_or_for_another_amount_c
     assert [o.split(" ")[0] for o in outcomes] == ["flagged", "flagged"], outcomes
     assert _refund(session_factory, refund_id).status == "pending"
     assert _ledger(session_factory, invoice_id) == [TOTAL]
+
+
+def _refund_audit(
+    factory: sessionmaker[Session], refund_id: str, action: str
+) -> list[tuple[str, int | None, str | None, dict[str, Any]]]:
+    """(actor, invoice id, charge attempt id, detail) of the refund's audit entries of `action`: what the
+    invoice's and the charge's history show."""
+    with factory() as session:
+        return [
+            (e.actor, e.invoice_id, e.charge_attempt_id, e.detail)
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
+            )
+            if e.detail.get("refund_id") == refund_id
+        ]
+
+
+def _refund_creates(stripe: FakeStripe) -> int:
+    return len([r for r in stripe.server.requests if r.method == "post" and r.path == "/v1/refunds"])
+
+
+def test_the_janitor_settles_a_refund_stripe_knows_by_its_id_without_asking_for_it_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Stripe took the refund (pending there) and its later success was lost with its webhooks: the
+    janitor reads it by its id, leaves a fresh one alone, and books it once; nothing is created again."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    stripe.server.new_refund_status = "pending"
+    refund_id = _request(session_factory, attempt_id, amount=2_500)
+    run_refund(session_factory, stripe, refund_id)
+    stripe_refund_id = _refund(session_factory, refund_id).stripe_refund_id
+    assert stripe_refund_id is not None and _ledger(session_factory, invoice_id) == [TOTAL]
+    stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"pending": 1}  # still pending there
+    assert settle_stale_refunds(session_factory, stripe, now=utcnow() + STALE_AFTER / 2) == {}
+    stripe.server.settle_refund(stripe_refund_id, "succeeded")
+    stripe.server.take_events()  # lost
+    creates = _refund_creates(stripe)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"succeeded": 1}
+    assert _refund(session_factory, refund_id).status == "succeeded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -2_500]
+    assert _refund_creates(stripe) == creates
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {}  # final: looked at no more
+
+
+def test_past_the_keys_lifetime_the_janitor_looks_for_the_refund_instead_of_replaying_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A day later Stripe may have forgotten the key: a replay could refund twice. The janitor lists the
+    charge's refunds for the row's own id instead: one Stripe made is booked, one it never saw fails (the
+    amount refundable again), and nothing is created."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    other_invoice_id, other_attempt_id = _paid_invoice(session_factory, stripe, 2)
+    made = _request(session_factory, attempt_id, amount=1_000)
+    stripe.server.fail_next("crash", "create_refund")  # Stripe made it; the worker died
+    with pytest.raises(WorkerCrashed):
+        run_refund(session_factory, stripe, made)
+    never_sent = _request(session_factory, other_attempt_id, amount=2_000)
+    stripe.server.fail_next("crash_before", "create_refund")  # the worker died before the call
+    with pytest.raises(WorkerCrashed):
+        run_refund(session_factory, stripe, never_sent)
+    stripe.server.take_events()
+    creates = _refund_creates(stripe)
+    later = utcnow() + KEY_REPLAY_WINDOW + timedelta(minutes=1)
+    assert settle_stale_refunds(session_factory, stripe, now=later) == {"succeeded": 1, "never_made": 1}
+    assert _refund_creates(stripe) == creates
+    assert _refund(session_factory, made).status == "succeeded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+    failed = _refund(session_factory, never_sent)
+    assert (
+        failed.status == "failed" and failed.failure_reason == "Never reached Stripe (no refund of it there)."
+    )
+    assert _ledger(session_factory, other_invoice_id) == [TOTAL]
+    assert [entry[:3] for entry in _refund_audit(session_factory, never_sent, "refund.failed")] == [
+        ("janitor", other_invoice_id, other_attempt_id)
+    ]
+    run_refund(session_factory, stripe, _request(session_factory, other_attempt_id))  # refundable again
+    assert _ledger(session_factory, other_invoice_id) == [TOTAL, -TOTAL]
+
+
+def test_one_sweep_settles_each_stale_refund_by_its_own_outcome(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A replay Stripe refuses (the charge was refunded in the Dashboard meanwhile) fails the refund with
+    Stripe's reason, audited as the janitor's; one Stripe does not answer about stays pending for the next
+    sweep; neither stops the sweep from making a third under its own key."""
+    stripe = FakeStripe()
+    _, unanswered_attempt = _paid_invoice(session_factory, stripe)
+    made_invoice, made_attempt = _paid_invoice(session_factory, stripe, 2)
+    refused_invoice, refused_attempt = _paid_invoice(session_factory, stripe, 3)
+    stripe.server.new_refund_status = "pending"
+    unanswered = _request(session_factory, unanswered_attempt, amount=1_000)
+    run_refund(session_factory, stripe, unanswered)
+    stripe.server.new_refund_status = "succeeded"
+    made = _request(session_factory, made_attempt, amount=1_500)  # its worker never ran
+    refused = _request(session_factory, refused_attempt, amount=1_000)
+    stripe.server.dashboard_refund(_payment_intent(session_factory, refused_attempt), 9_500)
+    stripe.server.take_events()
+    stripe.server.fail_next("5xx", "retrieve_refund", times=20)
+    stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {
+        "unanswered": 1,
+        "succeeded": 1,
+        "refused": 1,
+    }
+    stripe.server.clear_faults()
+    assert _refund(session_factory, unanswered).status == "pending"
+    assert _refund(session_factory, made).status == "succeeded"
+    assert _ledger(session_factory, made_invoice) == [TOTAL, -1_500]
+    failed = _refund(session_factory, refused)
+    assert failed.status == "failed" and "greater than unrefunded amount" in (failed.failure_reason or "")
+    assert _ledger(session_factory, refused_invoice) == [TOTAL]
+    assert _refund_audit(session_factory, refused, "refund.failed") == [
+        ("janitor", refused_invoice, refused_attempt, {"refund_id": refused, "reason": failed.failure_reason})
+    ]
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"pending": 1}
+
+
+def _deliver(factory: sessionmaker[Session], stripe: FakeStripe, event: dict[str, Any]) -> str:
+    with factory() as session, session.begin():
+        row = store_event(session, event)
+    return process_event(factory, stripe, row.id)
+
+
+def _flagged_attempts(factory: sessionmaker[Session]) -> list[str | None]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent.charge_attempt_id)
+                .where(AuditEvent.action == "webhook.flagged")
+                .order_by(AuditEvent.id)
+            )
+        )
+
+
+def test_a_refund_made_elsewhere_is_recorded_only_on_its_charges_account_currency_and_remaining_amount(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A refund with no row of ours (made in the Dashboard) is recorded once it refunds a payment of ours
+    on the account it was made on, in its currency, for no more than remains; otherwise the event is
+    flagged against the charge with the reason, and the ledger does not move."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    pi_id = _payment_intent(session_factory, attempt_id)
+
+    def refund_event(n: int, **changes: Any) -> dict[str, Any]:
+        account = changes.pop("account", None)
+        obj = {
+            "id": f"re_else{n}",
+            "object": "refund",
+            "amount": 1_000,
+            "currency": "usd",
+            "payment_intent": pi_id,
+            "metadata": {},
+            "status": "succeeded",
+            **changes,
+        }
+        return {"id": f"evt_else{n}", "type": "refund.created", "account": account, "data": {"object": obj}}
+
+    outcomes = [
+        _deliver(session_factory, stripe, refund_event(1, account="acct_other")),
+        _deliver(session_factory, stripe, refund_event(2, currency="EUR")),
+        _deliver(session_factory, stripe, refund_event(3, amount=TOTAL + 1, status="pending")),
+    ]
+    assert outcomes == [
+        f"flagged (account_mismatch): Refund re_else1 comes from account acct_other; charge {attempt_id} was "
+        "made on the platform account.",
+        f"flagged (currency_mismatch): Refund re_else2 is in EUR; charge {attempt_id} is in USD.",
+        "flagged (amount_mismatch): Refund re_else3 of 10001 would take back more than the $100.00 left of "
+        f"payment {pi_id}.",
+    ]
+    assert _flagged_attempts(session_factory) == [attempt_id] * 3
+    assert _ledger(session_factory, invoice_id) == [TOTAL]
+    # The same refund, as it is: recorded.
+    assert _deliver(session_factory, stripe, refund_event(4)) == "refund.created: 1 refund(s) recorded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+
+
+def test_a_refund_made_elsewhere_on_a_connected_account_is_recorded_from_that_account_only(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    pi_id = _payment_intent(session_factory, attempt_id)
+    with session_factory() as session, session.begin():  # the charge was made on a connected account
+        session.get_one(ChargeAttempt, attempt_id).stripe_account_id = "acct_connected"
+    obj = {
+        "id": "re_conn",
+        "object": "refund",
+        "amount": 1_000,
+        "currency": "usd",
+        "payment_intent": pi_id,
+        "metadata": {},
+        "status": "succeeded",
+    }
+    platform = _deliver(
+        session_factory, stripe, {"id": "evt_p", "type": "refund.created", "data": {"object": obj}}
+    )
+    assert platform == (
+        f"flagged (account_mismatch): Refund re_conn comes from account platform; charge {attempt_id} was made "
+        "on acct_connected."
+    )
+    connected = {
+        "id": "evt_c",
+        "type": "refund.created",
+        "account": "acct_connected",
+        "data": {"object": obj},
+    }
+    assert _deliver(session_factory, stripe, connected) == "refund.created: 1 refund(s) recorded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+
+
+def test_a_refund_of_a_payment_no_charge_of_ours_made_is_flagged(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A ledger entry that carries a PaymentIntent but no charge attempt (none of ours made it): a refund
+    of it is not ours to record."""
+    stripe = FakeStripe()
+    invoice_id, _ = _paid_invoice(session_factory, stripe)
+    with session_factory() as session, session.begin():
+        session.add(
+            Payment(
+                invoice_id=invoice_id,
+                amount=500,
+                method="card",
+                received_at=utcnow(),
+                stripe_payment_intent_id="pi_not_ours",
+                recorded_by="t",
+            )
+        )
+    obj = {
+        "id": "re_orphan",
+        "object": "refund",
+        "amount": 500,
+        "currency": "usd",
+        "payment_intent": "pi_not_ours",
+        "metadata": {},
+        "status": "succeeded",
+    }
+    outcome = _deliver(
+        session_factory, stripe, {"id": "evt_o", "type": "refund.created", "data": {"object": obj}}
+    )
+    assert (
+        outcome == "flagged (refund_mismatch): Refund re_orphan: payment pi_not_ours is not a charge of ours."
+    )
+    assert _ledger(session_factory, invoice_id) == [TOTAL, 500]
