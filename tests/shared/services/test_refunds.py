@@ -595,8 +595,8 @@ def test_a_refund_made_elsewhere_on_a_connected_account_is_recorded_from_that_ac
         session_factory, stripe, {"id": "evt_p", "type": "refund.created", "data": {"object": obj}}
     )
     assert platform == (
-        f"flagged (account_mismatch): Refund re_conn comes from account platform; charge {attempt_id} was made "
-        "on acct_connected."
+        f"flagged (account_mismatch): Refund re_conn comes from account platform; charge {attempt_id} was "
+        "made on acct_connected."
     )
     connected = {
         "id": "evt_c",
