@@ -53,11 +53,17 @@ TOTAL = 10_000
 
 
 def _paid_invoice(
-    factory: sessionmaker[Session], stripe: FakeStripe, n: int = 1, *, auto_charge: bool = False
+    factory: sessionmaker[Session],
+    stripe: FakeStripe,
+    n: int = 1,
+    *,
+    auto_charge: bool = False,
+    account: str | None = None,
 ) -> tuple[int, str]:
-    """An invoice paid in full by card: (invoice id, charge attempt id)."""
+    """An invoice paid in full by card (on the platform, or on the connected `account`): (invoice id,
+    charge attempt id)."""
     with factory() as session, session.begin():
-        update_settings(session, "test", stripe_connected=True)
+        update_settings(session, "test", stripe_connected=True, stripe_account_id=account or "")
     client_id = clients.create_client(
         factory, stripe, name=f"Client {n}", email=f"c{n}@example.com", actor="t"
     )
@@ -415,13 +421,14 @@ def _refund_creates(stripe: FakeStripe) -> int:
     return len([r for r in stripe.server.requests if r.method == "post" and r.path == "/v1/refunds"])
 
 
+@pytest.mark.parametrize("account", [None, "acct_1Refunds"])
 def test_the_janitor_settles_a_refund_stripe_knows_by_its_id_without_asking_for_it_again(
-    session_factory: sessionmaker[Session],
+    session_factory: sessionmaker[Session], account: str | None
 ) -> None:
     """Stripe took the refund (pending there) and its later success was lost with its webhooks: the
     janitor reads it by its id, leaves a fresh one alone, and books it once; nothing is created again."""
     stripe = FakeStripe()
-    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe, account=account)
     stripe.server.new_refund_status = "pending"
     refund_id = _request(session_factory, attempt_id, amount=2_500)
     run_refund(session_factory, stripe, refund_id)
@@ -430,7 +437,7 @@ def test_the_janitor_settles_a_refund_stripe_knows_by_its_id_without_asking_for_
     stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {"pending": 1}  # still pending there
     assert settle_stale_refunds(session_factory, stripe, now=utcnow() + STALE_AFTER / 2) == {}
-    stripe.server.settle_refund(stripe_refund_id, "succeeded")
+    stripe.server.settle_refund(stripe_refund_id, "succeeded", stripe_account=account)
     stripe.server.take_events()  # lost
     creates = _refund_creates(stripe)
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {"succeeded": 1}
@@ -440,15 +447,16 @@ def test_the_janitor_settles_a_refund_stripe_knows_by_its_id_without_asking_for_
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {}  # final: looked at no more
 
 
+@pytest.mark.parametrize("account", [None, "acct_1Refunds"])
 def test_past_the_keys_lifetime_the_janitor_looks_for_the_refund_instead_of_replaying_it(
-    session_factory: sessionmaker[Session],
+    session_factory: sessionmaker[Session], account: str | None
 ) -> None:
     """A day later Stripe may have forgotten the key: a replay could refund twice. The janitor lists the
     charge's refunds for the row's own id instead: one Stripe made is booked, one it never saw fails (the
     amount refundable again), and nothing is created."""
     stripe = FakeStripe()
-    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
-    other_invoice_id, other_attempt_id = _paid_invoice(session_factory, stripe, 2)
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe, account=account)
+    other_invoice_id, other_attempt_id = _paid_invoice(session_factory, stripe, 2, account=account)
     made = _request(session_factory, attempt_id, amount=1_000)
     stripe.server.fail_next("crash", "create_refund")  # Stripe made it; the worker died
     with pytest.raises(WorkerCrashed):
