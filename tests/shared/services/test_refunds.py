@@ -232,6 +232,12 @@ def test_a_worker_lost_after_stripe_accepted_the_refund_is_settled_by_the_janito
     assert len(creates) == 2  # the lost call and the janitor's replay: same key, same parameters
     assert {r.idempotency_key for r in creates} == {f"offsession:refund:{refund_id}"}
     assert creates[0].params == creates[1].params
+    # What the Dashboard shows of it, and what the janitor finds it by once the key is gone.
+    assert stripe.server.refunds()[0]["metadata"] == {
+        "refund_id": refund_id,
+        "invoice_id": str(invoice_id),
+        "charge_attempt_id": attempt_id,
+    }
     assert _ledger(session_factory, invoice_id) == [TOTAL, -3_000]
     run_refund(session_factory, stripe, refund_id)  # the lost message redelivered: nothing more
     assert _ledger(session_factory, invoice_id) == [TOTAL, -3_000] and len(stripe.server.refunds()) == 1
@@ -575,11 +581,26 @@ def test_a_refund_made_elsewhere_is_recorded_only_on_its_charges_account_currenc
         "flagged (amount_mismatch): Refund re_else3 of 10001 would take back more than the $100.00 left of "
         f"payment {pi_id}.",
     ]
-    assert _flagged_attempts(session_factory) == [attempt_id] * 3
+    assert [
+        _deliver(session_factory, stripe, refund_event(5, amount=0)).split(":")[0],
+        _deliver(session_factory, stripe, refund_event(6, status="mystery")).split(":")[0],
+    ] == ["flagged (amount_mismatch)"] * 2
+    assert _flagged_attempts(session_factory) == [attempt_id] * 5
     assert _ledger(session_factory, invoice_id) == [TOTAL]
-    # The same refund, as it is: recorded.
-    assert _deliver(session_factory, stripe, refund_event(4)) == "refund.created: 1 refund(s) recorded"
-    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+    # One minor unit, as it is: recorded, as Stripe's.
+    assert (
+        _deliver(session_factory, stripe, refund_event(4, amount=1)) == "refund.created: 1 refund(s) recorded"
+    )
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1]
+    with session_factory() as session:
+        row = session.scalars(select(Refund).where(Refund.stripe_refund_id == "re_else4")).one()
+        assert (row.source, row.requested_by, row.status, row.payment_intent_id, row.stripe_account_id) == (
+            "stripe",
+            "stripe",
+            "succeeded",
+            pi_id,
+            None,
+        )
 
 
 def test_a_refund_made_elsewhere_on_a_connected_account_is_recorded_from_that_account_only(
@@ -614,6 +635,8 @@ def test_a_refund_made_elsewhere_on_a_connected_account_is_recorded_from_that_ac
     }
     assert _deliver(session_factory, stripe, connected) == "refund.created: 1 refund(s) recorded"
     assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+    with session_factory() as session:  # the janitor and the page ask that account about it
+        assert session.scalars(select(Refund.stripe_account_id)).all() == ["acct_connected"]
 
 
 def test_a_refund_of_a_payment_no_charge_of_ours_made_is_flagged(
