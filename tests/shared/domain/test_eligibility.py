@@ -159,6 +159,9 @@ def test_the_card_charged_is_one_that_lives_where_the_connection_charges() -> No
     settings = factories.settings()
     settings.stripe_verified_account_id, settings.stripe_livemode = "acct_now", False
     assert usable_card(owner, settings) is here
+    default.stripe_account_id = "acct_now"  # the default card lives there too: it wins over a newer one
+    assert usable_card(owner, settings) is default
+    default.stripe_account_id = "acct_before"
     settings.stripe_verified_account_id = "acct_elsewhere"
     assert usable_card(owner, settings) is None
     assert [b.code for b in charge_blockers(factories.invoice(owner=owner), settings)] == [
