@@ -36,6 +36,8 @@ from shared.services.janitor import run_janitor
 from shared.services.notifications import deliver_refund_receipt
 from shared.services.refunds import (
     KEY_REPLAY_WINDOW,
+    MAX_TRIES,
+    RETRY_DELAY,
     STALE_AFTER,
     TASK_NOTIFY_REFUND,
     TASK_RUN_REFUND,
@@ -673,3 +675,96 @@ def test_a_refund_of_a_payment_no_charge_of_ours_made_is_flagged(
         outcome == "flagged (refund_mismatch): Refund re_orphan: payment pi_not_ours is not a charge of ours."
     )
     assert _ledger(session_factory, invoice_id) == [TOTAL, 500]
+
+
+def _run_refund_messages(factory: sessionmaker[Session], refund_id: str) -> list[OutboxMessage]:
+    with factory() as session:
+        return [
+            m
+            for m in session.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.task_name == TASK_RUN_REFUND)
+                .order_by(OutboxMessage.id)
+            )
+            if m.payload == {"refund_id": refund_id}
+        ]
+
+
+def test_a_refund_stripe_does_not_answer_is_tried_again_later_under_its_key_then_left_to_the_janitor(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """No answer: the worker asks again later, each wait longer (RETRY_DELAY times the tries so far), under
+    the same key; after MAX_TRIES it stops and the janitor settles it, still under that key."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=2_000)
+    assert len(_run_refund_messages(session_factory, refund_id)) == 1  # request_refund's own
+    stripe.server.fail_next("5xx", "create_refund", times=1_000)
+    for tries in range(1, MAX_TRIES):
+        before = utcnow()
+        outcome = run_refund(session_factory, stripe, refund_id)
+        after = utcnow()
+        assert outcome.startswith(f"refund {refund_id}: no answer (")
+        assert outcome.endswith("), retried later under the same key")
+        messages = _run_refund_messages(session_factory, refund_id)
+        assert len(messages) == 1 + tries
+        due = messages[-1].available_at
+        assert due is not None
+        assert (
+            before + RETRY_DELAY * tries <= due.replace(tzinfo=before.tzinfo) <= after + RETRY_DELAY * tries
+        )
+        assert _refund(session_factory, refund_id).tries == tries
+    assert (
+        run_refund(session_factory, stripe, refund_id)
+        == f"refund {refund_id}: no answer, left to the janitor"
+    )
+    assert len(_run_refund_messages(session_factory, refund_id)) == MAX_TRIES  # no more
+    assert _refund(session_factory, refund_id).tries == MAX_TRIES
+    stripe.server.clear_faults()
+    assert settle_stale_refunds(
+        session_factory, stripe, now=utcnow() + STALE_AFTER + timedelta(seconds=1)
+    ) == {"succeeded": 1}
+    creates = [r for r in stripe.server.requests if r.method == "post" and r.path == "/v1/refunds"]
+    assert {r.idempotency_key for r in creates} == {f"offsession:refund:{refund_id}"}
+    assert len(stripe.server.refunds()) == 1
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -2_000]
+
+
+def test_a_refund_message_delivered_again_asks_stripe_nothing_once_stripe_has_the_refund(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=2_000)
+    assert run_refund(session_factory, stripe, refund_id) == f"refund {refund_id}: pending"
+    creates = _refund_creates(stripe)
+    assert run_refund(session_factory, stripe, refund_id) == f"refund {refund_id}: pending already"
+    assert _refund_creates(stripe) == creates and _refund(session_factory, refund_id).tries == 1
+    assert run_refund(session_factory, stripe, "no-such-refund") == "no such refund"
+
+
+def test_a_refusal_that_comes_after_a_webhook_recorded_the_refund_does_not_fail_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The webhook of a refund Stripe accepted lands while the worker's call is out, and the call then meets
+    a refusal: the refund Stripe holds is not failed (its status follows Stripe's word only)."""
+    stripe = FakeStripe()
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=2_000)
+    stripe.server.dashboard_refund(
+        _payment_intent(session_factory, attempt_id), TOTAL
+    )  # so the call is refused
+
+    def webhook_meanwhile(record: Any) -> None:
+        if record.path == "/v1/refunds" and record.method == "post":
+            with session_factory() as session, session.begin():
+                session.get_one(Refund, refund_id).stripe_refund_id = "re_recorded_meanwhile"
+
+    stripe.server.on_request = webhook_meanwhile
+    assert run_refund(session_factory, stripe, refund_id).startswith(
+        f"refund {refund_id}: refused by Stripe: "
+    )
+    refund = _refund(session_factory, refund_id)
+    assert (refund.status, refund.failure_reason) == ("pending", None)
+    assert _refund_audit(session_factory, refund_id, "refund.failed") == []
