@@ -172,7 +172,10 @@ def test_more_than_remains_refundable_is_refused_with_the_reason(
     assert "$40.01 is more than the $40.00 that remains refundable" in refused.value.message
     with pytest.raises(RefundRefused) as bad_reason:
         _request(session_factory, attempt_id, amount=1, reason="because")
-    assert bad_reason.value.code == "invalid_reason"
+    assert (bad_reason.value.code, bad_reason.value.message) == (
+        "invalid_reason",
+        "reason must be one of duplicate, fraudulent, requested_by_customer.",
+    )
     run_refund(session_factory, stripe, _request(session_factory, attempt_id))  # the rest, by default
     with pytest.raises(RefundRefused) as nothing:
         _request(session_factory, attempt_id)
