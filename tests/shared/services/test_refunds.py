@@ -35,12 +35,14 @@ from shared.services.charging import run_attempt
 from shared.services.janitor import run_janitor
 from shared.services.notifications import deliver_refund_receipt
 from shared.services.refunds import (
+    IN_PROGRESS,
     KEY_REPLAY_WINDOW,
     MAX_TRIES,
     RETRY_DELAY,
     STALE_AFTER,
     TASK_NOTIFY_REFUND,
     TASK_RUN_REFUND,
+    RefundNotFound,
     request_refund,
     run_refund,
     settle_stale_refunds,
@@ -771,3 +773,99 @@ def test_a_refusal_that_comes_after_a_webhook_recorded_the_refund_does_not_fail_
     refund = _refund(session_factory, refund_id)
     assert (refund.status, refund.failure_reason) == ("pending", None)
     assert _refund_audit(session_factory, refund_id, "refund.failed") == []
+
+
+def _refusal(factory: sessionmaker[Session], attempt_id: str, **kw: Any) -> tuple[str, str]:
+    with pytest.raises(RefundRefused) as refused:
+        _request(factory, attempt_id, **kw)
+    return refused.value.code, refused.value.message
+
+
+def test_each_refusal_of_a_refund_says_why_and_only_a_refund_not_yet_at_stripe_holds_the_next(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The codes and words the API (409) and the invoice page show. Another refund of the charge waits
+    only while one is on its way to Stripe (pending, no Stripe id yet): not once Stripe holds it (pending
+    there), nor after one failed."""
+    stripe = FakeStripe()
+    _, attempt_id = _paid_invoice(session_factory, stripe)
+    with pytest.raises(RefundNotFound):
+        _request(session_factory, "no-such-charge")
+    first = _request(session_factory, attempt_id, amount=1_000)
+    assert _refusal(session_factory, attempt_id, amount=1_000) == ("refund_in_progress", IN_PROGRESS)
+    stripe.server.new_refund_status = "pending"
+    run_refund(session_factory, stripe, first)  # Stripe holds it now, pending there
+    second = _request(session_factory, attempt_id, amount=1_000)
+    stripe.server.fail_next("crash_before", "create_refund")
+    with pytest.raises(WorkerCrashed):
+        run_refund(session_factory, stripe, second)
+    assert settle_stale_refunds(
+        session_factory, stripe, now=utcnow() + KEY_REPLAY_WINDOW + timedelta(minutes=1)
+    ) == {"pending": 1, "never_made": 1}
+    third = _request(session_factory, attempt_id, amount=1_000, reason="requested_by_customer")
+    with session_factory() as session:
+        row = session.get_one(Refund, third)
+        assert (row.status, row.requested_by, row.source, row.reason, row.amount, row.currency) == (
+            "pending",
+            "admin@example.com",
+            "admin",
+            "requested_by_customer",
+            1_000,
+            "usd",
+        )
+    pi_id = _payment_intent(session_factory, attempt_id)
+    dispute = {
+        "id": "evt_dispute",
+        "type": "charge.dispute.created",
+        "created": 1,
+        "data": {
+            "object": {
+                "id": "dp_1",
+                "object": "dispute",
+                "payment_intent": pi_id,
+                "amount": 1_000,
+                "currency": "usd",
+                "status": "needs_response",
+                "reason": "fraudulent",
+            }
+        },
+    }
+    run_refund(session_factory, stripe, third)
+    _deliver(session_factory, stripe, dispute)
+    assert _refusal(session_factory, attempt_id, amount=1) == (
+        "charge_disputed",
+        "The client's bank disputes this charge: it cannot be refunded while the dispute is open.",
+    )
+
+
+def test_only_a_card_charge_that_succeeded_can_be_refunded(session_factory: sessionmaker[Session]) -> None:
+    stripe = FakeStripe()
+    _paid_invoice(session_factory, stripe)
+    with session_factory() as session, session.begin():
+        invoice = invoices.create_invoice(
+            session,
+            session.scalars(select(Client)).one(),
+            number="INV-Q",
+            currency="usd",
+            total=TOTAL,
+            due_date=date(2026, 11, 1),
+            actor="t",
+        )
+        queued = request_charge(InSession(session), invoice, source="admin", requested_by="t").id
+    assert _refusal(session_factory, queued) == (
+        "not_refundable",
+        "Only a card charge that succeeded can be refunded.",
+    )
+
+
+def test_a_refund_of_a_charge_on_a_connected_account_is_made_there(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe, account="acct_1Refunds")
+    refund_id = _request(session_factory, attempt_id, amount=1_000)
+    assert _refund(session_factory, refund_id).stripe_account_id == "acct_1Refunds"
+    assert run_refund(session_factory, stripe, refund_id) == f"refund {refund_id}: succeeded"
+    assert [r["amount"] for r in stripe.server.refunds("acct_1Refunds")] == [1_000]
+    assert stripe.server.refunds() == []
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
