@@ -592,7 +592,10 @@ def test_a_refund_made_elsewhere_is_recorded_only_on_its_charges_account_currenc
         _deliver(session_factory, stripe, refund_event(5, amount=0)).split(":")[0],
         _deliver(session_factory, stripe, refund_event(6, status="mystery")).split(":")[0],
     ] == ["flagged (amount_mismatch)"] * 2
-    assert _flagged_attempts(session_factory) == [attempt_id] * 5
+    assert _deliver(session_factory, stripe, refund_event(7, currency="")) == (
+        f"flagged (currency_mismatch): Refund re_else7 is in no currency; charge {attempt_id} is in USD."
+    )
+    assert _flagged_attempts(session_factory) == [attempt_id] * 6
     assert _ledger(session_factory, invoice_id) == [TOTAL]
     # One minor unit, as it is: recorded, as Stripe's.
     assert (
