@@ -872,3 +872,65 @@ def test_a_refund_of_a_charge_on_a_connected_account_is_made_there(
     assert [r["amount"] for r in stripe.server.refunds("acct_1Refunds")] == [1_000]
     assert stripe.server.refunds() == []
     assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+
+
+def test_a_dashboard_refund_that_later_fails_is_found_by_its_stripe_id_and_given_back(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A refund made elsewhere carries none of our metadata: its later events find the row it left by
+    Stripe's id, so the failure gives the money back on that row instead of recording another refund."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    made = stripe.server.dashboard_refund(_payment_intent(session_factory, attempt_id), 7_000)
+    _deliver_events(session_factory, stripe)
+    stripe.server.settle_refund(made["id"], "failed")
+    _deliver_events(session_factory, stripe)
+    with session_factory() as session:
+        [row] = session.scalars(select(Refund)).all()
+        assert (row.stripe_refund_id, row.status) == (made["id"], "failed")
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -7_000, 7_000]
+
+
+def test_the_webhook_of_a_refund_whose_worker_died_finds_our_row_by_its_metadata(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Stripe made the refund but the worker died before storing Stripe's id: the refund's event finds our
+    row by metadata.refund_id and completes it, rather than taking it for one made elsewhere."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    refund_id = _request(session_factory, attempt_id, amount=3_000)
+    stripe.server.fail_next("crash", "create_refund")
+    with pytest.raises(WorkerCrashed):
+        run_refund(session_factory, stripe, refund_id)
+    _deliver_events(session_factory, stripe)
+    with session_factory() as session:
+        [row] = session.scalars(select(Refund)).all()
+        assert (row.id, row.status, row.stripe_refund_id) == (
+            refund_id,
+            "succeeded",
+            stripe.server.refunds()[0]["id"],
+        )
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -3_000]
+
+
+def test_a_refund_listed_on_its_charge_without_its_payment_intent_is_bound_by_the_charges(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A Charge's refunds list (charge.refunded) may name only the charge: the refund is bound to the
+    Charge's PaymentIntent, and recorded."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    pi_id = _payment_intent(session_factory, attempt_id)
+    refund = {
+        "id": "re_listed",
+        "object": "refund",
+        "amount": 2_000,
+        "currency": "usd",
+        "metadata": {},
+        "status": "succeeded",
+        "charge": "ch_x",
+    }
+    charge = {"id": "ch_x", "object": "charge", "payment_intent": pi_id, "refunds": {"data": [refund]}}
+    event = {"id": "evt_listed", "type": "charge.refunded", "data": {"object": charge}}
+    assert _deliver(session_factory, stripe, event) == "charge.refunded: 1 refund(s) recorded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -2_000]
