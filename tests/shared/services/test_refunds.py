@@ -816,6 +816,14 @@ def test_each_refusal_of_a_refund_says_why_and_only_a_refund_not_yet_at_stripe_h
             1_000,
             "usd",
         )
+    assert _refund_audit(session_factory, third, "refund.requested") == [
+        (
+            "admin@example.com",
+            row.invoice_id,
+            attempt_id,
+            {"refund_id": third, "amount": 1_000, "currency": "usd", "reason": "requested_by_customer"},
+        )
+    ]
     pi_id = _payment_intent(session_factory, attempt_id)
     dispute = {
         "id": "evt_dispute",
