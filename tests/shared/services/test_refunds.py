@@ -942,3 +942,86 @@ def test_a_refund_listed_on_its_charge_without_its_payment_intent_is_bound_by_th
     event = {"id": "evt_listed", "type": "charge.refunded", "data": {"object": charge}}
     assert _deliver(session_factory, stripe, event) == "charge.refunded: 1 refund(s) recorded"
     assert _ledger(session_factory, invoice_id) == [TOTAL, -2_000]
+
+
+def test_the_janitor_settles_a_refund_waiting_for_an_action_too(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    stripe.server.new_refund_status = "requires_action"
+    refund_id = _request(session_factory, attempt_id, amount=1_000)
+    run_refund(session_factory, stripe, refund_id)
+    assert _refund(session_factory, refund_id).status == "requires_action"
+    stripe.server.settle_refund(_refund(session_factory, refund_id).stripe_refund_id or "", "succeeded")
+    stripe.server.take_events()  # lost
+    stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"succeeded": 1}
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_000]
+
+
+def test_the_janitor_leaves_a_refund_stripe_describes_otherwise_alone_and_counts_each(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """What Stripe answers about a refund does not match the row (another amount): nothing changes, and each
+    such refund is counted."""
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    ids = []
+    for n in (1, 2):
+        _, attempt_id = _paid_invoice(session_factory, stripe, n)
+        refund_id = _request(session_factory, attempt_id, amount=1_000)
+        run_refund(session_factory, stripe, refund_id)
+        stripe.server.settle_refund(_refund(session_factory, refund_id).stripe_refund_id or "", "succeeded")
+        ids.append(refund_id)
+    stripe.server.take_events()
+    with session_factory() as session, session.begin():
+        for refund_id in ids:
+            session.get_one(Refund, refund_id).amount = 999
+    stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"mismatch": 2}
+    assert [_refund(session_factory, refund_id).status for refund_id in ids] == ["pending", "pending"]
+
+
+def test_a_refund_already_in_the_ledger_from_before_refunds_had_rows_is_adopted_not_written_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A Dashboard refund recorded straight into the ledger (no refund row): its next event adopts that
+    entry for the row it writes; the ledger keeps one."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
+    pi_id = _payment_intent(session_factory, attempt_id)
+    with session_factory() as session, session.begin():
+        entry = Payment(
+            invoice_id=invoice_id,
+            amount=-1_500,
+            method="card",
+            received_at=utcnow(),
+            stripe_refund_id="re_before",
+            charge_attempt_id=attempt_id,
+            recorded_by="stripe",
+        )
+        session.add(entry)
+        session.flush()
+        entry_id = entry.id
+    obj = {
+        "id": "re_before",
+        "object": "refund",
+        "amount": 1_500,
+        "currency": "usd",
+        "payment_intent": pi_id,
+        "metadata": {},
+        "status": "succeeded",
+    }
+    outcome = _deliver(
+        session_factory, stripe, {"id": "evt_b", "type": "refund.updated", "data": {"object": obj}}
+    )
+    assert outcome == "refund.updated: 0 refund(s) recorded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_500]
+    with session_factory() as session:
+        assert session.scalars(select(Refund.ledger_payment_id)).all() == [entry_id]
+    again = _deliver(
+        session_factory, stripe, {"id": "evt_b2", "type": "refund.updated", "data": {"object": obj}}
+    )
+    assert again == "refund.updated: 0 refund(s) recorded"
+    assert _ledger(session_factory, invoice_id) == [TOTAL, -1_500]
