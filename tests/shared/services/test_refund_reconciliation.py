@@ -354,3 +354,26 @@ def test_the_janitor_leaves_a_refund_stripe_describes_otherwise_alone_and_counts
     stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {"mismatch": 2}
     assert [refund_row(session_factory, refund_id).status for refund_id in ids] == ["pending", "pending"]
+
+
+def test_a_janitor_replay_refused_after_a_webhook_recorded_the_refund_does_not_fail_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The refund's webhook lands while the janitor's replay is out, and the replay then meets a refusal:
+    the refund Stripe holds is left as Stripe said, not failed."""
+    stripe = FakeStripe()
+    _, attempt_id = paid_invoice(session_factory, stripe)
+    refund_id = admin_refund(session_factory, attempt_id, amount=2_000)  # its worker never ran
+    stripe.server.dashboard_refund(payment_intent_of(session_factory, attempt_id), TOTAL)  # so it is refused
+    stripe.server.take_events()
+
+    def webhook_meanwhile(record: Any) -> None:
+        if record.path == "/v1/refunds" and record.method == "post":
+            with session_factory() as session, session.begin():
+                session.get_one(Refund, refund_id).stripe_refund_id = "re_recorded_meanwhile"
+
+    stripe.server.on_request = webhook_meanwhile
+    stale = utcnow() + STALE_AFTER + timedelta(seconds=1)
+    assert settle_stale_refunds(session_factory, stripe, now=stale) == {"refused": 1}
+    refund = refund_row(session_factory, refund_id)
+    assert (refund.status, refund.failure_reason) == ("pending", None)
