@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import ChargeAttempt, Payment, Refund, utcnow
+from shared.domain.models import AuditEvent, ChargeAttempt, Payment, Refund, utcnow
 from shared.domain.refunds import RefundRefused
 from shared.services.refunds import STALE_AFTER, run_refund, settle_stale_refunds
 from shared.services.webhooks import process_event, store_event
@@ -377,3 +377,41 @@ def test_a_janitor_replay_refused_after_a_webhook_recorded_the_refund_does_not_f
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {"refused": 1}
     refund = refund_row(session_factory, refund_id)
     assert (refund.status, refund.failure_reason) == ("pending", None)
+
+
+def test_the_ledger_entry_of_a_refund_says_what_it_is_and_is_audited(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The negative entry (what the invoice page lists, and what the ledger is deduplicated by: Stripe's
+    refund id) and the audit line of the money given back."""
+    stripe = FakeStripe()
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    pi_id = payment_intent_of(session_factory, attempt_id)
+    refund_id = admin_refund(session_factory, attempt_id, amount=2_500)
+    run_refund(session_factory, stripe, refund_id)
+    refund = refund_row(session_factory, refund_id)
+    with session_factory() as session:
+        entry = session.scalars(select(Payment).where(Payment.amount < 0)).one()
+        assert (
+            entry.amount,
+            entry.method,
+            entry.reference,
+            entry.charge_attempt_id,
+            entry.stripe_refund_id,
+            entry.recorded_by,
+        ) == (
+            -2_500,
+            "card",
+            f"Refund {refund.stripe_refund_id} of {pi_id}",
+            attempt_id,
+            refund.stripe_refund_id,
+            "stripe",
+        )
+        assert refund.ledger_payment_id == entry.id
+        audited = session.scalars(select(AuditEvent).where(AuditEvent.action == "payment.refunded")).one()
+        assert (audited.actor, audited.invoice_id, audited.charge_attempt_id, audited.detail) == (
+            "stripe",
+            invoice_id,
+            attempt_id,
+            {"refund_id": refund.stripe_refund_id, "amount": 2_500},
+        )
