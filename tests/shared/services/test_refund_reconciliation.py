@@ -415,3 +415,66 @@ def test_the_ledger_entry_of_a_refund_says_what_it_is_and_is_audited(
             attempt_id,
             {"refund_id": refund.stripe_refund_id, "amount": 2_500},
         )
+
+
+def test_an_event_about_our_refund_that_does_not_match_it_is_flagged_with_what_differs(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Found by its metadata but under another Stripe id, naming another of our payments, or in another
+    currency: flagged with the difference in words, and the refund stays as it was."""
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    _, other_attempt_id = paid_invoice(session_factory, stripe, 2)
+    other_pi = payment_intent_of(session_factory, other_attempt_id)
+    refund_id = admin_refund(session_factory, attempt_id, amount=2_000)
+    run_refund(session_factory, stripe, refund_id)
+    stripe.server.take_events()
+    refund = refund_row(session_factory, refund_id)
+    ours = {
+        "id": refund.stripe_refund_id,
+        "object": "refund",
+        "amount": 2_000,
+        "currency": "usd",
+        "payment_intent": refund.payment_intent_id,
+        "metadata": {"refund_id": refund_id},
+        "status": "succeeded",
+    }
+    forged = [
+        {**ours, "id": "re_another"},
+        {**ours, "payment_intent": other_pi},
+        {**ours, "currency": "eur"},
+    ]
+    outcomes = [
+        deliver(
+            session_factory, stripe, {"id": f"evt_x{n}", "type": "refund.updated", "data": {"object": obj}}
+        )
+        for n, obj in enumerate(forged)
+    ]
+    assert outcomes == [
+        f"flagged (refund_mismatch): Refund re_another is not refund {refund_id}'s "
+        f"({refund.stripe_refund_id}).",
+        f"flagged (payment_intent_mismatch): Refund {refund.stripe_refund_id} refunds {other_pi}, not "
+        f"{refund.payment_intent_id} (refund {refund_id}).",
+        f"flagged (currency_mismatch): Refund {refund.stripe_refund_id} is in EUR (refund {refund_id}).",
+    ]
+    assert refund_row(session_factory, refund_id).status == "pending"
+    assert ledger(session_factory, invoice_id) == [TOTAL]
+
+
+def test_the_events_of_a_refund_on_a_connected_account_apply_from_that_account(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe, account="acct_1Refunds")
+    refund_id = admin_refund(session_factory, attempt_id, amount=2_000)
+    run_refund(session_factory, stripe, refund_id)
+    stripe.server.settle_refund(
+        refund_row(session_factory, refund_id).stripe_refund_id or "",
+        "succeeded",
+        stripe_account="acct_1Refunds",
+    )
+    deliver_events(session_factory, stripe)
+    assert refund_row(session_factory, refund_id).status == "succeeded"
+    assert ledger(session_factory, invoice_id) == [TOTAL, -2_000]
