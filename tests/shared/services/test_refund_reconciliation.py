@@ -219,11 +219,42 @@ def test_a_dashboard_refund_that_later_fails_is_found_by_its_stripe_id_and_given
     made = stripe.server.dashboard_refund(payment_intent_of(session_factory, attempt_id), 7_000)
     deliver_events(session_factory, stripe)
     stripe.server.settle_refund(made["id"], "failed")
-    deliver_events(session_factory, stripe)
+    outcomes = deliver_events(session_factory, stripe)
+    # The first of the failure's two events gives the money back; the other changes nothing.
+    assert sorted(outcome.split(": ")[1] for outcome in outcomes) == [
+        "0 refund(s) recorded",
+        "1 refund(s) recorded",
+    ]
     with session_factory() as session:
         [row] = session.scalars(select(Refund)).all()
         assert (row.stripe_refund_id, row.status) == (made["id"], "failed")
+        back = session.get_one(Payment, row.reversal_payment_id)
+        assert (back.amount, back.method, back.reference, back.charge_attempt_id, back.recorded_by) == (
+            7_000,
+            "card",
+            f"Refund {made['id']} failed: given back",
+            attempt_id,
+            "stripe",
+        )
     assert ledger(session_factory, invoice_id) == [TOTAL, -7_000, 7_000]
+
+
+def test_a_refund_that_fails_before_it_succeeded_never_touches_the_ledger(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    stripe.server.new_refund_status = "pending"
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    refund_id = admin_refund(session_factory, attempt_id, amount=3_000)
+    run_refund(session_factory, stripe, refund_id)
+    deliver_events(session_factory, stripe)
+    stripe.server.settle_refund(refund_row(session_factory, refund_id).stripe_refund_id or "", "failed")
+    assert set(deliver_events(session_factory, stripe)) == {
+        "refund.failed: 0 refund(s) recorded",
+        "refund.updated: 0 refund(s) recorded",
+    }
+    assert refund_row(session_factory, refund_id).status == "failed"
+    assert ledger(session_factory, invoice_id) == [TOTAL]
 
 
 def test_the_webhook_of_a_refund_whose_worker_died_finds_our_row_by_its_metadata(
@@ -408,6 +439,13 @@ def test_the_ledger_entry_of_a_refund_says_what_it_is_and_is_audited(
             "stripe",
         )
         assert refund.ledger_payment_id == entry.id
+        moved = session.scalars(select(AuditEvent).where(AuditEvent.action == "refund.succeeded")).one()
+        assert (moved.actor, moved.invoice_id, moved.charge_attempt_id, moved.detail) == (
+            "worker",
+            invoice_id,
+            attempt_id,
+            {"refund_id": refund_id, "stripe_refund_id": refund.stripe_refund_id, "amount": 2_500},
+        )
         audited = session.scalars(select(AuditEvent).where(AuditEvent.action == "payment.refunded")).one()
         assert (audited.actor, audited.invoice_id, audited.charge_attempt_id, audited.detail) == (
             "stripe",
