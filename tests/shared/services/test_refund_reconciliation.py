@@ -516,3 +516,28 @@ def test_the_events_of_a_refund_on_a_connected_account_apply_from_that_account(
     deliver_events(session_factory, stripe)
     assert refund_row(session_factory, refund_id).status == "succeeded"
     assert ledger(session_factory, invoice_id) == [TOTAL, -2_000]
+
+
+def test_only_an_open_dispute_of_the_charge_itself_holds_its_refund_back(
+    session_factory: sessionmaker[Session],
+) -> None:
+    stripe = FakeStripe()
+    _, attempt_id = paid_invoice(session_factory, stripe)
+    _, other_attempt_id = paid_invoice(session_factory, stripe, 2)
+
+    def dispute(n: int, attempt: str, status: str) -> dict[str, Any]:
+        obj = {
+            "id": f"dp_{n}",
+            "object": "dispute",
+            "payment_intent": payment_intent_of(session_factory, attempt),
+            "amount": 1_000,
+            "currency": "usd",
+            "status": status,
+            "reason": "fraudulent",
+        }
+        return {"id": f"evt_dp{n}", "type": "charge.dispute.created", "created": n, "data": {"object": obj}}
+
+    deliver(session_factory, stripe, dispute(1, other_attempt_id, "needs_response"))  # another charge's
+    deliver(session_factory, stripe, dispute(2, attempt_id, "won"))  # this charge's, closed
+    refund_id = admin_refund(session_factory, attempt_id, amount=1_000)
+    assert run_refund(session_factory, stripe, refund_id) == f"refund {refund_id}: succeeded"

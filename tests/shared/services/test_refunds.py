@@ -221,14 +221,16 @@ def test_a_refund_stripe_refuses_fails_with_stripes_reason_and_moves_no_money(
     ]
 
 
-def _auto_charge_changes(factory: sessionmaker[Session], invoice_id: int) -> list[tuple[str, dict[str, Any]]]:
+def _auto_charge_changes(
+    factory: sessionmaker[Session], invoice_id: int
+) -> list[tuple[str, str | None, dict[str, Any]]]:
     with factory() as session:
         rows = session.execute(
-            select(AuditEvent.actor, AuditEvent.detail)
+            select(AuditEvent.actor, AuditEvent.charge_attempt_id, AuditEvent.detail)
             .where(AuditEvent.invoice_id == invoice_id, AuditEvent.action == "invoice.auto_charge_changed")
             .order_by(AuditEvent.id)
         ).all()
-        return [(actor, detail) for actor, detail in rows]
+        return [(actor, charge, detail) for actor, charge, detail in rows]
 
 
 def test_a_refund_turns_auto_charge_off_so_the_refunded_amount_is_not_charged_again(
@@ -240,7 +242,7 @@ def test_a_refund_turns_auto_charge_off_so_the_refunded_amount_is_not_charged_ag
     with session_factory() as session:  # in the refund's own transaction, audited
         assert session.get_one(Invoice, invoice_id).auto_charge is False
     assert _auto_charge_changes(session_factory, invoice_id) == [
-        ("admin@example.com", {"from": True, "to": False, "because": f"refund {refund_id}"})
+        ("admin@example.com", attempt_id, {"from": True, "to": False, "because": f"refund {refund_id}"})
     ]
     run_refund(session_factory, stripe, refund_id)
     assert amount_due(session_factory, invoice_id) == 2_500
@@ -268,7 +270,7 @@ def test_a_dashboard_refund_turns_auto_charge_off_once(session_factory: sessionm
         assert session.get_one(Invoice, invoice_id).auto_charge is False
         stripe_refund_id = session.scalars(select(Refund.stripe_refund_id)).one()
     assert _auto_charge_changes(session_factory, invoice_id) == [
-        ("stripe", {"from": True, "to": False, "because": f"refund {stripe_refund_id}"})
+        ("stripe", attempt_id, {"from": True, "to": False, "because": f"refund {stripe_refund_id}"})
     ]
 
 
