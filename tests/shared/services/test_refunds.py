@@ -313,6 +313,7 @@ def test_the_janitor_settles_a_refund_stripe_knows_by_its_id_without_asking_for_
     creates = refund_creates(stripe)
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {"succeeded": 1}
     assert refund_row(session_factory, refund_id).status == "succeeded"
+    assert [entry[0] for entry in refund_audit(session_factory, refund_id, "refund.succeeded")] == ["janitor"]
     assert ledger(session_factory, invoice_id) == [TOTAL, -2_500]
     assert refund_creates(stripe) == creates
     assert settle_stale_refunds(session_factory, stripe, now=stale) == {}  # final: looked at no more
