@@ -72,6 +72,10 @@ def test_an_event_naming_our_refund_from_another_account_or_for_another_amount_c
             row = store_event(session, event)
         outcomes.append(process_event(session_factory, stripe, row.id))
     assert [o.split(" ")[0] for o in outcomes] == ["flagged", "flagged"], outcomes
+    assert outcomes[0] == (
+        f"flagged (account_mismatch): Refund {refund.stripe_refund_id} comes from account acct_other "
+        f"(refund {refund_id})."
+    )
     assert refund_row(session_factory, refund_id).status == "pending"
     assert ledger(session_factory, invoice_id) == [TOTAL]
 
