@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.domain.eligibility import BlockerCode, charge_blockers
-from shared.domain.models import Client, Dispute
+from shared.domain.eligibility import BlockerCode, charge_blockers, usable_card
+from shared.domain.models import Card, Client, Dispute
 from tests.support import factories
 
 B = BlockerCode
@@ -127,3 +127,43 @@ def test_one_minor_unit_due_is_due_but_below_the_minimum() -> None:
     invoice = factories.invoice(total=10_000, paid=(9_999,))
     assert codes(invoice, factories.settings()) == [B.AMOUNT_BELOW_MINIMUM]
     assert codes(factories.invoice(total=10_000), factories.settings(), amount=1) == [B.AMOUNT_BELOW_MINIMUM]
+
+
+def test_the_card_charged_is_one_that_lives_where_the_connection_charges() -> None:
+    """Once a verification says where charges go (account and mode), a default card saved on another
+    account or in the other mode is passed over for the newest card that lives there, or none."""
+    owner = factories.client(name="Ada Away")
+    default = owner.cards[0]
+    default.stripe_account_id, default.livemode = "acct_before", False
+    here = Card(
+        stripe_payment_method_id="pm_here",
+        brand="visa",
+        last4="1111",
+        exp_month=1,
+        exp_year=2031,
+        is_default=False,
+        stripe_account_id="acct_now",
+        livemode=False,
+    )
+    live = Card(
+        stripe_payment_method_id="pm_live",
+        brand="visa",
+        last4="2222",
+        exp_month=1,
+        exp_year=2031,
+        is_default=False,
+        stripe_account_id="acct_now",
+        livemode=True,
+    )
+    owner.cards.extend([here, live])
+    settings = factories.settings()
+    settings.stripe_verified_account_id, settings.stripe_livemode = "acct_now", False
+    assert usable_card(owner, settings) is here
+    default.stripe_account_id = "acct_now"  # the default card lives there too: it wins over a newer one
+    assert usable_card(owner, settings) is default
+    default.stripe_account_id = "acct_before"
+    settings.stripe_verified_account_id = "acct_elsewhere"
+    assert usable_card(owner, settings) is None
+    assert [b.code for b in charge_blockers(factories.invoice(owner=owner), settings)] == [
+        B.CARD_SAVED_UNDER_OTHER_ACCOUNT
+    ]

@@ -121,3 +121,30 @@ def test_a_refund_may_take_back_exactly_what_was_paid_and_no_more(sqlite_session
         record_payment(sqlite_session, invoice, amount=-601, method="cash")
     record_payment(sqlite_session, invoice, amount=-600, method="cash")
     assert balance(invoice).amount_paid == 0
+
+
+def test_each_refusal_says_what_a_person_can_do_about_it(sqlite_session: Session) -> None:
+    """The refusals are shown as they are (form errors, the API's message): the methods one may use,
+    what is still due (never below nothing, and the card charge holding the rest only when there is
+    one), what was paid when a refund asks for more."""
+    invoice = factories.invoice(total=10_000, paid=(3_000,))
+    factories.persist(sqlite_session, invoice)
+    refusals = []
+    for amount, method in ((100, "bitcoin"), (0, "cash"), (7_001, "cash"), (-3_001, "cash")):
+        with pytest.raises(LedgerError) as refused:
+            record_payment(sqlite_session, invoice, amount=amount, method=method)
+        refusals.append(str(refused.value))
+    assert refusals == [
+        "Unknown payment method 'bitcoin'; use one of card, cash, bank_transfer, cheque, other.",
+        "A payment needs a non-zero whole amount in minor units.",
+        f"$70.01 is more than the $70.00 still due on invoice {invoice.number}.",
+        f"A refund of $30.01 is more than the $30.00 paid on invoice {invoice.number}.",
+    ]
+    charging = factories.attempt(invoice, "processing", amount=7_000)
+    factories.persist(sqlite_session, charging)
+    with pytest.raises(LedgerError) as refused:
+        record_payment(sqlite_session, invoice, amount=1, method="cash")
+    assert str(refused.value) == (
+        f"$0.01 is more than the $0.00 still due on invoice {invoice.number} "
+        "($70.00 is being charged to the card right now)."
+    )

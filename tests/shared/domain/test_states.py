@@ -59,8 +59,11 @@ def test_design_transitions_are_allowed(current: AttemptStatus, target: AttemptS
     ],
 )
 def test_illegal_transitions_raise(current: AttemptStatus, target: AttemptStatus) -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransition) as refused:
         transition(current, target)
+    # What the log and the caller see: the move refused, both ends named.
+    assert (refused.value.current, refused.value.target) == (current, target)
+    assert str(refused.value) == f"a charge attempt cannot go from {current} to {target}"
 
 
 def test_late_failure_never_overwrites_success() -> None:

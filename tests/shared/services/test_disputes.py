@@ -34,9 +34,9 @@ from shared.services.charging import RunResult, run_attempt
 from shared.services.disputes import TASK_NOTIFY_DISPUTE, count_open_disputes, deliver_dispute_notification
 from shared.services.settings import update_settings
 from shared.services.webhooks import process_event, store_event
-from tests.shared.services.test_refunds import TOTAL, _ledger, _paid_invoice, _payment_intent
 from tests.support.factories import TODAY
 from tests.support.fake_stripe import FakeStripe
+from tests.support.refunds import TOTAL, ledger, paid_invoice, payment_intent_of
 from tests.support.unit_of_work import InSession, published, units
 
 DUE_BY = 1_800_000_000
@@ -95,10 +95,10 @@ def test_a_won_dispute_takes_the_money_out_then_puts_it_back_whatever_the_order(
     session_factory: sessionmaker[Session],
 ) -> None:
     stripe = FakeStripe()
-    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
-    events = _won_dispute_events(_payment_intent(session_factory, attempt_id))
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    events = _won_dispute_events(payment_intent_of(session_factory, attempt_id))
     _deliver(session_factory, stripe, events[:2])
-    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
+    assert ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
     with session_factory() as session:
         dispute = session.scalars(select(Dispute)).one()
         assert (dispute.status, dispute.reason, dispute.amount) == (
@@ -110,7 +110,7 @@ def test_a_won_dispute_takes_the_money_out_then_puts_it_back_whatever_the_order(
         assert count_open_disputes(session) == 1
 
     _deliver(session_factory, stripe, list(reversed(events)) + events)  # late, twice, out of order
-    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL, TOTAL]
+    assert ledger(session_factory, invoice_id) == [TOTAL, -TOTAL, TOTAL]
     with session_factory() as session:
         assert session.scalars(select(Dispute.status)).one() == "won"
         assert count_open_disputes(session) == 0
@@ -122,10 +122,10 @@ def test_a_reinstatement_that_overtakes_the_withdrawal_still_records_both_once(
     session_factory: sessionmaker[Session],
 ) -> None:
     stripe = FakeStripe()
-    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
-    events = _won_dispute_events(_payment_intent(session_factory, attempt_id))
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    events = _won_dispute_events(payment_intent_of(session_factory, attempt_id))
     _deliver(session_factory, stripe, [events[4], events[1], events[0]])
-    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL, TOTAL]
+    assert ledger(session_factory, invoice_id) == [TOTAL, -TOTAL, TOTAL]
     with session_factory() as session:
         assert session.scalars(select(Dispute.status)).one() == "won"  # the newest event's word
 
@@ -134,8 +134,8 @@ def test_a_dispute_from_another_account_or_for_more_than_was_paid_changes_nothin
     session_factory: sessionmaker[Session],
 ) -> None:
     stripe = FakeStripe()
-    invoice_id, attempt_id = _paid_invoice(session_factory, stripe)
-    pi_id = _payment_intent(session_factory, attempt_id)
+    invoice_id, attempt_id = paid_invoice(session_factory, stripe)
+    pi_id = payment_intent_of(session_factory, attempt_id)
     foreign = {
         **_event(1, "charge.dispute.funds_withdrawn", pi_id, "needs_response", created=1),
         "account": "acct_x",
@@ -143,7 +143,7 @@ def test_a_dispute_from_another_account_or_for_more_than_was_paid_changes_nothin
     larger = _event(2, "charge.dispute.funds_withdrawn", pi_id, "needs_response", created=1, amount=TOTAL + 1)
     outcomes = _deliver(session_factory, stripe, [foreign, larger])
     assert [o.split(" ")[0] for o in outcomes] == ["flagged", "flagged"]
-    assert _ledger(session_factory, invoice_id) == [TOTAL]
+    assert ledger(session_factory, invoice_id) == [TOTAL]
     with session_factory() as session:
         assert session.scalars(select(Dispute)).all() == []
         reasons = session.scalars(select(WebhookEvent.flagged_reason).order_by(WebhookEvent.id)).all()
@@ -154,11 +154,11 @@ def test_the_admins_are_emailed_once_each_about_a_new_dispute(
     session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     stripe = FakeStripe()
-    _, attempt_id = _paid_invoice(session_factory, stripe)
+    _, attempt_id = paid_invoice(session_factory, stripe)
     with session_factory() as session, session.begin():
         create_admin(session, "ops@example.com", "a long enough password")
         create_admin(session, "owner@example.com", "a long enough password")
-    _deliver(session_factory, stripe, _won_dispute_events(_payment_intent(session_factory, attempt_id))[:2])
+    _deliver(session_factory, stripe, _won_dispute_events(payment_intent_of(session_factory, attempt_id))[:2])
     with session_factory() as session:
         dispute_id = session.scalars(select(Dispute.id)).one()
     mailer = FileMailer(tmp_path)
@@ -204,7 +204,7 @@ def _half_paid_invoice_with_a_queued_charge(
         invoice = load_invoice_for_charge(session, invoice_id, lock=True)
         assert invoice is not None
         queued = request_charge(InSession(session), invoice, source="admin", requested_by="t").id
-    return invoice_id, _payment_intent(factory, first), queued
+    return invoice_id, payment_intent_of(factory, first), queued
 
 
 def test_an_open_dispute_stops_every_way_of_charging_the_card_again_until_it_is_closed(
@@ -213,7 +213,7 @@ def test_an_open_dispute_stops_every_way_of_charging_the_card_again_until_it_is_
     stripe = FakeStripe()
     invoice_id, pi_id, queued_id = _half_paid_invoice_with_a_queued_charge(session_factory, stripe)
     _deliver(session_factory, stripe, _won_dispute_events(pi_id)[:2])  # opened, funds withdrawn
-    assert _ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
+    assert ledger(session_factory, invoice_id) == [TOTAL, -TOTAL]
     intents_before = len(stripe.server.payment_intents())
 
     # The worker's last look cancels the charge queued before the dispute opened.
