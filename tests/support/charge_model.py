@@ -32,7 +32,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 import shared.domain.models.base
@@ -265,7 +265,7 @@ class ChargeMachine(RuleBasedStateMachine):
     def pick(items: list[Any], index: int) -> Any:
         return items[index % len(items)] if items else None
 
-    def attempts(self, *statuses: str) -> list[ChargeAttempt]:
+    def attempts(self, *statuses: str) -> list[Row[Any]]:
         """The attempts as committed now, by creation (World.snapshot)."""
         found = self.world.snapshot().attempts
         return [a for a in found if a.status in statuses] if statuses else list(found)
