@@ -21,6 +21,7 @@ from sqlalchemy import make_url
 
 from shared.adapters.migrate import upgrade
 from tests.support.charge_model import REACHED, World, machine_for
+from tests.support.explore_world import RACE_TIMEOUT_SECONDS
 from tests.support.services import PostgresServer
 
 EXAMPLES = int(os.environ.get("EXPLORE_EXAMPLES", "20"))
@@ -107,3 +108,36 @@ def test_charge_path_explored_on_sqlite(sqlite_world: World) -> None:
 @pytest.mark.postgres
 def test_charge_path_explored_on_postgresql(postgres_world: World, postgres_server: PostgresServer) -> None:
     explore(postgres_world, lambda: server_cpu_seconds(postgres_server))
+
+
+@pytest.mark.postgres
+def test_a_race_goes_on_once_the_second_operation_waits_on_the_paused_ones_lock(
+    postgres_world: World,
+) -> None:
+    """The Interleaver resumes the paused operation when the other waits on its row lock (seen in
+    pg_stat_activity), well before the race's timeout."""
+    engine = postgres_world.engine
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE race_probe (id int PRIMARY KEY, n int NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO race_probe VALUES (1, 1)")
+
+    def first() -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("SELECT n FROM race_probe WHERE id = 1 FOR UPDATE")
+            connection.exec_driver_sql("UPDATE race_probe SET n = n + 1 WHERE id = 1")  # paused before this
+
+    def second() -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE race_probe SET n = n * 10 WHERE id = 1")
+
+    started = time.monotonic()
+    outcomes = postgres_world.interleaver.run(
+        first, second, 2, holders=("a", "b"), name_holder=lambda _: None
+    )
+    took = time.monotonic() - started
+    with engine.begin() as connection:
+        n = connection.exec_driver_sql("SELECT n FROM race_probe").scalar_one()
+        connection.exec_driver_sql("DROP TABLE race_probe")
+    assert [o.error for o in outcomes] == [None, None]
+    assert n == 20, "the second update ran before the first one's (it did not wait on the lock)"
+    assert took < RACE_TIMEOUT_SECONDS / 2, f"the race waited {took:.1f} s: the lock wait went unseen"
