@@ -10,9 +10,17 @@ The product runs as it does in production, except that
   (PRODUCT_LEASE_OWNER), and a crash is a BaseException that no handler of the product catches;
 - the broker is a list: messages are taken in any order, again after a crash (acks_late), and twice.
 
-Races run on real concurrent sessions (`Interleaver`): one operation is paused before one of its SQL
-statements (hypothesis picks which) while the other runs; on PostgreSQL the second waits on whatever row
-lock the first holds, on SQLite on the database's write lock, as in production.
+Races run on real concurrent sessions (`Interleaver`, tests/support/explore_world.py): one operation is
+paused before one of its SQL statements (hypothesis picks which) while the other runs; on PostgreSQL the
+second waits on whatever row lock the first holds, on SQLite on the database's write lock, as in
+production. The invariants read the database through one snapshot per committed change (World.snapshot).
+
+A charge waiting for the client's authentication whose card the client removes stays waiting, on
+purpose: Stripe refuses to confirm its PaymentIntent again with the detached card, but an authentication
+already begun at the bank may still complete it, so the product does not cancel it under the client. It
+ends when the client completes it, the admin cancels it, or its authentication expires (the janitor);
+until then the invoice shows awaiting_client_authentication
+(tests/shared/services/test_waiting_charge_card_removed.py).
 
 tests/shared/services/test_charge_exploration.py runs the model within `make test`'s budget; `make
 explore` runs it much longer (scripts/explore.sh). A counterexample hypothesis finds is kept there as a
