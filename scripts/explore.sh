@@ -5,8 +5,10 @@
 # EXPLORE_JOBS processes (default 2) that draw their own random sequences. Each process runs them in
 # chunks of EXPLORE_CHUNK (default 250) so that a run stopped by EXPLORE_SECONDS (a time budget per
 # database, checked between chunks; default none) still counts what it finished. Prints each chunk's
-# count and time and the totals per database; exits non-zero when any invariant failed (the
-# counterexample, shrunk, is in that chunk's output under test-artifacts/explore/).
+# count, time and CPU time and the totals per database (CPU: the test processes', and on PostgreSQL the
+# database server's too, which a shared machine measures more steadily than wall time); exits non-zero
+# when any invariant failed (the counterexample, shrunk, is in that chunk's output under EXPLORE_OUT,
+# default test-artifacts/explore/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +17,7 @@ steps="${EXPLORE_STEPS:-30}"
 jobs="${EXPLORE_JOBS:-2}"
 chunk="${EXPLORE_CHUNK:-250}"
 budget="${EXPLORE_SECONDS:-0}"
-out="test-artifacts/explore"
+out="${EXPLORE_OUT:-test-artifacts/explore}"
 mkdir -p "$out"
 per_job=$(( (examples + jobs - 1) / jobs ))
 
@@ -50,8 +52,11 @@ for database in ${EXPLORE_DATABASES:-sqlite postgresql}; do
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   seconds=$(( $(date +%s) - started ))
   total=$(cat "$out/$database"-*.log | sed -n 's/^explored \([0-9]*\) sequences.*/\1/p' | awk '{s+=$1} END {print s+0}')
-  grep -h "^explored" "$out/$database"-*.log || true
-  echo "explore: $database: ${total:-0} sequences of up to $steps steps in ${seconds} s ($jobs processes)"
+  cpu=$(cat "$out/$database"-*.log | sed -n 's/^explored .*(CPU: \([0-9.]*\) s here\(, \([0-9.]*\) s in the database server\)\{0,1\}).*/\1 \3/p' |
+    awk '{s+=$1+$2} END {printf "%.0f", s}')
+  grep -h "^explored" "$out/$database"-*.log | cut -d';' -f1 || true
+  echo "explore: $database: ${total:-0} sequences of up to $steps steps in ${seconds} s ($jobs processes;" \
+    "CPU ${cpu} s, $(( total > 0 ? cpu * 1000 / total : 0 )) ms a sequence)"
   if [ "$failed" -ne 0 ]; then
     echo "explore: $database: an invariant failed; see $out/$database-*.log" >&2
     status=1

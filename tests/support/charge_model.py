@@ -10,9 +10,17 @@ The product runs as it does in production, except that
   (PRODUCT_LEASE_OWNER), and a crash is a BaseException that no handler of the product catches;
 - the broker is a list: messages are taken in any order, again after a crash (acks_late), and twice.
 
-Races run on real concurrent sessions (`Interleaver`): one operation is paused before one of its SQL
-statements (hypothesis picks which) while the other runs; on PostgreSQL the second waits on whatever row
-lock the first holds, on SQLite on the database's write lock, as in production.
+Races run on real concurrent sessions (`Interleaver`, tests/support/explore_world.py): one operation is
+paused before one of its SQL statements (hypothesis picks which) while the other runs; on PostgreSQL the
+second waits on whatever row lock the first holds, on SQLite on the database's write lock, as in
+production. The invariants read the database through one snapshot per committed change (World.snapshot).
+
+A charge waiting for the client's authentication whose card the client removes stays waiting, on
+purpose: Stripe refuses to confirm its PaymentIntent again with the detached card, but an authentication
+already begun at the bank may still complete it, so the product does not cancel it under the client. It
+ends when the client completes it, the admin cancels it, or its authentication expires (the janitor);
+until then the invoice shows awaiting_client_authentication
+(tests/shared/services/test_waiting_charge_card_removed.py).
 
 tests/shared/services/test_charge_exploration.py runs the model within `make test`'s budget; `make
 explore` runs it much longer (scripts/explore.sh). A counterexample hypothesis finds is kept there as a
@@ -26,17 +34,17 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from sqlalchemy import Engine, event, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session
 
 import shared.domain.models.base
-from shared.adapters.database import UnitOfWork, make_engine
+from shared.adapters.database import UnitOfWork
 from shared.adapters.secret_box import FernetSecretBox
 from shared.domain import ledger
 from shared.domain.binding import Mismatch
@@ -59,6 +67,7 @@ from shared.services import (
 )
 from shared.services.dunning import retry_policy
 from shared.services.settings import SettingsError, update_settings
+from tests.support.explore_world import Interleaver, World
 from tests.support.fake_stripe import FakeClock, FakeStripe, FakeStripeServer, RequestRecord, WorkerCrashed
 
 S = AttemptStatus
@@ -138,103 +147,7 @@ def product_time_and_holders(clock: FakeClock) -> Iterator[None]:
             setattr(target, attribute, value)
 
 
-# ---- races on real sessions ---------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    value: Any = None
-    error: BaseException | None = None
-
-
-class Interleaver:
-    """Runs `first` and `second` side by side on their own connections: `first` is paused before its
-    `pause_at`-th SQL statement while `second` runs (or waits on a lock `first` holds, then `first` goes
-    on). On SQLite a transaction holds the database's write lock from BEGIN IMMEDIATE, so a pause inside
-    one means `second` runs after it."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sqlite = engine.dialect.name == "sqlite"
-        self._local = threading.local()
-        self._paused = threading.Event()
-        self._resume = threading.Event()
-        event.listen(engine, "before_cursor_execute", self._before)
-        event.listen(engine, "after_cursor_execute", self._after)
-        event.listen(engine, "commit", self._ended)
-        event.listen(engine, "rollback", self._ended)
-
-    def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._before)
-        event.remove(self.engine, "after_cursor_execute", self._after)
-        event.remove(self.engine, "commit", self._ended)
-        event.remove(self.engine, "rollback", self._ended)
-
-    def _before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        local = self._local
-        if getattr(local, "pause_at", None) is None:
-            return
-        local.count += 1
-        if local.count == local.pause_at:
-            # Before a BEGIN is between two transactions.
-            self._paused_inside = local.in_transaction and not statement.startswith("BEGIN")
-            self._paused.set()
-            self._resume.wait(timeout=30)
-
-    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("BEGIN"):
-            self._local.in_transaction = True
-
-    def _ended(self, conn: Any) -> None:
-        self._local.in_transaction = False
-
-    def run(
-        self, first: Callable[[], Any], second: Callable[[], Any], pause_at: int, *, holders: tuple[str, str]
-    ) -> tuple[Outcome, Outcome]:
-        self._paused.clear()
-        self._resume.clear()
-        self._paused_inside = False
-        results = (Outcome(), Outcome())
-
-        def run_first() -> None:
-            local = self._local
-            local.pause_at, local.count, local.in_transaction = pause_at, 0, False
-            HOLDER.name = holders[0]
-            try:
-                results[0].value = first()
-            except BaseException as exc:  # a crash is an outcome here
-                results[0].error = exc
-            finally:
-                local.pause_at = None
-                self._paused.set()
-
-        def run_second() -> None:
-            HOLDER.name = holders[1]
-            try:
-                results[1].value = second()
-            except BaseException as exc:
-                results[1].error = exc
-
-        one = threading.Thread(target=run_first)
-        two = threading.Thread(target=run_second)
-        one.start()
-        self._paused.wait(timeout=30)
-        if self.sqlite and self._paused_inside and one.is_alive():
-            self._resume.set()  # the write lock is held: the second can only run after the first
-            one.join()
-            two.start()
-            two.join()
-        else:
-            two.start()
-            # Still running after a moment: waiting on a lock the paused first holds.
-            two.join(timeout=30 if self.sqlite else 0.2)
-            self._resume.set()
-            one.join()
-            two.join()
-        return results
-
-
-# ---- the world: database, Stripe, clock, broker -------------------------------------------------------
+# ---- the broker ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -242,45 +155,6 @@ class Message:
     task: str
     payload: dict[str, Any]
     not_before: datetime
-
-
-@dataclass
-class World:
-    """One database (reset for each example) and what lives beside it."""
-
-    url: str
-    engine: Engine = field(init=False)
-    factory: sessionmaker[Session] = field(init=False)
-    interleaver: Interleaver = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.engine = make_engine(self.url)
-        self.factory = sessionmaker(bind=self.engine, expire_on_commit=False)
-        self.interleaver = Interleaver(self.engine)
-        with self.engine.connect() as connection:
-            self.tables = [
-                name
-                for (name,) in connection.execute(
-                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-                    if self.engine.dialect.name == "postgresql"
-                    else text("SELECT name FROM sqlite_master WHERE type = 'table'")
-                )
-                if name != "alembic_version" and not name.startswith("sqlite_")
-            ]
-
-    def reset(self) -> None:
-        with self.engine.begin() as connection:
-            if self.engine.dialect.name == "postgresql":
-                names = ", ".join(f'"{name}"' for name in self.tables)
-                connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            else:
-                connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-                for name in self.tables:
-                    connection.exec_driver_sql(f'DELETE FROM "{name}"')
-
-    def close(self) -> None:
-        self.interleaver.close()
-        self.engine.dispose()
 
 
 # ---- the machine --------------------------------------------------------------------------------------
@@ -399,15 +273,10 @@ class ChargeMachine(RuleBasedStateMachine):
     def pick(items: list[Any], index: int) -> Any:
         return items[index % len(items)] if items else None
 
-    def attempts(self, *statuses: str) -> list[ChargeAttempt]:
-        with self.factory() as session:
-            # Not by id (a random UUID): a replayed sequence must pick the same attempts.
-            query = select(ChargeAttempt).order_by(ChargeAttempt.created_at, ChargeAttempt.invoice_id)
-            if statuses:
-                query = query.where(ChargeAttempt.status.in_(statuses))
-            found = list(session.scalars(query))
-            session.expunge_all()  # plain records from here on: closing the session must not expire them
-            return found
+    def attempts(self, *statuses: str) -> list[Row[Any]]:
+        """The attempts as committed now, by creation (World.snapshot)."""
+        found = self.world.snapshot().attempts
+        return [a for a in found if a.status in statuses] if statuses else list(found)
 
     # ---- the operations (rules and races share them) ---------------------------------------------
 
@@ -502,9 +371,7 @@ class ChargeMachine(RuleBasedStateMachine):
     def op_janitor(self, quick: bool) -> Callable[[], Any]:
         def sweep() -> Any:
             if quick:
-                return janitor.recover_charges(
-                    self.factory, self.stripe, self.publish, now=self.clock.now()
-                )
+                return janitor.recover_charges(self.factory, self.stripe, self.publish, now=self.clock.now())
             return janitor.run_janitor(self.factory, self.stripe, self.publish, now=self.clock.now())
 
         return sweep
@@ -734,7 +601,11 @@ class ChargeMachine(RuleBasedStateMachine):
         self.racing = True
         try:
             outcomes = self.world.interleaver.run(
-                one, two, pause_at, holders=(self.new_holder(), self.new_holder())
+                one,
+                two,
+                pause_at,
+                holders=(self.new_holder(), self.new_holder()),
+                name_holder=lambda name: setattr(HOLDER, "name", name),
             )
         finally:
             self.racing = False
@@ -831,19 +702,16 @@ class ChargeMachine(RuleBasedStateMachine):
     @invariant()
     def never_more_money_than_the_invoice_total(self) -> None:
         _, _, net_by_invoice = self.stripe_money()
-        with self.factory() as session:
-            for invoice in session.scalars(select(Invoice)):
-                manual = session.scalar(
-                    select(func.coalesce(func.sum(Payment.amount), 0)).where(
-                        Payment.invoice_id == invoice.id, Payment.method != "card"
-                    )
-                )
-                taken = net_by_invoice.get(invoice.id, 0) + manual
-                assert taken <= invoice.total, (
-                    f"invoice {invoice.number}: {taken} taken (card {net_by_invoice.get(invoice.id, 0)}, "
-                    f"manual {manual}) of a total of {invoice.total}"
-                )
-            session.rollback()
+        snapshot = self.world.snapshot()
+        for invoice in snapshot.invoices:
+            manual = sum(
+                p.amount for p in snapshot.payments if p.invoice_id == invoice.id and p.method != "card"
+            )
+            taken = net_by_invoice.get(invoice.id, 0) + manual
+            assert taken <= invoice.total, (
+                f"invoice {invoice.number}: {taken} taken (card {net_by_invoice.get(invoice.id, 0)}, "
+                f"manual {manual}) of a total of {invoice.total}"
+            )
 
     @invariant()
     def ledger_records_only_what_stripe_moved(self) -> None:
@@ -852,9 +720,7 @@ class ChargeMachine(RuleBasedStateMachine):
     def compare_ledger_with_stripe(self, *, exactly: bool) -> None:
         stripe_pis = {pi["id"]: pi for _, pi in self.server.all_payment_intents()}
         stripe_refunds = {r["id"]: r for _, r in self.server.all_refunds()}
-        with self.factory() as session:
-            rows = list(session.scalars(select(Payment).where(Payment.method == "card")))
-            session.expunge_all()
+        rows = [row for row in self.world.snapshot().payments if row.method == "card"]
         charges = {row.stripe_payment_intent_id: row for row in rows if row.stripe_payment_intent_id}
         refunds = {row.stripe_refund_id: row for row in rows if row.stripe_refund_id}
         for pi_id, row in charges.items():
