@@ -95,7 +95,9 @@ def due_invoice_ids(session: Session, today: date, after_id: int, limit: int) ->
                 Invoice.due_date <= today,
                 Invoice.id > after_id,
                 func.coalesce(paid.c.amount, 0) < Invoice.total,
-                ~exists().where(Dispute.invoice_id == Invoice.id, Dispute.status.in_(OPEN_DISPUTE_STATUSES)),
+                ~exists().where(
+                    Dispute.invoice_id == Invoice.id, Dispute.status.in_(OPEN_DISPUTE_STATUSES)
+                ),
             )
             .order_by(Invoice.id)
             .limit(limit)
