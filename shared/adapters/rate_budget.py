@@ -185,6 +185,25 @@ return {1, 0}
 """
 )
 
+# A reservation: ARGV[4] is the furthest ahead (microseconds) a slot may be taken. The slot at the GCRA's
+# next free time is taken (TAT stored) when it is no further ahead than that, and {1, wait} tells the
+# caller to sleep `wait` then send: one round trip per request, however many callers queue. Further
+# ahead (a 429's pause, a long queue) nothing is taken: {0, wait}, and the caller asks again later.
+_RESERVE_LUA = (
+    _LUA_NOW
+    + """
+local new_tat = math.max(tat, now) + interval
+local wait = math.max(0, math.ceil(new_tat - tolerance - now))
+if wait > tonumber(ARGV[4]) then
+  return {0, wait}
+end
+new_tat = math.ceil(new_tat)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
+           'PX', string.format('%.0f', math.max(1, math.ceil((new_tat - now) / 1000))))
+return {1, wait}
+"""
+)
+
 # ARGV[4]: the pause in microseconds. Mirrors paused_tat().
 _SLOW_DOWN_LUA = (
     _LUA_NOW
@@ -199,8 +218,19 @@ return 0
 )
 
 
+# How far ahead a caller may take a slot: deep enough for a process's call threads (64 at 95/s queue about
+# 0.7 s) to wait with one round trip each; callers queued further back sleep and ask again. A 429 seen by
+# this process sends its callers holding a slot back to the queue; slots taken in other processes before
+# it still go out, at most this long's worth.
+MAX_RESERVATION_SECONDS = 1.0
+
+
 class RedisRateBudget(_PollingBudget):
-    """The budget in Redis: one key per account, changed only by Lua scripts (atomic, server clock)."""
+    """The budget in Redis: one key per account, changed only by Lua scripts (atomic, server clock).
+
+    acquire() reserves: the script takes the next free slot and says when it starts, and the caller
+    sleeps until then. Polling (ask, sleep the hinted wait, ask again) made every queued thread of a
+    process wake and ask Redis again at each slot, all but one in vain: a round trip per refusal."""
 
     def __init__(
         self,
@@ -220,6 +250,9 @@ class RedisRateBudget(_PollingBudget):
         # Registered once: later calls send EVALSHA and reload the script if the server forgot it.
         self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)
         self._slow_down_script = redis_client.register_script(_SLOW_DOWN_LUA)
+        self._reserve_script = redis_client.register_script(_RESERVE_LUA)
+        # How many 429 pauses this process has applied: a slot taken before one is given up.
+        self._pauses = 0
         self._gcra_args = [f"{self.interval * 1e6:.3f}", f"{self.tolerance * 1e6:.3f}"]
 
     def key(self, account: str | None) -> str:
@@ -234,10 +267,41 @@ class RedisRateBudget(_PollingBudget):
         )
         return 0.0 if granted else int(wait_us) / 1e6
 
+    def reserve(self, account: str | None, max_ahead: float = MAX_RESERVATION_SECONDS) -> tuple[bool, float]:
+        """(taken, wait): taken, the caller's slot starts in `wait` seconds (0.0: now); not taken, the
+        next slot is `wait` seconds away, further than `max_ahead`."""
+        taken, wait_us = self._reserve_script(
+            keys=[self.key(account)], args=[*self._gcra_args, self._now_arg(), f"{max_ahead * 1e6:.0f}"]
+        )
+        return bool(taken), int(wait_us) / 1e6
+
+    def acquire(self, account: str | None, timeout: float | None = None) -> float:
+        started = self._monotonic()
+        while True:
+            waited = self._monotonic() - started
+            horizon = MAX_RESERVATION_SECONDS
+            if timeout is not None:
+                # Never take a slot the caller will not wait for: it would go unused.
+                horizon = min(horizon, max(0.0, timeout - waited))
+            pauses = self._pauses
+            taken, wait = self.reserve(account, horizon)
+            if taken:
+                if wait > 0:
+                    self._sleep(wait)
+                if self._pauses == pauses:
+                    return waited + wait
+                continue  # Stripe said 429 while this caller slept: queue again behind the pause
+            # The TAT only moves forward, so `wait` is a lower bound: past the deadline, give up now.
+            if timeout is not None and waited + wait > timeout:
+                raise RateBudgetTimeout(budget_account(account), wait, timeout)
+            # Ask again when the slot comes within reach (a reservation then), not when it is due.
+            self._sleep(max(wait - MAX_RESERVATION_SECONDS, 1e-3))
+
     def slow_down(self, account: str | None, seconds: float = DEFAULT_SLOW_DOWN_SECONDS) -> None:
         log.warning(
             "Stripe rate limit hit for %s: pausing its budget %.1fs", budget_account(account), seconds
         )
+        self._pauses += 1
         self._slow_down_script(
             keys=[self.key(account)], args=[*self._gcra_args, self._now_arg(), f"{seconds * 1e6:.0f}"]
         )

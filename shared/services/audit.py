@@ -45,12 +45,28 @@ def record_row(
 ) -> None:
     """record() as one INSERT, without an ORM object: for a hot path that never reads the entry back."""
     session.execute(
-        _INSERT,
-        {
-            "actor": actor,
-            "action": action,
-            "invoice_id": invoice_id,
-            "charge_attempt_id": charge_attempt_id,
-            "detail": {k: v for k, v in detail.items() if v is not None},
-        },
+        _INSERT, row(actor, action, invoice_id=invoice_id, charge_attempt_id=charge_attempt_id, **detail)
     )
+
+
+def row(
+    actor: str,
+    action: str,
+    *,
+    invoice_id: int | None = None,
+    charge_attempt_id: str | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
+    """An entry's values, for record_rows()."""
+    return {
+        "actor": actor,
+        "action": action,
+        "invoice_id": invoice_id,
+        "charge_attempt_id": charge_attempt_id,
+        "detail": {k: v for k, v in detail.items() if v is not None},
+    }
+
+
+def record_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Several entries (audit.row() each) in one INSERT."""
+    session.execute(_INSERT, rows)

@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -159,39 +160,26 @@ def run_batch(
             if not page:
                 break
             after_id = page[-1].id
-            settings = get_settings(session)
             states = {
                 s.invoice_id: s
                 for s in session.scalars(
                     select(DunningState).where(DunningState.invoice_id.in_([i.id for i in page]))
                 )
             }
-            opened: list[str] = []
-            for invoice in page:
-                if balance(invoice).amount_due <= 0:
-                    continue  # paid: not part of what is due
-                report.selected += 1
-                reason = _skip_reason(invoice, settings, states.get(invoice.id), moment)
-                if reason is not None:
-                    report.skipped[reason] += 1
-                    continue
-                try:
-                    with session.begin_nested():
-                        attempt = charge_requests.request_charge(
-                            uow,
-                            invoice,
-                            source="schedule",
-                            requested_by=f"batch:{run_id}",
-                            batch_run_id=run_id,
-                            own_message=False,
-                        )
-                except NotChargeable as exc:
-                    report.skipped[exc.blockers[0].code.value] += 1
-                    continue
-                opened.append(attempt.id)
-                report.queued += 1
+            owing = [invoice for invoice in page if balance(invoice).amount_due > 0]  # paid: not due
+            report.selected += len(owing)
+            opened = charge_requests.open_attempts(
+                session,
+                owing,
+                source="schedule",
+                requested_by=f"batch:{run_id}",
+                batch_run_id=run_id,
+                hold=partial(_held_by_dunning, states, moment),
+            )
+            report.skipped.update(opened.skipped)
+            report.queued += len(opened.attempt_ids)
             # The page's charges go out a few to a message (shared.services.charge_batches).
-            enqueue_grouped(uow, opened)
+            enqueue_grouped(uow, opened.attempt_ids)
             _save_counts(session, run_id, report, finished=False)
     with units() as uow:
         _save_counts(uow.session, run_id, report, finished=True)
@@ -211,9 +199,15 @@ def _skip_reason(invoice: Invoice, settings, state: DunningState | None, now: da
     blockers = charge_blockers(invoice, settings)
     if blockers:
         return blockers[0].code.value
-    if blocks_automatic_charge(state, now) is not None:
-        return SKIP_WAITING_FOR_RETRY
-    return None
+    return _waiting_for_retry(state, now)
+
+
+def _held_by_dunning(states: dict[int, DunningState], now: datetime, invoice: Invoice) -> str | None:
+    return _waiting_for_retry(states.get(invoice.id), now)
+
+
+def _waiting_for_retry(state: DunningState | None, now: datetime) -> str | None:
+    return SKIP_WAITING_FOR_RETRY if blocks_automatic_charge(state, now) is not None else None
 
 
 def _save_counts(session: Session, run_id: int, report: BatchReport, *, finished: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 import uuid
 from multiprocessing.queues import Queue
@@ -98,3 +99,64 @@ def test_the_key_expires_once_the_account_is_idle(redis_url: str) -> None:
     wait_until(lambda: client.exists(budget.key(account)) == 0, timeout=5, what="the idle key expiring")
     assert time.monotonic() - started <= 2 / RATE + 1  # it lives as long as a token takes, no longer
     assert budget.try_acquire(account) == 0.0
+
+
+class CountingBudget(RedisRateBudget):
+    """Counts the budget's Redis round trips (every one is a script call through reserve())."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls = 0
+        self._count_lock = threading.Lock()
+
+    def reserve(self, account: str | None, max_ahead: float = 1.0) -> tuple[bool, float]:
+        with self._count_lock:
+            self.calls += 1
+        return super().reserve(account, max_ahead)
+
+
+def test_threads_queued_on_the_budget_ask_redis_about_once_per_grant(redis_url: str) -> None:
+    """32 threads of one process waiting on a 40/s budget: each takes its slot and sleeps until it, so a
+    grant costs one round trip (polling woke every waiter at each slot to ask again, all but one in vain)."""
+    account = f"acct_{uuid.uuid4().hex[:12]}"
+    budget = CountingBudget(redis.Redis.from_url(redis_url), RATE, BURST)
+    started = time.time()
+    deadline = started + WINDOW_SECONDS
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def call_thread() -> None:
+        while (remaining := deadline - time.time()) > 0:
+            try:
+                budget.acquire(account, timeout=remaining)
+            except RateBudgetTimeout:
+                return
+            with lock:
+                granted.append(time.time())
+
+    threads = [threading.Thread(target=call_thread) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    elapsed = max(granted) - started
+    assert len(granted) <= int(RATE * elapsed) + BURST  # the rate still holds
+    assert len(granted) >= 0.85 * RATE * WINDOW_SECONDS
+    # The timeouts at the end ask once each without a grant: 32 at most.
+    assert budget.calls <= len(granted) + 32
+    assert budget.calls / len(granted) < 1.5
+
+
+def test_a_429_in_this_process_sends_callers_holding_a_slot_back_behind_the_pause(redis_url: str) -> None:
+    account = f"acct_{uuid.uuid4().hex[:12]}"
+    budget = CountingBudget(redis.Redis.from_url(redis_url), RATE, BURST)
+    for _ in range(int(BURST) + 10):
+        assert budget.reserve(account)[0]  # slots taken up to 250 ms ahead
+    # The next caller takes the slot about 275 ms ahead and sleeps; a 429 arrives meanwhile.
+    result: list[float] = []
+    waiter = threading.Thread(target=lambda: result.append(budget.acquire(account, timeout=3.0)))
+    waiter.start()
+    wait_until(lambda: budget.calls > int(BURST) + 10, timeout=5, what="the waiter taking its slot")
+    budget.slow_down(account, 1.0)
+    waiter.join(5)
+    assert result and 0.95 < result[0] < 1.6  # it went after the pause, not in its slot at 275 ms

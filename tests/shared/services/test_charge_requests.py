@@ -1,6 +1,7 @@
-"""request_charge is the one way a charge is opened: the batch and the automatic retries go through it
-(the admin page, the API and the Client Zone: tests/web/test_charge_entry_points.py), and no other
-product code creates a charge attempt."""
+"""Every charge is opened by the rules of charge_requests.new_attempt_values (eligibility, the amount from
+the ledger, the key): request_charge for one (the admin page, the API and the Client Zone:
+tests/web/test_charge_entry_points.py; the automatic retries), open_attempts for a page of the batch,
+and no other product code creates a charge attempt."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import ChargeAttempt, DunningState, Invoice, utcnow
+from shared.domain.models import ChargeAttempt, DunningState, Invoice, Settings, utcnow
 from shared.services import batch, charge_requests
-from shared.services.ports import UnitOfWork
 from shared.services.settings import update_settings
 from tests.support.factories import TODAY, make_client, make_invoice
 from tests.support.unit_of_work import published, units
@@ -24,19 +24,20 @@ PRODUCT = ("shared", "web", "worker", "cli")
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, str]]:
-    """(invoice id, source, requested by) of every charge request_charge opens, which it still opens."""
+    """(invoice id, source, requested by) of every charge opened through new_attempt_values, which still
+    opens them."""
     calls: list[tuple[int, str, str]] = []
-    request_charge = charge_requests.request_charge
+    new_attempt_values = charge_requests.new_attempt_values
 
-    def spy(uow: UnitOfWork, invoice: Invoice, **kwargs: Any) -> Any:
+    def spy(invoice: Invoice, settings: Settings, **kwargs: Any) -> Any:
         calls.append((invoice.id, kwargs["source"], kwargs["requested_by"]))
-        return request_charge(uow, invoice, **kwargs)
+        return new_attempt_values(invoice, settings, **kwargs)
 
-    monkeypatch.setattr(charge_requests, "request_charge", spy)
+    monkeypatch.setattr(charge_requests, "new_attempt_values", spy)
     return calls
 
 
-def test_the_batch_opens_its_charges_through_request_charge(
+def test_the_batch_opens_its_charges_by_the_rules_of_every_charge(
     session_factory: sessionmaker[Session], opened: list[tuple[int, str, str]]
 ) -> None:
     with session_factory() as s, s.begin():
@@ -53,7 +54,7 @@ def test_the_batch_opens_its_charges_through_request_charge(
     assert opened == [(i, "schedule", f"batch:{report.batch_run_id}") for i in invoice_ids]
 
 
-def test_the_retries_open_their_charges_through_request_charge(
+def test_the_retries_open_their_charges_by_the_rules_of_every_charge(
     session_factory: sessionmaker[Session], opened: list[tuple[int, str, str]]
 ) -> None:
     now = utcnow()
