@@ -51,18 +51,23 @@ def test_add_a_card_goes_to_checkout_and_the_return_stores_it(env: Env, world: W
     assert "for your invoices when they are due" in page and 'type="radio"' not in page
     # Without this browser's CSRF token the POST is refused and no session is made.
     assert http.post("/client/cards", data={}).status_code == 400
-    success = save_on_hosted_page(open_checkout(http, env), "5555555555554444")
+    success = save_on_hosted_page(open_checkout(http, env), "4000056655665556")
     assert urlsplit(success).path == "/client/cards/added"
     before = cards(http, world.a.client_id)
 
     back = http.get(local(success))
     assert back.status_code == 303 and back.headers["Location"].endswith("/client/cards")
-    assert "Mastercard ending 4444 saved." in http.get("/client/cards").get_data(as_text=True)
+    assert "Visa ending 5556 saved." in http.get("/client/cards").get_data(as_text=True)
     after = cards(http, world.a.client_id)
-    # The API saved the same Mastercard already, without a fingerprint: this one is a card of its own.
-    assert after == [*before, ("4444", False)]
+    assert after == [*before, ("5556", False)]
     # Coming back twice stores nothing more.
     assert http.get(local(success)).status_code == 303
+    assert cards(http, world.a.client_id) == after
+    # The Mastercard the API saved (with Stripe's fingerprint), saved again on Stripe's page, is kept once.
+    again = save_on_hosted_page(open_checkout(http, env), "5555555555554444")
+    assert http.get(local(again)).status_code == 303
+    page = http.get("/client/cards").get_data(as_text=True)
+    assert "Mastercard ending 4444 was saved already: it is kept once." in page
     assert cards(http, world.a.client_id) == after
 
 
@@ -103,6 +108,6 @@ def test_the_update_your_card_email_leads_to_checkout(env: Env, world: World) ->
     answer = use_link(http, match.group(2))
     assert answer.status_code == 303 and answer.headers["Location"].endswith("/client/cards")
     assert http.get("/client/invoices").status_code != 200  # scoped to the cards
-    success = save_on_hosted_page(open_checkout(http, env), "5555555555554444")
+    success = save_on_hosted_page(open_checkout(http, env), "4000056655665556")
     assert http.get(local(success)).status_code == 303
-    assert ("4444", False) in cards(http, world.a.client_id)[2:]
+    assert ("5556", False) in cards(http, world.a.client_id)[2:]
