@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,18 +38,52 @@ def redis_server() -> Iterator[RedisServer]:
         server.close()
 
 
+# A migrated database costs a copy of one migrated once per session (a file copy on SQLite, CREATE DATABASE
+# ... TEMPLATE on PostgreSQL), not a run of every migration per test; tests/shared/adapters/test_migrations.py
+# runs the migrations themselves. The URLs of the databases made that way: `migrated_engine` leaves them be.
+_COPIED_FROM_TEMPLATE: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head, to be copied (never opened by a test)."""
+    path = tmp_path_factory.mktemp("migrated") / "template.db"
+    upgrade(f"sqlite:///{path}")  # its engine is disposed: the WAL is checkpointed into the file
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """The name of a PostgreSQL database migrated to head, to be copied (nobody stays connected to it)."""
+    url = postgres_server.create_database("migrated")
+    upgrade(url)
+    return url.rsplit("/", 1)[1]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each kind, one per test."""
+    """A database of each kind, one per test: empty, or already migrated when the test uses
+    `migrated_engine` (a copy of the session's migrated template)."""
+    migrated = "migrated_engine" in request.fixturenames
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'test.db'}"
+        path = tmp_path / "test.db"
+        url = f"sqlite:///{path}"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+            _COPIED_FROM_TEMPLATE.add(url)
+        return url
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
+    if not migrated:
+        return server.create_database()
+    url = server.create_database(template=request.getfixturevalue("postgres_template"))
+    _COPIED_FROM_TEMPLATE.add(url)
+    return url
 
 
 @pytest.fixture
 def migrated_engine(database_url: str) -> Iterator[Engine]:
-    upgrade(database_url)
+    if database_url not in _COPIED_FROM_TEMPLATE:  # a database_url of a test's own making
+        upgrade(database_url)
     engine = make_engine(database_url)
     try:
         yield engine
@@ -69,11 +104,11 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @pytest.fixture
-def sqlite_session(tmp_path: Path) -> Iterator[Session]:
+def sqlite_session(tmp_path: Path, sqlite_template: Path) -> Iterator[Session]:
     """A migrated SQLite database only, for fast domain tests that need a session."""
-    url = f"sqlite:///{tmp_path / 'unit.db'}"
-    upgrade(url)
-    engine = make_engine(url)
+    path = tmp_path / "unit.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
     with sessionmaker(bind=engine, expire_on_commit=False)() as s:
         yield s
     engine.dispose()
