@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -18,6 +19,30 @@ from tests.support.services import PostgresServer, RedisServer
 # The tests never read a developer's .env or var/: everything they need is set here or per test.
 os.environ.setdefault("OFFSESSION_API_TOKEN", "test-api-token")
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
+
+# The tests that start real processes (gunicorn, Celery workers, chromium, the chaos and batch runs) and
+# time what they wait for still run one after the other: `make test` runs the suite on two processes
+# (pytest-xdist, `-n 2 --dist loadgroup`) and the scheduler below sends every one of them to the same
+# process, in order, as one group, while the in-process tests are spread over both.
+REAL_PROCESS_TESTS = ("tests/integration/", "tests/browser/")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: inert when xdist is not loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    # The group is named here from the test's path, not by xdist_group marks: pytest-xdist 3.8 carries a
+    # mark's group in the node id, which pytest 9.2's node ids no longer let it change (pytest-xdist
+    # issue #1386), so marked tests would be spread like the others.
+    from xdist.scheduler import LoadGroupScheduling
+
+    class RealProcessesTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(REAL_PROCESS_TESTS):
+                return "real processes"
+            return super()._split_scope(nodeid)
+
+    return RealProcessesTogether(config, log)
 
 
 @pytest.fixture(scope="session")
