@@ -54,8 +54,10 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# Two processes (pytest-xdist): the tests that start real processes all on one of them, in order, the
+# in-process tests spread over both (the scheduler of tests/conftest.py).
 test: install system-test-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The charge path's state machine far longer than `make test` runs it (scripts/explore.sh): EXPLORE_EXAMPLES
 # sequences (default 20000) on SQLite and on PostgreSQL each, over EXPLORE_JOBS processes (default 2);

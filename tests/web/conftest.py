@@ -15,7 +15,6 @@ from argon2 import PasswordHasher
 
 import shared.services.admins
 import web
-from shared.adapters.migrate import upgrade
 from shared.bootstrap import bootstrap
 from shared.services.admins import create_admin
 from tests.support.emulator import running_emulator
@@ -39,22 +38,14 @@ def emulator() -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Migrated once; each test gets a copy (a copy costs far less than running the migrations)."""
-    path = tmp_path_factory.mktemp("template") / "offsession.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
 def env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: str, migrated_template: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: str, sqlite_template: Path
 ) -> Iterator[Env]:
     home = tmp_path / "home"
     home.mkdir()
     db_path = tmp_path / "offsession.db"
-    shutil.copyfile(migrated_template, db_path)
+    shutil.copyfile(sqlite_template, db_path)  # migrated once (tests/conftest.py)
     for name in ("REDIS_URL", "MAIL_URL", "PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in {
