@@ -128,7 +128,10 @@ def drain_webhook_events() -> str:
     )
     if report.failed:
         publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_RETRY_COUNTDOWN_SECONDS)
-    summary = f"{report.outcomes} event(s) processed, {len(report.failed)} failed"
+    summary = (
+        f"{report.outcomes} event(s) processed, {report.repeats} repeating their attempt's outcome, "
+        f"{len(report.failed)} failed"
+    )
     log.info("webhook drain: %s", summary)
     return summary
 

@@ -1,8 +1,10 @@
 """Draining the stored webhook events: one task processes every event with work, batch after batch,
 instead of one message per event; the janitor re-drives what no drain finished.
 
-Each event goes through shared.services.webhooks.process_event (its claim, its transactions, its give-up
-accounting); this module only leases batches and keeps the connections a drain needs.
+A batch's events that now repeat what their attempt recorded (stored while it was in flight) are marked
+processed together, with the endpoint's own predicate (shared.services.webhook_intake); each of the others
+goes through shared.services.webhooks.process_event (its claim, its transactions, its give-up
+accounting). This module leases batches and keeps the connections a drain needs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import WebhookEvent
+from shared.domain.models import WebhookEvent, utcnow
 from shared.log_context import log_context
 from shared.services.ports import StripePort
+from shared.services.webhook_intake import mark_recorded_repeats
 from shared.services.webhooks import MAX_PROCESSING_ATTEMPTS, process_event
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ _DRAIN_LOCK_NAMESPACE = 0x0FF5E551
 @dataclass
 class DrainReport:
     outcomes: int = 0
+    # Events found to repeat what their attempt recorded, marked processed in bulk (not in outcomes).
+    repeats: int = 0
     # Events whose processing raised this round: not taken again by this drain (a poison event must not
     # stall it); their processing attempt is counted, the next drain or the janitor tries them again.
     failed: set[int] = field(default_factory=set)
@@ -72,11 +77,30 @@ def drain_events(
                     recruited = True
                     assert on_full_batch is not None
                     on_full_batch()
+                repeats = _mark_repeats(connections, gateway, event_ids)
+                report.repeats += len(repeats)
                 for event_id in event_ids:
-                    _drain_one(connections, gateway, event_id, report)
+                    if event_id not in repeats:
+                        _drain_one(connections, gateway, event_id, report)
                 lease.commit()
     finally:
         connections.close()
+
+
+def _mark_repeats(connections: _DrainConnections, gateway: StripePort, event_ids: list[int]) -> set[int]:
+    """The batch's events that repeat what their attempt recorded, marked processed in one transaction
+    (shared.services.webhook_intake.mark_recorded_repeats): most events that arrived while their attempt
+    was in flight. Only an optimisation: on any error, every event takes the full path."""
+    work, _ = connections.open()
+    try:
+        with work() as session, session.begin():
+            return mark_recorded_repeats(
+                session.connection(), event_ids, livemode=gateway.livemode, now=utcnow()
+            )
+    except Exception:
+        log.exception("webhook drain: the bulk look for repeats failed; each event the full way")
+        connections.close()
+        return set()
 
 
 def _drain_one(
