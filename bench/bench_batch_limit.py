@@ -470,10 +470,10 @@ def table(r: Result, args: argparse.Namespace) -> str:
         (
             "webhooks",
             f"{r.webhook_events} events ({r.webhooks_already_recorded - r.webhooks_marked_by_drains} stored "
-            f"processed at intake, {r.webhooks_marked_by_drains} marked in bulk by a drain: already recorded; "
+            f"processed at intake, {r.webhooks_marked_by_drains} marked in bulk by a drain: already "
+            "recorded; "
             f"{r.webhook_drains} drain messages), all processed {r.webhook_lag_seconds:.1f} s after the last "
-            "charge"
-            + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
+            "charge" + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
         ),
         ("peak PostgreSQL connections", f"{r.peak_db_connections}"),
         (

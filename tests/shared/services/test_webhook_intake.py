@@ -334,7 +334,10 @@ def test_store_event_takes_the_shortcut_inside_the_callers_transaction(
 
 
 def _stored_in_flight(
-    engine: Engine, factory: sessionmaker[Session], event_type: str = "payment_intent.succeeded", **changes: Any
+    engine: Engine,
+    factory: sessionmaker[Session],
+    event_type: str = "payment_intent.succeeded",
+    **changes: Any,
 ) -> tuple[str, int]:
     """An event for an attempt still processing: the endpoint stores it for the drain."""
     pi_id = _attempt(factory, "processing")
@@ -410,9 +413,9 @@ def test_a_drain_marks_the_repeats_of_a_batch_together_and_takes_the_rest_the_fu
     with session_factory() as s:
         attempt = s.scalars(select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == in_flight)).one()
         assert attempt.status == "succeeded"
-        assert s.scalars(select(Payment.amount).where(Payment.stripe_payment_intent_id == in_flight)).all() == [
-            5_000
-        ]
+        assert s.scalars(
+            select(Payment.amount).where(Payment.stripe_payment_intent_id == in_flight)
+        ).all() == [5_000]
 
 
 def test_the_drains_bulk_look_marks_nothing_the_endpoint_would_not(
