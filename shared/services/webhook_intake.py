@@ -22,6 +22,7 @@ stored unprocessed and goes the full way, unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -166,30 +167,50 @@ _MARK_IF_RECORDED: Update = (
     .returning(_EVENTS.c.id)
 )
 # The batch's unprocessed events with the status of their PaymentIntent's attempt (unique), so that the
-# UPDATE above runs only for an event whose attempt is in the outcome it reports (the UPDATE decides).
+# UPDATE above runs only for an event whose attempt is in the outcome it reports (the UPDATE decides), and
+# whether each arrived after `young_since`.
 _PAYLOADS = (
-    select(_EVENTS.c.id, _EVENTS.c.payload, _EVENTS.c.payment_intent_id, _ATTEMPTS.c.status)
+    select(
+        _EVENTS.c.id,
+        _EVENTS.c.payload,
+        _EVENTS.c.payment_intent_id,
+        _ATTEMPTS.c.status,
+        (_EVENTS.c.received_at > bindparam("young_since", type_=_EVENTS.c.received_at.type)).label("young"),
+    )
     .select_from(_EVENTS.outerjoin(_ATTEMPTS, _ATTEMPTS.c.payment_intent_id == _EVENTS.c.payment_intent_id))
     .where(_EVENTS.c.id.in_(bindparam("event_row_ids", expanding=True)), _EVENTS.c.processed_at.is_(None))
 )
 
 
+@dataclass
+class BulkLook:
+    # Marked processed (ALREADY_RECORDED): they repeat what their attempt recorded.
+    repeats: set[int] = field(default_factory=set)
+    # Received after young_since for an attempt still processing: its worker is most likely about to
+    # record what they report.
+    young_in_flight: set[int] = field(default_factory=set)
+
+
 def mark_recorded_repeats(
-    connection: Connection, event_row_ids: list[int], *, livemode: bool, now: datetime
-) -> set[int]:
+    connection: Connection, event_row_ids: list[int], *, livemode: bool, now: datetime, young_since: datetime
+) -> BulkLook:
     """Of these stored, unprocessed events, mark processed (ALREADY_RECORDED) every one that now repeats
-    what its attempt recorded, as the endpoint would have had the attempt been recorded then; the ids
-    marked. The caller commits (one transaction for the batch). The rest take the full path."""
-    marked: set[int] = set()
+    what its attempt recorded, as the endpoint would have had the attempt been recorded then; and name the
+    young ones whose attempt is still processing. The caller commits (one transaction for the batch)."""
+    look = BulkLook()
     if not event_row_ids:
-        return marked
-    for row in connection.execute(_PAYLOADS, {"event_row_ids": event_row_ids}).all():
+        return look
+    rows = connection.execute(_PAYLOADS, {"event_row_ids": event_row_ids, "young_since": young_since}).all()
+    for row in rows:
         if row.status is None or not isinstance(row.payload, dict):
+            continue
+        if row.status == AttemptStatus.PROCESSING.value and row.young:
+            look.young_in_flight.add(row.id)
             continue
         repeat = recorded_outcome(row.payload, livemode)
         if repeat is None or repeat["recorded_status"] != row.status:
             continue
         key = {"event_row_id": row.id, "event_payment_intent_id": row.payment_intent_id, "now": now}
         if connection.execute(_MARK_IF_RECORDED, key | repeat).scalar_one_or_none() is not None:
-            marked.add(row.id)
-    return marked
+            look.repeats.add(row.id)
+    return look

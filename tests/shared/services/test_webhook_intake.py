@@ -431,9 +431,33 @@ def test_the_drains_bulk_look_marks_nothing_the_endpoint_would_not(
             update(ChargeAttempt).where(ChargeAttempt.payment_intent_id == unpaid).values(status="succeeded")
         )
     with session_factory() as s, s.begin():
-        marked = mark_recorded_repeats(s.connection(), [other_mode_row], livemode=True, now=utcnow())
-        assert marked == set()
-        marked = mark_recorded_repeats(s.connection(), [unpaid_row], livemode=False, now=utcnow())
-        assert marked == set()
+        for row_id, livemode in ((other_mode_row, True), (unpaid_row, False)):
+            look = mark_recorded_repeats(
+                s.connection(), [row_id], livemode=livemode, now=utcnow(), young_since=utcnow()
+            )
+            assert (look.repeats, look.young_in_flight) == (set(), set())
     assert _row(session_factory, unpaid_row).processed_at is None
     assert _row(session_factory, other_mode_row).processed_at is None
+
+
+def test_a_drain_holds_a_young_event_of_a_charge_still_processing_and_a_later_one_applies_it(
+    migrated_engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """Its worker is about to record the outcome: held, the event costs nothing now (no claim); once
+    older than the hold, or once the attempt is recorded, the next drain settles it."""
+    in_flight, in_flight_row = _stored_in_flight(migrated_engine, session_factory)
+    recorded, recorded_row = _stored_in_flight(migrated_engine, session_factory)
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=600)
+    assert (report.held, report.repeats, report.outcomes) == ({in_flight_row, recorded_row}, 0, 0)
+    for row_id in (in_flight_row, recorded_row):
+        row = _row(session_factory, row_id)
+        assert (row.processed_at, row.processing_attempts) == (None, 0)
+    _worker_records(session_factory, recorded, "succeeded")
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=600)
+    assert (report.held, report.repeats, report.outcomes) == ({in_flight_row}, 1, 0)
+    # Older than the hold (the worker died, say): the full way, which applies the success.
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=0)
+    assert (report.held, report.repeats, report.outcomes) == (set(), 0, 1)
+    with session_factory() as s:
+        attempt = s.scalars(select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == in_flight)).one()
+        assert attempt.status == "succeeded"
