@@ -88,6 +88,11 @@ def drain_events(
                     on_full_batch()
                 look = _bulk_look(connections, gateway, event_ids, hold_in_flight)
                 report.repeats += len(look.repeats)
+                for event_id, (stripe_event_id, payment_intent_id) in look.repeats.items():
+                    with log_context(
+                        event_row_id=event_id, event_id=stripe_event_id, payment_intent_id=payment_intent_id
+                    ):
+                        log.info("webhook event row %s: repeats what its attempt recorded", event_id)
                 report.held |= look.young_in_flight
                 for event_id in event_ids:
                     if event_id not in look.repeats and event_id not in look.young_in_flight:

@@ -184,8 +184,9 @@ _PAYLOADS = (
 
 @dataclass
 class BulkLook:
-    # Marked processed (ALREADY_RECORDED): they repeat what their attempt recorded.
-    repeats: set[int] = field(default_factory=set)
+    # Marked processed (ALREADY_RECORDED): they repeat what their attempt recorded. Row id: (Stripe's
+    # event id, PaymentIntent id), for the drain's log line.
+    repeats: dict[int, tuple[str, str]] = field(default_factory=dict)
     # Received after young_since for an attempt still processing: its worker is most likely about to
     # record what they report.
     young_in_flight: set[int] = field(default_factory=set)
@@ -212,5 +213,5 @@ def mark_recorded_repeats(
             continue
         key = {"event_row_id": row.id, "event_payment_intent_id": row.payment_intent_id, "now": now}
         if connection.execute(_MARK_IF_RECORDED, key | repeat).scalar_one_or_none() is not None:
-            look.repeats.add(row.id)
+            look.repeats[row.id] = (str(row.payload.get("id")), str(row.payment_intent_id))
     return look

@@ -435,7 +435,7 @@ def test_the_drains_bulk_look_marks_nothing_the_endpoint_would_not(
             look = mark_recorded_repeats(
                 s.connection(), [row_id], livemode=livemode, now=utcnow(), young_since=utcnow()
             )
-            assert (look.repeats, look.young_in_flight) == (set(), set())
+            assert (look.repeats, look.young_in_flight) == ({}, set())
     assert _row(session_factory, unpaid_row).processed_at is None
     assert _row(session_factory, other_mode_row).processed_at is None
 
