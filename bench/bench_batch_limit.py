@@ -108,6 +108,10 @@ class Result:
     webhook_events: int = 0
     # Stored processed by the endpoint: they repeated what the charge had recorded (no drain needed).
     webhooks_already_recorded: int = 0
+    # Of those, the ones a drain marked in bulk: stored while their charge was in flight, recorded since.
+    webhooks_marked_by_drains: int = 0
+    # Drain tasks run (Celery messages on the webhooks queue: one per drain, none per event).
+    webhook_drains: int = 0
     webhooks_unprocessed: int = 0
     peak_db_connections: int = 0
     rss_first_mb: float = 0.0
@@ -333,6 +337,13 @@ def _batch(
     result.webhooks_already_recorded = _scalar(
         engine, "select count(*) from webhook_event where processed_reason = 'already_recorded'"
     )
+    # The endpoint stores a repeat with processed_at = received_at; a drain marks it later.
+    result.webhooks_marked_by_drains = _scalar(
+        engine,
+        "select count(*) from webhook_event where processed_reason = 'already_recorded'"
+        " and processed_at > received_at",
+    )
+    result.webhook_drains = st.log_count("webhook drain: ")
     state = st.emulator_state()
     after = state["requests"]
     result.requests = int(after["total"]) - int(before["total"])
@@ -458,9 +469,11 @@ def table(r: Result, args: argparse.Namespace) -> str:
         ("outcomes", outcomes + (f"; {r.mismatched} unexpected" if r.mismatched else "")),
         (
             "webhooks",
-            f"{r.webhook_events} events ({r.webhooks_already_recorded} stored processed at intake: already "
-            f"recorded), all processed {r.webhook_lag_seconds:.1f} s after the last charge"
-            + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
+            f"{r.webhook_events} events ({r.webhooks_already_recorded - r.webhooks_marked_by_drains} stored "
+            f"processed at intake, {r.webhooks_marked_by_drains} marked in bulk by a drain: already "
+            "recorded; "
+            f"{r.webhook_drains} drain messages), all processed {r.webhook_lag_seconds:.1f} s after the last "
+            "charge" + (f"; {r.webhooks_unprocessed} NOT processed" if r.webhooks_unprocessed else ""),
         ),
         ("peak PostgreSQL connections", f"{r.peak_db_connections}"),
         (

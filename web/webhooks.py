@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
 from shared.services import outbox
 from shared.services.stripe_connection import stored_webhook_secrets
-from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
+from shared.services.webhooks import DRAIN_GATHER_SECONDS, TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
 from web.errors import error_response
 from web.services import gateway, publish, runtime, session_scope
 
@@ -53,12 +53,12 @@ def _verify(payload: bytes, signature: str | None) -> dict[str, Any]:
 
 
 def _request_processing(event_row_id: int) -> None:
-    """A drain, unless one is pending already (most requests publish nothing); one message per event
-    without Redis, or when Redis fails (the flag is only an optimisation)."""
+    """A drain in DRAIN_GATHER_SECONDS, unless one is pending already (most requests publish nothing); one
+    message per event without Redis, or when Redis fails (the flag is only an optimisation)."""
     requests = runtime().drain_requests
     if requests.coalescing:
         try:
-            requests.request(lambda: publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, None))
+            requests.request(lambda: publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_GATHER_SECONDS))
             return
         except redis.RedisError as exc:
             log.warning("webhook drain flag unavailable, one message for this event: %s", exc)

@@ -33,7 +33,7 @@ from shared.services.notifications import (
 from shared.services.ports import Publisher, RateBudgetTimeout, RateBudgetUnavailable
 from shared.services.reconciliation_records import DayReport
 from shared.services.refunds import TASK_NOTIFY_REFUND, TASK_RUN_REFUND, run_refund
-from shared.services.webhook_drain import drain_events
+from shared.services.webhook_drain import IN_FLIGHT_HOLD_SECONDS, drain_events
 from shared.services.webhooks import TASK_DRAIN_WEBHOOK_EVENTS, process_event
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,19 @@ def drain_webhook_events() -> str:
             log.warning("no helper drain published: %s", exc)
 
     report = drain_events(
-        runtime().sessions, runtime().gateway, on_full_batch=recruit_helper if requests.coalescing else None
+        runtime().sessions,
+        runtime().gateway,
+        on_full_batch=recruit_helper if requests.coalescing else None,
+        hold_in_flight=IN_FLIGHT_HOLD_SECONDS,
     )
     if report.failed:
         publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_RETRY_COUNTDOWN_SECONDS)
-    summary = f"{report.outcomes} event(s) processed, {len(report.failed)} failed"
+    elif report.held:
+        publish(TASK_DRAIN_WEBHOOK_EVENTS, {}, IN_FLIGHT_HOLD_SECONDS)
+    summary = (
+        f"{report.outcomes} event(s) processed, {report.repeats} repeating their attempt's outcome, "
+        f"{len(report.held)} held while their charge is processing, {len(report.failed)} failed"
+    )
     log.info("webhook drain: %s", summary)
     return summary
 

@@ -286,6 +286,8 @@ class SecretBox(Protocol):
         """The plaintext; raises SecretUnreadable."""
         ...
 
+    def __hash__(self) -> int: ...  # a key of the decryptions kept (stripe_connection.stored_webhook_secrets)
+
 
 class Mailer(Protocol):
     """Delivers a composed message. `sender` is the From address the messages should carry."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.eligibility import BlockerCode
@@ -296,16 +297,28 @@ def _forget_endpoint(settings: Settings) -> None:
         settings.stripe_connection_method = None
 
 
+_SEALED_WEBHOOK_SECRET = select(Settings.webhook_secret_encrypted).where(Settings.id == 1)
+
+
 def stored_webhook_secrets(session: Session, box: SecretBox) -> tuple[str, ...]:
-    """The signing secret of the endpoint Connect registered, decrypted; () when none or unreadable."""
-    sealed = session.get(Settings, 1)
-    if sealed is None or not sealed.webhook_secret_encrypted:
+    """The signing secret of the endpoint Connect registered, decrypted; () when none or unreadable.
+
+    The sealed value is read on every call (one column), so a secret replaced or removed (reconnect,
+    disconnect, deauthorization) is refused from the next request on; only its decryption is kept, by
+    sealed value (sealing the same secret again gives another value)."""
+    sealed = session.scalar(_SEALED_WEBHOOK_SECRET)
+    if not sealed:
         return ()
     try:
-        return (box.open(sealed.webhook_secret_encrypted),)
+        return (_opened(box, sealed),)
     except SecretUnreadable as exc:
         log.error("webhook secret stored at Connect: %s", exc)
         return ()
+
+
+@lru_cache(maxsize=4)
+def _opened(box: SecretBox, sealed: str) -> str:
+    return box.open(sealed)  # an unreadable value raises, and is not cached
 
 
 def apply_deauthorization(factory: sessionmaker[Session], gateway: StripePort, event: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Draining the stored webhook events: one task processes every event with work, batch after batch,
 instead of one message per event; the janitor re-drives what no drain finished.
 
-Each event goes through shared.services.webhooks.process_event (its claim, its transactions, its give-up
-accounting); this module only leases batches and keeps the connections a drain needs.
+A batch's events that now repeat what their attempt recorded (stored while it was in flight) are marked
+processed together, with the endpoint's own predicate (shared.services.webhook_intake); each of the others
+goes through shared.services.webhooks.process_event (its claim, its transactions, its give-up
+accounting). This module leases batches and keeps the connections a drain needs.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.domain.models import WebhookEvent
+from shared.domain.models import WebhookEvent, utcnow
 from shared.log_context import log_context
 from shared.services.ports import StripePort
+from shared.services.webhook_intake import BulkLook, mark_recorded_repeats
 from shared.services.webhooks import MAX_PROCESSING_ATTEMPTS, process_event
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH_SIZE = 50
+# The endpoint's drains hold young events of an attempt still processing this long (drain_events).
+IN_FLIGHT_HOLD_SECONDS = 3.0
 
 # pg_try_advisory_xact_lock(namespace, event row id): which drain is working on which event.
 _DRAIN_LOCK_NAMESPACE = 0x0FF5E551
@@ -31,6 +36,11 @@ _DRAIN_LOCK_NAMESPACE = 0x0FF5E551
 @dataclass
 class DrainReport:
     outcomes: int = 0
+    # Events found to repeat what their attempt recorded, marked processed in bulk (not in outcomes).
+    repeats: int = 0
+    # Young events whose attempt is still processing: left for a drain IN_FLIGHT_HOLD_SECONDS later (the
+    # caller publishes it), by when its worker has most likely recorded what they report.
+    held: set[int] = field(default_factory=set)
     # Events whose processing raised this round: not taken again by this drain (a poison event must not
     # stall it); their processing attempt is counted, the next drain or the janitor tries them again.
     failed: set[int] = field(default_factory=set)
@@ -42,6 +52,7 @@ def drain_events(
     *,
     on_full_batch: Callable[[], None] | None = None,
     batch_size: int = DRAIN_BATCH_SIZE,
+    hold_in_flight: float = 0.0,
 ) -> DrainReport:
     """Process every stored event that has work, batch after batch, until none is left.
 
@@ -52,6 +63,9 @@ def drain_events(
     lock is only a lease: process_event's claim is conditional (unprocessed, attempts left), so an event
     leased twice in a row is processed once. on_full_batch is called once, when the first batch is full:
     there is enough backlog for another worker to help (the caller publishes a helper drain).
+    hold_in_flight: an event received less than this long ago whose attempt is still processing is left
+    (report.held) for a later drain: its charge worker is about to record the outcome, and the event is a
+    repeat then, marked in bulk instead of claimed, matched and found stale one by one.
     """
     report = DrainReport()
     recruited = on_full_batch is None
@@ -62,7 +76,7 @@ def drain_events(
         while True:
             # Closing the session ends the lease transaction, and the advisory locks with it, even on error.
             with factory() as lease:
-                event_ids = _lease_batch(lease, exclude=report.failed, limit=batch_size)
+                event_ids = _lease_batch(lease, exclude=report.failed | report.held, limit=batch_size)
                 if not event_ids:
                     return report
                 if lease.get_bind().dialect.name != "postgresql":
@@ -72,11 +86,44 @@ def drain_events(
                     recruited = True
                     assert on_full_batch is not None
                     on_full_batch()
+                look = _bulk_look(connections, gateway, event_ids, hold_in_flight)
+                report.repeats += len(look.repeats)
+                for event_id, (stripe_event_id, payment_intent_id) in look.repeats.items():
+                    with log_context(
+                        event_row_id=event_id, event_id=stripe_event_id, payment_intent_id=payment_intent_id
+                    ):
+                        log.info("webhook event row %s: repeats what its attempt recorded", event_id)
+                report.held |= look.young_in_flight
                 for event_id in event_ids:
-                    _drain_one(connections, gateway, event_id, report)
+                    if event_id not in look.repeats and event_id not in look.young_in_flight:
+                        _drain_one(connections, gateway, event_id, report)
                 lease.commit()
     finally:
         connections.close()
+
+
+def _bulk_look(
+    connections: _DrainConnections, gateway: StripePort, event_ids: list[int], hold_in_flight: float
+) -> BulkLook:
+    """The batch's events that repeat what their attempt recorded, marked processed in one transaction
+    (shared.services.webhook_intake.mark_recorded_repeats): most events that arrived while their attempt
+    was in flight; and those younger than hold_in_flight whose attempt is still processing. Only an
+    optimisation: on any error, every event takes the full path."""
+    work, _ = connections.open()
+    now = utcnow()
+    try:
+        with work() as session, session.begin():
+            return mark_recorded_repeats(
+                session.connection(),
+                event_ids,
+                livemode=gateway.livemode,
+                now=now,
+                young_since=now - timedelta(seconds=hold_in_flight),
+            )
+    except Exception:
+        log.exception("webhook drain: the bulk look for repeats failed; each event the full way")
+        connections.close()
+        return BulkLook()
 
 
 def _drain_one(

@@ -22,10 +22,29 @@ stored unprocessed and goes the full way, unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Insert, String, bindparam, case, exists, func, literal, null, or_, select, true
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Insert,
+    String,
+    Update,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -79,6 +98,24 @@ def recorded_outcome(event: dict[str, Any], livemode: bool) -> dict[str, Any] | 
     }
 
 
+def _recorded_attempt_exists(payment_intent_id: BindParameter[str]) -> ColumnElement[bool]:
+    """The one predicate of a repeat: an attempt with this PaymentIntent already says what the event reports
+    (recorded_outcome's parameters, bound by name). Shared by the endpoint's INSERT and the drain's
+    UPDATE (mark_recorded_repeats), so both decide alike."""
+    attempt, payment = _ATTEMPTS.c, _PAYMENTS.c
+    in_the_ledger = exists().where(payment.stripe_payment_intent_id == payment_intent_id)
+    customer = bindparam("customer", type_=String)
+    return exists().where(
+        attempt.payment_intent_id == payment_intent_id,
+        attempt.status == bindparam("recorded_status", type_=String),
+        func.coalesce(attempt.stripe_account_id, "") == bindparam("attempt_account", type_=String),
+        attempt.currency == bindparam("currency", type_=String),
+        attempt.amount == bindparam("amount"),
+        or_(attempt.stripe_customer_id.is_(None), attempt.stripe_customer_id == customer),
+        or_(attempt.status != AttemptStatus.SUCCEEDED.value, in_the_ledger),
+    )
+
+
 @lru_cache(maxsize=4)
 def insert_unless_recorded(dialect: str) -> Insert | None:
     """INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING id, processed_reason: the event stored, and
@@ -86,26 +123,9 @@ def insert_unless_recorded(dialect: str) -> Insert | None:
     once per dialect (None: a dialect without ON CONFLICT, which never takes the shortcut)."""
     if dialect not in ("postgresql", "sqlite"):
         return None
-    attempt, payment = _ATTEMPTS.c, _PAYMENTS.c
     payment_intent_id = bindparam("payment_intent_id", type_=String)
-    in_the_ledger = exists().where(payment.stripe_payment_intent_id == payment_intent_id)
-    customer = bindparam("customer", type_=String)
     recorded = (
-        select(
-            exists()
-            .where(
-                attempt.payment_intent_id == payment_intent_id,
-                attempt.status == bindparam("recorded_status", type_=String),
-                func.coalesce(attempt.stripe_account_id, "") == bindparam("attempt_account", type_=String),
-                attempt.currency == bindparam("currency", type_=String),
-                attempt.amount == bindparam("amount"),
-                or_(attempt.stripe_customer_id.is_(None), attempt.stripe_customer_id == customer),
-                or_(attempt.status != AttemptStatus.SUCCEEDED.value, in_the_ledger),
-            )
-            .label("hit")
-        )
-        .subquery("recorded_attempt")
-        .c.hit
+        select(_recorded_attempt_exists(payment_intent_id).label("hit")).subquery("recorded_attempt").c.hit
     )
     # PostgreSQL types the SELECT's parameters by their values (a str as text); its JSON is cast. SQLite
     # keeps the serialized text as is (a CAST to JSON there would make it a number).
@@ -130,3 +150,68 @@ def insert_unless_recorded(dialect: str) -> Insert | None:
         .on_conflict_do_nothing(index_elements=[_EVENTS.c.account, _EVENTS.c.stripe_event_id])
         .returning(_EVENTS.c.id, _EVENTS.c.processed_reason)
     )
+
+
+# The drain's bulk look (mark_recorded_repeats): an event stored while its attempt was still in flight is,
+# by the time a drain comes, usually a repeat too. Marked with the endpoint's predicate, in one transaction
+# for a whole batch, it skips process_event's claim, attempt lock and transactions.
+_MARK_IF_RECORDED: Update = (
+    update(_EVENTS)
+    .where(
+        _EVENTS.c.id == bindparam("event_row_id"),
+        _EVENTS.c.processed_at.is_(None),
+        # Not "payment_intent_id": an UPDATE reserves its columns' names for its SET clause.
+        _recorded_attempt_exists(bindparam("event_payment_intent_id", type_=String)),
+    )
+    .values(processed_at=bindparam("now"), processed_reason=ALREADY_RECORDED, error=None)
+    .returning(_EVENTS.c.id)
+)
+# The batch's unprocessed events with the status of their PaymentIntent's attempt (unique), so that the
+# UPDATE above runs only for an event whose attempt is in the outcome it reports (the UPDATE decides), and
+# whether each arrived after `young_since`.
+_PAYLOADS = (
+    select(
+        _EVENTS.c.id,
+        _EVENTS.c.payload,
+        _EVENTS.c.payment_intent_id,
+        _ATTEMPTS.c.status,
+        (_EVENTS.c.received_at > bindparam("young_since", type_=_EVENTS.c.received_at.type)).label("young"),
+    )
+    .select_from(_EVENTS.outerjoin(_ATTEMPTS, _ATTEMPTS.c.payment_intent_id == _EVENTS.c.payment_intent_id))
+    .where(_EVENTS.c.id.in_(bindparam("event_row_ids", expanding=True)), _EVENTS.c.processed_at.is_(None))
+)
+
+
+@dataclass
+class BulkLook:
+    # Marked processed (ALREADY_RECORDED): they repeat what their attempt recorded. Row id: (Stripe's
+    # event id, PaymentIntent id), for the drain's log line.
+    repeats: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Received after young_since for an attempt still processing: its worker is most likely about to
+    # record what they report.
+    young_in_flight: set[int] = field(default_factory=set)
+
+
+def mark_recorded_repeats(
+    connection: Connection, event_row_ids: list[int], *, livemode: bool, now: datetime, young_since: datetime
+) -> BulkLook:
+    """Of these stored, unprocessed events, mark processed (ALREADY_RECORDED) every one that now repeats
+    what its attempt recorded, as the endpoint would have had the attempt been recorded then; and name the
+    young ones whose attempt is still processing. The caller commits (one transaction for the batch)."""
+    look = BulkLook()
+    if not event_row_ids:
+        return look
+    rows = connection.execute(_PAYLOADS, {"event_row_ids": event_row_ids, "young_since": young_since}).all()
+    for row in rows:
+        if row.status is None or not isinstance(row.payload, dict):
+            continue
+        if row.status == AttemptStatus.PROCESSING.value and row.young:
+            look.young_in_flight.add(row.id)
+            continue
+        repeat = recorded_outcome(row.payload, livemode)
+        if repeat is None or repeat["recorded_status"] != row.status:
+            continue
+        key = {"event_row_id": row.id, "event_payment_intent_id": row.payment_intent_id, "now": now}
+        if connection.execute(_MARK_IF_RECORDED, key | repeat).scalar_one_or_none() is not None:
+            look.repeats[row.id] = (str(row.payload.get("id")), str(row.payment_intent_id))
+    return look

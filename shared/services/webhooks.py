@@ -59,6 +59,11 @@ EVENTS_WITH_WORK = (
 # The coalesced drain (drain_events): one task empties the table of events with work, instead of one
 # message per event (the flag in shared.adapters.drain_flag holds back needless ones).
 TASK_DRAIN_WEBHOOK_EVENTS = "offsession.drain_webhook_events"
+# How long the endpoint's drain message waits before it runs: the events of that second share it (the flag
+# holds back their own), and the charges still in flight when their events came are mostly recorded by
+# then, so the drain marks those events in bulk (drain_events). Below the flag's TTL
+# (shared.adapters.drain_flag), far below the janitor's re-drive.
+DRAIN_GATHER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

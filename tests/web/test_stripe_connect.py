@@ -161,3 +161,23 @@ def test_online_card_payments_cannot_be_turned_on_before_stripe_is_verified(env:
 def test_json_shape(env: Env) -> None:
     shown = api(env.app.test_client(), "GET", "/api/settings").json
     assert json.loads(json.dumps(shown)) == shown
+
+
+def test_a_rotated_or_removed_stored_secret_is_refused_from_the_next_event_on(env: Env) -> None:
+    """The decrypted stored secret is kept between requests (shared.services.stripe_connection), by its
+    sealed value, read on every request: replaced by a reconnect or removed by a disconnect, the old
+    secret verifies nothing more, with no delay."""
+    client = env.app.test_client()
+
+    def answer(secret: str) -> int:
+        payload, headers = signed(_event(), secret)
+        return client.post("/webhooks/stripe", data=payload, headers=headers).status_code
+
+    old = _endpoint(env, api(client, "GET", "/api/settings").json["webhook_endpoint_id"])["secret"]
+    assert [answer(old), answer(old)] == [200, 200]  # the second from the kept decryption
+    again = api(client, "PUT", "/api/settings", {"stripe_connected": True}).json
+    new = _endpoint(env, again["webhook_endpoint_id"])["secret"]
+    assert new != old
+    assert [answer(old), answer(new), answer(new)] == [400, 200, 200]
+    assert api(client, "PUT", "/api/settings", {"stripe_connected": False}).status_code == 200
+    assert [answer(new), answer(old)] == [400, 400]

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import select
 
 import web.webhooks
+from shared.adapters.drain_flag import DRAIN_PENDING_KEY, DRAIN_PENDING_TTL_SECONDS, DrainRequests
 from shared.domain.models import ChargeAttempt, WebhookEvent
 from shared.services.charging import run_attempt
+from shared.services.webhooks import DRAIN_GATHER_SECONDS, TASK_DRAIN_WEBHOOK_EVENTS
 from tests.support.emulator import emulator_state
 from tests.support.signing import signed
 from tests.support.web_app import WEBHOOK_SECRET, Env, World, api
@@ -94,3 +96,44 @@ def test_a_webhook_that_is_not_a_repeat_is_published_for_the_drain(
     other = _post(env, failed, "payment_intent.payment_failed")
     assert (other.processed_at, other.processed_reason) == (None, None)
     assert [payload for _task, payload in published] == [{"event_id": row.id}, {"event_id": other.id}]
+
+
+class _Flag:
+    """The drain flag's Redis, in memory: SET NX and DEL are all DrainRequests uses."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def set(self, key: str, _value: object, *, nx: bool, ex: int) -> bool:
+        assert nx and ex > DRAIN_GATHER_SECONDS
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        return True
+
+    def delete(self, key: str) -> None:
+        self.keys.discard(key)
+
+
+def test_events_with_work_share_one_drain_message_sent_to_run_a_moment_later(
+    env: Env, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain runs DRAIN_GATHER_SECONDS after the first event: the events of that moment share its
+    message, and the charges still in flight when they came are mostly recorded by then (the drain
+    marks those in bulk: tests/shared/services/test_webhook_intake.py)."""
+    sent: list[tuple[str, dict[str, Any], float | None]] = []
+    monkeypatch.setattr(
+        web.webhooks, "publish", lambda task, payload, countdown: sent.append((task, payload, countdown))
+    )
+    flag = _Flag()
+    monkeypatch.setitem(env.runtime._parts, "drain_requests", DrainRequests(flag))  # type: ignore[arg-type]
+    attempt = _settled_charge(env, world.a.invoice_id)
+    intent = _intent(env, attempt.payment_intent_id)
+    for amount in (1, 2, 3):  # not repeats: each waits for the drain
+        row = _post(env, {**intent, "amount": intent["amount"] + amount}, "payment_intent.succeeded")
+        assert row.processed_at is None
+    assert sent == [(TASK_DRAIN_WEBHOOK_EVENTS, {}, DRAIN_GATHER_SECONDS)]
+    assert DRAIN_GATHER_SECONDS < DRAIN_PENDING_TTL_SECONDS
+    flag.delete(DRAIN_PENDING_KEY)  # what the drain does when it starts
+    _post(env, {**intent, "amount": intent["amount"] + 4}, "payment_intent.succeeded")
+    assert len(sent) == 2

@@ -11,12 +11,13 @@ from datetime import date
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adapters.stripe_gateway import StripeGateway
 from shared.domain.models import ChargeAttempt, Client, Invoice, Payment, WebhookEvent, utcnow
-from shared.services.webhook_intake import ALREADY_RECORDED
+from shared.services.webhook_drain import drain_events
+from shared.services.webhook_intake import ALREADY_RECORDED, mark_recorded_repeats
 from shared.services.webhooks import process_event, store_event, store_received_event
 
 # Never called: none of the events below asks Stripe anything (a success snapshot is final; a failure or
@@ -325,3 +326,138 @@ def test_store_event_takes_the_shortcut_inside_the_callers_transaction(
         assert not stored.needs_processing
     with session_factory() as s:
         assert s.get_one(WebhookEvent, stored.id).processed_reason == ALREADY_RECORDED
+
+
+# The drain's bulk look (webhook_intake.mark_recorded_repeats, called by webhook_drain.drain_events): an
+# event that arrived while its attempt was in flight, and repeats what the attempt recorded since, is marked
+# processed with the endpoint's predicate, without process_event's claim (processing_attempts stays 0).
+
+
+def _stored_in_flight(
+    engine: Engine,
+    factory: sessionmaker[Session],
+    event_type: str = "payment_intent.succeeded",
+    **changes: Any,
+) -> tuple[str, int]:
+    """An event for an attempt still processing: the endpoint stores it for the drain."""
+    pi_id = _attempt(factory, "processing")
+    stored = store_received_event(engine, _event(pi_id, event_type, **changes), livemode=False)
+    assert (stored.created, stored.needs_processing) == (True, True)
+    return pi_id, stored.id
+
+
+def _worker_records(factory: sessionmaker[Session], pi_id: str, status: str) -> None:
+    """What the charge worker commits after Stripe answered: the outcome, and a success's ledger row."""
+    with factory() as s, s.begin():
+        attempt = s.scalars(select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == pi_id)).one()
+        attempt.status = status
+        if status == "succeeded":
+            s.add(
+                Payment(
+                    invoice_id=attempt.invoice_id,
+                    amount=attempt.amount,
+                    method="card",
+                    received_at=utcnow(),
+                    charge_attempt_id=attempt.id,
+                    stripe_payment_intent_id=pi_id,
+                    recorded_by="stripe",
+                )
+            )
+
+
+@REPEATS
+def test_an_event_stored_while_its_attempt_was_in_flight_is_marked_in_bulk_by_the_drain(
+    migrated_engine: Engine,
+    session_factory: sessionmaker[Session],
+    status: str,
+    event_type: str,
+    changes: dict[str, Any],
+) -> None:
+    pi_id, row_id = _stored_in_flight(migrated_engine, session_factory, event_type, **changes)
+    _worker_records(session_factory, pi_id, status)
+    before = _state(migrated_engine)
+    report = drain_events(session_factory, OFFLINE_GATEWAY)
+    assert (report.repeats, report.outcomes, report.failed) == (1, 0, set())
+    row = _row(session_factory, row_id)
+    assert (row.processed_reason, row.processing_attempts, row.error) == (ALREADY_RECORDED, 0, None)
+    assert row.processed_at is not None
+    assert _state(migrated_engine) == before
+
+
+def test_a_drain_marks_the_repeats_of_a_batch_together_and_takes_the_rest_the_full_way(
+    migrated_engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    repeats = [_stored_in_flight(migrated_engine, session_factory) for _ in range(3)]
+    for pi_id, _row_id in repeats:
+        _worker_records(session_factory, pi_id, "succeeded")
+    # Recorded since, but for another amount than the event's: the drain's binding check flags it.
+    other_amount, other_row = _stored_in_flight(
+        migrated_engine, session_factory, amount=4_000, amount_received=4_000
+    )
+    _worker_records(session_factory, other_amount, "succeeded")
+    # Still in flight when the drain comes: the event is news, applied by the drain.
+    in_flight, in_flight_row = _stored_in_flight(migrated_engine, session_factory)
+    report = drain_events(session_factory, OFFLINE_GATEWAY)
+    assert (report.repeats, report.outcomes, report.failed) == (3, 2, set())
+    for _pi_id, row_id in repeats:
+        assert _row(session_factory, row_id).processed_reason == ALREADY_RECORDED
+    flagged = _row(session_factory, other_row)
+    assert (flagged.flagged_reason, flagged.processed_reason, flagged.processing_attempts) == (
+        "amount_mismatch",
+        None,
+        1,
+    )
+    applied = _row(session_factory, in_flight_row)
+    assert (applied.processed_reason, applied.processing_attempts) == (None, 1)
+    assert applied.processed_at is not None
+    with session_factory() as s:
+        attempt = s.scalars(select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == in_flight)).one()
+        assert attempt.status == "succeeded"
+        assert s.scalars(
+            select(Payment.amount).where(Payment.stripe_payment_intent_id == in_flight)
+        ).all() == [5_000]
+
+
+def test_the_drains_bulk_look_marks_nothing_the_endpoint_would_not(
+    migrated_engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """The same predicate: an event of the other mode, or a success not yet in the ledger, is left to
+    process_event even once its attempt is final."""
+    other_mode, other_mode_row = _stored_in_flight(migrated_engine, session_factory)
+    _worker_records(session_factory, other_mode, "succeeded")
+    unpaid, unpaid_row = _stored_in_flight(migrated_engine, session_factory)
+    with session_factory() as s, s.begin():
+        s.execute(
+            update(ChargeAttempt).where(ChargeAttempt.payment_intent_id == unpaid).values(status="succeeded")
+        )
+    with session_factory() as s, s.begin():
+        for row_id, livemode in ((other_mode_row, True), (unpaid_row, False)):
+            look = mark_recorded_repeats(
+                s.connection(), [row_id], livemode=livemode, now=utcnow(), young_since=utcnow()
+            )
+            assert (look.repeats, look.young_in_flight) == ({}, set())
+    assert _row(session_factory, unpaid_row).processed_at is None
+    assert _row(session_factory, other_mode_row).processed_at is None
+
+
+def test_a_drain_holds_a_young_event_of_a_charge_still_processing_and_a_later_one_applies_it(
+    migrated_engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """Its worker is about to record the outcome: held, the event costs nothing now (no claim); once
+    older than the hold, or once the attempt is recorded, the next drain settles it."""
+    in_flight, in_flight_row = _stored_in_flight(migrated_engine, session_factory)
+    recorded, recorded_row = _stored_in_flight(migrated_engine, session_factory)
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=600)
+    assert (report.held, report.repeats, report.outcomes) == ({in_flight_row, recorded_row}, 0, 0)
+    for row_id in (in_flight_row, recorded_row):
+        row = _row(session_factory, row_id)
+        assert (row.processed_at, row.processing_attempts) == (None, 0)
+    _worker_records(session_factory, recorded, "succeeded")
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=600)
+    assert (report.held, report.repeats, report.outcomes) == ({in_flight_row}, 1, 0)
+    # Older than the hold (the worker died, say): the full way, which applies the success.
+    report = drain_events(session_factory, OFFLINE_GATEWAY, hold_in_flight=0)
+    assert (report.held, report.repeats, report.outcomes) == (set(), 0, 1)
+    with session_factory() as s:
+        attempt = s.scalars(select(ChargeAttempt).where(ChargeAttempt.payment_intent_id == in_flight)).one()
+        assert attempt.status == "succeeded"
