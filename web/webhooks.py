@@ -10,9 +10,15 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from shared.domain.payments import WebhookPayloadError, WebhookSignatureError
+from shared.log_context import bind_log_ids
 from shared.services import outbox
 from shared.services.stripe_connection import stored_webhook_secrets
-from shared.services.webhooks import DRAIN_GATHER_SECONDS, TASK_DRAIN_WEBHOOK_EVENTS, store_received_event
+from shared.services.webhooks import (
+    DRAIN_GATHER_SECONDS,
+    TASK_DRAIN_WEBHOOK_EVENTS,
+    payment_intent_id_of,
+    store_received_event,
+)
 from web.errors import error_response
 from web.services import gateway, publish, runtime, session_scope
 
@@ -31,6 +37,10 @@ def receive() -> ResponseReturnValue:
         return error_response(400, "invalid_payload", exc.message)
     # With our mode: an event that repeats what its attempt recorded is stored processed, nothing published.
     stored = store_received_event(runtime().engine, event, livemode=gateway().livemode)
+    # The request's log line names the event, its PaymentIntent and what became of it: an event stored
+    # processed here is never seen by a worker, so this line is its only trace in the logs.
+    outcome = ("queued" if stored.needs_processing else "stored processed") if stored.created else "duplicate"
+    bind_log_ids(event_id=event["id"], payment_intent_id=payment_intent_id_of(event), webhook=outcome)
     if stored.created and stored.needs_processing:
         try:
             _request_processing(stored.id)

@@ -74,7 +74,7 @@ class StoredEvent:
     needs_processing: bool
 
 
-def _payment_intent_id_of(event: dict[str, Any]) -> str | None:
+def payment_intent_id_of(event: dict[str, Any]) -> str | None:
     obj = (event.get("data") or {}).get("object") or {}
     if obj.get("object") == "payment_intent":
         return obj.get("id")
@@ -130,7 +130,7 @@ def _store(connection: Connection, event: dict[str, Any], livemode: bool | None 
         "stripe_event_id": event["id"],
         "type": event_type,
         "payload": event,
-        "payment_intent_id": _payment_intent_id_of(event),
+        "payment_intent_id": payment_intent_id_of(event),
         "received_at": received_at,
     }
     dialect = connection.dialect.name

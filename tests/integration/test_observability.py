@@ -86,17 +86,27 @@ def test_a_charge_is_followed_by_its_ids_from_the_request_to_the_worker(stack: S
     web_line = wait_for_line(stack, "web", lambda entry: entry.get("request_id") == request_id)
     assert web_line["route"] == "/api/invoices/<int:invoice_id>/charges" and web_line["status"] == 202
 
-    # The webhook Stripe sent for it: processed under its event id and PaymentIntent id.
+    # The webhook Stripe sent for it: the endpoint's line names its event and PaymentIntent, and says
+    # whether a worker will process it (then the worker's lines carry the same ids) or the endpoint stored
+    # it processed (it repeated what the worker had recorded already).
     webhook_line = wait_for_line(
         stack,
-        "worker0",
-        lambda entry: (
-            entry.get("task") in ("offsession.process_webhook_event", "offsession.drain_webhook_events")
-            and entry.get("payment_intent_id") == intent["id"]
-            and "event_id" in entry
-        ),
+        "web",
+        lambda entry: entry.get("route") == "/webhooks/stripe"
+        and entry.get("payment_intent_id") == intent["id"],
     )
-    assert webhook_line["event_id"].startswith("evt_")
+    assert webhook_line["event_id"].startswith("evt_") and webhook_line["status"] == 200
+    assert webhook_line["webhook"] in ("queued", "stored processed")
+    if webhook_line["webhook"] == "queued":
+        worker_line = wait_for_line(
+            stack,
+            "worker0",
+            lambda entry: (
+                entry.get("task") in ("offsession.process_webhook_event", "offsession.drain_webhook_events")
+                and entry.get("event_id") == webhook_line["event_id"]
+            ),
+        )
+        assert worker_line["payment_intent_id"] == intent["id"]
 
     # A caller's id that is not a plausible id is replaced, not echoed.
     request = urllib.request.Request(

@@ -97,6 +97,7 @@ def test_date_ranges_are_checked() -> None:
 @pytest.mark.parametrize(
     "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
+@pytest.mark.timeout(600)  # ~30 s alone; tracemalloc makes it the slowest in-process test under load
 def test_a_hundred_thousand_invoices_stream_with_bounded_memory(
     session_factory: sessionmaker[Session],
 ) -> None:
