@@ -29,7 +29,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.domain.models import AuditEvent, ChargeAttempt, Invoice, table_of, utcnow
 from shared.services import outbox
-from shared.services.attempts import S, lock_attempt, move_attempt, reached_stripe
+from shared.services.attempts import S, lock_attempt, reached_stripe
 from shared.services.charge_requests import load_invoices_for_charge
 from shared.services.charging import (
     KEY_REPLAY_WINDOW,
@@ -40,6 +40,7 @@ from shared.services.charging import (
     cancel_at_last_look,
     charge_request_for,
     claim_attempt,
+    hand_to_janitor,
     last_look_blockers,
     new_lease,
     record_answer,
@@ -125,15 +126,7 @@ def claim_attempts(
             # A retry: only a replay under its key is safe, and only while Stripe keeps the key.
             if now - attempt.created_at >= KEY_REPLAY_WINDOW:
                 session.execute(insert(_AUDIT), _processing_entry(attempt))  # before the move it precedes
-                move_attempt(
-                    session,
-                    attempt,
-                    S.UNKNOWN,
-                    "worker",
-                    now=now,
-                    failure_message="Too old to replay under its key; checking with Stripe.",
-                )
-                reports[attempt.id] = RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
+                reports[attempt.id] = hand_to_janitor(session, attempt, now)
                 continue
         elif blockers := last_look_blockers(session, attempt, invoice):
             # Never processing as far as anyone else can tell: the claim is undone in its transaction.

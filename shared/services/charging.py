@@ -189,15 +189,7 @@ def claim_attempt(
         # customer's PaymentIntents on metadata instead.
         if not taking_over:
             move_attempt(session, attempt, S.PROCESSING, "worker", now=now)
-        move_attempt(
-            session,
-            attempt,
-            S.UNKNOWN,
-            "worker",
-            now=now,
-            failure_message="Too old to replay under its key; checking with Stripe.",
-        )
-        return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
+        return hand_to_janitor(session, attempt, now)
     if not may_have_reached_stripe:
         blockers = last_look_blockers(session, attempt, invoice)
         if blockers:
@@ -256,6 +248,21 @@ def claim_attempt(
             **{"from": S.QUEUED.value, "to": S.PROCESSING.value},
         )
     return attempt, invoice
+
+
+def hand_to_janitor(session: Session, attempt: ChargeAttempt, now: datetime) -> RunReport:
+    """A processing attempt that may have reached Stripe longer ago than Stripe keeps its key: replaying
+    could charge again, so it goes to `unknown` and the janitor matches the customer's PaymentIntents on
+    metadata instead (shared.services.janitor)."""
+    move_attempt(
+        session,
+        attempt,
+        S.UNKNOWN,
+        "worker",
+        now=now,
+        failure_message="Too old to replay under its key; checking with Stripe.",
+    )
+    return RunReport(RunResult.UNKNOWN, S.UNKNOWN.value)
 
 
 def run_attempt(
