@@ -220,6 +220,7 @@ def charge_due(dry_run: bool, wait: bool) -> None:
     from shared.domain.states import SETTLED
     from shared.services.batch import dry_run as preview
     from shared.services.batch import outcome_counts, run_batch
+    from shared.services.charge_batches import charges_per_message
 
     config = runtime().config
     now = datetime.now(UTC)
@@ -240,7 +241,12 @@ def charge_due(dry_run: bool, wait: bool) -> None:
         click.echo("dry run: nothing was charged")
         return
     report = run_batch(
-        runtime().unit_of_work, slot=f"cli:{now.isoformat()}", trigger="cli", today=today, now=now
+        runtime().unit_of_work,
+        slot=f"cli:{now.isoformat()}",
+        trigger="cli",
+        today=today,
+        now=now,
+        per_message=charges_per_message(runtime().config.stripe_rate_limit),
     )
     assert report.batch_run_id is not None
     click.echo(

@@ -14,7 +14,7 @@ from shared.domain.payments import TransientStripeError
 from shared.log_context import log_context
 from shared.services import outbox
 from shared.services.batch import open_due_retries, run_batch, slot_for
-from shared.services.charge_batches import run_attempts
+from shared.services.charge_batches import charges_per_message, run_attempts
 from shared.services.charging import RunReport, RunResult, run_attempt
 from shared.services.daily_reconciliation import (
     TASK_RECONCILE_DAY,
@@ -190,6 +190,7 @@ def charge_due() -> str:
         trigger="schedule",
         today=now.astimezone(rt.config.batch_zone()).date(),
         now=now,
+        per_message=charges_per_message(rt.config.stripe_rate_limit),
     )
     if report.already_ran:
         return "slot already ran"
@@ -198,7 +199,10 @@ def charge_due() -> str:
 
 @shared_task(name="offsession.open_due_retries", acks_late=True)
 def open_due_retries_task() -> int:
-    return open_due_retries(runtime().sessions, runtime().unit_of_work)
+    rt = runtime()
+    return open_due_retries(
+        rt.sessions, rt.unit_of_work, per_message=charges_per_message(rt.config.stripe_rate_limit)
+    )
 
 
 @shared_task(name=outbox.TASK_NOTIFY_CHARGE, acks_late=True)

@@ -139,6 +139,7 @@ def run_batch(
     today: date,
     now: datetime | None = None,
     page_size: int = PAGE_SIZE,
+    per_message: int = CHARGES_PER_MESSAGE,
 ) -> BatchReport:
     moment = now or utcnow()
     try:
@@ -179,7 +180,7 @@ def run_batch(
             report.skipped.update(opened.skipped)
             report.queued += len(opened.attempt_ids)
             # The page's charges go out a few to a message (shared.services.charge_batches).
-            enqueue_grouped(uow, opened.attempt_ids)
+            enqueue_grouped(uow, opened.attempt_ids, per_message)
             _save_counts(session, run_id, report, finished=False)
     with units() as uow:
         _save_counts(uow.session, run_id, report, finished=True)
@@ -231,7 +232,11 @@ def outcome_counts(session: Session, run_id: int) -> dict[str, int]:
 
 
 def open_due_retries(
-    factory: sessionmaker[Session], units: UnitOfWorkFactory, *, now: datetime | None = None
+    factory: sessionmaker[Session],
+    units: UnitOfWorkFactory,
+    *,
+    now: datetime | None = None,
+    per_message: int = CHARGES_PER_MESSAGE,
 ) -> int:
     """Open the automatic retries whose time has come (soft declines on day 1, 3, 7)."""
     moment = now or utcnow()
@@ -240,14 +245,14 @@ def open_due_retries(
         invoice_ids = retries_due(session, moment)
         session.rollback()
     # A message's worth of retries per transaction: their charges go out together once it commits.
-    for start in range(0, len(invoice_ids), CHARGES_PER_MESSAGE):
+    for start in range(0, len(invoice_ids), per_message):
         with units() as uow:
             attempt_ids = [
                 attempt_id
-                for invoice_id in invoice_ids[start : start + CHARGES_PER_MESSAGE]
+                for invoice_id in invoice_ids[start : start + per_message]
                 if (attempt_id := _open_due_retry(uow, invoice_id, moment)) is not None
             ]
-            enqueue_grouped(uow, attempt_ids)
+            enqueue_grouped(uow, attempt_ids, per_message)
             opened += len(attempt_ids)
     return opened
 

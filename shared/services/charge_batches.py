@@ -16,6 +16,7 @@ and one attempt's trouble (an error, a retry, a decline, a failed commit) never 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -50,12 +51,20 @@ from shared.services.ports import StripePort, UnitOfWork
 
 log = logging.getLogger(__name__)
 
-# Ten per message: a page of the batch (50) makes five. Ten divides the per-message costs (the broker's
-# round trips, the claim's transaction, the task's bookkeeping) by ten, most of what grouping can save;
-# more would hold more charges up behind one message's slowest call and leave more of them to the
-# recovery sweep should its worker die. At 100 requests/s a message's calls are a tenth of a second of
-# the rate budget: a message never holds the budget long, and a click waits behind none for long.
+# At most ten per message: a page of the batch (50) makes five. Ten divides the per-message costs (the
+# broker's round trips, the claim's transaction, the task's bookkeeping) by ten, most of what grouping can
+# save. A message's charges are claimed together and then wait for their rate-budget slots, so a message
+# is kept to MESSAGE_BUDGET_SECONDS of the budget (charges_per_message): at 95 requests/s ten, at the
+# default 20/s two. Larger, a dead worker would leave many charges that never reached Stripe to the
+# recovery sweep, which then competes for the same slots (`make chaos` at 20/s: groups of ten kept charges
+# of a killed worker open 73 s p50; of two, 19.5 s).
 CHARGES_PER_MESSAGE = 10
+MESSAGE_BUDGET_SECONDS = 0.1
+
+
+def charges_per_message(stripe_rate_limit: float) -> int:
+    """How many charges one message carries under a rate budget of `stripe_rate_limit` requests/s."""
+    return max(1, min(CHARGES_PER_MESSAGE, math.ceil(stripe_rate_limit * MESSAGE_BUDGET_SECONDS)))
 # Outcomes that arrive this close to the first of a round are recorded with it, in one transaction.
 GATHER_SECONDS = 0.05
 # Stripe calls in flight at once per process, across all its messages: as many as the charge worker's
@@ -67,13 +76,15 @@ _calls: tuple[int, ThreadPoolExecutor] | None = None
 _calls_lock = threading.Lock()
 
 
-def enqueue_grouped(uow: UnitOfWork, attempt_ids: Sequence[str]) -> int:
+def enqueue_grouped(
+    uow: UnitOfWork, attempt_ids: Sequence[str], per_message: int = CHARGES_PER_MESSAGE
+) -> int:
     """The messages that run `attempt_ids` (opened with request_charge(own_message=False) in the unit of
-    work), CHARGES_PER_MESSAGE to a message, published once the unit of work has committed. Returns
-    how many messages."""
+    work), `per_message` to a message (charges_per_message), published once the unit of work has
+    committed. Returns how many messages."""
     count = 0
-    for start in range(0, len(attempt_ids), CHARGES_PER_MESSAGE):
-        group = list(attempt_ids[start : start + CHARGES_PER_MESSAGE])
+    for start in range(0, len(attempt_ids), per_message):
+        group = list(attempt_ids[start : start + per_message])
         if len(group) == 1:
             outbox.enqueue_after_commit(uow, outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": group[0]})
         else:

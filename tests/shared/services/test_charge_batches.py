@@ -24,7 +24,12 @@ from shared.domain.models import (
 )
 from shared.domain.payments import ChargeRequest, TransientStripeError
 from shared.services import batch, charge_batches, clients, invoices, outbox, payments
-from shared.services.charge_batches import CHARGES_PER_MESSAGE, claim_attempts, run_attempts
+from shared.services.charge_batches import (
+    CHARGES_PER_MESSAGE,
+    charges_per_message,
+    claim_attempts,
+    run_attempts,
+)
 from shared.services.charge_requests import idempotency_key_for, load_invoice_for_charge, request_charge
 from shared.services.charging import RunResult
 from shared.services.janitor import recover_charges, republish_stranded
@@ -169,6 +174,30 @@ def test_the_batch_sends_its_charges_ten_to_a_message_and_a_click_goes_alone(
         assert invoice is not None
         attempt = request_charge(uow, invoice, source="admin", requested_by="admin")
     assert sent == [(outbox.TASK_CHARGE_ATTEMPT, {"attempt_id": attempt.id})]
+
+
+def test_a_message_carries_a_tenth_of_a_second_of_the_rate_budget() -> None:
+    # Claimed together, a message's charges wait for their slots together: a dead worker's message leaves
+    # at most this much of the budget to the recovery sweep (ceil(rate x 0.1 s), one to ten).
+    rates = (0.5, 10, 20, 25, 95, 100, 1000)
+    assert [charges_per_message(rate) for rate in rates] == [1, 1, 2, 3, 10, 10, 10]
+
+
+def test_the_batch_groups_by_the_size_it_is_given(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as s, s.begin():
+        update_settings(s, "test", stripe_connected=True)
+        for n in range(5):
+            make_invoice(s, make_client(s, n), n)
+    sent, publish = published()
+    report = batch.run_batch(
+        units(session_factory, publish), slot="schedule:t", trigger="schedule", today=TODAY, per_message=2
+    )
+    assert report.queued == 5
+    assert [(name, len(p.get("attempt_ids", [p.get("attempt_id")]))) for name, p in sent] == [
+        (outbox.TASK_CHARGE_ATTEMPTS, 2),
+        (outbox.TASK_CHARGE_ATTEMPTS, 2),
+        (outbox.TASK_CHARGE_ATTEMPT, 1),
+    ]
 
 
 def test_due_retries_go_out_a_message_for_ten(session_factory: sessionmaker[Session]) -> None:
