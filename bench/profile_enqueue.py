@@ -145,8 +145,9 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
     return 1 if failures else 0
 
 
-def seed_invoices(engine: Any, count: int) -> list[int]:
-    """`count` chargeable invoices over a few clients with a saved default card; returns their ids."""
+def seed_invoices(engine: Any, count: int, *, tag: str = "bench", auto_charge: bool = False) -> list[int]:
+    """`count` chargeable invoices over a few clients with a saved default card, numbered and named by
+    `tag` (a second seeding under another tag adds its own); returns their ids."""
     from shared.domain.models import Card, Client, Invoice
     from shared.services.settings import update_settings
 
@@ -154,10 +155,12 @@ def seed_invoices(engine: Any, count: int) -> list[int]:
         update_settings(session, "bench", stripe_connected=True)
         clients = []
         for n in range(CLIENTS):
-            client = Client(name=f"Client {n}", email=f"c{n}@example.com", stripe_customer_id=f"cus_bench{n}")
+            client = Client(
+                name=f"Client {tag} {n}", email=f"c-{tag}-{n}@example.com", stripe_customer_id=f"cus_{tag}{n}"
+            )
             client.cards.append(
                 Card(
-                    stripe_payment_method_id=f"pm_bench{n}",
+                    stripe_payment_method_id=f"pm_{tag}{n}",
                     brand="visa",
                     last4="4242",
                     exp_month=1,
@@ -170,17 +173,19 @@ def seed_invoices(engine: Any, count: int) -> list[int]:
         session.flush()
         rows = [
             {
-                "number": f"ENQ-{n:07d}",
+                "number": f"{tag.upper()}-{n:07d}",
                 "client_id": clients[n % CLIENTS].id,
                 "currency": "usd",
                 "total": 1_000 + n,
                 "due_date": date.today(),
+                "auto_charge": auto_charge,
                 "payment_method": "online_card",
             }
             for n in range(count)
         ]
+        first_new = session.scalar(select(func.coalesce(func.max(Invoice.id), 0)))
         session.execute(insert(Invoice), rows)
-        return list(session.scalars(select(Invoice.id).order_by(Invoice.id)))
+        return list(session.scalars(select(Invoice.id).where(Invoice.id > first_new).order_by(Invoice.id)))
 
 
 def round_trips(engine: Any, action: Any) -> dict[str, int]:

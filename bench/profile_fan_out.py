@@ -17,89 +17,23 @@ import resource
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, insert, select, update  # noqa: E402
+from sqlalchemy import create_engine, func, select, update  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from bench.bench_batch_limit import cpu_seconds  # noqa: E402
+from bench.profile_enqueue import seed_invoices  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
-
-CLIENTS = 5
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """The postmaster's CPU with its reaped children's (cutime, cstime), plus its live children's."""
-    ticks = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry.name), int(fields[1])
-        if pid == postmaster:
-            ticks += sum(int(f) for f in fields[11:15])
-        elif ppid == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
 
 
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def seed(database_url: str, count: int, round_no: int) -> None:
-    from shared.domain.models import Card, Client, Invoice
-    from shared.services.settings import update_settings
-
-    engine = create_engine(database_url)
-    with Session(engine) as session, session.begin():
-        update_settings(session, "bench", stripe_connected=True)
-        clients = []
-        for n in range(CLIENTS):
-            client = Client(
-                name=f"C{round_no}-{n}",
-                email=f"c{round_no}-{n}@example.com",
-                stripe_customer_id=f"cus_{round_no}_{n}",
-            )
-            client.cards.append(
-                Card(
-                    stripe_payment_method_id=f"pm_{round_no}_{n}",
-                    brand="visa",
-                    last4="4242",
-                    exp_month=1,
-                    exp_year=2030,
-                    is_default=True,
-                )
-            )
-            session.add(client)
-            clients.append(client)
-        session.flush()
-        session.execute(
-            insert(Invoice),
-            [
-                {
-                    "number": f"FAN-{round_no}-{n:07d}",
-                    "client_id": clients[n % CLIENTS].id,
-                    "currency": "usd",
-                    "total": 1_000 + n,
-                    "due_date": date.today(),
-                    "auto_charge": True,
-                    "payment_method": "online_card",
-                }
-                for n in range(count)
-            ],
-        )
-    engine.dispose()
 
 
 def main() -> int:
@@ -130,12 +64,12 @@ def main() -> int:
 
         engine = create_engine(database_url)
         for round_no in range(args.rounds):
-            seed(database_url, args.invoices, round_no)
+            seed_invoices(engine, args.invoices, tag=f"fan{round_no}", auto_charge=True)
             with Session(engine) as session:
                 opened_before = session.scalar(select(func.count()).select_from(ChargeAttempt)) or 0
             cli_from, pg_from, wall_from = (
                 children_cpu_seconds(),
-                postgres_cpu_seconds(pg.postmaster_pid),
+                cpu_seconds(pg.postmaster_pid),
                 time.monotonic(),
             )
             out = subprocess.run(
@@ -145,7 +79,7 @@ def main() -> int:
             time.sleep(1.0)  # the CLI's backends exit once it has gone, and are reaped by the postmaster
             cli_cpu, pg_cpu = (
                 children_cpu_seconds() - cli_from,
-                postgres_cpu_seconds(pg.postmaster_pid) - pg_from,
+                cpu_seconds(pg.postmaster_pid) - pg_from,
             )
             with Session(engine) as session:
                 opened = (
