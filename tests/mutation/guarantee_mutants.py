@@ -22,7 +22,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
-LAST_LOOK = "    if not may_have_reached_stripe:\n        blockers = charge_blockers("
+# The last look itself (charging.last_look_blockers, used by the single and the grouped claim), and where
+# each claim applies it only to a charge that never reached Stripe.
+LAST_LOOK_VERDICT = (
+    '            Blocker(BlockerCode.NO_SAVED_CARD, "The card this charge was to use has been removed.")\n'
+    "        )\n"
+    "    return blockers\n"
+)
+LAST_LOOK = "    if not may_have_reached_stripe:\n        blockers = last_look_blockers("
+GROUPED_LAST_LOOK = "        elif blockers := last_look_blockers(session, attempt, invoice):\n"
+LAST_LOOK_TESTS = ("tests/shared/services/test_last_look.py", "tests/shared/services/test_charge_batches.py")
 EXPLORE_SQLITE = "tests/shared/services/test_charge_exploration.py::test_charge_path_explored_on_sqlite"
 EXPLORE_POSTGRES = "tests/shared/services/test_charge_exploration.py::test_charge_path_explored_on_postgresql"
 
@@ -40,11 +49,11 @@ class Mutant:
 MUTANTS = (
     Mutant(
         "last_look_disabled",
-        "the worker charges without its last look",
+        "the worker charges without its last look (one charge or a group of the batch)",
         "shared/services/charging.py",
-        LAST_LOOK,
-        LAST_LOOK.replace("if not may_have_reached_stripe:", "if False:"),
-        ("tests/shared/services/test_last_look.py", EXPLORE_SQLITE),
+        LAST_LOOK_VERDICT,
+        LAST_LOOK_VERDICT.replace("return blockers", "return []"),
+        (*LAST_LOOK_TESTS, EXPLORE_SQLITE),
     ),
     Mutant(
         "last_look_after_stripe",
@@ -52,7 +61,15 @@ MUTANTS = (
         "shared/services/charging.py",
         LAST_LOOK,
         LAST_LOOK.replace("if not may_have_reached_stripe:", "if True:"),
-        ("tests/shared/services/test_last_look.py", EXPLORE_SQLITE),
+        (*LAST_LOOK_TESTS, EXPLORE_SQLITE),
+    ),
+    Mutant(
+        "grouped_last_look_after_stripe",
+        "a group of the batch runs the last look for a retry that may have reached Stripe",
+        "shared/services/charge_batches.py",
+        GROUPED_LAST_LOOK,
+        GROUPED_LAST_LOOK.replace("elif", "if"),
+        LAST_LOOK_TESTS,
     ),
     Mutant(
         "janitor_new_key",
@@ -70,10 +87,7 @@ MUTANTS = (
         "success_without_invoice_lock",
         "recording a success does not take the invoice row lock charge requests take",
         "shared/services/attempts.py",
-        "        session.execute(\n"
-        "            select(Invoice.id)"
-        ".where(Invoice.id == attempt.invoice_id).with_for_update(key_share=True)\n"
-        "        )\n",
+        '        session.execute(_LOCK_INVOICE, {"invoice_id": attempt.invoice_id})\n',
         "        pass\n",
         ("tests/shared/services/test_last_look.py", EXPLORE_POSTGRES),
     ),

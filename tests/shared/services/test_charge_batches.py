@@ -315,6 +315,25 @@ def test_a_retry_in_a_group_too_old_to_replay_goes_to_the_janitor_not_to_stripe(
     assert moves[-2:] == [("queued", "processing"), ("processing", "unknown")]
 
 
+def test_a_retry_in_a_group_that_may_have_reached_stripe_is_replayed_not_canceled(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    retry, fresh = queued_group(session_factory, stripe, ["pm_card_visa"] * 2)
+    stripe.server.fail_next("lost", CREATE)  # Stripe charged the card; the answer never arrived
+    assert run_group(session_factory, stripe, [retry], clock)[retry].result is RunResult.RETRY_SCHEDULED
+    with session_factory() as session, session.begin():
+        update_settings(session, "admin", stripe_connected=False)  # the invoice can no longer be charged
+    clock.advance(timedelta(minutes=11))
+    reports = run_group(session_factory, stripe, [retry, fresh], clock)
+    # The retry is replayed under its key and Stripe answers with the charge it made; the charge that
+    # never reached Stripe is canceled by its last look.
+    assert reports[retry].result is RunResult.APPLIED
+    assert reports[fresh].result is RunResult.CANCELED_BY_LAST_LOOK
+    assert statuses(session_factory, [retry, fresh]) == ["succeeded", "canceled"]
+    assert created_keys(stripe) == [idempotency_key_for(retry)] * 2
+    assert [pi["status"] for pi in stripe.server.payment_intents()] == ["succeeded"]
+
+
 # ---- the calls and their outcomes -----------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from shared.services.settings import update_settings
 from tests.support.charge_model import LEASE_SECONDS, START
 from tests.support.fake_stripe import FakeClock, FakeStripe, WorkerCrashed
 from tests.support.unit_of_work import InSession
+from tests.support.waiting import sessions_waiting_for_a_lock, wait_until
 
 CREATE = "create_offsession_payment_intent"
 
@@ -210,3 +211,50 @@ def test_recording_a_success_holds_the_invoice_lock_charge_requests_take(
         release.set()
         writer.join()
     assert attempt_row(session_factory, attempt_id).status == "succeeded"
+
+
+# SQLite serialises every write transaction on the database's own lock: PostgreSQL only.
+POSTGRESQL_ONLY = [pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
+def test_recording_a_success_takes_the_invoice_lock_before_it_touches_the_attempt(
+    session_factory: sessionmaker[Session], stripe: FakeStripe, clock: FakeClock
+) -> None:
+    """The order every charge request takes its locks in: invoice, then attempts. A success recorded the
+    other way round (the attempt first, the invoice only when the payment's ledger trigger updates it)
+    would deadlock with a request holding the invoice and waiting on that attempt's in-flight index entry."""
+    attempt_id = queued_charge(session_factory, stripe)
+    with session_factory() as session:
+        attempt = session.get_one(ChargeAttempt, attempt_id)
+        request = charging.charge_request_for(attempt, session.get_one(Invoice, attempt.invoice_id))
+        invoice_id = attempt.invoice_id
+    outcome = stripe.create_offsession_payment_intent(request)
+    holder = session_factory()
+    holder.execute(text("SELECT id FROM invoice WHERE id = :id FOR NO KEY UPDATE"), {"id": invoice_id})
+
+    def record_success() -> None:
+        with session_factory() as session, session.begin():
+            apply_outcome(session, session.get_one(ChargeAttempt, attempt_id), outcome, actor="worker")
+
+    writer = threading.Thread(target=record_success)
+    writer.start()
+    try:
+        wait_until(
+            lambda: sessions_waiting_for_a_lock(session_factory),
+            timeout=10,
+            what="the success to wait for the invoice lock",
+            every=0.01,
+        )
+        # Waiting for the invoice, the writer holds nothing of the attempt yet.
+        with session_factory() as probe:
+            probe.execute(
+                text("SELECT id FROM charge_attempt WHERE id = :id FOR UPDATE NOWAIT"), {"id": attempt_id}
+            )
+            probe.rollback()
+    finally:
+        holder.rollback()
+        holder.close()
+        writer.join(timeout=10)
+    assert attempt_row(session_factory, attempt_id).status == "succeeded"
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.domain.binding import Mismatch
@@ -25,7 +25,7 @@ from tests.support.factories import make_client, make_invoice
 from tests.support.fake_stripe import FakeStripe
 from tests.support.services import PostgresServer
 from tests.support.unit_of_work import InSession
-from tests.support.waiting import wait_until
+from tests.support.waiting import sessions_waiting_for_a_lock, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -77,7 +77,7 @@ def test_an_event_found_by_metadata_while_the_worker_records_its_payment_intent_
         thread = threading.Thread(target=webhook)
         thread.start()
         wait_until(
-            lambda: _sessions_waiting_for_a_lock(session_factory),
+            lambda: sessions_waiting_for_a_lock(session_factory),
             timeout=10,
             what="the webhook's lookup waiting for the worker's row lock",
         )
@@ -86,17 +86,3 @@ def test_an_event_found_by_metadata_while_the_worker_records_its_payment_intent_
     assert isinstance(found[0], ChargeAttempt), found[0]
     assert found[0].id == attempt_id and found[0].payment_intent_id == payment_intent_id
 
-
-def _sessions_waiting_for_a_lock(factory: sessionmaker[Session]) -> int:
-    """A transaction of its own per look: PostgreSQL keeps one snapshot of pg_stat_activity per
-    transaction, so a session polling inside one transaction would never see the wait begin."""
-    with factory() as observer:
-        return int(
-            observer.scalar(
-                text(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                    "and datname = current_database()"
-                )
-            )
-            or 0
-        )
